@@ -133,7 +133,9 @@ def _decode(data: bytes, name: str) -> str:
 def _read_jsonl(data: bytes, name: str) -> tuple[list[dict], list[str]]:
     text = _decode(data, name)
     records, where = [], []
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    # split on newlines only: str.splitlines() would also split inside values at U+2028 etc.
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        line = line.rstrip("\r")
         if not line.strip():
             continue
         try:
