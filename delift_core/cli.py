@@ -29,6 +29,12 @@ class _Bars:
 
     def __call__(self, label: str, done: int, total: int) -> None:
         bar = self.bars.get(label)
+        if bar is None and done >= total:
+            print(f"{label}: {total} from the cache", file=sys.stderr)
+            self.bars[label] = None
+            return
+        if label in self.bars and bar is None:
+            return
         if bar is None:
             bar = self.bars[label] = self._tqdm(total=total, desc=label, unit="seq",
                                                 file=sys.stderr, dynamic_ncols=True)
