@@ -49,8 +49,23 @@ def rows_to_bytes(rows: Sequence[dict], fmt: str) -> bytes:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
+        # Columns from every row (Table.from_pylist takes them from the first row only and drops
+        # fields that later rows add); a column whose values do not share one Arrow type (e.g. ids
+        # that are numbers in some rows and text in others) is written as text.
+        fields = {}
+        for r in rows:
+            fields.update(dict.fromkeys(r))
+        columns = {}
+        for name in fields:
+            values = [r.get(name) for r in rows]
+            try:
+                columns[name] = pa.array(values)
+            except (pa.ArrowInvalid, pa.ArrowTypeError):
+                columns[name] = pa.array([
+                    None if v is None else json.dumps(v, ensure_ascii=False, default=str)
+                    if isinstance(v, (list, dict)) else str(v) for v in values], pa.string())
         out = io.BytesIO()
-        pq.write_table(pa.Table.from_pylist(list(rows)), out)
+        pq.write_table(pa.table(columns), out)
         return out.getvalue()
     raise SelectionError(f"unknown output format '{fmt}'; use one of {', '.join(EXPORT_FORMATS)}")
 
