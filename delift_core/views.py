@@ -1,0 +1,282 @@
+"""Views of a selection that are not tied to any UI: gain curve, heatmap ordering and
+down-sampling, selection comparison, per-sample explanations and work estimates.
+
+The studio draws these; the CLI or a notebook can use them as they are.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .data import Dataset
+from .utility import DEFAULT_EXAMPLE_TEMPLATE, DEFAULT_PLAIN_TEMPLATE
+
+# ----------------------------------------------------------------------------------------------
+# Text for hover labels
+
+
+def hover_safe(text: str, max_chars: int = 160) -> str:
+    """Dataset text made safe for Plotly hover labels: shortened, HTML-escaped, one line per 80."""
+    t = " ".join(str(text).split())
+    if len(t) > max_chars:
+        t = t[: max_chars - 1] + "…"
+    t = html.escape(t, quote=True)
+    return "<br>".join(t[k: k + 80] for k in range(0, len(t), 80)) or "(empty)"
+
+
+# ----------------------------------------------------------------------------------------------
+# Gain curve
+
+
+def gain_curve(selection: Any) -> pd.DataFrame:
+    """Objective value and marginal gain after each greedy pick (budget 1..len(order))."""
+    n = len(selection.order)
+    return pd.DataFrame({"budget": np.arange(1, n + 1), "value": np.asarray(selection.values, float),
+                         "gain": np.asarray(selection.gains, float),
+                         "id": [selection.pool.ids[k] for k in selection.order]})
+
+
+# ----------------------------------------------------------------------------------------------
+# Heatmap ordering and down-sampling
+
+
+def rank_order(selection: Any) -> np.ndarray:
+    """Pool indices: selected rows by greedy rank, then rejected rows grouped by their cover.
+
+    Rejected rows follow the rank of the selected row that covers them best, then decreasing
+    coverage, so the block structure of the kernel shows.
+    """
+    table = selection.annotate()
+    n = len(table)
+    sel = [int(k) for k in selection.selected_indices]
+    chosen = set(sel)
+    rank_of = {selection.pool.ids[k]: r for r, k in enumerate(sel)}
+    rest = [k for k in range(n) if k not in chosen]
+    cov = table["coverage"].to_numpy(float)
+    rest.sort(key=lambda k: (rank_of.get(table["covered_by"].iat[k], n),
+                             -(cov[k] if np.isfinite(cov[k]) else -1), k))
+    return np.asarray(sel + rest, int)
+
+
+def cluster_order(labels: Sequence[int], within: Sequence[int] | None = None) -> np.ndarray:
+    """Indices sorted by cluster label, keeping the order of ``within`` inside each cluster."""
+    labels = np.asarray(labels)
+    base = np.arange(len(labels)) if within is None else np.asarray(within, int)
+    return np.asarray(sorted(base, key=lambda k: labels[k]), int)  # sorted() is stable
+
+
+@dataclass
+class HeatmapView:
+    """A matrix ready to draw: cell (a, b) covers pool rows ``rows[a]`` and columns ``cols[b]``."""
+
+    values: np.ndarray
+    rows: list[list[int]]
+    cols: list[list[int]]
+    mode: str
+    notice: str | None = None
+
+
+def heatmap_view(kernel: np.ndarray, order: Sequence[int], *, max_size: int = 160,
+                 mode: str = "sample") -> HeatmapView:
+    """Reorder a square kernel by ``order``; above ``max_size`` rows, sample or aggregate.
+
+    ``sample`` keeps ``max_size`` rows spread evenly along the order (the first, selected, rows
+    included); ``aggregate`` averages contiguous blocks of the order. The notice says which.
+    """
+    k = np.asarray(kernel, np.float32)
+    order = np.asarray(order, int)
+    n = len(order)
+    if n <= max_size:
+        return HeatmapView(k[np.ix_(order, order)], [[int(i)] for i in order],
+                           [[int(i)] for i in order], "full")
+    if mode == "aggregate":
+        groups = [list(map(int, g)) for g in np.array_split(order, max_size)]
+        vals = np.array([[float(k[np.ix_(gr, gc)].mean()) for gc in groups] for gr in groups],
+                        np.float32)
+        sizes = sorted({len(g) for g in groups})
+        notice = (f"{n} rows are too many to draw one by one: each cell is the mean over a block "
+                  f"of {'–'.join(map(str, sizes))} consecutive rows of the order "
+                  f"({max_size} × {max_size} blocks).")
+        return HeatmapView(vals, groups, groups, "aggregate", notice)
+    if mode != "sample":
+        raise ValueError(f"unknown heatmap mode '{mode}'; use 'sample' or 'aggregate'")
+    pos = np.unique(np.linspace(0, n - 1, max_size).round().astype(int))
+    kept = order[pos]
+    notice = (f"Showing {len(kept)} of {n} rows, sampled evenly along the order; raise the "
+              "limit or switch to block averages to see every row.")
+    return HeatmapView(k[np.ix_(kept, kept)], [[int(i)] for i in kept], [[int(i)] for i in kept],
+                       "sample", notice)
+
+
+# ----------------------------------------------------------------------------------------------
+# Comparing two selections
+
+
+@dataclass
+class Comparison:
+    """How two selections of the same pool agree, row by row."""
+
+    names: tuple[str, str]
+    ids: list[str]
+    status: list[str]
+    counts: dict[str, int]
+    jaccard: float
+    notes: list[str] = field(default_factory=list)
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame({"id": self.ids, "status": self.status})
+
+
+def compare_selections(a_ids: Sequence[str], b_ids: Sequence[str], pool_ids: Sequence[str],
+                       names: tuple[str, str] = ("A", "B")) -> Comparison:
+    """Per pool row: in both, only in A, only in B, or in neither; counts and Jaccard overlap.
+
+    Selected ids that are not in ``pool_ids`` (a selection over another cut of the pool) are left
+    out and reported in ``notes``.
+    """
+    pool = list(pool_ids)
+    known = set(pool)
+    a, b = set(a_ids), set(b_ids)
+    notes = []
+    for name, s in zip(names, (a, b)):
+        extra = s - known
+        if extra:
+            notes.append(f"{len(extra)} rows selected by {name} are not in this pool and are "
+                         "left out of the comparison")
+    a &= known
+    b &= known
+    labels = {(True, True): "both", (True, False): f"only {names[0]}",
+              (False, True): f"only {names[1]}", (False, False): "neither"}
+    status = [labels[(i in a, i in b)] for i in pool]
+    counts = {v: status.count(v) for v in labels.values()}
+    union = len(a | b)
+    return Comparison(names, pool, status, counts, len(a & b) / union if union else 1.0, notes)
+
+
+# ----------------------------------------------------------------------------------------------
+# Explaining one sample
+
+
+@dataclass
+class Explanation:
+    """Why a sample is in or out of the selection."""
+
+    id: str
+    selected: bool
+    rank: int | None = None
+    gain: float | None = None
+    covered_by: str | None = None
+    coverage: float | None = None
+    covers: list[tuple[str, float]] = field(default_factory=list)
+    best_cover_for: int = 0
+    alternatives: list[tuple[str, float]] = field(default_factory=list)
+    pinned: bool = False
+    banned: bool = False
+
+
+def explain(selection: Any, row_id: str, top: int = 5) -> Explanation:
+    """Selected: rank, marginal gain, and the pool rows it covers best (largest kernel value).
+    Rejected: the selected row that covers it best and by how much, and the next-best covers.
+
+    Kernel values are the scaled pool kernel (rows = item helped, columns = example).
+    """
+    pool = selection.pool
+    k = pool.index_of(row_id)
+    sel = [int(j) for j in selection.selected_indices]
+    out = Explanation(id=row_id, selected=k in sel, pinned=row_id in set(selection.pinned),
+                      banned=row_id in set(selection.banned))
+    kernel = (selection.kernels.scaled("pool") if selection.kernels is not None
+              and selection.kernels.pool is not None else None)
+    if out.selected:
+        r = sel.index(k)
+        out.rank, out.gain = r + 1, float(selection.gains[r])
+        if kernel is not None:
+            col = kernel[:, k].astype(float)
+            others = [i for i in np.argsort(-col, kind="stable") if i != k][:top]
+            out.covers = [(pool.ids[i], float(col[i])) for i in others]
+            if sel:
+                best = np.asarray(sel)[kernel[:, sel].argmax(axis=1)]
+                out.best_cover_for = int(sum(1 for i in range(len(pool))
+                                             if best[i] == k and i not in set(sel)))
+    elif kernel is not None and sel:
+        row = kernel[k, sel].astype(float)
+        ranked = np.argsort(-row, kind="stable")
+        out.covered_by, out.coverage = pool.ids[sel[ranked[0]]], float(row[ranked[0]])
+        out.alternatives = [(pool.ids[sel[j]], float(row[j])) for j in ranked[1:top]]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Work estimates
+
+
+@dataclass
+class WorkEstimate:
+    """What a kernel computation will do: per stage, units (forward passes or texts) and tokens."""
+
+    kind: str
+    stages: list[tuple[str, int, int]]
+
+    @property
+    def units(self) -> int:
+        return sum(u for _, u, _ in self.stages)
+
+    @property
+    def tokens(self) -> int:
+        return sum(t for _, _, t in self.stages)
+
+    def seconds(self, tokens_per_second: float | None) -> float | None:
+        return self.tokens / tokens_per_second if tokens_per_second else None
+
+
+def _chars(ds: Dataset) -> np.ndarray:
+    return np.array([len(p) + len(r) for p, r in zip(ds.prompts, ds.responses)], float)
+
+
+def estimate_work(pool: Dataset, *, target: Dataset | None = None,
+                  existing: Dataset | None = None, kind: str = "utility",
+                  chars_per_token: float = 4.0,
+                  plain_template: str = DEFAULT_PLAIN_TEMPLATE,
+                  example_template: str = DEFAULT_EXAMPLE_TEMPLATE) -> WorkEstimate:
+    """Forward passes (utility: one per pair plus one plain pass per row; embedding: one per
+    text) and approximate tokens (``chars_per_token``), with the labels ``compute_kernels``
+    reports progress under."""
+    stages: list[tuple[str, int, int]] = []
+    if kind == "embedding":
+        for label, ds in (("pool", pool), ("target", target), ("existing", existing)):
+            if ds is not None:
+                stages.append((f"embedding {label}", len(ds),
+                               int(_chars(ds).sum() / chars_per_token)))
+        return WorkEstimate(kind, stages)
+    tpl_plain, tpl_ex = len(plain_template) - 8, len(example_template) - 40
+
+    def pairs(label: str, rows: Dataset, cols: Dataset) -> None:
+        cr, cc = _chars(rows), _chars(cols)
+        n_r, n_c = len(rows), len(cols)
+        chars = (n_r * n_c * tpl_ex + n_c * cr.sum() + n_r * cc.sum()
+                 + n_r * tpl_plain + cr.sum())
+        stages.append((f"utility {label}", n_r * n_c + n_r, int(chars / chars_per_token)))
+
+    pairs("pool", pool, pool)
+    if target is not None:
+        pairs("target", target, pool)
+    if existing is not None:
+        pairs("existing", pool, existing)
+    return WorkEstimate(kind, stages)
+
+
+def format_seconds(seconds: float | None) -> str:
+    """'42 s', '3 min 5 s', '1 h 20 min' (or 'unknown')."""
+    if seconds is None or not np.isfinite(seconds):
+        return "unknown"
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60} s"
+    return f"{s // 3600} h {(s % 3600) // 60} min"

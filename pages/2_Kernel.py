@@ -1,0 +1,122 @@
+"""Model & kernel: stage, kernel, models, work estimate, and the background computation."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from delift_core.selection import needs
+from delift_core.views import estimate_work, format_seconds
+from studio import jobs, state, ui
+
+ui.setup("Model & kernel", "🧮")
+s = state.ss()
+st.title("🧮 Model & kernel")
+ui.need("pool")
+pool = s["pool"]
+
+c1, c2 = st.columns(2)
+with c1:
+    stage = st.radio("Stage", list(state.STAGE_LABELS), format_func=state.STAGE_LABELS.get,
+                     key="p_stage")
+    if stage == "task":
+        objective = st.radio("Objective", ["flmi", "flqmi"], format_func=state.OBJECTIVE_LABELS.get,
+                             key="p_task_objective", horizontal=True,
+                             help="FLMI balances covering the target with covering the pool; "
+                                  "FLQMI only looks at the target.")
+    else:
+        objective = {"instruction": "fl", "continual": "flcg"}[stage]
+with c2:
+    kind = st.radio("Kernel", list(state.KERNEL_LABELS), format_func=state.KERNEL_LABELS.get,
+                    key="p_kind",
+                    help="DELIFT: how much each sample helps the causal LM answer another as an "
+                         "in-context example (slow: every pair). DELIFT-SE: cosine similarity "
+                         "of sentence embeddings (fast). Random: a random order (the baseline; "
+                         "embeddings are still computed for the maps).")
+    if kind == "utility":
+        st.text_input("Causal LM (default: packaged Gemma 3 270M; or a hub id / local folder)",
+                      key="p_model")
+    else:
+        st.text_input("Sentence embedder (default: packaged all-MiniLM-L6-v2; or a hub id / "
+                      "local folder)", key="p_embedder")
+
+extra = needs(objective)
+missing = extra is not None and s[extra] is None
+if missing:
+    st.error(f"{state.STAGE_LABELS[stage].split(' →')[0]} selection needs a "
+             f"{state.ROLE_LABELS[extra].lower()}: load one on the Data page (the demo has one).")
+    ui.link("data", "Load it on the Data page")
+
+# first N rows: a short default for the utility kernel on CPU
+on_cpu = state.resolve_device().type == "cpu"
+limit_key = f"p_limit_{kind}_{len(pool)}"
+s.setdefault(limit_key, min(len(pool), state.UTILITY_CPU_ROWS) if kind == "utility" and on_cpu
+             else len(pool))
+limit = st.number_input(f"Use the first N rows of the pool (of {len(pool)})", min_value=1,
+                        max_value=len(pool), step=1, key=limit_key,
+                        help="The utility kernel scores every pair of rows; on a CPU keep N small.")
+
+run_pool, run_target, run_existing = state.kernel_inputs(pool, stage, kind, int(limit))
+est = estimate_work(run_pool, target=run_target, existing=run_existing,
+                    kind="utility" if kind == "utility" else "embedding")
+st.subheader("Estimate")
+m1, m2, m3 = st.columns(3)
+unit = "forward passes" if kind == "utility" else "texts to embed"
+m1.metric(f"{unit.capitalize()}", f"{est.units:,}")
+m2.metric("Tokens (about)", f"{est.tokens:,}")
+rate = jobs.job_registry().rates.get("utility") if kind == "utility" else None
+m3.metric("Time (about)", format_seconds(est.seconds(rate)) if rate else
+          ("seconds" if kind != "utility" else "unknown until a first run"))
+st.caption(" · ".join(f"{label}: {u:,} {unit}, ~{t:,} tokens" for label, u, t in est.stages)
+           + (" · cached results are reused, so the same inputs never compute twice." ))
+if kind == "utility" and on_cpu and est.units > 2000:
+    st.warning(f"{est.units:,} forward passes of the model on a CPU will take a long time; "
+               "lower N, or use DELIFT-SE.")
+
+config = {"kind": kind, "stage": stage, "objective": "random" if kind == "random" else objective,
+          "model": s["p_model"] if kind == "utility" else None,
+          "embedder": s["p_embedder"] if kind != "utility" else None, "limit": int(limit)}
+job = state.current_job()
+running = job is not None and job.running
+same_as_current = s["kernels"] is not None and s["kernel_config"] == config
+start = st.button("Recompute" if same_as_current else "Compute the kernel", type="primary",
+                  disabled=missing or running, key="start_kernel")
+if start:
+    job = state.start_kernel_job(config, run_pool, run_target, run_existing)
+    running = True
+
+
+@st.fragment(run_every=1.0 if running else None)
+def progress_panel() -> None:
+    """Live progress of this session's job; reruns the page when it ends."""
+    job = state.current_job()
+    if job is None:
+        return
+    if job.running:
+        ui.job_progress(job)
+        if st.button("Cancel", key="cancel_kernel"):
+            job.cancel.set()
+            st.info("Cancelling after the current batch; finished blocks stay cached.")
+        return
+    if not job.adopted and job.status == "done":
+        st.rerun()
+    if job.status == "cancelled":
+        st.warning("The computation was cancelled. Finished blocks are cached: starting again "
+                   "resumes where it stopped.")
+    elif job.status == "error":
+        st.error(job.error)
+
+
+progress_panel()
+
+if s["kernels"] is not None:
+    cfg, k = s["kernel_config"], s["kernels"]
+    st.success(f"Kernel ready: {state.KERNEL_LABELS[cfg['kind']]} on {len(s['kernel_pool'])} "
+               f"rows, objective {cfg['objective'].upper()} "
+               f"({k.meta.get('seconds', 0):.1f} s).")
+    shapes = {w: getattr(k, w).shape for w in ("pool", "target", "existing")
+              if getattr(k, w) is not None}
+    st.caption("Kernels: " + ", ".join(f"{w} {a}×{b}" for w, (a, b) in shapes.items()))
+    if not same_as_current:
+        st.info("The settings above differ from the ones this kernel was computed with; compute "
+                "again to use them.")
+    ui.link("select", "Next: choose the budget")

@@ -1,0 +1,82 @@
+"""Selection: objective, eta / nu, the budget (instant re-cut of the greedy order), gain curve."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from delift_core.views import gain_curve
+from studio import charts, state, ui
+
+ui.setup("Selection", "🎯")
+s = state.ss()
+st.title("🎯 Selection")
+ui.need("pool", "kernels")
+pool = s["kernel_pool"]
+n = len(pool)
+
+c1, c2 = st.columns([2, 3])
+with c1:
+    objectives = state.available_objectives()
+    if s.get("p_objective") not in objectives:
+        s["p_objective"] = s["kernel_config"]["objective"]
+    objective = st.selectbox("Objective", objectives, format_func=state.OBJECTIVE_LABELS.get,
+                             key="p_objective",
+                             help="Objectives these kernels can serve; the Model & kernel page "
+                                  "computes the target or existing kernel when a stage needs it.")
+    if objective in ("flmi", "flqmi"):
+        st.slider("η (eta): weight of covering the target", 0.0, 5.0, step=0.1, key="p_eta")
+    elif objective == "flcg":
+        st.slider("ν (nu): how much the existing set already covers", 0.0, 5.0, step=0.1,
+                  key="p_nu")
+    elif objective == "random":
+        st.number_input("Seed", min_value=0, step=1, key="p_seed")
+    mode = st.radio("Budget as", ["percent", "count"], horizontal=True, key="p_budget_mode",
+                    format_func={"percent": "percent of the pool", "count": "number of rows"}.get)
+    if mode == "percent":
+        st.slider("Budget (%)", 0, 100, step=1, key="p_budget_pct")
+    else:
+        s.setdefault("p_budget_count", max(1, round(0.3 * n)))
+        if s["p_budget_count"] > n:
+            s["p_budget_count"] = n
+        st.number_input(f"Budget (rows, of {n})", min_value=0, max_value=n, step=1,
+                        key="p_budget_count")
+
+sel = state.current_selection()
+with c1:
+    if sel is None:
+        st.error(s["selection_error"])
+    else:
+        m1, m2 = st.columns(2)
+        m1.metric("Selected", f"{sel.budget} of {n}")
+        m2.metric("Objective value", f"{sel.objective_value:.3f}")
+        d = s["decisions"]
+        if d.pinned or d.banned:
+            st.caption(f"Review decisions applied: {len(sel.pinned)} pinned, {len(sel.banned)} "
+                       "banned.")
+        for note in sel.notes:
+            st.caption(note)
+with c2:
+    if sel is not None:
+        if objective == "random" and sel.kernels is None:
+            st.info("The random baseline has no objective curve.")
+        else:
+            st.plotly_chart(charts.gain_curve_figure(gain_curve(sel), sel.budget),
+                            key="gain_curve")
+            st.caption("Objective value after each greedy pick: the curve flattens where "
+                       "extra rows add little." + (" Random order: values are the FL objective "
+                                                   "of the random prefix." if objective == "random"
+                                                   else ""))
+
+if sel is not None:
+    st.subheader(f"Selected rows ({sel.budget})")
+    table = sel.annotate()
+    shown = table[table["selected"]].sort_values("rank")[["rank", "id", "gain", "pinned", "prompt",
+                                                         "response"]]
+    st.dataframe(shown, hide_index=True, width="stretch", height=320)
+    c1, c2, c3 = st.columns(3)
+    with c1:
+        ui.link("explore")
+    with c2:
+        ui.link("review")
+    with c3:
+        ui.link("download")

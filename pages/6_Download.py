@@ -1,0 +1,60 @@
+"""Download: the selected and rejected rows in the input's own layout, tables, decisions, manifest."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+
+import streamlit as st
+
+from delift_core.export import EXPORT_FORMATS, default_format, selection_artifacts
+from studio import state, ui
+
+ui.setup("Download", "⬇️")
+s = state.ss()
+st.title("⬇️ Download")
+ui.need("pool", "kernels", "selection")
+sel = state.current_selection()
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def artifacts(_sel, key: tuple, fmt: str, _target, _existing) -> dict[str, bytes]:
+    """The export files (the same bytes `delift select` writes), cached per selection."""
+    return selection_artifacts(_sel, fmt, target=_target, existing=_existing)
+
+
+own = default_format(sel.pool)
+s.setdefault("p_export_fmt", own)
+fmt = st.selectbox("Format of the row files", list(EXPORT_FORMATS), key="p_export_fmt",
+                   format_func=lambda f: f + (" (the input's own)" if f == own else ""))
+key = (s["kernels_version"], s["_sid"], sel.objective, sel.budget, tuple(sel.selected_ids),
+       tuple(sel.pinned), tuple(sel.banned), str(sel.params))
+files = artifacts(sel, key, fmt, **{f"_{k}": v for k, v in state.extra_sets().items()})
+files = dict(files)
+files["decisions.json"] = s["decisions"].to_json().encode("utf-8")
+
+st.write(f"**{sel.budget}** of {len(sel.pool)} rows selected with {sel.objective.upper()}; the "
+         "row files keep every original field in the input's layout.")
+MIME = {"jsonl": "application/jsonl", "json": "application/json", "csv": "text/csv",
+        "parquet": "application/octet-stream"}
+DESCRIBE = {"selected": "the selected rows", "rejected": "the rows not selected",
+            "skipped": "rows skipped on loading (empty prompt or response)",
+            "annotated": "every row with decision, rank, gain and best cover",
+            "selection": "ordered ids, gains, objective value and parameters",
+            "manifest": "inputs with hashes, models, objective, budget, versions",
+            "decisions": "your pins, bans and notes (load it on the Review page)"}
+for name, data in files.items():
+    stem, ext = name.rsplit(".", 1)
+    c1, c2 = st.columns([2, 3])
+    c1.download_button(f"⬇️ {name}", data, file_name=name, mime=MIME.get(ext, "text/plain"),
+                       key=f"dl_{name}", type="primary" if stem == "selected" else "secondary")
+    c2.caption(f"{DESCRIBE.get(stem, '')} · {len(data):,} bytes")
+
+buf = io.BytesIO()
+with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+    for name, data in files.items():
+        z.writestr(name, data)
+st.download_button("⬇️ Everything as a zip", buf.getvalue(), file_name="delift_selection.zip",
+                   mime="application/zip", key="dl_zip")
+with st.expander("manifest.json"):
+    st.code(files["manifest.json"].decode("utf-8"), language="json")

@@ -1,0 +1,1 @@
+"""DELIFT Studio's Streamlit helpers: session state, background kernel jobs, shared widgets."""

@@ -1,0 +1,391 @@
+"""Per-session state of DELIFT Studio, shared by every page (the evaluation page included).
+
+Session keys (``st.session_state``); everything is per browser session, nothing is shared:
+
+- ``"pool"``, ``"target"``, ``"existing"``: :class:`delift_core.Dataset` or None, the data
+  loaded on the Data page (``target`` for task-specific, ``existing`` for continual).
+- ``"kernels"``: :class:`delift_core.Kernels` or None, from the Kernel page.
+- ``"kernel_pool"``: the Dataset the kernels cover (the first ``limit`` rows of ``pool``); every
+  selection is a selection of these rows. ``"kernel_target"``/``"kernel_existing"`` likewise.
+- ``"kernel_config"``: dict of the choices the kernels were computed with: ``kind``
+  ('utility' | 'embedding' | 'random'), ``stage``, ``objective``, ``model``, ``embedder``,
+  ``limit``.
+- ``"kernels_version"``: int, bumped whenever ``kernels`` change.
+- ``"selection"``: :class:`delift_core.Selection` or None, the current selection at the chosen
+  budget, kept up to date by :func:`current_selection` (any page may call it).
+- ``"selection_error"``: str or None, why there is no selection (bad budget, ...).
+- ``"decisions"``: :class:`delift_core.Decisions`, pins, bans and notes from the Review page;
+  every selection run passes the pins and bans to ``select``.
+- ``"snapshots"``: dict label -> Selection, the latest selection per method, for comparisons.
+- ``"p_*"``: widget values that persist across page switches (see :func:`init`).
+- ``"_sid"``: this session's id (the key of its background job, see :mod:`studio.jobs`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import streamlit as st
+
+from delift_core import (ColumnMapping, Dataset, Decisions, Kernels, Selection, SelectionError,
+                         embed_texts, load_dataset, load_dataset_bytes, load_embedder, select)
+from delift_core.data import read_records
+from delift_core.embedding import sample_text
+from delift_core.models import resolve_device
+from delift_core.selection import needs
+
+from . import jobs
+
+ROLES = ("pool", "target", "existing")
+ROLE_LABELS = {"pool": "Pool", "target": "Target set", "existing": "Existing set"}
+KERNEL_LABELS = {"utility": "DELIFT (model utility)", "embedding": "DELIFT-SE (sentence embedding)",
+                 "random": "Random baseline"}
+SHORT_KERNEL = {"utility": "DELIFT", "embedding": "DELIFT-SE", "random": "Random"}
+STAGE_LABELS = {"instruction": "Instruction tuning → FL", "task": "Task-specific → FLMI / FLQMI",
+                "continual": "Continual → FLCG"}
+OBJECTIVE_LABELS = {"fl": "FL (facility location)", "flmi": "FLMI (mutual information)",
+                    "flqmi": "FLQMI (query mutual information)", "flcg": "FLCG (conditional gain)",
+                    "random": "random order"}
+UTILITY_CPU_ROWS = 24
+DEFAULTS: dict[str, Any] = {
+    "p_stage": "instruction", "p_task_objective": "flmi", "p_model": "gemma-3-270m",
+    "p_embedder": "all-MiniLM-L6-v2", "p_budget_mode": "percent", "p_budget_pct": 30,
+    "p_eta": 1.0, "p_nu": 1.0, "p_seed": 0,
+}
+
+
+def ss() -> Any:
+    """Shorthand for ``st.session_state``."""
+    return st.session_state
+
+
+def default_kind() -> str:
+    """The kernel a first-time user gets: the model utility on a GPU, the fast embedding on CPU."""
+    return "utility" if resolve_device().type == "cuda" else "embedding"
+
+
+def init() -> None:
+    """Call at the top of every page: defaults, persistent widgets, adopt a finished job."""
+    s = ss()
+    s.setdefault("_sid", uuid.uuid4().hex)
+    for role in ROLES:
+        s.setdefault(role, None)
+    for key in ("kernels", "kernel_pool", "kernel_target", "kernel_existing", "kernel_config",
+                "selection", "selection_error"):
+        s.setdefault(key, None)
+    s.setdefault("kernels_version", 0)
+    s.setdefault("decisions", Decisions())
+    s.setdefault("snapshots", {})
+    s.setdefault("p_kind", default_kind())
+    for key, value in DEFAULTS.items():
+        s.setdefault(key, value)
+    # Streamlit forgets a widget's value when a page without it runs; re-setting keeps it.
+    for key in list(s.keys()):
+        if isinstance(key, str) and key.startswith("p_"):
+            s[key] = s[key]
+    adopt_finished_job()
+
+
+def session_id() -> str:
+    return ss()["_sid"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+
+
+def mapping_key(mapping: ColumnMapping | None) -> tuple | None:
+    """A hashable form of a column mapping (for caches)."""
+    if mapping is None:
+        return None
+    return (tuple(mapping.prompt_columns), mapping.response, mapping.id)
+
+
+def _mapping(key: tuple | None) -> ColumnMapping | None:
+    return None if key is None else ColumnMapping(prompt=list(key[0]), response=key[1], id=key[2])
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def load_demo(role: str) -> Dataset:
+    """The shipped demo set for a role."""
+    return load_dataset(f"demo:{role}")
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def load_bytes(data: bytes, filename: str, mapping: tuple | None = None) -> Dataset:
+    """An uploaded file (cached by content)."""
+    return load_dataset_bytes(data, filename, mapping=_mapping(mapping))
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _load_source(source: str, mapping: tuple | None, split: str | None, stamp: Any) -> Dataset:
+    return load_dataset(source, mapping=_mapping(mapping), split=split or None)
+
+
+def load_source(source: str, mapping: tuple | None = None, split: str | None = None) -> Dataset:
+    """A local path, saved-dataset folder or hub id (cached; a changed file reloads)."""
+    p = Path(source).expanduser()
+    stamp = (p.stat().st_mtime_ns, p.stat().st_size) if p.is_file() else None
+    return _load_source(source.strip(), mapping, split, stamp)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def columns_of(data: bytes, filename: str) -> list[str]:
+    """Column names of a file's records (to map columns by hand when the layout is unknown)."""
+    records, _ = read_records(data, filename)
+    seen: dict[str, None] = {}
+    for r in records[:1000]:
+        seen.update(dict.fromkeys(r))
+    return list(seen)
+
+
+def max_upload_bytes() -> int:
+    """The upload limit in bytes (``server.maxUploadSize`` in .streamlit/config.toml, MB)."""
+    return int(st.get_option("server.maxUploadSize")) * 1024 * 1024
+
+
+def upload_too_large(size: int, limit: int | None = None) -> str | None:
+    """A message when an upload is over the limit, else None."""
+    limit = max_upload_bytes() if limit is None else limit
+    if size > limit:
+        return (f"The file is {size / 1e6:.1f} MB; uploads are limited to {limit / 1e6:.0f} MB "
+                "(server.maxUploadSize in .streamlit/config.toml). Give a local path instead.")
+    return None
+
+
+def set_dataset(role: str, ds: Dataset | None) -> bool:
+    """Make ``ds`` the session's pool/target/existing; clears kernels that no longer fit.
+
+    Returns True when something changed.
+    """
+    s = ss()
+    old = s[role]
+    same = (old is None and ds is None) or (old is not None and ds is not None and
+                                            old.text_sha256 == ds.text_sha256 and
+                                            old.source == ds.source)
+    if same:
+        return False
+    s[role] = ds
+    clear_kernels()
+    return True
+
+
+def clear_kernels() -> None:
+    """Forget kernels and selections (the data they were computed for changed)."""
+    s = ss()
+    for key in ("kernels", "kernel_pool", "kernel_target", "kernel_existing", "kernel_config",
+                "selection", "selection_error", "_full"):
+        s[key] = None
+    s["kernels_version"] += 1
+    s["snapshots"] = {}
+
+
+def rows_preview(ds: Dataset, limit: int = 200) -> "Any":
+    """The first rows as a table: id, the prompt and response the models see, and raw fields."""
+    import pandas as pd
+
+    raw = []
+    for row in ds.rows[:limit]:
+        raw.append({k: (json.dumps(v, ensure_ascii=False) if isinstance(v, (list, dict)) else v)
+                    for k, v in row.items()})
+    table = pd.DataFrame({"id": ds.ids[:limit], "prompt": ds.prompts[:limit],
+                          "response": ds.responses[:limit]})
+    extra = pd.DataFrame(raw).drop(columns=[c for c in ("id",) if c in (raw[0] if raw else {})],
+                                   errors="ignore")
+    extra.columns = [f"[{c}]" for c in extra.columns]
+    return pd.concat([table, extra.astype(str)], axis=1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Kernels
+
+
+def kernel_inputs(pool: Dataset, stage: str, kind: str, limit: int
+                  ) -> tuple[Dataset, Dataset | None, Dataset | None]:
+    """The pool cut to ``limit`` rows and the extra sets this stage (and kernel) will use.
+
+    The embedding kernels are cheap, so they are computed for every loaded set; the utility
+    kernel only for the set the stage needs.
+    """
+    s = ss()
+    pool = pool if limit >= len(pool) else pool.subset(range(limit))
+    need_target = stage == "task" or (kind != "utility" and s["target"] is not None)
+    need_existing = stage == "continual" or (kind != "utility" and s["existing"] is not None)
+    return (pool, s["target"] if need_target else None,
+            s["existing"] if need_existing else None)
+
+
+def start_kernel_job(config: dict, pool: Dataset, target: Dataset | None,
+                     existing: Dataset | None) -> jobs.KernelJob:
+    """Start computing kernels for this session in a background thread."""
+    from delift_core.views import estimate_work
+
+    est = estimate_work(pool, target=target, existing=existing,
+                        kind="utility" if config["kind"] == "utility" else "embedding")
+    job = jobs.KernelJob(config=dict(config), pool=pool, target=target, existing=existing,
+                         estimate=est)
+    return jobs.job_registry().start(session_id(), job)
+
+
+def current_job() -> jobs.KernelJob | None:
+    """This session's kernel job (running or finished), if any."""
+    return jobs.job_registry().get(session_id())
+
+
+def adopt_finished_job() -> None:
+    """Move a finished job's kernels into this session (once)."""
+    job = current_job()
+    if job is None or job.status != "done" or job.adopted:
+        return
+    job.adopted = True
+    jobs.job_registry().record_rate(job)
+    set_kernels(job.result, job.config, job.pool, job.target, job.existing)
+
+
+def set_kernels(kernels: Kernels, config: dict, pool: Dataset, target: Dataset | None,
+                existing: Dataset | None) -> None:
+    """Install computed kernels and point the selection at the stage's objective."""
+    s = ss()
+    s["kernels"], s["kernel_config"] = kernels, dict(config)
+    s["kernel_pool"], s["kernel_target"], s["kernel_existing"] = pool, target, existing
+    s["kernels_version"] += 1
+    s["p_objective"] = config["objective"]
+    s["p_budget_count"] = max(1, round(0.3 * len(pool)))
+    s["_full"] = None
+
+
+def available_objectives() -> list[str]:
+    """Objectives the current kernels can serve."""
+    k: Kernels | None = ss()["kernels"]
+    if k is None:
+        return []
+    out = ["fl"]
+    if k.target is not None:
+        out += ["flmi", "flqmi"]
+    if k.existing is not None:
+        out.append("flcg")
+    return out + ["random"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Selection
+
+
+def budget_value() -> float | int:
+    """The budget the Select page set: a fraction (percent mode) or a count."""
+    s = ss()
+    if s["p_budget_mode"] == "percent":
+        return float(s["p_budget_pct"]) / 100.0
+    return int(s.get("p_budget_count", 0) or 0)
+
+
+def method_label(config: dict | None, objective: str, n_rows: int, n_pool: int) -> str:
+    """A short name for a selection method, e.g. 'DELIFT-SE · FL' or 'Random · 24 rows'."""
+    kind = (config or {}).get("kind", "embedding")
+    name = "Random" if objective == "random" else f"{SHORT_KERNEL[kind]} · {objective.upper()}"
+    return name + (f" · first {n_rows} rows" if n_rows < n_pool else "")
+
+
+def current_selection() -> Selection | None:
+    """The selection for the current kernels, objective, parameters, decisions and budget.
+
+    The full greedy order is computed once per (kernels, objective, parameters, pins, bans);
+    a budget change only re-cuts it (``Selection.at_budget``). Errors go to
+    ``"selection_error"``.
+    """
+    s = ss()
+    s["selection_error"] = None
+    kernels: Kernels | None = s["kernels"]
+    pool: Dataset | None = s["kernel_pool"]
+    if kernels is None or pool is None:
+        s["selection"] = None
+        return None
+    objective = s.get("p_objective") or s["kernel_config"]["objective"]
+    if objective not in available_objectives():
+        objective = s["kernel_config"]["objective"]
+        s["p_objective"] = objective
+    decisions: Decisions = s["decisions"]
+    ids = set(pool.ids)
+    pins = [i for i in decisions.pinned if i in ids]
+    bans = [i for i in decisions.banned if i in ids]
+    key = (s["kernels_version"], objective, float(s["p_eta"]), float(s["p_nu"]), int(s["p_seed"]),
+           tuple(pins), tuple(bans))
+    try:
+        full = s.get("_full")
+        if not full or full[0] != key:
+            full = (key, select(pool, objective, kernels, len(pool), eta=float(s["p_eta"]),
+                                nu=float(s["p_nu"]), seed=int(s["p_seed"]), pinned=pins,
+                                banned=bans, full_order=True))
+            s["_full"] = full
+        sel: Selection = full[1]
+        budget = budget_value()
+        from delift_core import resolve_budget
+
+        b = resolve_budget(budget, len(pool))
+        sel = sel.at_budget(min(b, sel.max_budget))
+    except SelectionError as e:
+        s["selection"], s["selection_error"] = None, str(e)
+        return None
+    s["selection"] = sel
+    n_all = len(s["pool"]) if s["pool"] is not None else len(pool)
+    s["snapshots"][method_label(s["kernel_config"], objective, len(pool), n_all)] = sel
+    return sel
+
+
+def extra_sets() -> dict[str, Dataset | None]:
+    """The target/existing sets the current kernels used (for exports and manifests)."""
+    s = ss()
+    return {"target": s["kernel_target"], "existing": s["kernel_existing"]}
+
+
+# ----------------------------------------------------------------------------------------------
+# Embeddings for maps
+
+
+@st.cache_resource(show_spinner=False)
+def cached_embedder(name: str) -> Any:
+    """The sentence embedder, loaded once per process."""
+    return load_embedder(name or None)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _embed(key: str, _texts: tuple[str, ...], embedder: str) -> np.ndarray:
+    return embed_texts(cached_embedder(embedder), list(_texts))
+
+
+def embeddings(ds: Dataset, embedder: str | None = None) -> np.ndarray:
+    """Unit sentence embeddings of a dataset's samples (cached by content)."""
+    name = embedder or ss()["p_embedder"]
+    texts = tuple(sample_text(p, r) for p, r in zip(ds.prompts, ds.responses))
+    return _embed(ds.text_sha256 + name, texts, name)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _project(key: str, _emb: np.ndarray, method: str, seed: int) -> np.ndarray:
+    from delift_core.maps import project_2d
+
+    return project_2d(_emb, method=method, seed=seed)
+
+
+def projection(emb: np.ndarray, method: str, seed: int = 0) -> np.ndarray:
+    """2-D map of embeddings (cached by content, method and seed)."""
+    key = hashlib.sha256(np.ascontiguousarray(emb).tobytes()).hexdigest()
+    return _project(key, emb, method, seed)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _clusters(key: str, _emb: np.ndarray, k: int, seed: int) -> np.ndarray:
+    from delift_core.maps import cluster_labels
+
+    return cluster_labels(_emb, k, seed=seed)
+
+
+def clusters(emb: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+    """k-means labels of embeddings (cached)."""
+    key = hashlib.sha256(np.ascontiguousarray(emb).tobytes()).hexdigest()
+    return _clusters(key, emb, k, seed)

@@ -1,0 +1,153 @@
+"""Widgets shared by the pages: page set-up, sidebar status, guards, sample cards, explanations.
+
+Dataset text is shown with ``st.text``/``st.code``/``st.dataframe`` only (never as markdown or
+HTML), so untrusted text cannot inject markup.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import streamlit as st
+
+from delift_core import Dataset, Selection
+from delift_core.views import explain, format_seconds
+
+from . import state
+
+PAGES = {"data": ("pages/1_Data.py", "Data", "📂"), "kernel": ("pages/2_Kernel.py", "Model & kernel", "🧮"),
+         "select": ("pages/3_Select.py", "Selection", "🎯"),
+         "explore": ("pages/4_Explore.py", "Explore & explain", "🗺️"),
+         "review": ("pages/5_Review.py", "Review", "✍️"),
+         "download": ("pages/6_Download.py", "Download", "⬇️")}
+
+
+def md_escape(text: str) -> str:
+    """Escape markdown (for short labels built from data, e.g. a file name in a caption)."""
+    out = str(text)
+    for ch in "\\`*_{}[]()#+-.!|<>$~":
+        out = out.replace(ch, "\\" + ch)
+    return out
+
+
+def link(page: str, label: str | None = None) -> None:
+    """A link to another page of the studio."""
+    path, name, icon = PAGES[page]
+    st.page_link(path, label=label or name, icon=icon)
+
+
+def setup(title: str, icon: str = "🎯") -> None:
+    """Page config, session defaults, and the sidebar status panel."""
+    st.set_page_config(page_title=f"{title} · DELIFT Studio", page_icon=icon, layout="wide")
+    state.init()
+    sidebar_status()
+
+
+def sidebar_status() -> None:
+    """What is loaded, computed and selected in this session."""
+    s = state.ss()
+    with st.sidebar:
+        st.caption("This session")
+        pool = s["pool"]
+        st.text(f"Pool: {len(pool)} rows" if pool is not None else "Pool: not loaded")
+        for role in ("target", "existing"):
+            if s[role] is not None:
+                st.text(f"{state.ROLE_LABELS[role]}: {len(s[role])} rows")
+        job = state.current_job()
+        if job is not None and job.running:
+            st.text(f"Kernel: computing ({job.fraction():.0%})")
+        elif s["kernels"] is not None:
+            cfg = s["kernel_config"]
+            st.text(f"Kernel: {state.SHORT_KERNEL[cfg['kind']]} on {len(s['kernel_pool'])} rows")
+        sel = s["selection"]
+        if sel is not None:
+            st.text(f"Selected: {sel.budget} of {len(sel.pool)} ({sel.objective})")
+
+
+def need(*what: str) -> None:
+    """Stop the page with a pointer to the page that provides what is missing."""
+    s = state.ss()
+    if "pool" in what and s["pool"] is None:
+        st.info("No data loaded yet. Start on the Data page (one click loads the demo data).")
+        link("data", "Go to the Data page")
+        st.stop()
+    if "kernels" in what and s["kernels"] is None:
+        job = state.current_job()
+        if job is not None and job.running:
+            st.info(f"The kernel is still being computed ({job.fraction():.0%}); follow it on "
+                    "the Model & kernel page.")
+        else:
+            st.info("No kernel yet. Compute one on the Model & kernel page.")
+        link("kernel", "Go to the Model & kernel page")
+        st.stop()
+    if "selection" in what:
+        sel = state.current_selection()
+        if sel is None:
+            st.error(s["selection_error"] or "No selection.")
+            link("select", "Go to the Selection page")
+            st.stop()
+
+
+def sample_text(ds: Dataset, row_id: str, height: int | None = None) -> None:
+    """A sample's prompt and response, shown as plain text."""
+    k = ds.index_of(row_id)
+    st.caption("Prompt")
+    st.code(ds.prompts[k], language=None, wrap_lines=True, height=height)
+    st.caption("Response")
+    st.code(ds.responses[k], language=None, wrap_lines=True, height=height)
+
+
+def short(ds: Dataset, row_id: str, n: int = 90) -> str:
+    """'id: first words of the prompt' for select boxes (plain text widgets)."""
+    k = ds.index_of(row_id)
+    p = " ".join(ds.prompts[k].split())
+    return f"{row_id}: {p[:n]}{'…' if len(p) > n else ''}"
+
+
+def show_explanation(sel: Selection, row_id: str, top: int = 5) -> None:
+    """Why a sample is selected (rank, gain, what it covers) or rejected (who covers it)."""
+    import pandas as pd
+
+    ex = explain(sel, row_id, top=top)
+    pool = sel.pool
+    if ex.selected:
+        c1, c2, c3 = st.columns(3)
+        c1.metric("Decision", "selected" + (" (pinned)" if ex.pinned else ""))
+        c2.metric("Greedy rank", f"{ex.rank} of {sel.budget}")
+        c3.metric("Marginal gain", f"{ex.gain:.4f}")
+        if ex.covers:
+            st.write(f"Best cover for {ex.best_cover_for} rejected samples. The samples it "
+                     "covers best (kernel value: how much it helps each as an example):")
+            st.dataframe(pd.DataFrame({
+                "id": [i for i, _ in ex.covers], "value": [round(v, 4) for _, v in ex.covers],
+                "selected": [i in set(sel.selected_ids) for i, _ in ex.covers],
+                "prompt": [pool.prompts[pool.index_of(i)] for i, _ in ex.covers]}),
+                hide_index=True, width="stretch")
+    else:
+        c1, c2, c3 = st.columns(3)
+        c1.metric("Decision", "rejected" + (" (banned)" if ex.banned else ""))
+        c2.metric("Covered by", ex.covered_by or "–")
+        c3.metric("Coverage", f"{ex.coverage:.4f}" if ex.coverage is not None else "–")
+        if ex.covered_by:
+            st.write("The selected sample that covers it best:")
+            sample_text(pool, ex.covered_by, height=120)
+            if ex.alternatives:
+                st.write("Next-best covers among the selected samples:")
+                st.dataframe(pd.DataFrame({
+                    "id": [i for i, _ in ex.alternatives],
+                    "coverage": [round(v, 4) for _, v in ex.alternatives],
+                    "prompt": [pool.prompts[pool.index_of(i)] for i, _ in ex.alternatives]}),
+                    hide_index=True, width="stretch")
+
+
+def job_progress(job: Any) -> None:
+    """Progress bar with stage, counts and ETA for a kernel job."""
+    eta = job.eta_seconds()
+    frac = job.fraction()
+    if job.total:
+        text = (f"{job.stage}: {job.done:,} / {job.total:,} · {frac:.0%} overall · "
+                f"about {format_seconds(eta)} left" if eta is not None
+                else f"{job.stage}: {job.done:,} / {job.total:,}")
+    else:
+        text = f"{job.stage} …"
+    st.progress(frac, text=text)
