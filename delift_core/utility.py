@@ -13,6 +13,8 @@ choice is recorded in ``meta`` so another implementation can rebuild the same se
 
 from __future__ import annotations
 
+import copy
+import os
 import string
 import threading
 import time
@@ -133,8 +135,53 @@ def response_distance(probs: torch.Tensor) -> float:
     return float(torch.linalg.vector_norm(1.0 - probs.double()) / np.sqrt(t))
 
 
+def split_prompt(tok: "_Tokens", template: str, values: dict[str, str]) -> tuple[list[int], list[int]]:
+    """The prompt tokens split before the ``{prompt}`` field value: (shared head, the rest).
+
+    ``head + rest`` is exactly ``tok.prompt_ids(template, values)``; the head does not depend on
+    the target, so one run of it serves every target (its key/value cache is reused).
+    """
+    bos = tok.lm.bos_token_id
+    head = [bos] if bos is not None else []
+    rest: list[int] = []
+    out = head
+    for literal, fld in template_segments(template):
+        if literal:
+            out += tok.ids(literal)
+        if fld == "prompt" and out is head:
+            out = rest
+        if fld is not None:
+            out += tok.field_ids(values[fld])
+    return head, rest
+
+
+def _expand_cache(cache: Any, batch: int) -> Any:
+    """A shallow copy of a batch-1 key/value cache whose tensors are expanded (not copied) to ``batch``.
+
+    Layers are copied so the shared prefix cache is never mutated: ``update`` concatenates into new
+    tensors, and sliding-window layers keep their own ``cumulative_length``.
+    """
+    new = copy.copy(cache)
+    layers = []
+    for layer in cache.layers:
+        lay = copy.copy(layer)
+        if getattr(layer, "is_initialized", False) and layer.keys is not None and layer.keys.numel():
+            lay.keys = layer.keys.expand(batch, *layer.keys.shape[1:])
+            lay.values = layer.values.expand(batch, *layer.values.shape[1:])
+        layers.append(lay)
+    new.layers = layers
+    return new
+
+
 class _Scorer:
-    """Batched teacher forcing that computes logits only at the scored positions."""
+    """Batched teacher forcing that computes logits only at the scored positions.
+
+    :meth:`group_distances` runs a shared prefix once and reuses its key/value cache for a batch of
+    suffixes behind it (right-padded; positions continue from the prefix, and the causal mask keeps
+    padding out of every real token's view, so no attention mask is needed).
+    """
+
+    head_chunk = 256
 
     def __init__(self, lm: CausalLM) -> None:
         self.lm = lm
@@ -144,11 +191,44 @@ class _Scorer:
         self.softcap = getattr(model.config, "final_logit_softcapping", None)
         pad = lm.tokenizer.pad_token_id
         self.pad = int(pad if pad is not None else 0)
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:  # pragma: no cover - not Linux
+            cores = os.cpu_count() or 1
+        if lm.device.type == "cpu" and torch.get_num_threads() < cores:
+            torch.set_num_threads(cores)
+        self.tokens_processed = 0
 
-    @torch.inference_mode()
-    def distances(self, seqs: Sequence[list[int]], n_scored: Sequence[int]) -> np.ndarray:
-        """Distance of each sequence's last ``n_scored`` tokens; sequences are right-padded."""
+    def _p_true(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Probability of each target token given its hidden state, the head run in chunks (fp32 softmax)."""
+        out = []
+        for s in range(0, hidden.shape[0], self.head_chunk):
+            logits = self.head(hidden[s: s + self.head_chunk]).float()
+            if self.softcap:
+                logits = torch.tanh(logits / self.softcap) * self.softcap
+            lse = torch.logsumexp(logits, dim=-1)
+            true = logits.gather(-1, targets[s: s + self.head_chunk].unsqueeze(-1)).squeeze(-1)
+            out.append((true - lse).exp())
+        return torch.cat(out).cpu()
+
+    def _score(self, hidden: torch.Tensor, ids: torch.Tensor, lengths: Sequence[int],
+               n_scored: Sequence[int]) -> np.ndarray:
         dev = self.lm.device
+        rows, pos = [], []
+        for b, (length, n) in enumerate(zip(lengths, n_scored)):
+            rows.append(torch.full((n,), b))
+            pos.append(torch.arange(length - n - 1, length - 1))
+        rows_t, pos_t = torch.cat(rows), torch.cat(pos)
+        tgt = ids[rows_t, pos_t + 1].to(dev)
+        p_true = self._p_true(hidden[rows_t.to(dev), pos_t.to(dev)], tgt)
+        out = np.empty(len(lengths), dtype=np.float64)
+        start = 0
+        for b, n in enumerate(n_scored):
+            out[b] = response_distance(p_true[start: start + n])
+            start += n
+        return out
+
+    def _padded(self, seqs: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
         lengths = [len(s) for s in seqs]
         width = max(lengths)
         ids = torch.full((len(seqs), width), self.pad, dtype=torch.long)
@@ -156,25 +236,66 @@ class _Scorer:
         for b, s in enumerate(seqs):
             ids[b, : len(s)] = torch.tensor(s, dtype=torch.long)
             mask[b, : len(s)] = 1
-        hidden = self.body(input_ids=ids.to(dev), attention_mask=mask.to(dev)).last_hidden_state
-        rows, pos, tgt, owner = [], [], [], []
-        for b, (length, n) in enumerate(zip(lengths, n_scored)):
-            p = torch.arange(length - n - 1, length - 1)
-            rows.append(torch.full((n,), b))
-            pos.append(p)
-            tgt.append(ids[b, p + 1])
-            owner += [b] * n
-        rows_t, pos_t = torch.cat(rows).to(dev), torch.cat(pos).to(dev)
-        logits = self.head(hidden[rows_t, pos_t]).float()
-        if self.softcap:
-            logits = torch.tanh(logits / self.softcap) * self.softcap
-        logp = torch.log_softmax(logits, dim=-1)
-        p_true = logp.gather(-1, torch.cat(tgt).to(dev).unsqueeze(-1)).squeeze(-1).exp().cpu()
-        out = np.empty(len(seqs), dtype=np.float64)
-        start = 0
-        for b, n in enumerate(n_scored):
-            out[b] = response_distance(p_true[start: start + n])
-            start += n
+        return ids, mask, lengths
+
+    @torch.inference_mode()
+    def distances(self, seqs: Sequence[list[int]], n_scored: Sequence[int]) -> np.ndarray:
+        """Distance of each sequence's last ``n_scored`` tokens; sequences are right-padded."""
+        ids, mask, lengths = self._padded(seqs)
+        dev = self.lm.device
+        hidden = self.body(input_ids=ids.to(dev), attention_mask=mask.to(dev),
+                           use_cache=False).last_hidden_state
+        self.tokens_processed += sum(lengths)
+        return self._score(hidden, ids, lengths, n_scored)
+
+    @torch.inference_mode()
+    def prefix_cache(self, prefix: Sequence[int]) -> Any:
+        """The key/value cache of one shared prefix (batch 1), or None for an empty prefix."""
+        if not prefix:
+            return None
+        ids = torch.tensor([list(prefix)], dtype=torch.long, device=self.lm.device)
+        out = self.body(input_ids=ids, use_cache=True)
+        self.tokens_processed += len(prefix)
+        return out.past_key_values
+
+    @torch.inference_mode()
+    def suffix_distances(self, cache: Any, prefix_len: int, suffixes: Sequence[list[int]],
+                         n_scored: Sequence[int]) -> np.ndarray:
+        """Distances of suffixes run behind a cached prefix of ``prefix_len`` tokens."""
+        if cache is None:
+            return self.distances(suffixes, n_scored)
+        ids, _, lengths = self._padded(suffixes)
+        dev = self.lm.device
+        b, width = ids.shape
+        past = _expand_cache(cache, b)
+        position_ids = torch.arange(prefix_len, prefix_len + width, device=dev).expand(b, width)
+        hidden = self.body(input_ids=ids.to(dev), past_key_values=past, use_cache=True,
+                           position_ids=position_ids).last_hidden_state
+        self.tokens_processed += sum(lengths)
+        return self._score(hidden, ids, lengths, n_scored)
+
+    def group_distances(self, prefix: list[int], suffixes: Sequence[list[int]],
+                        n_scored: Sequence[int], batch_size: int,
+                        on_batch: Callable[[int], None] | None = None,
+                        before_batch: Callable[[], None] | None = None) -> np.ndarray:
+        """Distances of ``prefix + suffix`` for each suffix, the prefix run once.
+
+        The prefix's last token moves into every suffix, so the position that predicts the first
+        scored token is always in the suffix. Suffixes are batched by length.
+        """
+        keep, carry = prefix[:-1], prefix[-1:]
+        cache = self.prefix_cache(keep)
+        seqs = [carry + list(s) for s in suffixes]
+        order = np.argsort([len(x) for x in seqs], kind="stable")
+        out = np.empty(len(seqs))
+        for s in range(0, len(order), batch_size):
+            if before_batch:
+                before_batch()
+            idx = order[s: s + batch_size]
+            out[idx] = self.suffix_distances(cache, len(keep), [seqs[k] for k in idx],
+                                             [n_scored[k] for k in idx])
+            if on_batch:
+                on_batch(len(idx))
         return out
 
 
@@ -216,6 +337,7 @@ class UtilityKernel:
         self.cache_root = cache_root
         self.use_cache = use_cache
         self.pairs_computed_ = 0
+        self.tokens_processed_ = 0
 
     def _key(self, t_prompts, t_resps, e_prompts, e_resps) -> dict:
         return {"engine": ENGINE_VERSION, "model": self.lm.fingerprint, "dtype": str(self.lm.dtype),
@@ -233,6 +355,49 @@ class UtilityKernel:
         plain = [tok.prompt_ids(s.plain_template, {"prompt": p}) for p in t_prompts]
         resp = [tok.response_ids(r) for r in t_resps]
         return tok, plain, resp
+
+    def _plain_distances(self, scorer: _Scorer, tok: _Tokens, t_prompts: Sequence[str],
+                         resp: list[list[int]], tick: Callable[[int], None],
+                         check: Callable[[], None]) -> np.ndarray:
+        """d(i, plain) for every target: the template head runs once, prompts + responses behind it."""
+        s = self.settings
+        heads, suffixes = [], []
+        for p, r in zip(t_prompts, resp):
+            head, rest = split_prompt(tok, s.plain_template, {"prompt": p})
+            heads.append(head)
+            suffixes.append(rest + r)
+        return self._grouped(scorer, heads, suffixes, [len(r) for r in resp], tick, check)
+
+    def _example_distances(self, scorer: _Scorer, tok: _Tokens, j: int, targets: np.ndarray,
+                           t_prompts: Sequence[str], resp: list[list[int]],
+                           e_prompts: Sequence[str], e_resps: Sequence[str],
+                           tick: Callable[[int], None], check: Callable[[], None]) -> np.ndarray:
+        """d(i, with example j) for the given targets i: the example prefix runs once."""
+        s = self.settings
+        heads, suffixes = [], []
+        for i in targets:
+            head, rest = split_prompt(tok, s.example_template, {
+                "example_prompt": e_prompts[j], "example_response": e_resps[j],
+                "prompt": t_prompts[i]})
+            heads.append(head)
+            suffixes.append(rest + resp[i])
+        return self._grouped(scorer, heads, suffixes, [len(resp[i]) for i in targets], tick, check)
+
+    def _grouped(self, scorer: _Scorer, heads: list[list[int]], suffixes: list[list[int]],
+                 n_scored: list[int], tick: Callable[[int], None],
+                 check: Callable[[], None]) -> np.ndarray:
+        """Distances of ``heads[k] + suffixes[k]``, each distinct head run once."""
+        out = np.empty(len(heads))
+        groups: dict[tuple, list[int]] = {}
+        for k, h in enumerate(heads):
+            groups.setdefault(tuple(h), []).append(k)
+
+        for head, members in groups.items():
+            check()
+            out[members] = scorer.group_distances(list(head), [suffixes[k] for k in members],
+                                                  [n_scored[k] for k in members],
+                                                  self.settings.batch_size, tick, check)
+        return out
 
     def compute(self, t_prompts: Sequence[str], t_resps: Sequence[str],
                 e_prompts: Sequence[str], e_resps: Sequence[str], *,
@@ -260,26 +425,20 @@ class UtilityKernel:
             if progress:
                 progress(done, total)
 
-        def run(seqs: list[list[int]], n_scored: list[int]) -> np.ndarray:
-            order = np.argsort([len(x) for x in seqs], kind="stable")
-            out = np.empty(len(seqs))
-            for b in range(0, len(order), s.batch_size):
-                if cancel is not None and cancel.is_set():
-                    raise KernelCancelled("kernel computation cancelled")
-                idx = order[b: b + s.batch_size]
-                out[idx] = scorer.distances([seqs[k] for k in idx], [n_scored[k] for k in idx])
-                tick(len(idx))
-            return out
+        def check() -> None:
+            if cancel is not None and cancel.is_set():
+                raise KernelCancelled("kernel computation cancelled")
 
         d_plain = store.get("plain") if store else None
-        if d_plain is None:
-            d_plain = run([p + r for p, r in zip(plain, resp)], [len(r) for r in resp])
+        if d_plain is None or d_plain.shape != (n_t,):
+            d_plain = self._plain_distances(scorer, tok, t_prompts, resp, tick, check)
             self.pairs_computed_ += n_t
             if store:
                 store.put("plain", d_plain)
         else:
             tick(n_t)
         d_with = np.empty((n_t, n_e), dtype=np.float64)
+        all_targets = np.arange(n_t)
         for blk in range(n_blocks):
             cols = range(blk * s.block_size, min(n_e, (blk + 1) * s.block_size))
             name = f"examples_{blk:06d}"
@@ -289,20 +448,15 @@ class UtilityKernel:
                 blocks_reused += 1
                 tick(n_t * len(cols))
                 continue
-            seqs, n_scored = [], []
-            for j in cols:
-                for i in range(n_t):
-                    prompt = tok.prompt_ids(s.example_template, {
-                        "example_prompt": e_prompts[j], "example_response": e_resps[j],
-                        "prompt": t_prompts[i]})
-                    seqs.append(prompt + resp[i])
-                    n_scored.append(len(resp[i]))
-            flat = run(seqs, n_scored)
-            block = flat.reshape(len(cols), n_t).T
+            block = np.empty((n_t, len(cols)), dtype=np.float64)
+            for c, j in enumerate(cols):
+                block[:, c] = self._example_distances(scorer, tok, j, all_targets, t_prompts, resp,
+                                                      e_prompts, e_resps, tick, check)
             self.pairs_computed_ += n_t * len(cols)
             d_with[:, cols.start: cols.stop] = block
             if store:
                 store.put(name, block)
+        self.tokens_processed_ = scorer.tokens_processed
         values = (d_plain[:, None] - d_with).astype(np.float32)
         meta = {
             "kind": "utility",

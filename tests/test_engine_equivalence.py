@@ -1,0 +1,158 @@
+"""The utility engine (shared prefix cache, scored-position logits, batching) equals a naive
+per-pair full forward, on tiny random models built here and once on the real default model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from delift_core.models import CausalLM
+from delift_core.utility import UtilityKernel, UtilitySettings, _Tokens
+
+CHARS = [chr(c) for c in range(32, 127)] + ["\n"]
+
+
+def tiny_tokenizer(bos: bool = True):
+    """A char-level fast tokenizer built in memory (no download)."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<unk>": 1, "<bos>": 2, "<eos>": 3}
+    for c in CHARS:
+        vocab.setdefault(c, len(vocab))
+    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", unk_token="<unk>",
+                                  bos_token="<bos>" if bos else None, eos_token="<eos>")
+    return tok
+
+
+def tiny_lm(kind: str) -> CausalLM:
+    """A randomly initialised 2-layer causal LM (Gemma 3 with a small sliding window, or Llama)."""
+    torch.manual_seed(0)
+    tok = tiny_tokenizer(bos=kind != "llama-nobos")
+    v = len(tok)
+    if kind.startswith("gemma3"):
+        from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+        cfg = Gemma3TextConfig(vocab_size=v, hidden_size=32, intermediate_size=64,
+                               num_hidden_layers=3, num_attention_heads=2, num_key_value_heads=1,
+                               head_dim=16, sliding_window=6,
+                               layer_types=["sliding_attention", "full_attention",
+                                            "sliding_attention"],
+                               max_position_embeddings=1024, pad_token_id=0, bos_token_id=2,
+                               eos_token_id=3,
+                               final_logit_softcapping=30.0 if kind == "gemma3-softcap" else None)
+        cfg._attn_implementation = "sdpa"
+        model = Gemma3ForCausalLM(cfg)
+    else:
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        cfg = LlamaConfig(vocab_size=v, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2,
+                          max_position_embeddings=1024, pad_token_id=0, bos_token_id=2,
+                          eos_token_id=3)
+        model = LlamaForCausalLM(cfg)
+    # larger weights make the predictions peaked, so the distances differ clearly between pairs
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(4.0)
+        model.get_output_embeddings().weight.mul_(8.0)
+    model.eval()
+    return CausalLM(model=model, tokenizer=tok, name=f"tiny-{kind}", source="test",
+                    fingerprint=f"tiny-{kind}", device=torch.device("cpu"), dtype=torch.float32)
+
+
+def naive_kernel(lm: CausalLM, settings: UtilitySettings, tp, tr, ep, er) -> np.ndarray:
+    """Straightforward reference: one full forward per sequence, full logits, float64 distance."""
+    tok = _Tokens(lm, settings.max_field_tokens, settings.max_response_tokens, settings.score_eos)
+
+    def dist(prompt_ids: list[int], resp_ids: list[int]) -> float:
+        ids = torch.tensor([prompt_ids + resp_ids])
+        with torch.no_grad():
+            logits = lm.model(input_ids=ids).logits[0].double()
+        logp = torch.log_softmax(logits, dim=-1)
+        n = len(resp_ids)
+        pos = torch.arange(ids.shape[1] - n - 1, ids.shape[1] - 1)
+        p = logp[pos, ids[0, pos + 1]].exp()
+        return float(torch.linalg.vector_norm(1 - p) / np.sqrt(n))
+
+    out = np.empty((len(tp), len(ep)))
+    for i in range(len(tp)):
+        r = tok.response_ids(tr[i])
+        plain = dist(tok.prompt_ids(settings.plain_template, {"prompt": tp[i]}), r)
+        for j in range(len(ep)):
+            p = tok.prompt_ids(settings.example_template, {
+                "example_prompt": ep[j], "example_response": er[j], "prompt": tp[i]})
+            out[i, j] = plain - dist(p, r)
+    return out
+
+
+TARGETS_P = ["What is 2+2?", "Name a colour.", "Translate 'cat' to French, please, and explain",
+             "Hi"]
+TARGETS_R = ["4", "Blue is a colour that many people like.", "chat", "Hello there!"]
+EXAMPLES_P = ["Add 3 and 5.", "Give a fruit.", "Say hello", "x"]
+EXAMPLES_R = ["8", "An apple, which is red or green.", "hello", "a much longer example response"]
+
+
+@pytest.mark.parametrize("kind", ["gemma3", "gemma3-softcap", "llama", "llama-nobos"])
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_engine_equals_naive(tmp_path, kind, batch_size):
+    lm = tiny_lm(kind)
+    s = UtilitySettings(plain_template="Q: {prompt}\nA:", example_template=(
+        "E: {example_prompt}\n{example_response}\nQ: {prompt}\nA:"), batch_size=batch_size,
+        block_size=3)
+    res = UtilityKernel(lm, s, cache_root=str(tmp_path), use_cache=False).compute(
+        TARGETS_P, TARGETS_R, EXAMPLES_P, EXAMPLES_R)
+    ref = naive_kernel(lm, s, TARGETS_P, TARGETS_R, EXAMPLES_P, EXAMPLES_R)
+    assert res.values.shape == ref.shape
+    assert np.abs(res.values - ref).max() < 1e-4
+    # not vacuous: pair-to-pair differences are reproduced far below their spread
+    assert np.abs(res.values - ref).max() < 0.01 * ref.std()
+
+
+def test_engine_equals_naive_default_templates_past_window(tmp_path):
+    """Default templates: the example prefix is far longer than the sliding window of 6."""
+    lm = tiny_lm("gemma3")
+    s = UtilitySettings(batch_size=2, block_size=2)
+    res = UtilityKernel(lm, s, use_cache=False).compute(
+        TARGETS_P[:3], TARGETS_R[:3], EXAMPLES_P[:3], EXAMPLES_R[:3])
+    ref = naive_kernel(lm, s, TARGETS_P[:3], TARGETS_R[:3], EXAMPLES_P[:3], EXAMPLES_R[:3])
+    assert np.abs(res.values - ref).max() < 1e-4
+    # not vacuous: pair-to-pair differences are reproduced far below their spread
+    assert np.abs(res.values - ref).max() < 0.01 * ref.std()
+
+
+def test_engine_template_with_example_after_prompt(tmp_path):
+    """A template whose example fields follow {prompt}: the suffix depends on the example too."""
+    lm = tiny_lm("llama")
+    s = UtilitySettings(plain_template="{prompt} =", batch_size=4, example_template=(
+        "Q {prompt} / like {example_prompt} -> {example_response} ="))
+    res = UtilityKernel(lm, s, use_cache=False).compute(
+        TARGETS_P[:3], TARGETS_R[:3], EXAMPLES_P[:2], EXAMPLES_R[:2])
+    ref = naive_kernel(lm, s, TARGETS_P[:3], TARGETS_R[:3], EXAMPLES_P[:2], EXAMPLES_R[:2])
+    assert np.abs(res.values - ref).max() < 1e-4
+    # not vacuous: pair-to-pair differences are reproduced far below their spread
+    assert np.abs(res.values - ref).max() < 0.01 * ref.std()
+
+
+@pytest.mark.slow
+def test_engine_equals_naive_default_model():
+    """Once, the real default model on 3 short demo rows."""
+    from delift_core.data import load_dataset
+    from delift_core.models import load_causal_lm
+
+    try:
+        lm = load_causal_lm()
+    except Exception as e:  # pragma: no cover - model not available offline
+        pytest.skip(f"default model unavailable: {e}")
+    ds = load_dataset("demo:pool")
+    tp, tr = ds.prompts[:3], ds.responses[:3]
+    s = UtilitySettings()
+    res = UtilityKernel(lm, s, use_cache=False).compute(tp, tr, tp, tr)
+    ref = naive_kernel(lm, s, tp, tr, tp, tr)
+    assert np.abs(res.values - ref).max() < 1e-4
+    # not vacuous: pair-to-pair differences are reproduced far below their spread
+    assert np.abs(res.values - ref).max() < 0.01 * ref.std()
