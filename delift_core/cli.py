@@ -115,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--format", choices=["jsonl", "json", "csv", "parquet"])
     _add_model_args(s)
     s.add_argument("--out", required=True)
+    _add_evaluate_parser(sub)
     return parser
 
 
@@ -245,10 +246,27 @@ def cmd_select(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_evaluate_parser(sub: Any) -> None:
+    """The ``evaluate`` subcommand; its options live in :mod:`delift_core.evaluate`."""
+    from .evaluate import add_cli_arguments
+
+    e = sub.add_parser("evaluate", help="score subsets (and baselines) by in-context learning "
+                                        "or LoRA on a held-out test set")
+    add_cli_arguments(e)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Run ``delift evaluate`` with tqdm progress bars."""
+    from .evaluate import run_cli
+
+    return run_cli(args, progress=_Bars())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``delift`` console script; user errors exit 2 with a message."""
     args = build_parser().parse_args(argv)
-    handler = {"inspect": cmd_inspect, "kernel": cmd_kernel, "select": cmd_select}[args.command]
+    handler = {"inspect": cmd_inspect, "kernel": cmd_kernel, "select": cmd_select,
+               "evaluate": cmd_evaluate}[args.command]
     try:
         return handler(args)
     except DeliftError as e:
