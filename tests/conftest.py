@@ -43,6 +43,19 @@ def _isolated_cache(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("DELIFT_CACHE_DIR", str(_SESSION_CACHE))
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread(request: pytest.FixtureRequest):
+    """The tiny models gain nothing from threads, and on a busy machine spinning threads cost a lot.
+    The real default model keeps torch's own thread count."""
+    if request.node.get_closest_marker("real_cache"):
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not (SHARED_DATA / "p3_sample.jsonl").exists():
@@ -83,13 +96,22 @@ def tid(tok, ch: str) -> int:
 
 
 class _OneHotBody(nn.Module):
+    """The model body: hidden state = one-hot of the current token.
+
+    It accepts the keyword arguments of a Hugging Face body (attention mask, position ids, a
+    key/value cache) and ignores them: a bigram model needs no context. When asked for a cache it
+    returns an empty one (no layers), which is all an engine that reuses prefixes can expand.
+    """
+
     def __init__(self, vocab: int) -> None:
         super().__init__()
         self.vocab = vocab
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
-        return SimpleNamespace(last_hidden_state=nn.functional.one_hot(input_ids, self.vocab)
-                               .float())
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                use_cache: bool | None = None, **kwargs):
+        hidden = nn.functional.one_hot(input_ids, self.vocab).float()
+        past = SimpleNamespace(layers=[]) if use_cache else None
+        return SimpleNamespace(last_hidden_state=hidden, past_key_values=past)
 
 
 class BigramLM(nn.Module):
