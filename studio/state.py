@@ -153,7 +153,7 @@ def upload_too_large(size: int, limit: int | None = None) -> str | None:
     """A message when an upload is over the limit, else None."""
     limit = max_upload_bytes() if limit is None else limit
     if size > limit:
-        return (f"The file is {size / 1e6:.1f} MB; uploads are limited to {limit / 1e6:.0f} MB "
+        return (f"The file is {size / 2**20:.1f} MB; uploads are limited to {limit / 2**20:.0f} MB "
                 "(server.maxUploadSize in .streamlit/config.toml). Give a local path instead.")
     return None
 

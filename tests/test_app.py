@@ -1,0 +1,360 @@
+"""The studio's pages, driven with Streamlit's AppTest (embedding kernel, which is fast).
+
+Each test walks a page's main path or an error path and checks what the page shows and what it
+keeps in ``st.session_state`` (the keys documented in ``studio/state.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from delift_core import load_dataset, selection_artifacts
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = str(ROOT / "app.py")
+TIMEOUT = 300
+
+
+def new_app() -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception
+    return at
+
+
+def goto(at: AppTest, page: str) -> AppTest:
+    at.switch_page(f"pages/{page}.py")
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def wait_for_jobs() -> None:
+    """Join this process's kernel threads (the jobs of every AppTest session)."""
+    for t in threading.enumerate():
+        if t.name.startswith("delift-kernel-"):
+            t.join(TIMEOUT)
+
+
+def load_demo(at: AppTest) -> AppTest:
+    goto(at, "1_Data")
+    at.button(key="load_demo_all").click().run()
+    assert not at.exception
+    return at
+
+
+def compute(at: AppTest, kind: str = "embedding", stage: str = "instruction",
+            limit: int | None = None) -> AppTest:
+    goto(at, "2_Kernel")
+    at.radio(key="p_stage").set_value(stage).run()
+    at.radio(key="p_kind").set_value(kind).run()
+    if limit is not None:
+        n = len(at.session_state["pool"])
+        at.number_input(key=f"p_limit_{kind}_{n}").set_value(limit).run()
+    at.button(key="start_kernel").click().run()
+    assert not at.exception, at.exception
+    wait_for_jobs()
+    at.run()
+    assert not at.exception, at.exception
+    assert at.session_state["kernels"] is not None, [e.value for e in at.error]
+    return at
+
+
+def ready(kind: str = "embedding", stage: str = "instruction") -> AppTest:
+    at = new_app()
+    load_demo(at)
+    compute(at, kind, stage)
+    at.session_state["p_map_method"] = "pca"  # keep most tests fast; one test draws UMAP
+    return at
+
+
+def texts(elements) -> list[str]:
+    return [str(e.value) for e in elements]
+
+
+# ----------------------------------------------------------------------------------------------
+# Landing and data
+
+
+def test_landing_says_what_delift_does_and_where_to_start() -> None:
+    at = new_app()
+    assert at.title[0].value == "DELIFT Studio"
+    body = " ".join(texts(at.markdown))
+    assert "facility location" in body and "Data" in body
+
+
+def test_demo_data_loads_all_three_sets_with_preview() -> None:
+    at = load_demo(new_app())
+    s = at.session_state
+    assert (len(s["pool"]), len(s["target"]), len(s["existing"])) == (240, 40, 60)
+    metrics = texts(at.metric)
+    assert metrics[:4] == ["240", "alpaca", "jsonl", "0"]
+    assert at.dataframe[0].value.shape[0] == 200  # preview of the first 200 rows
+    assert list(at.dataframe[0].value.columns[:3]) == ["id", "prompt", "response"]
+
+
+def test_bad_file_shows_the_line_and_the_problem(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "c", "response": \n')
+    at = goto(new_app(), "1_Data")
+    at.radio(key="p_src_pool").set_value("path").run()
+    at.text_input(key="p_path_pool").input(str(bad)).run()
+    at.button(key="load_path_pool").click().run()
+    assert not at.exception
+    errors = texts(at.error)
+    assert any("bad.jsonl" in e and "line 2" in e and "not valid JSON" in e for e in errors), errors
+    assert at.session_state["pool"] is None
+
+
+def test_missing_file_and_unknown_layout_then_mapping_by_hand(tmp_path: Path) -> None:
+    at = goto(new_app(), "1_Data")
+    at.radio(key="p_src_pool").set_value("path").run()
+    at.text_input(key="p_path_pool").input(str(tmp_path / "nope.jsonl")).run()
+    at.button(key="load_path_pool").click().run()
+    assert any("no such file" in e for e in texts(at.error))
+
+    odd = tmp_path / "odd.csv"
+    odd.write_text("key,question_text,reply\nk1,What is 2+2?,4\nk2,Capital of France?,Paris\n"
+                   "k3,Empty one,\n")
+    at.text_input(key="p_path_pool").input(str(odd)).run()
+    at.button(key="load_path_pool").click().run()
+    assert any("unknown layout" in e for e in texts(at.error))
+    at.checkbox(key="p_map_on_pool").check().run()
+    at.multiselect(key="p_map_prompt_pool").select("question_text").run()
+    at.selectbox(key="p_map_resp_pool").set_value("reply").run()
+    at.selectbox(key="p_map_id_pool").set_value("key").run()
+    at.button(key="load_path_pool").click().run()
+    assert not at.error, texts(at.error)
+    pool = at.session_state["pool"]
+    assert pool.ids == ["k1", "k2"] and pool.layout == "mapping"
+    assert pool.responses == ["4", "Paris"]
+    assert "1" in texts(at.metric)  # one skipped row (empty response)
+
+
+def test_upload_size_limit_message() -> None:
+    from studio.state import upload_too_large
+
+    assert upload_too_large(10, limit=100) is None
+    msg = upload_too_large(300 * 1024 * 1024, limit=200 * 1024 * 1024)
+    assert "300.0 MB" in msg and "limited to 200 MB" in msg and "maxUploadSize" in msg
+    config = (ROOT / ".streamlit" / "config.toml").read_text()
+    assert "maxUploadSize" in config
+
+
+# ----------------------------------------------------------------------------------------------
+# Kernel
+
+
+def test_task_specific_without_target_is_refused() -> None:
+    at = goto(new_app(), "1_Data")
+    at.button(key="demo_pool").click().run()
+    assert len(at.session_state["pool"]) == 240 and at.session_state["target"] is None
+    goto(at, "2_Kernel")
+    at.radio(key="p_stage").set_value("task").run()
+    assert any("needs a target set" in e for e in texts(at.error))
+    assert at.button(key="start_kernel").disabled
+
+
+def test_kernel_estimate_and_first_n_rows() -> None:
+    at = load_demo(new_app())
+    goto(at, "2_Kernel")
+    at.radio(key="p_kind").set_value("utility").run()
+    # utility on CPU defaults to the first 24 rows: 24*24 pairs + 24 plain passes
+    assert at.number_input(key="p_limit_utility_240").value == 24
+    assert texts(at.metric)[0] == f"{24 * 24 + 24:,}"
+    at.radio(key="p_kind").set_value("embedding").run()
+    assert at.number_input(key="p_limit_embedding_240").value == 240
+    assert texts(at.metric)[0] == f"{240 + 40 + 60:,}"  # every loaded set is embedded
+
+
+def test_embedding_kernel_job_and_instant_budget() -> None:
+    at = ready()
+    s = at.session_state
+    assert s["kernels"].kind == "embedding" and s["kernels"].pool.shape == (240, 240)
+    assert s["kernel_config"]["objective"] == "fl"
+    assert any("Kernel ready" in x for x in texts(at.success))
+    goto(at, "3_Select")
+    assert texts(at.metric)[0] == "72 of 240"
+    order = list(s["selection"].order)
+    at.slider(key="p_budget_pct").set_value(10).run()
+    assert texts(at.metric)[0] == "24 of 240"
+    sel = s["selection"]
+    assert list(sel.order) == order and sel.selected_ids == [sel.pool.ids[k] for k in order[:24]]
+    assert len(at.get("plotly_chart")) == 1  # the gain curve
+
+
+def test_budget_of_zero_is_an_error() -> None:
+    at = ready()
+    goto(at, "3_Select")
+    at.slider(key="p_budget_pct").set_value(0).run()
+    assert not at.exception
+    assert any("must be in (0, 1]" in e for e in texts(at.error))
+    at.radio(key="p_budget_mode").set_value("count").run()
+    at.number_input(key="p_budget_count").set_value(0).run()
+    assert any("selects nothing" in e for e in texts(at.error))
+    at.number_input(key="p_budget_count").set_value(5).run()
+    assert not at.error and texts(at.metric)[0] == "5 of 240"
+
+
+def test_task_specific_flmi_and_eta() -> None:
+    at = ready(stage="task")
+    assert at.session_state["kernels"].target.shape == (40, 240)
+    goto(at, "3_Select")
+    assert at.selectbox(key="p_objective").value == "flmi"
+    before = at.session_state["selection"].selected_ids
+    at.slider(key="p_eta").set_value(0.0).run()
+    assert not at.exception
+    assert at.session_state["selection"].params["eta"] == 0.0
+    assert at.session_state["selection"].selected_ids != before
+
+
+def test_kernel_results_survive_page_switches_and_reruns() -> None:
+    at = ready()
+    version = at.session_state["kernels_version"]
+    for page in ("1_Data", "3_Select", "2_Kernel", "4_Explore"):
+        goto(at, page)
+    assert at.session_state["kernels_version"] == version
+    assert at.session_state["p_kind"] == "embedding"  # the widget value persisted
+
+
+# ----------------------------------------------------------------------------------------------
+# Explore, review, download
+
+
+def test_explore_heatmap_map_compare_and_explain() -> None:
+    at = ready()
+    at.session_state["p_map_method"] = "umap"
+    goto(at, "4_Explore")
+    charts = at.get("plotly_chart")
+    assert len(charts) >= 2  # heatmap and map
+    assert any("Showing 160 of 240 rows" in x for x in texts(at.info))  # sampled, with notice
+    heat = json.loads(charts[0].proto.spec)
+    assert heat["data"][0]["z"]["shape"] == "160, 160"
+    # explain: the default sample is the first pick
+    metrics = texts(at.metric)
+    assert "selected" in metrics[0] and metrics[1] == "1 of 72"
+    rejected = next(i for i in at.session_state["kernel_pool"].ids
+                    if i not in set(at.session_state["selection"].selected_ids))
+    at.selectbox(key="p_explain_id").set_value(rejected).run()
+    metrics = texts(at.metric)
+    assert metrics[0] == "rejected"
+    assert metrics[1] in at.session_state["selection"].selected_ids
+    # a second selection (random baseline) makes the comparison appear
+    goto(at, "3_Select")
+    at.selectbox(key="p_objective").set_value("random").run()
+    goto(at, "4_Explore")
+    assert len(at.session_state["snapshots"]) == 2
+    labels = [m.label for m in at.metric]
+    assert "Jaccard overlap" in labels
+    counts = {m.label: m.value for m in at.metric}
+    assert int(counts["In both"]) + int(counts["Only A"]) == 72
+
+
+def test_review_pin_ban_note_persist_and_rerun_selection() -> None:
+    at = ready()
+    goto(at, "5_Review")
+    sel = at.session_state["selection"]
+    rejected = next(i for i in sel.pool.ids if i not in set(sel.selected_ids))
+    first = sel.selected_ids[0]
+    at.selectbox(key="p_review_id").set_value(rejected).run()
+    at.button(key="pin").click().run()
+    at.selectbox(key="p_review_id").set_value(first).run()
+    at.button(key="ban").click().run()
+    at.text_area(key=f"note_{first}").input("off-topic").run()
+    at.button(key="save_note").click().run()
+    assert not at.exception
+    d = at.session_state["decisions"]
+    assert d.pinned == [rejected] and d.banned == [first] and d.notes == {first: "off-topic"}
+    goto(at, "3_Select")
+    goto(at, "5_Review")
+    sel = at.session_state["selection"]
+    assert rejected in sel.selected_ids and first not in sel.selected_ids
+    assert sel.pinned == [rejected] and sel.banned == [first]
+    assert len(sel.selected_ids) == 72
+    at.text_input(key="p_review_query").input("off-topic").run()
+    assert list(at.dataframe[0].value["id"]) == [first]
+
+
+def test_download_offers_every_artifact() -> None:
+    at = ready()
+    goto(at, "6_Download")
+    labels = [b.label for b in at.get("download_button")]
+    for name in ("selected.jsonl", "rejected.jsonl", "annotated.csv", "selection.json",
+                 "manifest.json", "decisions.json"):
+        assert any(name in x for x in labels), labels
+    sel = at.session_state["selection"]
+    files = selection_artifacts(sel, "jsonl")
+    rows = [json.loads(x) for x in files["selected.jsonl"].decode().splitlines()]
+    pool = load_dataset("demo:pool")
+    assert len(rows) == 72 and all(r in pool.rows for r in rows)
+    at.selectbox(key="p_export_fmt").set_value("csv").run()
+    assert any("selected.csv" in b.label for b in at.get("download_button"))
+
+
+def test_sessions_do_not_share_data_jobs_or_decisions() -> None:
+    a = ready()
+    b = new_app()
+    assert b.session_state["pool"] is None and b.session_state["kernels"] is None
+    assert a.session_state["_sid"] != b.session_state["_sid"]
+    from studio import jobs
+
+    assert jobs.job_registry().get(b.session_state["_sid"]) is None
+    assert jobs.job_registry().get(a.session_state["_sid"]) is not None
+    goto(a, "5_Review")
+    a.button(key="pin").click().run()
+    load_demo(b)
+    compute(b)
+    goto(b, "5_Review")
+    assert b.session_state["decisions"].pinned == []
+    assert len(a.session_state["decisions"].pinned) == 1
+
+
+# ----------------------------------------------------------------------------------------------
+# The model utility kernel on a few rows (real Gemma 3 270M)
+
+
+@pytest.mark.slow
+@pytest.mark.real_cache
+def test_utility_kernel_on_six_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from delift_core.models import cache_dir
+
+    real = cache_dir()  # the user's cache, where the dequantised model is kept
+    (real / "models").mkdir(exist_ok=True)
+    (tmp_path / "models").symlink_to(real / "models")
+    monkeypatch.setenv("DELIFT_CACHE_DIR", str(tmp_path))  # kernels go to a fresh cache
+    at = new_app()
+    load_demo(at)
+    compute(at, "utility", limit=6)
+    s = at.session_state
+    k = s["kernels"]
+    assert k.kind == "utility" and k.pool.shape == (6, 6)
+    assert k.meta["pool"]["pairs_computed"] == 6 * 6 + 6
+    assert len(s["kernel_pool"]) == 6
+    goto(at, "3_Select")
+    assert texts(at.metric)[0] == "2 of 6"
+    # computing the same kernel again reuses the cache
+    goto(at, "2_Kernel")
+    at.button(key="start_kernel").click().run()
+    wait_for_jobs()
+    at.run()
+    assert at.session_state["kernels"].meta["pool"]["blocks_reused"] == 1
+    # a cancelled run reports it and keeps the previous kernel
+    n = len(s["pool"])
+    at.number_input(key=f"p_limit_utility_{n}").set_value(12).run()
+    at.button(key="start_kernel").click()
+    at.run()
+    from studio import jobs
+
+    job = jobs.job_registry().get(s["_sid"])
+    job.cancel.set()
+    wait_for_jobs()
+    at.run()
+    assert job.status == "cancelled"
+    assert any("cancelled" in w for w in texts(at.warning))
+    assert at.session_state["kernels"].pool.shape == (6, 6)
