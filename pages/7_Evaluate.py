@@ -1,0 +1,144 @@
+"""Evaluate: score the current selection (or any subset file) against baselines on a test set."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from delift_core import DeliftError, load_dataset
+from delift_core.evaluate import (BASELINES, METRIC_LABELS, EvalSettings, Subset,
+                                  baseline_subsets, evaluate, load_subset)
+
+st.set_page_config(page_title="Evaluate · DELIFT Studio", page_icon="🎯", layout="wide")
+state = st.session_state
+DEFAULTS: dict[str, Any] = {
+    "ev_subset_src": "demo:existing", "ev_pool_src": "demo:pool", "ev_test_src": "demo:target",
+    "ev_test_limit": 10, "ev_baselines": ["none"], "ev_seeds": "0,1,2", "ev_mode": "icl",
+    "ev_shots": 2, "ev_max_new": 24, "ev_generate": True, "ev_lora_steps": 12,
+    "ev_model": "gemma-3-270m", "ev_embedder": "all-MiniLM-L6-v2", "ev_report": None,
+    "ev_use_current": True,
+}
+for key, value in DEFAULTS.items():
+    state.setdefault(key, value)
+
+st.title("Evaluate a selection")
+st.caption("Each test item gets its nearest subset items (by sentence embedding of the prompt) "
+           "as in-context examples, or the model is LoRA-tuned on the subset; then the reference "
+           "answer is scored (NLL per token, DELIFT distance) and a greedy answer is generated "
+           "(ROUGE-L, embedding cosine, exact match where the reference has '#### answer'). "
+           "Results are cached on disk, so a second run is instant.")
+
+current = state.get("selection")
+current_pool = state.get("kernel_pool") or state.get("pool")
+has_current = current is not None and getattr(current, "pool", None) is not None
+if has_current:
+    st.checkbox(f"Evaluate the current selection ({len(current.selected_indices)} of "
+                f"{len(current.pool)} rows, objective {current.objective})", key="ev_use_current")
+use_current = has_current and state["ev_use_current"]
+
+c1, c2 = st.columns(2)
+with c1:
+    if not use_current:
+        st.text_input("Subset: a data file, a `delift select` output folder, or demo:pool / "
+                      "demo:target / demo:existing", key="ev_subset_src")
+        st.text_input("Pool for the random and full baselines", key="ev_pool_src")
+    st.text_input("Held-out test set (file path or demo:...)", key="ev_test_src")
+    st.number_input("Use the first N test rows", min_value=1, max_value=100000,
+                    key="ev_test_limit")
+    st.multiselect("Baselines", list(BASELINES), key="ev_baselines",
+                   help="random: subsets of the same size, one per seed (mean ± sd); full: the "
+                        "whole pool; none: no examples / no fine-tuning")
+    st.text_input("Seeds of the random baselines", key="ev_seeds")
+with c2:
+    st.radio("Measure", ["icl", "lora", "both"], key="ev_mode", horizontal=True,
+             help="icl: in-context examples; lora: fine-tune LoRA adapters on the subset")
+    st.number_input("In-context examples per test item", min_value=0, max_value=16,
+                    key="ev_shots")
+    st.checkbox("Generate answers (ROUGE-L, cosine, exact match)", key="ev_generate")
+    st.number_input("Max new tokens", min_value=1, max_value=1024, key="ev_max_new")
+    st.number_input("LoRA steps", min_value=0, max_value=100000, key="ev_lora_steps")
+    st.text_input("Causal LM (hub id or local folder)", key="ev_model")
+    st.text_input("Sentence embedder", key="ev_embedder")
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise DeliftError(f"seeds must be whole numbers separated by commas, got '{text}'") \
+            from None
+
+
+def _run() -> Any:
+    from delift_core.models import load_causal_lm, load_embedder
+
+    if use_current:
+        sub = Subset(f"selection ({current.objective})", current.pool.subset(
+            current.selected_indices), "subset", current.params.get("seed"),
+            {"objective": current.objective})
+        pool = current.pool
+    else:
+        sub, pool = load_subset(state["ev_subset_src"].strip())
+        if state["ev_pool_src"].strip():
+            pool = load_dataset(state["ev_pool_src"].strip())
+    test = load_dataset(state["ev_test_src"].strip())
+    test = test.subset(range(min(int(state["ev_test_limit"]), len(test))))
+    baselines = list(state["ev_baselines"])
+    subsets = [sub]
+    if baselines:
+        if pool is None and [b for b in baselines if b != "none"]:
+            raise DeliftError("the random and full baselines need a pool")
+        subsets += baseline_subsets(pool if pool is not None else sub.data, [sub.size],
+                                    baselines, _seeds(state["ev_seeds"]))
+    settings = EvalSettings(shots=int(state["ev_shots"]), generate=bool(state["ev_generate"]),
+                            max_new_tokens=int(state["ev_max_new"]),
+                            lora_steps=int(state["ev_lora_steps"]))
+    modes = ("icl", "lora") if state["ev_mode"] == "both" else (state["ev_mode"],)
+    status = st.empty()
+    bar = st.progress(0.0)
+    status.write("loading the models …")
+    lm = load_causal_lm(state["ev_model"].strip() or None)
+    embedder = load_embedder(state["ev_embedder"].strip() or None)
+
+    def progress(label: str, done: int, total: int) -> None:
+        status.text(f"{label}: {done}/{total}")
+        bar.progress(min(1.0, done / max(1, total)))
+
+    report = evaluate(subsets, test, lm=lm, embedder=embedder, settings=settings, modes=modes,
+                      progress=progress)
+    bar.progress(1.0)
+    status.text(f"done in {report.meta['seconds']} s")
+    return report
+
+
+if st.button("Run the evaluation", type="primary", key="ev_run"):
+    try:
+        state["ev_report"] = _run()
+    except DeliftError as e:
+        st.error(str(e))
+    except Exception as e:  # noqa: BLE001 - shown as a message, never a traceback
+        st.error(f"The evaluation failed: {type(e).__name__}: {str(e)[:500]}")
+
+report = state.get("ev_report")
+if report is not None:
+    summary = pd.DataFrame(report.summary())
+    cols = [c for c in ["mode", "subset", "kind", "size", "seed", "n_seeds", "n_test", "nll",
+                        "nll_sd", "distance", "distance_sd", "rouge_l", "rouge_l_sd", "cosine",
+                        "cosine_sd", "exact_match", "exact_match_sd", "train_loss_first",
+                        "train_loss_last"] if c in summary.columns]
+    st.subheader("Results")
+    st.dataframe(summary[cols].rename(columns=METRIC_LABELS), hide_index=True,
+                 use_container_width=True)
+    st.plotly_chart(report.figure(), use_container_width=True)
+    st.caption("Settings: " + ", ".join(f"{k}={v}" for k, v in report.settings.items())
+               + f"; model {report.meta['model']} ({report.meta['model_fingerprint']}).")
+    d1, d2 = st.columns(2)
+    d1.download_button("results.md", report.to_markdown(), file_name="results.md")
+    d2.download_button("results.json", json.dumps(report.to_json(), indent=1, default=str),
+                       file_name="results.json")
+    if report.items:
+        with st.expander("Per test item (generated answers)"):
+            st.dataframe(pd.DataFrame(report.items), hide_index=True, use_container_width=True)
