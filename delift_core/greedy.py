@@ -107,27 +107,36 @@ def greedy_maximize(objective: CoverageObjective, budget: int | None = None, *,
         if len(order) < budget and cand.size:
             g0 = objective.gains(state, cand)
             evaluations += cand.size
-            heap = [(-float(g), int(j)) for g, j in zip(g0, cand)]
+            # heap of (-upper bound, index): ties pop the lowest index first. ``stamp[j]`` is the
+            # pick count at which j's bound was last computed; a bound from the current state is
+            # exact, so a fresh heap top is the greedy choice (lazy == naive, ties included).
+            heap = list(zip((-g0).tolist(), cand.tolist()))
             heapq.heapify(heap)
-            fresh = {int(j) for j in cand}  # bounds computed against the current state
+            stamp = np.full(n, -1, dtype=np.int64)
+            stamp[cand] = 0
+            picks = 0
             while len(order) < budget and heap:
-                neg, j = heapq.heappop(heap)
-                if j in fresh:
-                    order.append(j)
-                    gains.append(-neg)
-                    state = objective.update(state, j)
-                    fresh = set()
-                    continue
-                g = float(objective.gains(state, np.array([j]))[0])
-                evaluations += 1
-                if not heap or (g, -j) >= (-heap[0][0], -heap[0][1]):
-                    order.append(j)
-                    gains.append(g)
-                    state = objective.update(state, j)
-                    fresh = set()
-                else:
-                    heapq.heappush(heap, (-g, j))
-                    fresh.add(j)
+                width = 4
+                while True:
+                    neg, j = heap[0]
+                    if stamp[j] == picks:
+                        heapq.heappop(heap)
+                        break
+                    # re-evaluate several stale tops at once (the batch grows while tops stay stale)
+                    batch = []
+                    while heap and len(batch) < width and stamp[heap[0][1]] != picks:
+                        batch.append(heapq.heappop(heap)[1])
+                    idx = np.asarray(batch, dtype=np.int64)
+                    g = objective.gains(state, idx)
+                    evaluations += idx.size
+                    stamp[idx] = picks
+                    for gj, jj in zip((-g).tolist(), batch):
+                        heapq.heappush(heap, (gj, jj))
+                    width = min(width * 2, 256)
+                order.append(j)
+                gains.append(-neg)
+                state = objective.update(state, j)
+                picks += 1
     gains_arr = np.asarray(gains, dtype=np.float64)
     base = objective.evaluate([])
     return GreedyResult(order=np.asarray(order, dtype=np.int64), gains=gains_arr,

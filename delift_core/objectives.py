@@ -12,30 +12,85 @@ kernel never lowers a score. Kernels are expected in [0, 1] (the pipeline min-ma
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Iterable
 
 import numpy as np
 
 
-def _as_kernel(kernel: np.ndarray, name: str) -> np.ndarray:
-    k = np.asarray(kernel)
+def _is_sparse(kernel: Any) -> bool:
+    try:
+        import scipy.sparse as sp
+    except ImportError:  # pragma: no cover - scipy is a dependency
+        return False
+    return sp.issparse(kernel)
+
+
+def _as_kernel(kernel: Any, name: str) -> Any:
+    """A float32 kernel: dense 2-D arrays as given (no copy when already float32, memory maps kept),
+    scipy sparse matrices as float32 CSR. Missing sparse entries count as similarity 0."""
+    if _is_sparse(kernel):
+        k = kernel.tocsr()
+        if k.dtype != np.float32:
+            k = k.astype(np.float32)
+        if k.ndim != 2:
+            raise ValueError(f"{name} must be a 2-D matrix, got shape {k.shape}")
+        if not np.isfinite(k.data).all():
+            raise ValueError(f"{name} holds NaN or infinite values")
+        return k
+    k = kernel if isinstance(kernel, np.ndarray) else np.asarray(kernel)
     if k.ndim != 2:
         raise ValueError(f"{name} must be a 2-D matrix, got shape {k.shape}")
     if k.dtype != np.float32:
         k = k.astype(np.float32)
-    if not np.isfinite(k).all():
-        raise ValueError(f"{name} holds NaN or infinite values")
+    step = max(1, (1 << 22) // max(1, k.shape[1]))
+    for r in range(0, k.shape[0], step):  # in row blocks: no n x n temporary
+        if not np.isfinite(k[r: r + step]).all():
+            raise ValueError(f"{name} holds NaN or infinite values")
     return k
 
 
+def _column_major(k: np.ndarray) -> np.ndarray:
+    """The kernel with contiguous columns, so a candidate's column is one contiguous read.
+
+    Memory-mapped and already column-major kernels are used as they are (no copy).
+    """
+    if k.flags.f_contiguous or isinstance(k, np.memmap):
+        return k
+    return np.asfortranarray(k)
+
+
+def _axis_max(k: Any, axis: int) -> np.ndarray:
+    """Max along an axis of a dense or sparse kernel (a sparse row's missing entries count as 0)."""
+    if _is_sparse(k):
+        m = k.max(axis=axis)
+        m = m.toarray() if hasattr(m, "toarray") else m
+        return np.asarray(m).ravel().astype(np.float32)
+    return np.asarray(k).max(axis=axis)
+
+
 class CoverageObjective:
-    """The shared form above; subclasses set the kernel, floors, caps and modular weights."""
+    """The shared form above; subclasses set the kernel, floors, caps and modular weights.
+
+    A dense kernel is held column-major (each candidate's column contiguous); a scipy sparse kernel
+    is held as CSR plus its column view (CSC) and never densified.
+    """
 
     name = "coverage"
+    _chunk_elems = 1 << 22
 
-    def __init__(self, kernel: np.ndarray, floor: np.ndarray | None = None,
+    def __init__(self, kernel: Any, floor: np.ndarray | None = None,
                  cap: np.ndarray | None = None, modular: np.ndarray | None = None) -> None:
-        self.kernel = kernel
+        self.sparse = _is_sparse(kernel)
+        if self.sparse:
+            self.kernel = kernel
+            csc = kernel.tocsc()
+            csc.sort_indices()
+            self._indptr = csc.indptr.astype(np.int64)
+            self._rows = csc.indices.astype(np.int64)
+            self._raw = csc.data.astype(np.float32)
+            self._vals = self._raw
+        else:
+            self.kernel = _column_major(kernel)
         n_rows, n_cols = kernel.shape
         self.floor = (np.zeros(n_rows, np.float32) if floor is None
                       else np.maximum(np.asarray(floor, np.float32), 0))
@@ -43,6 +98,8 @@ class CoverageObjective:
         self.modular = None if modular is None else np.asarray(modular, np.float64)
         base = self.floor if self.cap is None else np.minimum(self.floor, self.cap)
         self._base = base.astype(np.float32)
+        if self.sparse and self.cap is not None:
+            self._vals = np.minimum(self._vals, self.cap[self._rows])
 
     @property
     def n_candidates(self) -> int:
@@ -55,27 +112,81 @@ class CoverageObjective:
     def _capped(self, cols: np.ndarray) -> np.ndarray:
         return cols if self.cap is None else np.minimum(cols, self.cap[:, None])
 
+    def _entries(self, candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Sparse: (owner position, row, capped value) of every stored entry of the candidates."""
+        starts = self._indptr[candidates]
+        lengths = self._indptr[candidates + 1] - starts
+        total = int(lengths.sum())
+        owner = np.repeat(np.arange(candidates.size), lengths)
+        offsets = np.cumsum(lengths) - lengths
+        idx = np.arange(total, dtype=np.int64) - np.repeat(offsets - starts, lengths)
+        return owner, self._rows[idx], self._vals[idx]
+
     def gains(self, state: np.ndarray, candidates: np.ndarray | None = None) -> np.ndarray:
         """Marginal gains of adding each candidate to the set whose coverage is ``state``."""
-        cols = self.kernel if candidates is None else self.kernel[:, candidates]
-        g = np.maximum(self._capped(cols) - state[:, None], 0).sum(axis=0, dtype=np.float64)
+        cand = (np.arange(self.n_candidates) if candidates is None
+                else np.asarray(candidates, dtype=np.int64).reshape(-1))
+        if self.sparse:
+            owner, rows, vals = self._entries(cand)
+            contrib = vals - state[rows]
+            np.maximum(contrib, 0, out=contrib)
+            g = np.bincount(owner, weights=contrib, minlength=cand.size)
+        else:
+            n_rows = self.kernel.shape[0]
+            step = max(1, self._chunk_elems // max(1, n_rows))
+            g = np.empty(cand.size, dtype=np.float64)
+            kt = self.kernel.T  # candidates as rows: contiguous for the column-major kernel
+            base = float(state.sum(dtype=np.float64))
+            whole = candidates is None
+            for s in range(0, cand.size, step):
+                # gain = sum_r max(K[r, j], state_r) - sum_r state_r, each candidate's row reduced
+                # on its own in the same order whatever the batch (lazy and naive see equal gains)
+                sub = (np.array(kt[s: s + step], order="C") if whole
+                       else np.ascontiguousarray(kt[cand[s: s + step]]))
+                if self.cap is not None:
+                    np.minimum(sub, self.cap, out=sub)
+                np.maximum(sub, state, out=sub)
+                g[s: s + step] = sub.sum(axis=1, dtype=np.float64) - base
         if self.modular is not None:
-            g = g + (self.modular if candidates is None else self.modular[candidates])
+            g = g + self.modular[cand]
         return g
+
+    def column(self, j: int) -> np.ndarray:
+        """Candidate j's column (capped), dense, one value per row."""
+        if self.sparse:
+            col = np.zeros(self.kernel.shape[0], np.float32)
+            a, b = self._indptr[j], self._indptr[j + 1]
+            col[self._rows[a:b]] = self._vals[a:b]
+            return col
+        col = np.asarray(self.kernel[:, j])
+        return col if self.cap is None else np.minimum(col, self.cap)
 
     def update(self, state: np.ndarray, j: int) -> np.ndarray:
         """Coverage after adding candidate j."""
-        col = self.kernel[:, j]
-        if self.cap is not None:
-            col = np.minimum(col, self.cap)
-        return np.maximum(state, col)
+        if self.sparse:
+            out = state.copy()
+            a, b = self._indptr[j], self._indptr[j + 1]
+            rows = self._rows[a:b]
+            out[rows] = np.maximum(out[rows], self._vals[a:b])
+            return out
+        return np.maximum(state, self.column(j))
+
+    def _cover_state(self, sel: np.ndarray) -> np.ndarray:
+        state = self.initial_state()
+        if sel.size == 0:
+            return state
+        if self.sparse:
+            _, rows, vals = self._entries(sel)
+            np.maximum.at(state, rows, vals)
+            return state
+        for s in range(0, sel.size, 256):
+            state = np.maximum(state, self._capped(self.kernel[:, sel[s: s + 256]]).max(axis=1))
+        return state
 
     def evaluate(self, selected: Iterable[int]) -> float:
         """f(A) for a set of candidate indices."""
         sel = np.fromiter(selected, dtype=np.int64)
-        state = self.initial_state()
-        if sel.size:
-            state = np.maximum(state, self._capped(self.kernel[:, sel]).max(axis=1))
+        state = self._cover_state(sel)
         value = float((state.astype(np.float64) - self._base).sum())
         if self.modular is not None and sel.size:
             value += float(self.modular[np.unique(sel)].sum())
@@ -84,9 +195,19 @@ class CoverageObjective:
     def best_cover(self, selected: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
         """For each row, the selected candidate with the largest kernel value, and that value."""
         sel = np.fromiter(selected, dtype=np.int64)
+        n = self.kernel.shape[0]
         if sel.size == 0:
-            n = self.kernel.shape[0]
             return np.full(n, -1), np.full(n, np.nan)
+        if self.sparse:
+            best = np.zeros(n, np.float32)
+            arg = np.full(n, sel[0], dtype=np.int64)
+            for j in sel:  # first (in ``selected`` order) among equal values wins, as dense argmax
+                a, b = self._indptr[j], self._indptr[j + 1]
+                rows, vals = self._rows[a:b], self._raw[a:b]
+                better = vals > best[rows]
+                best[rows[better]] = vals[better]
+                arg[rows[better]] = j
+            return arg, best
         sub = self.kernel[:, sel]
         arg = sub.argmax(axis=1)
         return sel[arg], sub[np.arange(sub.shape[0]), arg]
@@ -117,7 +238,7 @@ class FacilityLocationMutualInformation(CoverageObjective):
             raise ValueError(f"target kernel has {target.shape[1]} columns, the pool has "
                              f"{pool.shape[0]} rows")
         self.eta = float(eta)
-        super().__init__(pool, cap=self.eta * target.max(axis=0))
+        super().__init__(pool, cap=self.eta * _axis_max(target, 0))
 
 
 class FacilityLocationQueryMutualInformation(CoverageObjective):
@@ -128,7 +249,7 @@ class FacilityLocationQueryMutualInformation(CoverageObjective):
     def __init__(self, target_kernel: np.ndarray, eta: float = 1.0) -> None:
         target = _as_kernel(target_kernel, "target kernel")
         self.eta = float(eta)
-        super().__init__(target, modular=self.eta * np.maximum(target.max(axis=0), 0))
+        super().__init__(target, modular=self.eta * np.maximum(_axis_max(target, 0), 0))
 
 
 class FacilityLocationConditionalGain(CoverageObjective):
@@ -146,7 +267,7 @@ class FacilityLocationConditionalGain(CoverageObjective):
             raise ValueError(f"existing kernel has {existing.shape[0]} rows, the pool has "
                              f"{pool.shape[0]}")
         self.nu = float(nu)
-        super().__init__(pool, floor=self.nu * existing.max(axis=1))
+        super().__init__(pool, floor=self.nu * _axis_max(existing, 1))
 
 
 OBJECTIVES = {
