@@ -314,7 +314,22 @@ class KernelResult:
 
 
 def minmax_scale(values: np.ndarray) -> np.ndarray:
-    """Scale a matrix to [0, 1] by its own min and max (the reference DELIFT behaviour)."""
+    """Scale a matrix to [0, 1] by its own min and max (the reference DELIFT behaviour).
+
+    A scipy sparse kernel is scaled by the min and max of its stored entries (pairs not computed
+    stay absent, i.e. similarity 0, below every computed pair's scaled value or equal to the lowest).
+    """
+    try:
+        import scipy.sparse as sp
+    except ImportError:  # pragma: no cover - scipy is a dependency
+        sp = None
+    if sp is not None and sp.issparse(values):
+        out = values.tocsr().astype(np.float32, copy=True)
+        if out.nnz:
+            lo, hi = float(out.data.min()), float(out.data.max())
+            out.data = (np.zeros_like(out.data) if hi - lo <= 0
+                        else ((out.data - lo) / (hi - lo)).astype(np.float32))
+        return out
     v = np.asarray(values, dtype=np.float32)
     lo, hi = float(v.min()), float(v.max())
     if hi - lo <= 0:
@@ -399,6 +414,42 @@ class UtilityKernel:
                                                   self.settings.batch_size, tick, check)
         return out
 
+    def _meta(self, tok: _Tokens, row_ids, col_ids, n_t: int, n_e: int, blocks_reused: int,
+              n_blocks: int, store: BlockStore | None, start: float, d_plain: np.ndarray) -> dict:
+        """What a kernel result records about how it was made."""
+        s = self.settings
+        return {
+            "kind": "utility",
+            "model": self.lm.name, "model_source": self.lm.source,
+            "model_fingerprint": self.lm.fingerprint, "dtype": str(self.lm.dtype).replace("torch.", ""),
+            "device": str(self.lm.device),
+            "plain_template": s.plain_template, "example_template": s.example_template,
+            "bos_token_id": self.lm.bos_token_id, "bos_first": self.lm.bos_token_id is not None,
+            "eos_token_id": self.lm.eos_token_id,
+            "score_eos": bool(s.score_eos and self.lm.eos_token_id is not None),
+            "tokenisation": ("prompt tokenised in segments split at the template's fields: each "
+                             "literal piece and each field value tokenised separately with "
+                             "add_special_tokens=False and concatenated in template order; BOS "
+                             "first when bos_first; response tokenised alone (no special tokens), "
+                             "truncated to max_response_tokens, then EOS appended when score_eos"),
+            "segments": {"plain": template_segments(s.plain_template),
+                         "example": template_segments(s.example_template)},
+            "max_field_tokens": s.max_field_tokens, "max_response_tokens": s.max_response_tokens,
+            "truncated_field_values": tok.truncated_fields,
+            "truncated_responses": tok.truncated_responses,
+            "distance": "d = ||1 - p||_2 / sqrt(T) over the scored positions",
+            "utility": "UF(i, j) = d(i, plain) - d(i, with example j)",
+            "rows": "targets i (items helped)", "columns": "in-context examples j",
+            "row_ids": list(row_ids) if row_ids is not None else None,
+            "col_ids": list(col_ids) if col_ids is not None else None,
+            "shape": [n_t, n_e], "pairs_computed": self.pairs_computed_,
+            "blocks_reused": blocks_reused, "blocks_total": n_blocks,
+            "blocks_damaged_recomputed": list(store.damaged) if store else [],
+            "cache_dir": str(store.path) if store else None,
+            "seconds": round(time.time() - start, 3),
+            "d_plain": [float(x) for x in d_plain],
+        }
+
     def compute(self, t_prompts: Sequence[str], t_resps: Sequence[str],
                 e_prompts: Sequence[str], e_resps: Sequence[str], *,
                 row_ids: Sequence[str] | None = None, col_ids: Sequence[str] | None = None,
@@ -458,36 +509,94 @@ class UtilityKernel:
                 store.put(name, block)
         self.tokens_processed_ = scorer.tokens_processed
         values = (d_plain[:, None] - d_with).astype(np.float32)
-        meta = {
-            "kind": "utility",
-            "model": self.lm.name, "model_source": self.lm.source,
-            "model_fingerprint": self.lm.fingerprint, "dtype": str(self.lm.dtype).replace("torch.", ""),
-            "device": str(self.lm.device),
-            "plain_template": s.plain_template, "example_template": s.example_template,
-            "bos_token_id": self.lm.bos_token_id, "bos_first": self.lm.bos_token_id is not None,
-            "eos_token_id": self.lm.eos_token_id,
-            "score_eos": bool(s.score_eos and self.lm.eos_token_id is not None),
-            "tokenisation": ("prompt tokenised in segments split at the template's fields: each "
-                             "literal piece and each field value tokenised separately with "
-                             "add_special_tokens=False and concatenated in template order; BOS "
-                             "first when bos_first; response tokenised alone (no special tokens), "
-                             "truncated to max_response_tokens, then EOS appended when score_eos"),
-            "segments": {"plain": template_segments(s.plain_template),
-                         "example": template_segments(s.example_template)},
-            "max_field_tokens": s.max_field_tokens, "max_response_tokens": s.max_response_tokens,
-            "truncated_field_values": tok.truncated_fields,
-            "truncated_responses": tok.truncated_responses,
-            "distance": "d = ||1 - p||_2 / sqrt(T) over the scored positions",
-            "utility": "UF(i, j) = d(i, plain) - d(i, with example j)",
-            "rows": "targets i (items helped)", "columns": "in-context examples j",
-            "row_ids": list(row_ids) if row_ids is not None else None,
-            "col_ids": list(col_ids) if col_ids is not None else None,
-            "shape": [n_t, n_e], "pairs_computed": self.pairs_computed_,
-            "blocks_reused": blocks_reused, "blocks_total": n_blocks,
-            "blocks_damaged_recomputed": list(store.damaged) if store else [],
-            "cache_dir": str(store.path) if store else None,
-            "seconds": round(time.time() - start, 3),
-            "d_plain": [float(x) for x in d_plain],
-        }
+        meta = self._meta(tok, row_ids, col_ids, n_t, n_e, blocks_reused, n_blocks, store,
+                          start, d_plain)
+        return KernelResult(values=values, row_ids=list(row_ids or range(n_t)),
+                            col_ids=list(col_ids or range(n_e)), meta=meta)
+
+    def compute_pairs(self, t_prompts: Sequence[str], t_resps: Sequence[str],
+                      e_prompts: Sequence[str], e_resps: Sequence[str],
+                      rows: Sequence[int], cols: Sequence[int], *,
+                      row_ids: Sequence[str] | None = None, col_ids: Sequence[str] | None = None,
+                      progress: ProgressFn | None = None,
+                      cancel: threading.Event | None = None) -> KernelResult:
+        """UF only for the given (target, example) pairs, as a scipy CSR float32 kernel.
+
+        The same engine and cache as :meth:`compute`: pairs are grouped by example (its prefix run
+        once), in cached, resumable blocks of ``block_size`` examples. Pairs not listed are absent.
+        """
+        import scipy.sparse as sp
+
+        s = self.settings
+        start = time.time()
+        n_t, n_e = len(t_prompts), len(e_prompts)
+        r = np.asarray(rows, dtype=np.int64)
+        c = np.asarray(cols, dtype=np.int64)
+        if r.shape != c.shape or (r.size and (r.min() < 0 or r.max() >= n_t or c.min() < 0
+                                               or c.max() >= n_e)):
+            raise ValueError("pair rows and columns must be equal-length index arrays in range")
+        pairs = np.unique(np.stack([c, r], axis=1), axis=0) if r.size else np.zeros((0, 2), np.int64)
+        c, r = pairs[:, 0], pairs[:, 1]
+        key = self._key(list(t_prompts), list(t_resps), list(e_prompts), list(e_resps))
+        key["pairs"] = content_key([c.tolist(), r.tolist()])
+        root = Path(self.cache_root) if self.cache_root else cache_dir() / "kernels"
+        store = BlockStore(root, content_key(key), key) if self.use_cache else None
+        tok, plain, resp = self.token_sequences(t_prompts, t_resps, e_prompts, e_resps)
+        scorer = _Scorer(self.lm)
+        n_blocks = (n_e + s.block_size - 1) // s.block_size
+        total = len(c) + n_t
+        done = 0
+        self.pairs_computed_ = 0
+        blocks_reused = 0
+
+        def tick(k: int) -> None:
+            nonlocal done
+            done += k
+            if progress:
+                progress(done, total)
+
+        def check() -> None:
+            if cancel is not None and cancel.is_set():
+                raise KernelCancelled("kernel computation cancelled")
+
+        d_plain = store.get("plain") if store else None
+        if d_plain is None or d_plain.shape != (n_t,):
+            d_plain = self._plain_distances(scorer, tok, t_prompts, resp, tick, check)
+            self.pairs_computed_ += n_t
+            if store:
+                store.put("plain", d_plain)
+        else:
+            tick(n_t)
+        d_with = np.empty(len(c), dtype=np.float64)
+        bounds = np.searchsorted(c, np.arange(0, n_e + s.block_size, s.block_size))
+        for blk in range(n_blocks):
+            lo, hi = int(bounds[blk]), int(bounds[min(blk + 1, len(bounds) - 1)])
+            if hi <= lo:
+                continue
+            name = f"pairs_{blk:06d}"
+            cached = store.get(name) if store else None
+            if cached is not None and cached.shape == (hi - lo,):
+                d_with[lo:hi] = cached
+                blocks_reused += 1
+                tick(hi - lo)
+                continue
+            block = np.empty(hi - lo, dtype=np.float64)
+            starts = np.flatnonzero(np.r_[True, c[lo + 1: hi] != c[lo: hi - 1]]) + lo
+            ends = np.r_[starts[1:], hi]
+            for a, b in zip(starts, ends):
+                block[a - lo: b - lo] = self._example_distances(
+                    scorer, tok, int(c[a]), r[a:b], t_prompts, resp, e_prompts, e_resps, tick, check)
+            self.pairs_computed_ += hi - lo
+            d_with[lo:hi] = block
+            if store:
+                store.put(name, block)
+        self.tokens_processed_ = scorer.tokens_processed
+        values = sp.csr_matrix(((d_plain[r] - d_with).astype(np.float32), (r, c)), shape=(n_t, n_e),
+                               dtype=np.float32)
+        values.sort_indices()
+        meta = self._meta(tok, row_ids, col_ids, n_t, n_e, blocks_reused, n_blocks, store, start,
+                          d_plain)
+        meta.update({"sparse": True, "format": "scipy CSR float32, absent pairs not computed",
+                     "nnz": int(values.nnz)})
         return KernelResult(values=values, row_ids=list(row_ids or range(n_t)),
                             col_ids=list(col_ids or range(n_e)), meta=meta)
