@@ -75,6 +75,11 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                                                                "response")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the kernel "
                                                            "cache")
+    p.add_argument("--neighbours", type=int, default=None, metavar="K",
+                   help="sparse kernel: compute each row only for its K nearest columns by "
+                        "sentence embedding (plus --neighbour-random random ones)")
+    p.add_argument("--neighbour-random", type=int, default=4,
+                   help="with --neighbours: seeded random columns added per row (default 4)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -153,6 +158,26 @@ def _load_sets(args: argparse.Namespace) -> tuple[Dataset, Dataset | None, Datas
 
 
 def _models(args: argparse.Namespace, kind: str) -> dict:
+    extra = _sparse_args(args)
+    if extra and kind != "embedding":
+        from .models import load_embedder
+
+        extra["embedder"] = load_embedder(args.embedder, device=args.device)
+    return {**_models_dense(args, kind), **extra}
+
+
+def _sparse_args(args: argparse.Namespace) -> dict:
+    """compute_kernels arguments for --neighbours (none without it)."""
+    k = getattr(args, "neighbours", None)
+    if not k:
+        return {}
+    if k < 1:
+        raise DeliftError("--neighbours must be at least 1")
+    return {"neighbours": k, "neighbour_random": max(0, getattr(args, "neighbour_random", 4)),
+            "neighbour_seed": getattr(args, "seed", 0) or 0}
+
+
+def _models_dense(args: argparse.Namespace, kind: str) -> dict:
     from .models import load_causal_lm, load_embedder
 
     if kind == "embedding":
@@ -191,11 +216,19 @@ def cmd_kernel(args: argparse.Namespace) -> int:
                               **_models(args, args.kernel))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    np.save(out / "kernel_pool.npy", kernels.pool)
-    if kernels.target is not None:
-        np.save(out / "kernel_target.npy", kernels.target)
-    if kernels.existing is not None:
-        np.save(out / "kernel_existing.npy", kernels.existing)
+    if hasattr(kernels.pool, "tocsr"):  # --neighbours: sparse kernels as scipy .npz
+        import scipy.sparse as sp
+
+        for name in ("pool", "target", "existing"):
+            m = getattr(kernels, name)
+            if m is not None:
+                sp.save_npz(out / f"kernel_{name}.npz", m.tocsr())
+    else:
+        np.save(out / "kernel_pool.npy", kernels.pool)
+        if kernels.target is not None:
+            np.save(out / "kernel_target.npy", kernels.target)
+        if kernels.existing is not None:
+            np.save(out / "kernel_existing.npy", kernels.existing)
     (out / "kernel_meta.json").write_text(json.dumps(kernels.meta, indent=1, default=str))
     print(f"wrote {out}/kernel_pool.npy {kernels.pool.shape}"
           + (f", kernel_target.npy {kernels.target.shape}" if kernels.target is not None else "")

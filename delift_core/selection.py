@@ -89,6 +89,8 @@ class Kernels:
         raw = getattr(self, which)
         if raw is None:
             raise SelectionError(f"no {which} kernel was computed")
+        if self.kind == "embedding" and hasattr(raw, "tocsr"):  # sparse (--neighbours)
+            return raw.tocsr().astype(np.float32)
         if self.kind == "embedding":
             return np.asarray(raw, np.float32)
         return minmax_scale(raw)
@@ -98,8 +100,13 @@ def compute_kernels(pool: Dataset, *, target: Dataset | None = None,
                     existing: Dataset | None = None, kind: str = "utility", lm: Any = None,
                     embedder: Any = None, settings: UtilitySettings | None = None,
                     progress: ProgressFn | None = None, cancel: threading.Event | None = None,
-                    use_cache: bool = True) -> Kernels:
-    """Compute the pool kernel and, when given, the target and existing kernels."""
+                    use_cache: bool = True, neighbours: int | None = None,
+                    neighbour_random: int = 4, neighbour_seed: int = 0) -> Kernels:
+    """Compute the pool kernel and, when given, the target and existing kernels.
+
+    With ``neighbours=K`` each kernel is sparse (scipy CSR float32): every row gets values only
+    for its K nearest columns by sentence embedding plus ``neighbour_random`` seeded random ones.
+    """
     if kind not in KERNEL_KINDS:
         raise SelectionError(f"unknown kernel '{kind}'; use one of {KERNEL_KINDS} or a .npy file")
     start = time.time()
@@ -108,6 +115,12 @@ def compute_kernels(pool: Dataset, *, target: Dataset | None = None,
         meta["target_ids"] = target.ids
     if existing is not None:
         meta["existing_ids"] = existing.ids
+    if neighbours:
+        k = _sparse_kernels(pool, target, existing, kind, lm, embedder, settings, progress,
+                            cancel, use_cache, int(neighbours), int(neighbour_random),
+                            int(neighbour_seed), meta)
+        meta["seconds"] = round(time.time() - start, 3)
+        return k
     if kind == "embedding":
         if embedder is None:
             from .models import load_embedder
@@ -153,8 +166,87 @@ def compute_kernels(pool: Dataset, *, target: Dataset | None = None,
     return k
 
 
+def _sparse_kernels(pool: Dataset, target: Dataset | None, existing: Dataset | None, kind: str,
+                    lm: Any, embedder: Any, settings: UtilitySettings | None,
+                    progress: ProgressFn | None, cancel: threading.Event | None, use_cache: bool,
+                    k: int, n_random: int, seed: int, meta: dict) -> Kernels:
+    """Sparse kernels: each row's k nearest columns by embedding (+ random), CSR float32."""
+    from .sparse import neighbour_pairs, sparse_utility_kernel
+
+    if embedder is None:
+        from .models import load_embedder
+
+        embedder = load_embedder()
+
+    def emb(ds: Dataset, label: str) -> np.ndarray:
+        cb = (lambda d, t: progress(f"embedding {label}", d, t)) if progress else None
+        return embed_texts(embedder, [sample_text(p, r) for p, r in zip(ds.prompts, ds.responses)],
+                           progress=cb, use_cache=use_cache)
+
+    e_pool = emb(pool, "pool")
+    e_target = emb(target, "target") if target is not None else None
+    e_existing = emb(existing, "existing") if existing is not None else None
+    meta.update({"sparse": True, "neighbours": k, "random_neighbours": n_random,
+                 "neighbour_seed": seed,
+                 "embedder": getattr(embedder, "delift_name", str(embedder))})
+    if kind == "embedding":
+        import scipy.sparse as sp
+
+        def sim(t_emb: np.ndarray, e_emb: np.ndarray):
+            r, c = neighbour_pairs(t_emb, e_emb, k, n_random=n_random, seed=seed)
+            vals = np.empty(len(r), np.float32)
+            for s in range(0, len(r), 1 << 16):
+                vals[s: s + (1 << 16)] = np.einsum("ij,ij->i", t_emb[r[s: s + (1 << 16)]],
+                                                   e_emb[c[s: s + (1 << 16)]])
+            vals = np.clip((vals + 1.0) / 2.0, 0.0, 1.0).astype(np.float32)
+            return sp.csr_matrix((vals, (r, c)), shape=(len(t_emb), len(e_emb)), dtype=np.float32)
+
+        kern = Kernels(kind, pool=sim(e_pool, e_pool), meta=meta)
+        if target is not None:
+            kern.target = sim(e_target, e_pool)
+        if existing is not None:
+            kern.existing = sim(e_pool, e_existing)
+        meta.update({"similarity": "(cosine + 1) / 2", "text": "prompt + newline + response"})
+        return kern
+    if lm is None:
+        from .models import load_causal_lm
+
+        lm = load_causal_lm()
+    engine = UtilityKernel(lm, settings, use_cache=use_cache)
+
+    def util(t: Dataset, e: Dataset, t_emb: np.ndarray, e_emb: np.ndarray, label: str):
+        cb = (lambda d, tot: progress(f"utility {label}", d, tot)) if progress else None
+        return sparse_utility_kernel(engine, t.prompts, t.responses, e.prompts, e.responses, t_emb,
+                                     e_emb, k, n_random=n_random, seed=seed, row_ids=t.ids,
+                                     col_ids=e.ids, progress=cb, cancel=cancel)
+
+    res = util(pool, pool, e_pool, e_pool, "pool")
+    kern = Kernels(kind, pool=res.values, meta=meta)
+    meta["pool"] = res.meta
+    if target is not None:
+        r = util(target, pool, e_target, e_pool, "target")
+        kern.target, meta["target"] = r.values, r.meta
+    if existing is not None:
+        r = util(pool, existing, e_pool, e_existing, "existing")
+        kern.existing, meta["existing"] = r.values, r.meta
+    return kern
+
+
 def _load_matrix(path: str | Path, shape: tuple[int, int], what: str) -> np.ndarray:
     p = Path(path)
+    if p.suffix == ".npy" and not p.exists() and p.with_suffix(".npz").exists():
+        p = p.with_suffix(".npz")  # a sparse kernel saved by `delift kernel --neighbours`
+    if p.suffix == ".npz" and p.exists():
+        import scipy.sparse as sp
+
+        try:
+            m = sp.load_npz(p).tocsr().astype(np.float32)
+        except Exception as e:
+            raise SelectionError(f"{path}: not a readable sparse .npz matrix ({e})") from None
+        if m.shape != shape:
+            raise SelectionError(f"{path}: the {what} kernel has shape {tuple(m.shape)}, expected "
+                                 f"{shape} for this data")
+        return m
     if not p.exists():
         raise SelectionError(f"{path}: no such kernel file")
     try:
@@ -177,6 +269,8 @@ def load_kernels(path: str | Path, pool: Dataset, *, target: Dataset | None = No
     p = Path(path)
     folder = p if p.is_dir() else p.parent
     pool_file = p / "kernel_pool.npy" if p.is_dir() else p
+    if p.is_dir() and not pool_file.exists() and (p / "kernel_pool.npz").exists():
+        pool_file = p / "kernel_pool.npz"
     n = len(pool)
     meta: dict[str, Any] = {"kind": "file", "pool_file": str(pool_file)}
     meta_file = folder / "kernel_meta.json"
@@ -268,9 +362,14 @@ class Selection:
         coverage = np.full(n, np.nan)
         if self.kernels is not None and self.kernels.pool is not None and len(sel):
             pool_k = self.kernels.scaled("pool")
-            sub = pool_k[:, sel]
-            arg = sub.argmax(axis=1)
-            best = sub[np.arange(n), arg]
+            if hasattr(pool_k, "tocsr"):  # sparse kernel: never densified
+                cover, best = FacilityLocation(pool_k).best_cover(sel)
+                arg = np.searchsorted(np.sort(sel), cover)
+                arg = np.argsort(sel)[arg]
+            else:
+                sub = pool_k[:, sel]
+                arg = sub.argmax(axis=1)
+                best = sub[np.arange(n), arg]
             for i in range(n):
                 if rank[i] < 0:
                     covered_by[i] = self.pool.ids[int(sel[arg[i]])]
