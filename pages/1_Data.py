@@ -11,7 +11,7 @@ from studio import state, ui
 ui.setup("Data", "📂")
 s = state.ss()
 
-st.title("📂 Data")
+st.title("Data")
 st.write("The **pool** is the data to select from. A **target set** (examples of your task) is "
          "needed for task-specific selection, an **existing set** (what the model was already "
          "trained on) for continual learning.")
@@ -20,8 +20,11 @@ if st.button("Load the demo data (pool 240, target 40, existing 60 rows)", type=
              key="load_demo_all"):
     for role in state.ROLES:
         state.set_dataset(role, state.load_demo(role))
-    st.success("Demo data loaded. The 'family' column is a label for colouring only; it is never "
-               "used for selection.")
+    s["_data_flash"] = ("Demo data loaded. The 'family' column is a label for colouring only; it "
+                        "is never used for selection.")
+    st.rerun()  # so the sidebar shows the new data
+if s.get("_data_flash"):
+    st.success(s.pop("_data_flash"))
 
 SOURCES = {"demo": "Demo data", "upload": "Upload a file", "path": "Local path",
            "hub": "Hugging Face dataset id"}
@@ -62,7 +65,8 @@ def try_load(role: str, fn, *args) -> None:
     except OSError as e:
         st.error(f"Cannot read the file: {e.strerror or e}")
         return
-    state.set_dataset(role, ds)
+    if state.set_dataset(role, ds):
+        st.rerun()  # so the sidebar and the preview show the new data
 
 
 def loader(role: str) -> None:

@@ -10,7 +10,7 @@ from studio import jobs, state, ui
 
 ui.setup("Model & kernel", "🧮")
 s = state.ss()
-st.title("🧮 Model & kernel")
+st.title("Model & kernel")
 ui.need("pool")
 pool = s["pool"]
 

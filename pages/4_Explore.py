@@ -11,7 +11,7 @@ from studio import charts, state, ui
 
 ui.setup("Explore & explain", "🗺️")
 s = state.ss()
-st.title("🗺️ Explore & explain")
+st.title("Explore & explain")
 ui.need("pool", "kernels", "selection")
 sel = state.current_selection()
 pool = sel.pool

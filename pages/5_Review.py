@@ -9,7 +9,7 @@ from studio import state, ui
 
 ui.setup("Review", "✍️")
 s = state.ss()
-st.title("✍️ Review")
+st.title("Review")
 ui.need("pool", "kernels", "selection")
 sel = state.current_selection()
 pool = sel.pool
@@ -71,10 +71,10 @@ else:
                   "banned" if rid in decisions.banned else "no override")
         st.metric("Override", status)
         b1, b2, b3 = st.columns(3)
-        if b1.button("📌 Pin", key="pin", disabled=status == "pinned"):
+        if b1.button("Pin", key="pin", icon=":material/push_pin:", disabled=status == "pinned"):
             decisions.pin(rid)
             st.rerun()
-        if b2.button("⛔ Ban", key="ban", disabled=status == "banned"):
+        if b2.button("Ban", key="ban", icon=":material/block:", disabled=status == "banned"):
             decisions.ban(rid)
             st.rerun()
         if b3.button("Clear", key="clear", disabled=status == "no override"):

@@ -12,7 +12,7 @@ from studio import state, ui
 
 ui.setup("Download", "⬇️")
 s = state.ss()
-st.title("⬇️ Download")
+st.title("Download")
 ui.need("pool", "kernels", "selection")
 sel = state.current_selection()
 
@@ -46,15 +46,16 @@ DESCRIBE = {"selected": "the selected rows", "rejected": "the rows not selected"
 for name, data in files.items():
     stem, ext = name.rsplit(".", 1)
     c1, c2 = st.columns([2, 3])
-    c1.download_button(f"⬇️ {name}", data, file_name=name, mime=MIME.get(ext, "text/plain"),
-                       key=f"dl_{name}", type="primary" if stem == "selected" else "secondary")
+    c1.download_button(name, data, file_name=name, mime=MIME.get(ext, "text/plain"),
+                       key=f"dl_{name}", icon=":material/download:", type="primary" if stem == "selected" else "secondary")
     c2.caption(f"{DESCRIBE.get(stem, '')} · {len(data):,} bytes")
 
 buf = io.BytesIO()
 with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
     for name, data in files.items():
         z.writestr(name, data)
-st.download_button("⬇️ Everything as a zip", buf.getvalue(), file_name="delift_selection.zip",
-                   mime="application/zip", key="dl_zip")
+st.download_button("Everything as a zip", buf.getvalue(), file_name="delift_selection.zip",
+                   mime="application/zip", key="dl_zip",
+                   icon=":material/folder_zip:")
 with st.expander("manifest.json"):
     st.code(files["manifest.json"].decode("utf-8"), language="json")

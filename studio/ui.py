@@ -15,11 +15,12 @@ from delift_core.views import explain, format_seconds
 
 from . import state
 
-PAGES = {"data": ("pages/1_Data.py", "Data", "📂"), "kernel": ("pages/2_Kernel.py", "Model & kernel", "🧮"),
-         "select": ("pages/3_Select.py", "Selection", "🎯"),
-         "explore": ("pages/4_Explore.py", "Explore & explain", "🗺️"),
-         "review": ("pages/5_Review.py", "Review", "✍️"),
-         "download": ("pages/6_Download.py", "Download", "⬇️")}
+PAGES = {"data": ("pages/1_Data.py", "Data", ":material/table_view:"),
+         "kernel": ("pages/2_Kernel.py", "Model & kernel", ":material/grid_on:"),
+         "select": ("pages/3_Select.py", "Selection", ":material/tune:"),
+         "explore": ("pages/4_Explore.py", "Explore & explain", ":material/scatter_plot:"),
+         "review": ("pages/5_Review.py", "Review", ":material/rate_review:"),
+         "download": ("pages/6_Download.py", "Download", ":material/download:")}
 
 
 def md_escape(text: str) -> str:
@@ -40,6 +41,8 @@ def setup(title: str, icon: str = "🎯") -> None:
     """Page config, session defaults, and the sidebar status panel."""
     st.set_page_config(page_title=f"{title} · DELIFT Studio", page_icon=icon, layout="wide")
     state.init()
+    if state.ss()["kernels"] is not None:
+        state.current_selection()  # cheap (cached greedy order); keeps the sidebar current
     sidebar_status()
 
 
