@@ -418,8 +418,8 @@ def select(pool: Dataset, objective: str, kernels: Kernels | None, budget: str |
     b = resolve_budget(budget, n)
     extra = needs(objective)
     if extra and (kernels is None or getattr(kernels, extra) is None):
-        raise SelectionError(f"objective '{objective}' needs a{'' if extra == 'existing' else ''} "
-                             f"{extra} set (--{extra} FILE)")
+        raise SelectionError(f"objective '{objective}' needs {'a target' if extra == 'target' else 'an existing'}"
+                             f" set (--{extra} FILE) and its kernel")
     if objective != "random" and kernels is None:
         raise SelectionError(f"objective '{objective}' needs a kernel")
     unknown = [x for x in [*pinned, *banned] if x not in set(pool.ids)]
