@@ -118,7 +118,7 @@ def test_demo_flow_in_chromium(server: str) -> None:
             shot(page, "2_kernel")
 
             nav(page, "Select")
-            page.get_by_text("72 of 240").wait_for()
+            page.get_by_text("72 of 240", exact=True).wait_for()
             page.locator(".js-plotly-plot").first.wait_for()
             shot(page, "3_select")
 
