@@ -54,7 +54,7 @@ def heatmap_figure(view: HeatmapView, pool: Dataset, n_selected_shown: int | Non
     labels = [f"{a}. {_label(pool, g)}" for a, g in enumerate(view.rows, start=1)]
     ticks = [pool.ids[g[0]] if len(g) == 1 else f"{pool.ids[g[0]]}…" for g in view.rows]
     fig = go.Figure(go.Heatmap(
-        z=view.values, x=labels, y=labels, colorscale="Viridis", colorbar=dict(title="utility"),
+        z=view.values, x=labels, y=labels, colorscale="Viridis", colorbar=dict(title="value"),
         hovertemplate="<b>helped (row)</b>: %{y}<br><b>example (column)</b>: %{x}"
                       "<br><b>value</b>: %{z:.3f}<extra></extra>"))
     step = max(1, n // 25)
