@@ -17,6 +17,8 @@ import numpy as np
 from .objectives import CoverageObjective
 
 METHODS = ("lazy", "naive", "stochastic")
+LAZY_BATCH_START = 4  # stale heap tops re-evaluated together; doubles while tops stay stale
+LAZY_BATCH_MAX = 256
 
 
 @dataclass
@@ -116,7 +118,7 @@ def greedy_maximize(objective: CoverageObjective, budget: int | None = None, *,
             stamp[cand] = 0
             picks = 0
             while len(order) < budget and heap:
-                width = 4
+                width = LAZY_BATCH_START
                 while True:
                     neg, j = heap[0]
                     if stamp[j] == picks:
@@ -132,7 +134,7 @@ def greedy_maximize(objective: CoverageObjective, budget: int | None = None, *,
                     stamp[idx] = picks
                     for gj, jj in zip((-g).tolist(), batch):
                         heapq.heappush(heap, (gj, jj))
-                    width = min(width * 2, 256)
+                    width = min(width * 2, LAZY_BATCH_MAX)
                 order.append(j)
                 gains.append(-neg)
                 state = objective.update(state, j)

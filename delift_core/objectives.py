@@ -56,7 +56,11 @@ def _column_major(k: np.ndarray) -> np.ndarray:
     """
     if k.flags.f_contiguous or isinstance(k, np.memmap):
         return k
-    return np.asfortranarray(k)
+    out = np.empty(k.shape, dtype=np.float32, order="F")
+    out_t = out.T
+    for s in range(0, k.shape[1], 64):  # blocked transpose: several times faster than one copy
+        out_t[s: s + 64] = k[:, s: s + 64].T
+    return out
 
 
 def _axis_max(k: Any, axis: int) -> np.ndarray:
@@ -138,14 +142,23 @@ class CoverageObjective:
             kt = self.kernel.T  # candidates as rows: contiguous for the column-major kernel
             base = float(state.sum(dtype=np.float64))
             whole = candidates is None
+            buf = np.empty((min(step, cand.size), n_rows), np.float32) if whole else None
             for s in range(0, cand.size, step):
                 # gain = sum_r max(K[r, j], state_r) - sum_r state_r, each candidate's row reduced
                 # on its own in the same order whatever the batch (lazy and naive see equal gains)
-                sub = (np.array(kt[s: s + step], order="C") if whole
-                       else np.ascontiguousarray(kt[cand[s: s + step]]))
-                if self.cap is not None:
-                    np.minimum(sub, self.cap, out=sub)
-                np.maximum(sub, state, out=sub)
+                if whole:
+                    src = kt[s: s + step]
+                    sub = buf[: src.shape[0]]
+                    if self.cap is not None:
+                        np.minimum(src, self.cap, out=sub)
+                        np.maximum(sub, state, out=sub)
+                    else:
+                        np.maximum(src, state, out=sub)
+                else:
+                    sub = np.ascontiguousarray(kt[cand[s: s + step]])
+                    if self.cap is not None:
+                        np.minimum(sub, self.cap, out=sub)
+                    np.maximum(sub, state, out=sub)
                 g[s: s + step] = sub.sum(axis=1, dtype=np.float64) - base
         if self.modular is not None:
             g = g + self.modular[cand]
