@@ -14,7 +14,7 @@ import numpy as np
 from .data import ColumnMapping, Dataset, load_dataset
 from .errors import DeliftError
 from .selection import (KERNEL_KINDS, OBJECTIVE_NAMES, compute_kernels, load_kernels, needs,
-                        select)
+                        resolve_budget, select)
 from .utility import DEFAULT_EXAMPLE_TEMPLATE, DEFAULT_PLAIN_TEMPLATE, UtilitySettings
 
 
@@ -247,6 +247,7 @@ def cmd_select(args: argparse.Namespace) -> int:
         raise DeliftError(f"objective '{args.objective}' needs --target FILE")
     if extra == "existing" and existing is None:
         raise DeliftError("objective 'flcg' needs --existing FILE")
+    resolve_budget(args.budget, len(pool))  # a bad budget fails now, not after the kernels
     pins, bans = list(args.pin), list(args.ban)
     if args.decisions:
         from .review import load_decisions
@@ -255,12 +256,12 @@ def cmd_select(args: argparse.Namespace) -> int:
         pins += d.pinned
         bans += d.banned
     kernel_arg = args.kernel
-    if kernel_arg in KERNEL_KINDS:
+    if kernel_arg == "none" or (args.objective == "random" and kernel_arg == "utility"):
+        kernels = None  # random needs no kernel: not even the default utility one
+    elif kernel_arg in KERNEL_KINDS:
         kernels = compute_kernels(pool, target=target, existing=existing, kind=kernel_arg,
                                   progress=_Bars(), use_cache=not args.no_cache,
                                   **_models(args, kernel_arg))
-    elif kernel_arg == "none" or (args.objective == "random" and kernel_arg == "utility"):
-        kernels = None
     else:
         kernels = load_kernels(kernel_arg, pool, target=target, existing=existing,
                                target_kernel=args.target_kernel,

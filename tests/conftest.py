@@ -43,19 +43,6 @@ def _isolated_cache(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("DELIFT_CACHE_DIR", str(_SESSION_CACHE))
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread(request: pytest.FixtureRequest):
-    """The tiny models gain nothing from threads, and on a busy machine spinning threads cost a lot.
-    The real default model keeps torch's own thread count."""
-    if request.node.get_closest_marker("real_cache"):
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not (SHARED_DATA / "p3_sample.jsonl").exists():
