@@ -230,9 +230,10 @@ def cmd_kernel(args: argparse.Namespace) -> int:
         if kernels.existing is not None:
             np.save(out / "kernel_existing.npy", kernels.existing)
     (out / "kernel_meta.json").write_text(json.dumps(kernels.meta, indent=1, default=str))
-    print(f"wrote {out}/kernel_pool.npy {kernels.pool.shape}"
-          + (f", kernel_target.npy {kernels.target.shape}" if kernels.target is not None else "")
-          + (f", kernel_existing.npy {kernels.existing.shape}" if kernels.existing is not None
+    ext = "npz" if hasattr(kernels.pool, "tocsr") else "npy"
+    print(f"wrote {out}/kernel_pool.{ext} {kernels.pool.shape}"
+          + (f", kernel_target.{ext} {kernels.target.shape}" if kernels.target is not None else "")
+          + (f", kernel_existing.{ext} {kernels.existing.shape}" if kernels.existing is not None
              else "") + f" in {kernels.meta.get('seconds')} s")
     return 0
 
