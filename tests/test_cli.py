@@ -231,3 +231,28 @@ def test_real_data_all_three_stages(shared_data, tmp_path, capsys):
         assert {"id", "template", "prompt", "completion"} <= set(selected[0])
     err = capsys.readouterr().err
     assert "using the first 200" in err
+
+
+def test_review_decisions_file(tmp_path):
+    from delift_core.errors import DataError
+    from delift_core.review import load_decisions
+
+    d = Decisions()
+    d.pin("a")
+    d.pin("b")
+    d.ban("c")
+    d.ban("a")  # a ban replaces a pin
+    d.clear("b")
+    d.notes["c"] = "duplicate of d"
+    assert d.pinned == [] and d.banned == ["c", "a"]
+    (tmp_path / "d.json").write_text(d.to_json(), encoding="utf-8")
+    back = load_decisions(tmp_path / "d.json")
+    assert (back.pinned, back.banned, back.notes) == (d.pinned, d.banned, d.notes)
+    for text, message in [("{oops", "not valid JSON"), ("[1, 2]", "expected an object"),
+                          ('{"pinned": "a"}', "must be lists"),
+                          ('{"pinned": [1], "banned": ["1"]}', "both pinned and banned")]:
+        (tmp_path / "bad.json").write_text(text)
+        with pytest.raises(DataError, match=message):
+            load_decisions(tmp_path / "bad.json")
+    with pytest.raises(DataError, match="cannot read"):
+        load_decisions(tmp_path / "absent.json")
