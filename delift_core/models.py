@@ -16,6 +16,7 @@ import shutil
 import tempfile
 import threading
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -80,13 +81,18 @@ class CausalLM:
     device: torch.device
     dtype: torch.dtype
 
-    @property
+    @cached_property
     def bos_token_id(self) -> int | None:
-        """The BOS id if the model's tokenizer puts one first, else None."""
+        """The BOS id if the model's tokenizer puts one first, else None.
+
+        Decided by encoding a probe with special tokens, because ``add_bos_token`` is not reliable
+        across tokenizers (transformers 5 reports False for Gemma, whose encoding starts with BOS).
+        """
         tok = self.tokenizer
-        if tok.bos_token_id is None or not getattr(tok, "add_bos_token", True):
+        if tok.bos_token_id is None:
             return None
-        return int(tok.bos_token_id)
+        probe = tok("a", add_special_tokens=True)["input_ids"]
+        return int(tok.bos_token_id) if probe and probe[0] == tok.bos_token_id else None
 
     @property
     def eos_token_id(self) -> int | None:

@@ -72,10 +72,6 @@ def test_default_model_utility_kernel(default_lm, four_rows, tmp_path):
     np.testing.assert_array_equal(again.values, v)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "delift_core/models.py CausalLM.bos_token_id trusts tokenizer.add_bos_token, which the Gemma "
-    "tokenizer loaded by transformers 5 reports as False although its own encoding starts with "
-    "<bos>; so the engine scores Gemma without the BOS it was trained with (meta bos_first False)"))
 def test_default_model_puts_bos_first_like_its_tokenizer(default_lm):
     tok = default_lm.tokenizer
     own = tok("Hello")["input_ids"]
