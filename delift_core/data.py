@@ -51,6 +51,7 @@ class SkippedRow:
     location: str
     reason: str
     row: dict
+    id: str = ""
 
 
 @dataclass
@@ -380,10 +381,10 @@ def normalise(records: list[dict], *, source: str, source_format: str,
         first_seen[rid] = where
         prompt, response = _pair(record, layout, mapping, where, name)
         if not response.strip():
-            skipped.append(SkippedRow(pos, where, "empty response", record))
+            skipped.append(SkippedRow(pos, where, "empty response", record, rid))
             continue
         if not prompt.strip():
-            skipped.append(SkippedRow(pos, where, "empty prompt", record))
+            skipped.append(SkippedRow(pos, where, "empty prompt", record, rid))
             continue
         kept_rows.append(record)
         ids.append(rid)

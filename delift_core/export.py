@@ -131,7 +131,7 @@ def selection_artifacts(selection: Any, fmt: str | None = None, *, target: Datas
     if pool.skipped:
         import pandas as pd
 
-        skipped = pd.DataFrame({"id": [None] * len(pool.skipped),
+        skipped = pd.DataFrame({"id": [s.id for s in pool.skipped],
                                 "position": [s.position for s in pool.skipped],
                                 "selected": False, "skipped": [s.reason for s in pool.skipped]})
         table = pd.concat([table.assign(skipped=""), skipped], ignore_index=True)
