@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pandas as pd
@@ -64,6 +65,11 @@ with c2:
     st.text_input("Sentence embedder", key="ev_embedder")
 
 
+def _plain(text: str) -> str:
+    """Escape markdown so that untrusted text (paths, messages) shows as typed."""
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~$])", r"\\\1", text)
+
+
 def _seeds(text: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",") if x.strip()]
@@ -118,9 +124,9 @@ if st.button("Run the evaluation", type="primary", key="ev_run"):
     try:
         state["ev_report"] = _run()
     except DeliftError as e:
-        st.error(str(e))
+        st.error(_plain(str(e)))
     except Exception as e:  # noqa: BLE001 - shown as a message, never a traceback
-        st.error(f"The evaluation failed: {type(e).__name__}: {str(e)[:500]}")
+        st.error(_plain(f"The evaluation failed: {type(e).__name__}: {str(e)[:500]}"))
 
 report = state.get("ev_report")
 if report is not None:
