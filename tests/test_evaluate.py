@@ -346,6 +346,7 @@ def test_page_error_path(tiny_model_dir) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.real_cache
 def test_real_model_icl_short(tmp_path) -> None:
     from delift_core.models import load_causal_lm, load_embedder
 
