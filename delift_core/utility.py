@@ -348,6 +348,30 @@ def minmax_scale(values: np.ndarray) -> np.ndarray:
     return (v - lo) / (hi - lo)
 
 
+@dataclass
+class _Run:
+    """One kernel computation's cache store, tokens, scorer, progress count and cancel event."""
+
+    store: BlockStore | None
+    tok: _Tokens
+    resp: list[list[int]]
+    scorer: "_Scorer"
+    total: int
+    progress: ProgressFn | None
+    cancel: threading.Event | None
+    done: int = 0
+    blocks_reused: int = 0
+
+    def tick(self, k: int) -> None:
+        self.done += k
+        if self.progress:
+            self.progress(self.done, self.total)
+
+    def check(self) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise KernelCancelled("kernel computation cancelled")
+
+
 class UtilityKernel:
     """Computes UF(i, j) for targets i and examples j, in cached, resumable blocks of examples.
 
@@ -425,10 +449,36 @@ class UtilityKernel:
                                                   self.settings.batch_size, tick, check)
         return out
 
-    def _meta(self, tok: _Tokens, row_ids, col_ids, n_t: int, n_e: int, blocks_reused: int,
-              n_blocks: int, store: BlockStore | None, start: float, d_plain: np.ndarray) -> dict:
+    def _start(self, key: dict, t_prompts: Sequence[str], t_resps: Sequence[str], n_pairs: int,
+               progress: ProgressFn | None, cancel: threading.Event | None) -> "_Run":
+        """Open the cache for ``key`` and tokenise the targets: what every computation starts with."""
+        root = Path(self.cache_root) if self.cache_root else cache_dir() / "kernels"
+        store = BlockStore(root, content_key(key), key) if self.use_cache else None
+        s = self.settings
+        tok = _Tokens(self.lm, s.max_field_tokens, s.max_response_tokens, s.score_eos)
+        resp = [tok.response_ids(r) for r in t_resps]
+        self.pairs_computed_ = 0
+        return _Run(store, tok, resp, _Scorer(self.lm), n_pairs + len(t_prompts), progress, cancel)
+
+    def _plain(self, run: "_Run", t_prompts: Sequence[str]) -> np.ndarray:
+        """d(i, plain) for every target, from the cache when it holds them."""
+        n_t = len(t_prompts)
+        d_plain = run.store.get("plain") if run.store else None
+        if d_plain is None or d_plain.shape != (n_t,):
+            d_plain = self._plain_distances(run.scorer, run.tok, t_prompts, run.resp, run.tick,
+                                            run.check)
+            self.pairs_computed_ += n_t
+            if run.store:
+                run.store.put("plain", d_plain)
+        else:
+            run.tick(n_t)
+        return d_plain
+
+    def _meta(self, run: "_Run", row_ids, col_ids, n_t: int, n_e: int, n_blocks: int,
+              start: float, d_plain: np.ndarray) -> dict:
         """What a kernel result records about how it was made."""
         s = self.settings
+        tok, store, blocks_reused = run.tok, run.store, run.blocks_reused
         return {
             "kind": "utility",
             "model": self.lm.name, "model_source": self.lm.source,
@@ -471,34 +521,11 @@ class UtilityKernel:
         start = time.time()
         n_t, n_e = len(t_prompts), len(e_prompts)
         key = self._key(list(t_prompts), list(t_resps), list(e_prompts), list(e_resps))
-        root = Path(self.cache_root) if self.cache_root else cache_dir() / "kernels"
-        store = BlockStore(root, content_key(key), key) if self.use_cache else None
-        tok, plain, resp = self.token_sequences(t_prompts, t_resps, e_prompts, e_resps)
-        scorer = _Scorer(self.lm)
+        run = self._start(key, t_prompts, t_resps, n_t * n_e, progress, cancel)
+        store, tok, resp, scorer, tick, check = (run.store, run.tok, run.resp, run.scorer,
+                                                 run.tick, run.check)
         n_blocks = (n_e + s.block_size - 1) // s.block_size
-        total = n_t * n_e + n_t
-        done = 0
-        self.pairs_computed_ = 0
-        blocks_reused = 0
-
-        def tick(k: int) -> None:
-            nonlocal done
-            done += k
-            if progress:
-                progress(done, total)
-
-        def check() -> None:
-            if cancel is not None and cancel.is_set():
-                raise KernelCancelled("kernel computation cancelled")
-
-        d_plain = store.get("plain") if store else None
-        if d_plain is None or d_plain.shape != (n_t,):
-            d_plain = self._plain_distances(scorer, tok, t_prompts, resp, tick, check)
-            self.pairs_computed_ += n_t
-            if store:
-                store.put("plain", d_plain)
-        else:
-            tick(n_t)
+        d_plain = self._plain(run, t_prompts)
         d_with = np.empty((n_t, n_e), dtype=np.float64)
         all_targets = np.arange(n_t)
         for blk in range(n_blocks):
@@ -507,7 +534,7 @@ class UtilityKernel:
             cached = store.get(name) if store else None
             if cached is not None and cached.shape == (n_t, len(cols)):
                 d_with[:, cols.start: cols.stop] = cached
-                blocks_reused += 1
+                run.blocks_reused += 1
                 tick(n_t * len(cols))
                 continue
             block = np.empty((n_t, len(cols)), dtype=np.float64)
@@ -520,8 +547,7 @@ class UtilityKernel:
                 store.put(name, block)
         self.tokens_processed_ = scorer.tokens_processed
         values = (d_plain[:, None] - d_with).astype(np.float32)
-        meta = self._meta(tok, row_ids, col_ids, n_t, n_e, blocks_reused, n_blocks, store,
-                          start, d_plain)
+        meta = self._meta(run, row_ids, col_ids, n_t, n_e, n_blocks, start, d_plain)
         return KernelResult(values=values, row_ids=list(row_ids or range(n_t)),
                             col_ids=list(col_ids or range(n_e)), meta=meta)
 
@@ -550,34 +576,11 @@ class UtilityKernel:
         c, r = pairs[:, 0], pairs[:, 1]
         key = self._key(list(t_prompts), list(t_resps), list(e_prompts), list(e_resps))
         key["pairs"] = content_key([c.tolist(), r.tolist()])
-        root = Path(self.cache_root) if self.cache_root else cache_dir() / "kernels"
-        store = BlockStore(root, content_key(key), key) if self.use_cache else None
-        tok, plain, resp = self.token_sequences(t_prompts, t_resps, e_prompts, e_resps)
-        scorer = _Scorer(self.lm)
+        run = self._start(key, t_prompts, t_resps, len(c), progress, cancel)
+        store, tok, resp, scorer, tick, check = (run.store, run.tok, run.resp, run.scorer,
+                                                 run.tick, run.check)
         n_blocks = (n_e + s.block_size - 1) // s.block_size
-        total = len(c) + n_t
-        done = 0
-        self.pairs_computed_ = 0
-        blocks_reused = 0
-
-        def tick(k: int) -> None:
-            nonlocal done
-            done += k
-            if progress:
-                progress(done, total)
-
-        def check() -> None:
-            if cancel is not None and cancel.is_set():
-                raise KernelCancelled("kernel computation cancelled")
-
-        d_plain = store.get("plain") if store else None
-        if d_plain is None or d_plain.shape != (n_t,):
-            d_plain = self._plain_distances(scorer, tok, t_prompts, resp, tick, check)
-            self.pairs_computed_ += n_t
-            if store:
-                store.put("plain", d_plain)
-        else:
-            tick(n_t)
+        d_plain = self._plain(run, t_prompts)
         d_with = np.empty(len(c), dtype=np.float64)
         bounds = np.searchsorted(c, np.arange(0, n_e + s.block_size, s.block_size))
         for blk in range(n_blocks):
@@ -588,7 +591,7 @@ class UtilityKernel:
             cached = store.get(name) if store else None
             if cached is not None and cached.shape == (hi - lo,):
                 d_with[lo:hi] = cached
-                blocks_reused += 1
+                run.blocks_reused += 1
                 tick(hi - lo)
                 continue
             block = np.empty(hi - lo, dtype=np.float64)
@@ -605,8 +608,7 @@ class UtilityKernel:
         values = sp.csr_matrix(((d_plain[r] - d_with).astype(np.float32), (r, c)), shape=(n_t, n_e),
                                dtype=np.float32)
         values.sort_indices()
-        meta = self._meta(tok, row_ids, col_ids, n_t, n_e, blocks_reused, n_blocks, store, start,
-                          d_plain)
+        meta = self._meta(run, row_ids, col_ids, n_t, n_e, n_blocks, start, d_plain)
         meta.update({"sparse": True, "format": "scipy CSR float32, absent pairs not computed",
                      "nnz": int(values.nnz)})
         return KernelResult(values=values, row_ids=list(row_ids or range(n_t)),
