@@ -19,14 +19,14 @@ import torch
 
 from delift_core.data import load_dataset
 from delift_core.models import load_causal_lm
-from delift_core.utility import (UtilityKernel, UtilitySettings, _Scorer, _Tokens, cpu_threads,
+from delift_core.utility import (UtilityKernel, UtilitySettings, _Scorer, SegmentTokens, cpu_threads,
                                 split_prompt)
 
 
 def per_pair_kernel(lm, s: UtilitySettings, tp, tr, ep, er, batch: int) -> tuple[np.ndarray, int]:
     """The straightforward way: every sequence (plain and with-example) run in full, full logits,
     log-softmax over the whole vocabulary at every position, batches of right-padded pairs."""
-    tok = _Tokens(lm, s.max_field_tokens, s.max_response_tokens, s.score_eos)
+    tok = SegmentTokens(lm, s.max_field_tokens, s.max_response_tokens, s.score_eos)
     seqs, n_sc = [], []
     for i in range(len(tp)):
         r = tok.response_ids(tr[i])
@@ -63,7 +63,7 @@ def per_pair_kernel(lm, s: UtilitySettings, tp, tr, ep, er, batch: int) -> tuple
 
 def body_only_tokens_per_s(lm, s: UtilitySettings, tp, tr, ep, er, batch: int) -> float:
     """Transformer body alone (no head, no cache) on the engine's suffix batches."""
-    tok = _Tokens(lm, s.max_field_tokens, s.max_response_tokens, s.score_eos)
+    tok = SegmentTokens(lm, s.max_field_tokens, s.max_response_tokens, s.score_eos)
     scorer = _Scorer(lm)
     seqs = []
     for i in range(len(tp)):

@@ -31,9 +31,8 @@ import copy
 import json
 import math
 import re
-import string
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -44,7 +43,7 @@ from .cache import BlockStore, content_key
 from .data import Dataset, load_dataset
 from .errors import DeliftError
 from .models import CausalLM, cache_dir
-from .utility import DEFAULT_PLAIN_TEMPLATE, response_distance
+from .utility import DEFAULT_PLAIN_TEMPLATE, SegmentTokens, response_distance
 
 EVAL_VERSION = "evaluate-v1"
 MODES = ("icl", "lora")
@@ -126,41 +125,21 @@ def icl_template(shots: int) -> str:
             + ICL_QUERY)
 
 
-def _segments(template: str) -> list[tuple[str, str | None]]:
-    return [(lit, fld) for lit, fld, _, _ in string.Formatter().parse(template)]
-
-
-class _Tok:
-    """Segment-wise tokenisation with per-text caching and truncation counts."""
+class _Tok(SegmentTokens):
+    """The engine's segment-wise tokenisation, so evaluation sees exactly the kernel's tokens."""
 
     def __init__(self, lm: CausalLM, max_field: int, max_reference: int) -> None:
-        self.lm, self.max_field, self.max_reference = lm, max_field, max_reference
-        self.cache: dict[str, list[int]] = {}
-        self.truncated = 0
+        super().__init__(lm, max_field, max_reference, score_eos=True)
 
-    def ids(self, text: str) -> list[int]:
-        if text not in self.cache:
-            self.cache[text] = list(self.lm.tokenizer(text, add_special_tokens=False)["input_ids"])
-        return self.cache[text]
+    @property
+    def truncated(self) -> int:
+        return self.truncated_fields
 
     def prompt(self, template: str, values: Mapping[str, str]) -> list[int]:
-        bos = self.lm.bos_token_id
-        out = [bos] if bos is not None else []
-        for literal, fld in _segments(template):
-            if literal:
-                out += self.ids(literal)
-            if fld is not None:
-                ids = self.ids(values[fld])
-                if len(ids) > self.max_field:
-                    self.truncated += 1
-                    ids = ids[: self.max_field]
-                out += ids
-        return out
+        return self.prompt_ids(template, dict(values))
 
     def reference(self, text: str) -> list[int]:
-        ids = self.ids(text)[: self.max_reference]
-        eos = self.lm.eos_token_id
-        return ids + [eos] if eos is not None else ids
+        return self.response_ids(text)
 
 
 # ----------------------------------------------------------------------------------------------

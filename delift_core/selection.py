@@ -9,7 +9,6 @@ annotated row by row, and exported.
 from __future__ import annotations
 
 import json
-import math
 import threading
 import time
 from dataclasses import dataclass, field, replace

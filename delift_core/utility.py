@@ -87,8 +87,9 @@ def template_segments(template: str) -> list[tuple[str, str | None]]:
 
 
 @dataclass
-class _Tokens:
-    """Per-text token ids for one tokenizer, with truncation counts."""
+class SegmentTokens:
+    """Segment-wise tokenisation (BOS, template literals and field values tokenised separately),
+    with per-text caching and truncation counts: the one token builder of kernels and evaluation."""
 
     lm: CausalLM
     max_field: int
@@ -135,7 +136,7 @@ def response_distance(probs: torch.Tensor) -> float:
     return float(torch.linalg.vector_norm(1.0 - probs.double()) / np.sqrt(t))
 
 
-def split_prompt(tok: "_Tokens", template: str, values: dict[str, str]) -> tuple[list[int], list[int]]:
+def split_prompt(tok: "SegmentTokens", template: str, values: dict[str, str]) -> tuple[list[int], list[int]]:
     """The prompt tokens split before the ``{prompt}`` field value: (shared head, the rest).
 
     ``head + rest`` is exactly ``tok.prompt_ids(template, values)``; the head does not depend on
@@ -353,7 +354,7 @@ class _Run:
     """One kernel computation's cache store, tokens, scorer, progress count and cancel event."""
 
     store: BlockStore | None
-    tok: _Tokens
+    tok: SegmentTokens
     resp: list[list[int]]
     scorer: "_Scorer"
     total: int
@@ -401,12 +402,12 @@ class UtilityKernel:
                         e_prompts: Sequence[str], e_resps: Sequence[str]):
         """Plain and with-example token sequences (exactly what the model is given)."""
         s = self.settings
-        tok = _Tokens(self.lm, s.max_field_tokens, s.max_response_tokens, s.score_eos)
+        tok = SegmentTokens(self.lm, s.max_field_tokens, s.max_response_tokens, s.score_eos)
         plain = [tok.prompt_ids(s.plain_template, {"prompt": p}) for p in t_prompts]
         resp = [tok.response_ids(r) for r in t_resps]
         return tok, plain, resp
 
-    def _plain_distances(self, scorer: _Scorer, tok: _Tokens, t_prompts: Sequence[str],
+    def _plain_distances(self, scorer: _Scorer, tok: SegmentTokens, t_prompts: Sequence[str],
                          resp: list[list[int]], tick: Callable[[int], None],
                          check: Callable[[], None]) -> np.ndarray:
         """d(i, plain) for every target: the template head runs once, prompts + responses behind it."""
@@ -418,7 +419,7 @@ class UtilityKernel:
             suffixes.append(rest + r)
         return self._grouped(scorer, heads, suffixes, [len(r) for r in resp], tick, check)
 
-    def _example_distances(self, scorer: _Scorer, tok: _Tokens, j: int, targets: np.ndarray,
+    def _example_distances(self, scorer: _Scorer, tok: SegmentTokens, j: int, targets: np.ndarray,
                            t_prompts: Sequence[str], resp: list[list[int]],
                            e_prompts: Sequence[str], e_resps: Sequence[str],
                            tick: Callable[[int], None], check: Callable[[], None]) -> np.ndarray:
@@ -455,7 +456,7 @@ class UtilityKernel:
         root = Path(self.cache_root) if self.cache_root else cache_dir() / "kernels"
         store = BlockStore(root, content_key(key), key) if self.use_cache else None
         s = self.settings
-        tok = _Tokens(self.lm, s.max_field_tokens, s.max_response_tokens, s.score_eos)
+        tok = SegmentTokens(self.lm, s.max_field_tokens, s.max_response_tokens, s.score_eos)
         resp = [tok.response_ids(r) for r in t_resps]
         self.pairs_computed_ = 0
         return _Run(store, tok, resp, _Scorer(self.lm), n_pairs + len(t_prompts), progress, cancel)

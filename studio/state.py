@@ -37,7 +37,6 @@ from delift_core import (ColumnMapping, Dataset, Decisions, Kernels, Selection, 
 from delift_core.data import read_records
 from delift_core.embedding import sample_text
 from delift_core.models import resolve_device
-from delift_core.selection import needs
 
 from . import jobs
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from delift_core.models import CausalLM
-from delift_core.utility import UtilityKernel, UtilitySettings, _Tokens
+from delift_core.utility import UtilityKernel, UtilitySettings, SegmentTokens
 
 CHARS = [chr(c) for c in range(32, 127)] + ["\n"]
 
@@ -67,7 +67,7 @@ def tiny_lm(kind: str) -> CausalLM:
 
 def naive_kernel(lm: CausalLM, settings: UtilitySettings, tp, tr, ep, er) -> np.ndarray:
     """Straightforward reference: one full forward per sequence, full logits, float64 distance."""
-    tok = _Tokens(lm, settings.max_field_tokens, settings.max_response_tokens, settings.score_eos)
+    tok = SegmentTokens(lm, settings.max_field_tokens, settings.max_response_tokens, settings.score_eos)
 
     def dist(prompt_ids: list[int], resp_ids: list[int]) -> float:
         ids = torch.tensor([prompt_ids + resp_ids])
