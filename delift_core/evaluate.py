@@ -43,7 +43,7 @@ from .cache import BlockStore, content_key
 from .data import Dataset, load_dataset
 from .errors import DeliftError
 from .models import CausalLM, cache_dir
-from .utility import DEFAULT_PLAIN_TEMPLATE, SegmentTokens, response_distance
+from .utility import DEFAULT_PLAIN_TEMPLATE, SegmentTokens, response_distance, scored_positions
 
 EVAL_VERSION = "evaluate-v1"
 MODES = ("icl", "lora")
@@ -267,11 +267,7 @@ def scored_logprobs(model: Any, seqs: Sequence[list[int]], n_scored: Sequence[in
         ids[b, : len(s)] = torch.tensor(s, dtype=torch.long)
         mask[b, : len(s)] = 1
     hidden = body(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
-    rows, pos = [], []
-    for b, (length, n) in enumerate(zip(lengths, n_scored)):
-        rows.append(torch.full((n,), b))
-        pos.append(torch.arange(length - n - 1, length - 1))
-    rows_t, pos_t = torch.cat(rows), torch.cat(pos)
+    rows_t, pos_t = scored_positions(lengths, n_scored)
     targets = ids[rows_t, pos_t + 1].to(device)
     logits = head(hidden[rows_t.to(device), pos_t.to(device)]).float()
     if softcap:

@@ -130,6 +130,13 @@ class SegmentTokens:
         return out
 
 
+def scored_positions(lengths: Sequence[int], n_scored: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(batch row, position) of the logits that predict each sequence's last ``n_scored`` tokens."""
+    rows = [torch.full((n,), b) for b, n in enumerate(n_scored)]
+    pos = [torch.arange(length - n - 1, length - 1) for length, n in zip(lengths, n_scored)]
+    return torch.cat(rows), torch.cat(pos)
+
+
 def response_distance(probs: torch.Tensor) -> float:
     """d = ||1 - p||_2 / sqrt(T) for the true-token probabilities p of one response."""
     t = probs.numel()
@@ -226,11 +233,7 @@ class _Scorer:
     def _score(self, hidden: torch.Tensor, ids: torch.Tensor, lengths: Sequence[int],
                n_scored: Sequence[int]) -> np.ndarray:
         dev = self.lm.device
-        rows, pos = [], []
-        for b, (length, n) in enumerate(zip(lengths, n_scored)):
-            rows.append(torch.full((n,), b))
-            pos.append(torch.arange(length - n - 1, length - 1))
-        rows_t, pos_t = torch.cat(rows), torch.cat(pos)
+        rows_t, pos_t = scored_positions(lengths, n_scored)
         tgt = ids[rows_t, pos_t + 1].to(dev)
         p_true = self._p_true(hidden[rows_t.to(dev), pos_t.to(dev)], tgt)
         out = np.empty(len(lengths), dtype=np.float64)
