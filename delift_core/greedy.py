@@ -7,18 +7,16 @@ Pinned candidates start the order (in the order given); banned ones are never pi
 
 from __future__ import annotations
 
-import heapq
 import math
 from dataclasses import dataclass, field
 from typing import Iterable
 
 import numpy as np
 
+from . import coverage_kernels
 from .objectives import CoverageObjective
 
 METHODS = ("lazy", "naive", "stochastic")
-LAZY_BATCH_START = 4  # stale heap tops re-evaluated together; doubles while tops stay stale
-LAZY_BATCH_MAX = 256
 
 
 @dataclass
@@ -105,40 +103,17 @@ def greedy_maximize(objective: CoverageObjective, budget: int | None = None, *,
             available[j] = False
             state = objective.update(state, j)
     else:
-        cand = np.flatnonzero(available)
+        cand = np.flatnonzero(available).astype(np.int64)
         if len(order) < budget and cand.size:
-            g0 = objective.gains(state, cand)
-            evaluations += cand.size
-            # heap of (-upper bound, index): ties pop the lowest index first. ``stamp[j]`` is the
-            # pick count at which j's bound was last computed; a bound from the current state is
-            # exact, so a fresh heap top is the greedy choice (lazy == naive, ties included).
-            heap = list(zip((-g0).tolist(), cand.tolist()))
-            heapq.heapify(heap)
-            stamp = np.full(n, -1, dtype=np.int64)
-            stamp[cand] = 0
-            picks = 0
-            while len(order) < budget and heap:
-                width = LAZY_BATCH_START
-                while True:
-                    neg, j = heap[0]
-                    if stamp[j] == picks:
-                        heapq.heappop(heap)
-                        break
-                    # re-evaluate several stale tops at once (the batch grows while tops stay stale)
-                    batch = []
-                    while heap and len(batch) < width and stamp[heap[0][1]] != picks:
-                        batch.append(heapq.heappop(heap)[1])
-                    idx = np.asarray(batch, dtype=np.int64)
-                    g = objective.gains(state, idx)
-                    evaluations += idx.size
-                    stamp[idx] = picks
-                    for gj, jj in zip((-g).tolist(), batch):
-                        heapq.heappush(heap, (gj, jj))
-                    width = min(width * 2, LAZY_BATCH_MAX)
-                order.append(j)
-                gains.append(-neg)
-                state = objective.update(state, j)
-                picks += 1
+            sparse, kt, indptr, rows, vals, cap, has_cap, modular, has_mod = \
+                objective.compiled_args()
+            state = np.array(state, dtype=np.float32)
+            picked, picked_gains, n_eval = coverage_kernels.lazy_greedy(
+                sparse, kt, indptr, rows, vals, cand, state, cap, has_cap, modular, has_mod,
+                budget - len(order))
+            order.extend(picked.tolist())
+            gains.extend(picked_gains.tolist())
+            evaluations += int(n_eval)
     gains_arr = np.asarray(gains, dtype=np.float64)
     base = objective.evaluate([])
     return GreedyResult(order=np.asarray(order, dtype=np.int64), gains=gains_arr,

@@ -16,6 +16,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from . import coverage_kernels
+
 
 def _is_sparse(kernel: Any) -> bool:
     try:
@@ -80,11 +82,11 @@ class CoverageObjective:
     """
 
     name = "coverage"
-    _chunk_elems = 1 << 22
 
     def __init__(self, kernel: Any, floor: np.ndarray | None = None,
                  cap: np.ndarray | None = None, modular: np.ndarray | None = None) -> None:
         self.sparse = _is_sparse(kernel)
+        self._args: tuple | None = None
         if self.sparse:
             self.kernel = kernel
             csc = kernel.tocsc()
@@ -126,43 +128,30 @@ class CoverageObjective:
         idx = np.arange(total, dtype=np.int64) - np.repeat(offsets - starts, lengths)
         return owner, self._rows[idx], self._vals[idx]
 
+    def compiled_args(self) -> tuple:
+        """The arrays the compiled kernels read: (sparse, kernel with candidates as rows, CSC
+        indptr, rows, values, cap, has cap, modular weights, has modular)."""
+        if self._args is None:
+            f32 = np.zeros(0, np.float32)
+            if self.sparse:
+                kt, indptr, rows, vals = np.zeros((0, 0), np.float32), self._indptr, self._rows, self._vals
+            else:  # the transpose of a column-major kernel is C-contiguous: rows are candidates
+                kt = np.asarray(self.kernel).T
+                indptr, rows, vals = np.zeros(1, np.int64), np.zeros(0, np.int64), f32
+            cap = f32 if self.cap is None else np.ascontiguousarray(self.cap, np.float32)
+            modular = np.zeros(0) if self.modular is None else self.modular
+            self._args = (self.sparse, kt, indptr, rows, vals, cap, self.cap is not None,
+                          modular, self.modular is not None)
+        return self._args
+
     def gains(self, state: np.ndarray, candidates: np.ndarray | None = None) -> np.ndarray:
         """Marginal gains of adding each candidate to the set whose coverage is ``state``."""
-        cand = (np.arange(self.n_candidates) if candidates is None
-                else np.asarray(candidates, dtype=np.int64).reshape(-1))
-        if self.sparse:
-            owner, rows, vals = self._entries(cand)
-            contrib = vals - state[rows]
-            np.maximum(contrib, 0, out=contrib)
-            g = np.bincount(owner, weights=contrib, minlength=cand.size)
-        else:
-            n_rows = self.kernel.shape[0]
-            step = max(1, self._chunk_elems // max(1, n_rows))
-            g = np.empty(cand.size, dtype=np.float64)
-            kt = self.kernel.T  # candidates as rows: contiguous for the column-major kernel
-            base = float(state.sum(dtype=np.float64))
-            whole = candidates is None
-            buf = np.empty((min(step, cand.size), n_rows), np.float32) if whole else None
-            for s in range(0, cand.size, step):
-                # gain = sum_r max(K[r, j], state_r) - sum_r state_r, each candidate's row reduced
-                # on its own in the same order whatever the batch (lazy and naive see equal gains)
-                if whole:
-                    src = kt[s: s + step]
-                    sub = buf[: src.shape[0]]
-                    if self.cap is not None:
-                        np.minimum(src, self.cap, out=sub)
-                        np.maximum(sub, state, out=sub)
-                    else:
-                        np.maximum(src, state, out=sub)
-                else:
-                    sub = np.ascontiguousarray(kt[cand[s: s + step]])
-                    if self.cap is not None:
-                        np.minimum(sub, self.cap, out=sub)
-                    np.maximum(sub, state, out=sub)
-                g[s: s + step] = sub.sum(axis=1, dtype=np.float64) - base
-        if self.modular is not None:
-            g = g + self.modular[cand]
-        return g
+        cand = (np.arange(self.n_candidates, dtype=np.int64) if candidates is None
+                else np.ascontiguousarray(candidates, dtype=np.int64).reshape(-1))
+        sparse, kt, indptr, rows, vals, cap, has_cap, modular, has_mod = self.compiled_args()
+        return coverage_kernels.gains(sparse, kt, indptr, rows, vals, cand,
+                                      np.ascontiguousarray(state, np.float32), cap, has_cap,
+                                      modular, has_mod)
 
     def column(self, j: int) -> np.ndarray:
         """Candidate j's column (capped), dense, one value per row."""

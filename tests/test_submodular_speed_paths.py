@@ -44,14 +44,32 @@ def test_lazy_equals_naive_with_ties(seed, sparse):
         assert abs(a.values[-1] - obj.evaluate(a.order)) < 1e-3
 
 
-@pytest.mark.parametrize("start,cap", [(1, 1), (2, 8), (64, 256)])
-def test_lazy_batch_width_does_not_change_the_order(monkeypatch, start, cap):
+@pytest.mark.parametrize("sparse", [False, True])
+def test_lazy_evaluates_far_fewer_gains_than_naive_for_the_same_order(sparse):
     rng = np.random.default_rng(5)
-    k = (np.round(rng.random((80, 80)) * 8) / 8).astype(np.float32)
-    ref = greedy_maximize(FacilityLocation(k), 40, method="naive").order
-    monkeypatch.setattr(greedy, "LAZY_BATCH_START", start)
-    monkeypatch.setattr(greedy, "LAZY_BATCH_MAX", cap)
-    assert (greedy_maximize(FacilityLocation(k), 40).order == ref).all()
+    x = rng.normal(size=(300, 8))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    k = ((x @ x.T + 1) / 2).astype(np.float32)
+    if sparse:
+        k[k < 0.8] = 0
+        k = sp.csr_matrix(k)
+    naive = greedy_maximize(FacilityLocation(k), 100, method="naive")
+    lazy = greedy_maximize(FacilityLocation(k), 100)
+    assert (lazy.order == naive.order).all()
+    assert np.array_equal(lazy.gains, naive.gains)  # same compiled gain, bit for bit
+    assert naive.evaluations == sum(300 - i for i in range(100))
+    assert 300 <= lazy.evaluations < naive.evaluations / 5
+
+
+def test_pinned_then_lazy_matches_naive_and_banned_never_appear():
+    rng = np.random.default_rng(9)
+    k = rng.random((60, 60)).astype(np.float32)
+    for method in ("naive", "lazy"):
+        r = greedy_maximize(FacilityLocation(k), 20, method=method, pinned=[7, 3], banned=[0, 1])
+        assert list(r.order[:2]) == [7, 3] and not {0, 1} & set(r.order.tolist())
+    a = greedy_maximize(FacilityLocation(k), 20, pinned=[7, 3], banned=[0, 1])
+    b = greedy_maximize(FacilityLocation(k), 20, method="naive", pinned=[7, 3], banned=[0, 1])
+    assert (a.order == b.order).all()
 
 
 def test_memmap_and_c_order_kernels_agree(tmp_path):
