@@ -163,19 +163,24 @@ def split_prompt(tok: "SegmentTokens", template: str, values: dict[str, str]) ->
     return head, rest
 
 
-def _expand_cache(cache: Any, batch: int) -> Any:
-    """A shallow copy of a batch-1 key/value cache whose tensors are expanded (not copied) to ``batch``.
+def _cache_rows(cache: Any, rows: torch.Tensor | None, batch: int) -> Any:
+    """A shallow copy of a key/value cache holding, for each of ``batch`` rows, one row of it.
 
-    Layers are copied so the shared prefix cache is never mutated: ``update`` concatenates into new
-    tensors, and sliding-window layers keep their own ``cumulative_length``.
+    ``rows`` None: the cache has one row, expanded (not copied) to ``batch``; otherwise the given
+    rows are gathered. Layers are copied so the shared prefix cache is never mutated: ``update``
+    concatenates into new tensors, and sliding-window layers keep their own ``cumulative_length``.
     """
     new = copy.copy(cache)
     layers = []
     for layer in cache.layers:
         lay = copy.copy(layer)
         if getattr(layer, "is_initialized", False) and layer.keys is not None and layer.keys.numel():
-            lay.keys = layer.keys.expand(batch, *layer.keys.shape[1:])
-            lay.values = layer.values.expand(batch, *layer.values.shape[1:])
+            if rows is None:
+                lay.keys = layer.keys.expand(batch, *layer.keys.shape[1:])
+                lay.values = layer.values.expand(batch, *layer.values.shape[1:])
+            else:
+                lay.keys = layer.keys.index_select(0, rows)
+                lay.values = layer.values.index_select(0, rows)
         layers.append(lay)
     new.layers = layers
     return new
@@ -199,12 +204,15 @@ def cpu_threads() -> int:
 class _Scorer:
     """Batched teacher forcing that computes logits only at the scored positions.
 
-    :meth:`group_distances` runs a shared prefix once and reuses its key/value cache for a batch of
+    :meth:`run_groups` runs each shared prefix once and reuses its key/value cache for batches of
     suffixes behind it (right-padded; positions continue from the prefix, and the causal mask keeps
-    padding out of every real token's view, so no attention mask is needed).
+    padding out of every real token's view, so no attention mask is needed). The hidden states at
+    scored positions wait in a queue, so the vocabulary head runs on many of them at once.
     """
 
-    head_chunk = 256
+    head_rows = 1024  # scored positions per head call: large enough for an efficient matmul
+    vocab_chunk = 2048  # logits computed a vocabulary slice at a time, small enough to stay in cache
+    prefix_batch = 8  # prefixes run together, their suffixes batched across them by length
 
     def __init__(self, lm: CausalLM) -> None:
         self.lm = lm
@@ -212,36 +220,51 @@ class _Scorer:
         self.body = getattr(model, model.base_model_prefix)
         self.head = model.get_output_embeddings()
         self.softcap = getattr(model.config, "final_logit_softcapping", None)
+        cfg = model.config
+        text_config = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+        window = getattr(text_config, "sliding_window", None)
+        uses_window = window and (getattr(text_config, "layer_types", None) is None or
+                                  "sliding_attention" in text_config.layer_types)
+        # prefixes of different lengths share a batch only when every sequence fits inside the
+        # sliding window, where padding holes in the cache cannot shift what a token sees
+        self.window = int(window) if uses_window else None
         pad = lm.tokenizer.pad_token_id
         self.pad = int(pad if pad is not None else 0)
         if lm.device.type == "cpu":
             torch.set_num_threads(cpu_threads())
         self.tokens_processed = 0
 
-    def _p_true(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Probability of each target token given its hidden state, the head run in chunks (fp32 softmax)."""
+    def _logits(self, hidden: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+        """float32 logits over vocabulary ids lo..hi-1 (softcapped when the model caps them)."""
+        bias = self.head.bias
+        logits = torch.nn.functional.linear(hidden, self.head.weight[lo:hi],
+                                            None if bias is None else bias[lo:hi]).float()
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
+    @torch.inference_mode()
+    def p_true(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Probability of each target token given its hidden state (fp32 softmax over the vocabulary).
+
+        The logits are made a vocabulary slice at a time: each slice's log-sum-exp and the true
+        tokens that fall in it are kept, so no rows x 262k logit matrix is ever written out.
+        """
+        vocab = self.head.weight.shape[0]
         out = []
-        for s in range(0, hidden.shape[0], self.head_chunk):
-            logits = self.head(hidden[s: s + self.head_chunk]).float()
-            if self.softcap:
-                logits = torch.tanh(logits / self.softcap) * self.softcap
-            lse = torch.logsumexp(logits, dim=-1)
-            true = logits.gather(-1, targets[s: s + self.head_chunk].unsqueeze(-1)).squeeze(-1)
+        for s in range(0, hidden.shape[0], self.head_rows):
+            h, t = hidden[s: s + self.head_rows], targets[s: s + self.head_rows]
+            parts, true = [], torch.empty(h.shape[0], dtype=torch.float32, device=h.device)
+            for lo in range(0, vocab, self.vocab_chunk):
+                hi = min(vocab, lo + self.vocab_chunk)
+                logits = self._logits(h, lo, hi)
+                parts.append(torch.logsumexp(logits, dim=-1))
+                here = ((t >= lo) & (t < hi)).nonzero().squeeze(-1)
+                if here.numel():
+                    true[here] = logits[here, t[here] - lo]
+            lse = torch.logsumexp(torch.stack(parts, dim=-1), dim=-1)
             out.append((true - lse).exp())
         return torch.cat(out).cpu()
-
-    def _score(self, hidden: torch.Tensor, ids: torch.Tensor, lengths: Sequence[int],
-               n_scored: Sequence[int]) -> np.ndarray:
-        dev = self.lm.device
-        rows_t, pos_t = scored_positions(lengths, n_scored)
-        tgt = ids[rows_t, pos_t + 1].to(dev)
-        p_true = self._p_true(hidden[rows_t.to(dev), pos_t.to(dev)], tgt)
-        out = np.empty(len(lengths), dtype=np.float64)
-        start = 0
-        for b, n in enumerate(n_scored):
-            out[b] = response_distance(p_true[start: start + n])
-            start += n
-        return out
 
     def _padded(self, seqs: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
         lengths = [len(s) for s in seqs]
@@ -254,16 +277,6 @@ class _Scorer:
         return ids, mask, lengths
 
     @torch.inference_mode()
-    def distances(self, seqs: Sequence[list[int]], n_scored: Sequence[int]) -> np.ndarray:
-        """Distance of each sequence's last ``n_scored`` tokens; sequences are right-padded."""
-        ids, mask, lengths = self._padded(seqs)
-        dev = self.lm.device
-        hidden = self.body(input_ids=ids.to(dev), attention_mask=mask.to(dev),
-                           use_cache=False).last_hidden_state
-        self.tokens_processed += sum(lengths)
-        return self._score(hidden, ids, lengths, n_scored)
-
-    @torch.inference_mode()
     def prefix_cache(self, prefix: Sequence[int]) -> Any:
         """The key/value cache of one shared prefix (batch 1), or None for an empty prefix."""
         if not prefix:
@@ -274,43 +287,130 @@ class _Scorer:
         return out.past_key_values
 
     @torch.inference_mode()
-    def suffix_distances(self, cache: Any, prefix_len: int, suffixes: Sequence[list[int]],
-                         n_scored: Sequence[int]) -> np.ndarray:
-        """Distances of suffixes run behind a cached prefix of ``prefix_len`` tokens."""
+    def scored_hidden(self, cache: Any, prefix_len: int, suffixes: Sequence[list[int]],
+                      n_scored: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hidden states at the scored positions of suffixes run behind a cached prefix of
+        ``prefix_len`` tokens (no prefix when ``cache`` is None), and the tokens they predict."""
+        ids, mask, lengths = self._padded(suffixes)
+        dev = self.lm.device
         if cache is None:
-            return self.distances(suffixes, n_scored)
+            hidden = self.body(input_ids=ids.to(dev), attention_mask=mask.to(dev),
+                               use_cache=False).last_hidden_state
+        else:
+            b, width = ids.shape
+            position_ids = torch.arange(prefix_len, prefix_len + width, device=dev).expand(b, width)
+            hidden = self.body(input_ids=ids.to(dev), past_key_values=_cache_rows(cache, None, b),
+                               use_cache=True, position_ids=position_ids).last_hidden_state
+        self.tokens_processed += sum(lengths)
+        rows_t, pos_t = scored_positions(lengths, n_scored)
+        return hidden[rows_t.to(dev), pos_t.to(dev)], ids[rows_t, pos_t + 1].to(dev)
+
+    @torch.inference_mode()
+    def prefix_caches(self, prefixes: Sequence[list[int]]) -> Any:
+        """One key/value cache for several non-empty prefixes, right-padded (row g = prefix g).
+
+        A real token never sees the padding after it, so each row's first len(prefix) entries
+        are exactly that prefix's keys and values.
+        """
+        ids, _, lengths = self._padded(prefixes)
+        out = self.body(input_ids=ids.to(self.lm.device), use_cache=True)
+        self.tokens_processed += sum(lengths)
+        return out.past_key_values
+
+    @torch.inference_mode()
+    def scored_hidden_multi(self, cache: Any, width_p: int, rows: torch.Tensor,
+                            prefix_lens: Sequence[int], suffixes: Sequence[list[int]],
+                            n_scored: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Like :meth:`scored_hidden`, each suffix behind its own row of a padded prefix cache.
+
+        The attention mask hides each row's prefix padding (``prefix_lens[b]`` .. ``width_p``) and
+        positions continue from the real prefix length, so values equal the one-prefix path.
+        """
         ids, _, lengths = self._padded(suffixes)
         dev = self.lm.device
         b, width = ids.shape
-        past = _expand_cache(cache, b)
-        position_ids = torch.arange(prefix_len, prefix_len + width, device=dev).expand(b, width)
-        hidden = self.body(input_ids=ids.to(dev), past_key_values=past, use_cache=True,
+        mask = torch.zeros((b, width_p + width), dtype=torch.long)
+        for k, (lp, ls) in enumerate(zip(prefix_lens, lengths)):
+            mask[k, :lp] = 1
+            mask[k, width_p: width_p + ls] = 1
+        lens = torch.tensor(list(prefix_lens), dtype=torch.long)
+        position_ids = (lens[:, None] + torch.arange(width)[None, :]).to(dev)
+        hidden = self.body(input_ids=ids.to(dev), attention_mask=mask.to(dev),
+                           past_key_values=_cache_rows(cache, rows.to(dev), b), use_cache=True,
                            position_ids=position_ids).last_hidden_state
         self.tokens_processed += sum(lengths)
-        return self._score(hidden, ids, lengths, n_scored)
+        rows_t, pos_t = scored_positions(lengths, n_scored)
+        return hidden[rows_t.to(dev), pos_t.to(dev)], ids[rows_t, pos_t + 1].to(dev)
 
-    def group_distances(self, prefix: list[int], suffixes: Sequence[list[int]],
-                        n_scored: Sequence[int], batch_size: int,
-                        on_batch: Callable[[int], None] | None = None,
-                        before_batch: Callable[[], None] | None = None) -> np.ndarray:
-        """Distances of ``prefix + suffix`` for each suffix, the prefix run once.
+    def run_groups(self, groups: Sequence[tuple[list[int], list[int]]], suffixes: Sequence[list[int]],
+                   n_scored: Sequence[int], batch_size: int,
+                   on_done: Callable[[int], None] | None = None,
+                   before_batch: Callable[[], None] | None = None) -> np.ndarray:
+        """Distances of ``prefix + suffixes[k]`` for every (prefix, members) group and member k.
 
-        The prefix's last token moves into every suffix, so the position that predicts the first
-        scored token is always in the suffix. Suffixes are batched by length.
+        Each prefix runs once; its last token moves into every suffix, so the position that
+        predicts the first scored token is always in the suffix. Up to ``prefix_batch`` prefixes
+        run together and their suffixes are batched across them by length (less padding, larger
+        batches); when that could cross the model's sliding window, each prefix is run on its own.
+        ``on_done(n)`` reports sequences finished (after the head has scored them).
         """
-        keep, carry = prefix[:-1], prefix[-1:]
-        cache = self.prefix_cache(keep)
-        seqs = [carry + list(s) for s in suffixes]
-        order = np.argsort([len(x) for x in seqs], kind="stable")
-        out = np.empty(len(seqs))
-        for s in range(0, len(order), batch_size):
-            if before_batch:
-                before_batch()
-            idx = order[s: s + batch_size]
-            out[idx] = self.suffix_distances(cache, len(keep), [seqs[k] for k in idx],
-                                             [n_scored[k] for k in idx])
-            if on_batch:
-                on_batch(len(idx))
+        out = np.empty(len(suffixes))
+        pending: list[tuple[torch.Tensor, torch.Tensor, list[int]]] = []
+        n_pending = 0
+
+        def flush() -> None:
+            nonlocal pending, n_pending
+            if not pending:
+                return
+            p = self.p_true(torch.cat([h for h, _, _ in pending]), torch.cat([t for _, t, _ in pending]))
+            start = 0
+            for _, _, members in pending:
+                for k in members:
+                    out[k] = response_distance(p[start: start + n_scored[k]])
+                    start += n_scored[k]
+            if on_done:
+                on_done(sum(len(m) for _, _, m in pending))
+            pending, n_pending = [], 0
+
+        def queue(hidden: torch.Tensor, targets: torch.Tensor, idx: list[int]) -> None:
+            nonlocal n_pending
+            pending.append((hidden, targets, idx))
+            n_pending += hidden.shape[0]
+            if n_pending >= self.head_rows:
+                flush()
+
+        for g0 in range(0, len(groups), self.prefix_batch):
+            chunk = groups[g0: g0 + self.prefix_batch]
+            keeps = [prefix[:-1] for prefix, _ in chunk]
+            seqs = {k: prefix[-1:] + list(suffixes[k]) for prefix, members in chunk for k in members}
+            width_p = max(len(keep) for keep in keeps)
+            fits = self.window is None or width_p + max(map(len, seqs.values())) < self.window
+            if len(chunk) > 1 and fits and all(keeps):
+                cache = self.prefix_caches(keeps)
+                owner = {k: g for g, (_, members) in enumerate(chunk) for k in members}
+                order = sorted(seqs, key=lambda k: len(seqs[k]))
+                for s in range(0, len(order), batch_size):
+                    if before_batch:
+                        before_batch()
+                    idx = order[s: s + batch_size]
+                    rows = torch.tensor([owner[k] for k in idx], dtype=torch.long)
+                    queue(*self.scored_hidden_multi(cache, width_p, rows,
+                                                    [len(keeps[owner[k]]) for k in idx],
+                                                    [seqs[k] for k in idx],
+                                                    [n_scored[k] for k in idx]), idx)
+                continue
+            for keep, (_, members) in zip(keeps, chunk):
+                if before_batch:
+                    before_batch()
+                cache = self.prefix_cache(keep)
+                order = sorted(members, key=lambda k: len(seqs[k]))
+                for s in range(0, len(order), batch_size):
+                    if before_batch:
+                        before_batch()
+                    idx = order[s: s + batch_size]
+                    queue(*self.scored_hidden(cache, len(keep), [seqs[k] for k in idx],
+                                              [n_scored[k] for k in idx]), idx)
+        flush()
         return out
 
 
@@ -422,36 +522,30 @@ class UtilityKernel:
             suffixes.append(rest + r)
         return self._grouped(scorer, heads, suffixes, [len(r) for r in resp], tick, check)
 
-    def _example_distances(self, scorer: _Scorer, tok: SegmentTokens, j: int, targets: np.ndarray,
+    def _example_distances(self, scorer: _Scorer, tok: SegmentTokens, pairs: Sequence[tuple[int, int]],
                            t_prompts: Sequence[str], resp: list[list[int]],
                            e_prompts: Sequence[str], e_resps: Sequence[str],
                            tick: Callable[[int], None], check: Callable[[], None]) -> np.ndarray:
-        """d(i, with example j) for the given targets i: the example prefix runs once."""
+        """d(i, with example j) for each (j, i) pair: each example's prefix runs once."""
         s = self.settings
         heads, suffixes = [], []
-        for i in targets:
+        for j, i in pairs:
             head, rest = split_prompt(tok, s.example_template, {
                 "example_prompt": e_prompts[j], "example_response": e_resps[j],
                 "prompt": t_prompts[i]})
             heads.append(head)
             suffixes.append(rest + resp[i])
-        return self._grouped(scorer, heads, suffixes, [len(resp[i]) for i in targets], tick, check)
+        return self._grouped(scorer, heads, suffixes, [len(resp[i]) for _, i in pairs], tick, check)
 
     def _grouped(self, scorer: _Scorer, heads: list[list[int]], suffixes: list[list[int]],
                  n_scored: list[int], tick: Callable[[int], None],
                  check: Callable[[], None]) -> np.ndarray:
         """Distances of ``heads[k] + suffixes[k]``, each distinct head run once."""
-        out = np.empty(len(heads))
         groups: dict[tuple, list[int]] = {}
         for k, h in enumerate(heads):
             groups.setdefault(tuple(h), []).append(k)
-
-        for head, members in groups.items():
-            check()
-            out[members] = scorer.group_distances(list(head), [suffixes[k] for k in members],
-                                                  [n_scored[k] for k in members],
-                                                  self.settings.batch_size, tick, check)
-        return out
+        return scorer.run_groups([(list(h), m) for h, m in groups.items()], suffixes, n_scored,
+                                 self.settings.batch_size, tick, check)
 
     def _start(self, key: dict, t_prompts: Sequence[str], t_resps: Sequence[str], n_pairs: int,
                progress: ProgressFn | None, cancel: threading.Event | None) -> "_Run":
@@ -531,7 +625,6 @@ class UtilityKernel:
         n_blocks = (n_e + s.block_size - 1) // s.block_size
         d_plain = self._plain(run, t_prompts)
         d_with = np.empty((n_t, n_e), dtype=np.float64)
-        all_targets = np.arange(n_t)
         for blk in range(n_blocks):
             cols = range(blk * s.block_size, min(n_e, (blk + 1) * s.block_size))
             name = f"examples_{blk:06d}"
@@ -541,10 +634,9 @@ class UtilityKernel:
                 run.blocks_reused += 1
                 tick(n_t * len(cols))
                 continue
-            block = np.empty((n_t, len(cols)), dtype=np.float64)
-            for c, j in enumerate(cols):
-                block[:, c] = self._example_distances(scorer, tok, j, all_targets, t_prompts, resp,
-                                                      e_prompts, e_resps, tick, check)
+            pairs = [(j, i) for j in cols for i in range(n_t)]
+            block = self._example_distances(scorer, tok, pairs, t_prompts, resp, e_prompts,
+                                            e_resps, tick, check).reshape(len(cols), n_t).T
             self.pairs_computed_ += n_t * len(cols)
             d_with[:, cols.start: cols.stop] = block
             if store:
@@ -598,12 +690,9 @@ class UtilityKernel:
                 run.blocks_reused += 1
                 tick(hi - lo)
                 continue
-            block = np.empty(hi - lo, dtype=np.float64)
-            starts = np.flatnonzero(np.r_[True, c[lo + 1: hi] != c[lo: hi - 1]]) + lo
-            ends = np.r_[starts[1:], hi]
-            for a, b in zip(starts, ends):
-                block[a - lo: b - lo] = self._example_distances(
-                    scorer, tok, int(c[a]), r[a:b], t_prompts, resp, e_prompts, e_resps, tick, check)
+            block = self._example_distances(scorer, tok, list(zip(c[lo:hi].tolist(),
+                                                                  r[lo:hi].tolist())),
+                                            t_prompts, resp, e_prompts, e_resps, tick, check)
             self.pairs_computed_ += hi - lo
             d_with[lo:hi] = block
             if store:

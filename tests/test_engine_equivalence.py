@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from delift_core.models import CausalLM
-from delift_core.utility import UtilityKernel, UtilitySettings, SegmentTokens
+from delift_core.utility import UtilityKernel, UtilitySettings, SegmentTokens, _Scorer
 
 CHARS = [chr(c) for c in range(32, 127)] + ["\n"]
 
@@ -29,7 +29,8 @@ def tiny_tokenizer(bos: bool = True):
 
 
 def tiny_lm(kind: str) -> CausalLM:
-    """A randomly initialised 2-layer causal LM (Gemma 3 with a small sliding window, or Llama)."""
+    """A randomly initialised 2-layer causal LM (Gemma 3 with a small sliding window, so the
+    engine's one-prefix-at-a-time path runs, or a wide one, so prefixes share batches; or Llama)."""
     torch.manual_seed(0)
     tok = tiny_tokenizer(bos=kind != "llama-nobos")
     v = len(tok)
@@ -38,7 +39,7 @@ def tiny_lm(kind: str) -> CausalLM:
 
         cfg = Gemma3TextConfig(vocab_size=v, hidden_size=32, intermediate_size=64,
                                num_hidden_layers=3, num_attention_heads=2, num_key_value_heads=1,
-                               head_dim=16, sliding_window=6,
+                               head_dim=16, sliding_window=512 if kind == "gemma3-wide" else 6,
                                layer_types=["sliding_attention", "full_attention",
                                             "sliding_attention"],
                                max_position_embeddings=1024, pad_token_id=0, bos_token_id=2,
@@ -97,10 +98,15 @@ EXAMPLES_P = ["Add 3 and 5.", "Give a fruit.", "Say hello", "x"]
 EXAMPLES_R = ["8", "An apple, which is red or green.", "hello", "a much longer example response"]
 
 
-@pytest.mark.parametrize("kind", ["gemma3", "gemma3-softcap", "llama", "llama-nobos"])
+@pytest.mark.parametrize("kind", ["gemma3", "gemma3-softcap", "gemma3-wide", "llama",
+                                  "llama-nobos"])
 @pytest.mark.parametrize("batch_size", [1, 3])
-def test_engine_equals_naive(tmp_path, kind, batch_size):
+def test_engine_equals_naive(tmp_path, monkeypatch, kind, batch_size):
     lm = tiny_lm(kind)
+    shared = []  # batches whose rows sit behind different prefixes (padded prefix cache)
+    one_prefix = _Scorer.scored_hidden_multi
+    monkeypatch.setattr(_Scorer, "scored_hidden_multi",
+                        lambda self, *a: shared.append(a[3]) or one_prefix(self, *a))
     s = UtilitySettings(plain_template="Q: {prompt}\nA:", example_template=(
         "E: {example_prompt}\n{example_response}\nQ: {prompt}\nA:"), batch_size=batch_size,
         block_size=3)
@@ -109,6 +115,11 @@ def test_engine_equals_naive(tmp_path, kind, batch_size):
     ref = naive_kernel(lm, s, TARGETS_P, TARGETS_R, EXAMPLES_P, EXAMPLES_R)
     assert res.values.shape == ref.shape
     assert np.abs(res.values - ref).max() < 1e-4
+    # the shared-batch path ran (with prefixes of different lengths) unless the window forbids it
+    if kind in ("gemma3", "gemma3-softcap"):
+        assert not shared
+    else:
+        assert shared and len({ln for lens in shared for ln in lens}) > 1
     # not vacuous: pair-to-pair differences are reproduced far below their spread
     assert np.abs(res.values - ref).max() < 0.01 * ref.std()
 
