@@ -19,8 +19,7 @@ import torch
 
 from delift_core.data import load_dataset
 from delift_core.models import load_causal_lm
-from delift_core.utility import (UtilityKernel, UtilitySettings, _Scorer, SegmentTokens, cpu_threads,
-                                split_prompt)
+from delift_core.utility import UtilityKernel, UtilitySettings, _Scorer, SegmentTokens, cpu_threads
 
 
 def per_pair_kernel(lm, s: UtilitySettings, tp, tr, ep, er, batch: int) -> tuple[np.ndarray, int]:
@@ -61,24 +60,27 @@ def per_pair_kernel(lm, s: UtilitySettings, tp, tr, ep, er, batch: int) -> tuple
     return (d[:, :1] - d[:, 1:]).astype(np.float32), tokens
 
 
-def body_only_tokens_per_s(lm, s: UtilitySettings, tp, tr, ep, er, batch: int) -> float:
-    """Transformer body alone (no head, no cache) on the engine's suffix batches."""
-    tok = SegmentTokens(lm, s.max_field_tokens, s.max_response_tokens, s.score_eos)
+def body_only_tokens_per_s(lm, batch: int = 32, width: int = 128, reps: int = 3) -> float:
+    """Transformer body alone (no head, no cache, no padding): the issue's practical limit,
+    measured on batches of ``batch`` x ``width`` tokens."""
     scorer = _Scorer(lm)
-    seqs = []
-    for i in range(len(tp)):
-        head, rest = split_prompt(tok, s.example_template, {
-            "example_prompt": ep[0], "example_response": er[0], "prompt": tp[i]})
-        seqs.append(head[-1:] + rest + tok.response_ids(tr[i]))
-    seqs.sort(key=len)
-    n_tok, t0 = 0, time.perf_counter()
+    ids = torch.randint(1000, 20000, (batch, width), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
-        for _ in range(max(1, len(ep) // 2)):
-            for b in range(0, len(seqs), batch):
-                ids, mask, lengths = scorer._padded(seqs[b: b + batch])
-                scorer.body(input_ids=ids, attention_mask=mask, use_cache=False)
-                n_tok += sum(lengths)
-    return n_tok / (time.perf_counter() - t0)
+        scorer.body(input_ids=ids, use_cache=False)
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            scorer.body(input_ids=ids, use_cache=False)
+    return reps * batch * width / (time.perf_counter() - t0)
+
+
+def flops_per_token(lm) -> tuple[float, float]:
+    """(body, head) multiply-add FLOPs per token: 2 x parameters of the transformer body without
+    the embedding table, and 2 x vocabulary x hidden for one row of the output layer."""
+    body = getattr(lm.model, lm.model.base_model_prefix)
+    emb = body.get_input_embeddings().weight.numel()
+    n_body = sum(p.numel() for p in body.parameters()) - emb
+    head = lm.model.get_output_embeddings().weight
+    return 2.0 * n_body, 2.0 * head.numel()
 
 
 def main() -> None:
@@ -104,13 +106,16 @@ def main() -> None:
     t0 = time.perf_counter()
     res = eng.compute(tp, tr, tp, tr)
     t_eng = time.perf_counter() - t0
-    eng_tokens = eng.tokens_processed_
+    eng_tokens, eng_rows = eng.tokens_processed_, eng.positions_scored_
 
     t0 = time.perf_counter()
     ref, base_tokens = per_pair_kernel(lm, s, tp, tr, tp, tr, args.batch)
     t_base = time.perf_counter() - t0
 
-    body_tps = body_only_tokens_per_s(lm, s, tp, tr, tp, tr, 16)
+    body_tps = body_only_tokens_per_s(lm)
+    f_body, f_head = flops_per_token(lm)
+    work_eng = eng_tokens * f_body + eng_rows * f_head
+    work_base = base_tokens * (f_body + f_head)
     pairs = n * n
     diff = float(np.abs(res.values - ref).max())
     print(f"engine:   {pairs / t_eng:8.2f} pairs/s ({t_eng:.1f} s, {eng_tokens} tokens through the "
@@ -118,8 +123,14 @@ def main() -> None:
     print(f"per-pair: {pairs / t_base:8.2f} pairs/s ({t_base:.1f} s, {base_tokens} tokens, full "
           f"logits)")
     print(f"SPEEDUP engine / per-pair: {t_base / t_eng:.2f}x   max |diff| = {diff:.2e}")
-    print(f"body-only: {body_tps:.0f} tokens/s -> engine at {eng_tokens / t_eng / body_tps:.0%} "
-          f"of body-only throughput (the scored-position 262k-vocab head is the rest)")
+    print(f"body-only (32 x 128 tokens, no head): {body_tps:.0f} tokens/s -> engine at "
+          f"{eng_tokens / t_eng / body_tps:.0%} of body-only throughput for its {eng_tokens} body "
+          f"tokens (its time also covers the 262k-vocab head at {eng_rows} scored positions)")
+    print(f"work (model FLOPs from the counted tokens): per-pair {work_base / 1e12:.2f} TFLOP, engine "
+          f"{work_eng / 1e12:.2f} TFLOP -> the engine does {work_base / work_eng:.2f}x less work; "
+          f"measured speedup {t_base / t_eng:.2f}x; engine {work_eng / t_eng / 1e9:.0f} GFLOP/s, "
+          f"per-pair {work_base / t_base / 1e9:.0f} GFLOP/s, body-only "
+          f"{body_tps * f_body / 1e9:.0f} GFLOP/s")
     if not args.no_bf16:
         lm16 = load_causal_lm(dtype="bfloat16")
         UtilityKernel(lm16, s, use_cache=False).compute(tp[:1], tr[:1], tp[:1], tr[:1])

@@ -232,7 +232,8 @@ class _Scorer:
         self.pad = int(pad if pad is not None else 0)
         if lm.device.type == "cpu":
             torch.set_num_threads(cpu_threads())
-        self.tokens_processed = 0
+        self.tokens_processed = 0  # real (not padding) tokens run through the transformer body
+        self.positions_scored = 0  # rows the vocabulary head was applied to
 
     def _logits(self, hidden: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
         """float32 logits over vocabulary ids lo..hi-1 (softcapped when the model caps them)."""
@@ -251,6 +252,7 @@ class _Scorer:
         tokens that fall in it are kept, so no rows x 262k logit matrix is ever written out.
         """
         vocab = self.head.weight.shape[0]
+        self.positions_scored += hidden.shape[0]
         out = []
         for s in range(0, hidden.shape[0], self.head_rows):
             h, t = hidden[s: s + self.head_rows], targets[s: s + self.head_rows]
@@ -492,6 +494,7 @@ class UtilityKernel:
         self.use_cache = use_cache
         self.pairs_computed_ = 0
         self.tokens_processed_ = 0
+        self.positions_scored_ = 0
 
     def _key(self, t_prompts, t_resps, e_prompts, e_resps) -> dict:
         return {"engine": ENGINE_VERSION, "model": self.lm.fingerprint, "dtype": str(self.lm.dtype),
@@ -642,6 +645,7 @@ class UtilityKernel:
             if store:
                 store.put(name, block)
         self.tokens_processed_ = scorer.tokens_processed
+        self.positions_scored_ = scorer.positions_scored
         values = (d_plain[:, None] - d_with).astype(np.float32)
         meta = self._meta(run, row_ids, col_ids, n_t, n_e, n_blocks, start, d_plain)
         return KernelResult(values=values, row_ids=list(row_ids or range(n_t)),
@@ -698,6 +702,7 @@ class UtilityKernel:
             if store:
                 store.put(name, block)
         self.tokens_processed_ = scorer.tokens_processed
+        self.positions_scored_ = scorer.positions_scored
         values = sp.csr_matrix(((d_plain[r] - d_with).astype(np.float32), (r, c)), shape=(n_t, n_e),
                                dtype=np.float32)
         values.sort_indices()

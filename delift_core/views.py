@@ -70,6 +70,32 @@ def cluster_order(labels: Sequence[int], within: Sequence[int] | None = None) ->
     return np.asarray(sorted(base, key=lambda k: labels[k]), int)  # sorted() is stable
 
 
+def kernel_block(kernel: Any, rows: Sequence[int], cols: Sequence[int]) -> np.ndarray:
+    """Dense float32 values of kernel[rows][:, cols] for a dense or scipy sparse kernel (a sparse
+    kernel's pairs that were not computed read as 0, as the objectives treat them)."""
+    rows, cols = np.asarray(rows, int), np.asarray(cols, int)
+    if hasattr(kernel, "tocsr"):
+        return np.asarray(kernel.tocsr()[rows][:, cols].toarray(), np.float32)
+    return np.asarray(kernel, np.float32)[np.ix_(rows, cols)]
+
+
+def _block_means(kernel: Any, groups: list[list[int]]) -> np.ndarray:
+    """Mean kernel value over each (row group, column group): A^T K A with A[i, g] = 1/|g|."""
+    import scipy.sparse as sp
+
+    n = kernel.shape[0]
+    rows = [i for g in groups for i in g]
+    cols = [c for c, g in enumerate(groups) for _ in g]
+    weights = [1.0 / len(g) for g in groups for _ in g]
+    a = sp.csr_matrix((weights, (rows, cols)), shape=(n, len(groups)))
+    if sp.issparse(kernel):
+        vals = (a.T @ kernel.astype(np.float64) @ a).toarray()
+    else:
+        left = a.T @ np.asarray(kernel, np.float64)  # groups x n
+        vals = (a.T @ left.T).T
+    return np.asarray(vals, np.float32)
+
+
 @dataclass
 class HeatmapView:
     """A matrix ready to draw: cell (a, b) covers pool rows ``rows[a]`` and columns ``cols[b]``."""
@@ -88,16 +114,14 @@ def heatmap_view(kernel: np.ndarray, order: Sequence[int], *, max_size: int = 16
     ``sample`` keeps ``max_size`` rows spread evenly along the order (the first, selected, rows
     included); ``aggregate`` averages contiguous blocks of the order. The notice says which.
     """
-    k = np.asarray(kernel, np.float32)
     order = np.asarray(order, int)
     n = len(order)
     if n <= max_size:
-        return HeatmapView(k[np.ix_(order, order)], [[int(i)] for i in order],
+        return HeatmapView(kernel_block(kernel, order, order), [[int(i)] for i in order],
                            [[int(i)] for i in order], "full")
     if mode == "aggregate":
         groups = [list(map(int, g)) for g in np.array_split(order, max_size)]
-        vals = np.array([[float(k[np.ix_(gr, gc)].mean()) for gc in groups] for gr in groups],
-                        np.float32)
+        vals = _block_means(kernel, groups)
         sizes = sorted({len(g) for g in groups})
         notice = (f"{n} rows are too many to draw one by one: each cell is the mean over a block "
                   f"of {'–'.join(map(str, sizes))} consecutive rows of the order "
@@ -109,8 +133,8 @@ def heatmap_view(kernel: np.ndarray, order: Sequence[int], *, max_size: int = 16
     kept = order[pos]
     notice = (f"Showing {len(kept)} of {n} rows, sampled evenly along the order; raise the "
               "limit or switch to block averages to see every row.")
-    return HeatmapView(k[np.ix_(kept, kept)], [[int(i)] for i in kept], [[int(i)] for i in kept],
-                       "sample", notice)
+    return HeatmapView(kernel_block(kernel, kept, kept), [[int(i)] for i in kept],
+                       [[int(i)] for i in kept], "sample", notice)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -196,15 +220,16 @@ def explain(selection: Any, row_id: str, top: int = 5) -> Explanation:
         r = sel.index(k)
         out.rank, out.gain = r + 1, float(selection.gains[r])
         if kernel is not None:
-            col = kernel[:, k].astype(float)
+            everyone = np.arange(len(pool))
+            col = kernel_block(kernel, everyone, [k])[:, 0].astype(float)
             others = [i for i in np.argsort(-col, kind="stable") if i != k][:top]
             out.covers = [(pool.ids[i], float(col[i])) for i in others]
             if sel:
-                best = np.asarray(sel)[kernel[:, sel].argmax(axis=1)]
+                best = np.asarray(sel)[kernel_block(kernel, everyone, sel).argmax(axis=1)]
                 out.best_cover_for = int(sum(1 for i in range(len(pool))
                                              if best[i] == k and i not in set(sel)))
     elif kernel is not None and sel:
-        row = kernel[k, sel].astype(float)
+        row = kernel_block(kernel, [k], sel)[0].astype(float)
         ranked = np.argsort(-row, kind="stable")
         out.covered_by, out.coverage = pool.ids[sel[ranked[0]]], float(row[ranked[0]])
         out.alternatives = [(pool.ids[sel[j]], float(row[j])) for j in ranked[1:top]]
@@ -242,10 +267,12 @@ def estimate_work(pool: Dataset, *, target: Dataset | None = None,
                   existing: Dataset | None = None, kind: str = "utility",
                   chars_per_token: float = 4.0,
                   plain_template: str = DEFAULT_PLAIN_TEMPLATE,
-                  example_template: str = DEFAULT_EXAMPLE_TEMPLATE) -> WorkEstimate:
+                  example_template: str = DEFAULT_EXAMPLE_TEMPLATE,
+                  neighbours: int | None = None, neighbour_random: int = 4) -> WorkEstimate:
     """Forward passes (utility: one per pair plus one plain pass per row; embedding: one per
     text) and approximate tokens (``chars_per_token``), with the labels ``compute_kernels``
-    reports progress under."""
+    reports progress under. With ``neighbours`` (a sparse kernel) each row is paired with at most
+    ``neighbours + neighbour_random`` columns (the quick embedding that finds them is left out)."""
     stages: list[tuple[str, int, int]] = []
     if kind == "embedding":
         for label, ds in (("pool", pool), ("target", target), ("existing", existing)):
@@ -258,9 +285,11 @@ def estimate_work(pool: Dataset, *, target: Dataset | None = None,
     def pairs(label: str, rows: Dataset, cols: Dataset) -> None:
         cr, cc = _chars(rows), _chars(cols)
         n_r, n_c = len(rows), len(cols)
-        chars = (n_r * n_c * tpl_ex + n_c * cr.sum() + n_r * cc.sum()
+        per_row = n_c if not neighbours else min(n_c, neighbours + neighbour_random)
+        share = per_row / max(n_c, 1)  # pairs kept, spread evenly over rows and columns
+        chars = (share * (n_r * n_c * tpl_ex + n_c * cr.sum() + n_r * cc.sum())
                  + n_r * tpl_plain + cr.sum())
-        stages.append((f"utility {label}", n_r * n_c + n_r, int(chars / chars_per_token)))
+        stages.append((f"utility {label}", n_r * per_row + n_r, int(chars / chars_per_token)))
 
     pairs("pool", pool, pool)
     if target is not None:

@@ -55,9 +55,23 @@ limit = st.number_input(f"Use the first N rows of the pool (of {len(pool)})", mi
                         max_value=len(pool), step=1, key=limit_key,
                         help="The utility kernel scores every pair of rows; on a CPU keep N small.")
 
+neighbours = None
+if kind == "utility":
+    sparse = st.toggle("Sparse kernel: score each sample only with its nearest neighbours",
+                       key="p_sparse",
+                       help="Every pair costs one model pass, so a full kernel grows with N². A "
+                            "sparse kernel scores each row only with its K most similar samples "
+                            "by sentence embedding (plus 4 random ones); pairs not scored count as "
+                            "0. It makes the whole pool affordable: the demo pool at K = 16 is "
+                            "~5,000 passes instead of ~58,000.")
+    if sparse:
+        neighbours = int(st.number_input("Neighbours per sample (K)", min_value=1,
+                                         max_value=max(1, int(limit)), step=1,
+                                         key="p_neighbours"))
+
 run_pool, run_target, run_existing = state.kernel_inputs(pool, stage, kind, int(limit))
 est = estimate_work(run_pool, target=run_target, existing=run_existing,
-                    kind="utility" if kind == "utility" else "embedding")
+                    kind="utility" if kind == "utility" else "embedding", neighbours=neighbours)
 st.subheader("Estimate")
 m1, m2, m3 = st.columns(3)
 unit = "forward passes" if kind == "utility" else "texts to embed"
@@ -70,11 +84,12 @@ st.caption(" · ".join(f"{label}: {u:,} {unit}, ~{t:,} tokens" for label, u, t i
            + (" · cached results are reused, so the same inputs never compute twice." ))
 if kind == "utility" and on_cpu and est.units > 2000:
     st.warning(f"{est.units:,} forward passes of the model on a CPU will take a long time; "
-               "lower N, or use DELIFT-SE.")
+               "lower N, use a sparse kernel, or use DELIFT-SE.")
 
 config = {"kind": kind, "stage": stage, "objective": "random" if kind == "random" else objective,
           "model": s["p_model"] if kind == "utility" else None,
-          "embedder": s["p_embedder"] if kind != "utility" else None, "limit": int(limit)}
+          "embedder": s["p_embedder"] if kind != "utility" else None, "limit": int(limit),
+          "neighbours": neighbours}
 job = state.current_job()
 running = job is not None and job.running
 same_as_current = s["kernels"] is not None and s["kernel_config"] == config
@@ -113,9 +128,14 @@ if s["kernels"] is not None:
     st.success(f"Kernel ready: {state.KERNEL_LABELS[cfg['kind']]} on {len(s['kernel_pool'])} "
                f"rows, objective {cfg['objective'].upper()} "
                f"({k.meta.get('seconds', 0):.1f} s).")
-    shapes = {w: getattr(k, w).shape for w in ("pool", "target", "existing")
-              if getattr(k, w) is not None}
-    st.caption("Kernels: " + ", ".join(f"{w} {a}×{b}" for w, (a, b) in shapes.items()))
+    parts = []
+    for w in ("pool", "target", "existing"):
+        m = getattr(k, w)
+        if m is not None:
+            a, b = m.shape
+            parts.append(f"{w} {a}×{b}" + (f" (sparse: {m.nnz:,} pairs scored, "
+                                           f"{m.nnz / (a * b):.0%})" if hasattr(m, "nnz") else ""))
+    st.caption("Kernels: " + ", ".join(parts))
     if not same_as_current:
         st.info("The settings above differ from the ones this kernel was computed with; compute "
                 "again to use them.")

@@ -86,7 +86,7 @@ class KernelJob:
             kernels = compute_kernels(self.pool, target=self.target, existing=self.existing,
                                       kind="utility" if cfg["kind"] == "utility" else "embedding",
                                       lm=lm, embedder=embedder, progress=self._progress,
-                                      cancel=self.cancel)
+                                      cancel=self.cancel, neighbours=cfg.get("neighbours"))
             self.result, self.status = kernels, "done"
         except KernelCancelled:
             self.status = "cancelled"

@@ -9,7 +9,7 @@ Session keys (``st.session_state``); everything is per browser session, nothing 
   selection is a selection of these rows. ``"kernel_target"``/``"kernel_existing"`` likewise.
 - ``"kernel_config"``: dict of the choices the kernels were computed with: ``kind``
   ('utility' | 'embedding' | 'random'), ``stage``, ``objective``, ``model``, ``embedder``,
-  ``limit``.
+  ``limit``, ``neighbours`` (K of a sparse utility kernel, or None for every pair).
 - ``"kernels_version"``: int, bumped whenever ``kernels`` change.
 - ``"selection"``: :class:`delift_core.Selection` or None, the current selection at the chosen
   budget, kept up to date by :func:`current_selection` (any page may call it).
@@ -54,7 +54,7 @@ UTILITY_CPU_ROWS = 24
 DEFAULTS: dict[str, Any] = {
     "p_stage": "instruction", "p_task_objective": "flmi", "p_model": "gemma-3-270m",
     "p_embedder": "all-MiniLM-L6-v2", "p_budget_mode": "percent", "p_budget_pct": 30,
-    "p_eta": 1.0, "p_nu": 1.0, "p_seed": 0,
+    "p_eta": 1.0, "p_nu": 1.0, "p_seed": 0, "p_sparse": False, "p_neighbours": 16,
 }
 
 
@@ -225,7 +225,8 @@ def start_kernel_job(config: dict, pool: Dataset, target: Dataset | None,
     from delift_core.views import estimate_work
 
     est = estimate_work(pool, target=target, existing=existing,
-                        kind="utility" if config["kind"] == "utility" else "embedding")
+                        kind="utility" if config["kind"] == "utility" else "embedding",
+                        neighbours=config.get("neighbours"))
     job = jobs.KernelJob(config=dict(config), pool=pool, target=target, existing=existing,
                          estimate=est)
     return jobs.job_registry().start(session_id(), job)

@@ -358,3 +358,39 @@ def test_utility_kernel_on_six_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert job.status == "cancelled"
     assert any("cancelled" in w for w in texts(at.warning))
     assert at.session_state["kernels"].pool.shape == (6, 6)
+
+
+@pytest.mark.slow
+@pytest.mark.real_cache
+def test_sparse_utility_kernel_then_select_and_explore(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from delift_core.models import cache_dir
+
+    real = cache_dir()
+    (real / "models").mkdir(exist_ok=True)
+    (tmp_path / "models").symlink_to(real / "models")
+    monkeypatch.setenv("DELIFT_CACHE_DIR", str(tmp_path))
+    at = load_demo(new_app())
+    goto(at, "2_Kernel")
+    at.radio(key="p_kind").set_value("utility").run()
+    at.toggle(key="p_sparse").set_value(True).run()
+    at.number_input(key="p_neighbours").set_value(2).run()
+    n = len(at.session_state["pool"])
+    at.number_input(key=f"p_limit_utility_{n}").set_value(12).run()
+    # 12 rows, each scored with at most 2 neighbours + 4 random examples, plus 12 plain passes
+    assert texts(at.metric)[0] == f"{12 * 6 + 12:,}"
+    at.button(key="start_kernel").click().run()
+    wait_for_jobs()
+    at.run()
+    assert not at.exception, at.exception
+    k = at.session_state["kernels"]
+    # each row: its 2 nearest + 4 random draws (a draw that repeats a pair is scored once)
+    assert k.kind == "utility" and k.pool.shape == (12, 12) and 12 * 2 < k.pool.nnz <= 12 * 6
+    assert all(k.pool[i].nnz >= 2 for i in range(12))
+    assert any(f"sparse: {k.pool.nnz} pairs scored" in c for c in texts(at.caption))
+    goto(at, "3_Select")
+    assert texts(at.metric)[0] == "4 of 12"
+    at.session_state["p_map_method"] = "pca"
+    goto(at, "4_Explore")
+    heat = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert heat["data"][0]["z"]["shape"] == "12, 12"

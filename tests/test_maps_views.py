@@ -118,6 +118,38 @@ def test_heatmap_full_sample_and_aggregate() -> None:
     assert sum(len(g) for g in agg.rows) == 10
 
 
+def test_heatmap_of_a_sparse_kernel_equals_the_dense_one_with_zeros() -> None:
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(3)
+    k = rng.random((30, 30)).astype(np.float32)
+    k[rng.random(k.shape) < 0.7] = 0  # the pairs a sparse kernel did not compute
+    order = rng.permutation(30)
+    for mode, size in (("full", 30), ("sample", 7), ("aggregate", 7)):
+        dense = heatmap_view(k, order, max_size=size, mode="sample" if mode == "full" else mode)
+        sparse = heatmap_view(sp.csr_matrix(k), order, max_size=size,
+                              mode="sample" if mode == "full" else mode)
+        assert dense.mode == sparse.mode == mode
+        assert np.allclose(dense.values, sparse.values, atol=1e-6) and dense.rows == sparse.rows
+
+
+def test_explain_on_a_sparse_kernel_matches_dense() -> None:
+    import scipy.sparse as sp
+
+    sel, k = small_selection(3)
+    k = k.copy()
+    k[k < 0.5] = 0
+    pool = sel.pool
+    dense = select(pool, "fl", Kernels("embedding", pool=k), 3)
+    sparse = select(pool, "fl", Kernels("embedding", pool=sp.csr_matrix(k)), 3)
+    assert dense.selected_ids == sparse.selected_ids
+    for row_id in pool.ids:
+        a, b = explain(dense, row_id), explain(sparse, row_id)
+        assert (a.selected, a.rank, a.covered_by, a.best_cover_for) == \
+               (b.selected, b.rank, b.covered_by, b.best_cover_for)
+        assert [x for x, _ in a.covers] == [x for x, _ in b.covers]
+
+
 def test_compare_selections_counts_and_jaccard() -> None:
     cmp = compare_selections(["a", "b", "x"], ["b", "c"], ["a", "b", "c", "d"], ("DELIFT", "SE"))
     assert cmp.status == ["only DELIFT", "both", "only SE", "neither"]
@@ -158,3 +190,6 @@ def test_estimate_work_counts_pairs_and_texts() -> None:
     assert est.seconds(None) is None and est.seconds(est.tokens / 10) == pytest.approx(10)
     assert format_seconds(42) == "42 s" and format_seconds(185) == "3 min 5 s"
     assert format_seconds(None) == "unknown"
+    sparse = estimate_work(pool, target=target, kind="utility", neighbours=5, neighbour_random=2)
+    assert sparse.stages[0][1] == 24 * 7 + 24 and sparse.stages[1][1] == 40 * 7 + 40
+    assert sparse.tokens < est.tokens / 2
