@@ -36,4 +36,5 @@ else:
     ui.link("select", "Next: choose the budget")
 st.caption("Runs offline: the default models (Gemma 3 270M, all-MiniLM-L6-v2) ship as Python "
            "packages. On a CPU the model utility kernel is slow (it scores every pair of samples), "
-           "so the Model & kernel page offers to use only the first rows of the pool.")
+           "so the Model & kernel page offers to use only the first rows of the pool, or a sparse "
+           "kernel that scores each sample only with its nearest neighbours.")
