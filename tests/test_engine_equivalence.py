@@ -124,6 +124,24 @@ def test_engine_equals_naive(tmp_path, monkeypatch, kind, batch_size):
     assert np.abs(res.values - ref).max() < 0.01 * ref.std()
 
 
+@pytest.mark.parametrize("kind", ["gemma3-softcap", "gemma3-wide", "llama"])
+def test_engine_equals_naive_with_small_slices_queues_and_prefix_batches(monkeypatch, kind):
+    """Vocabulary slices of 7 ids (true tokens in every slice, a ragged last one), the head run
+    every 5 queued positions, and prefixes batched 2 at a time: the same values."""
+    monkeypatch.setattr(_Scorer, "vocab_chunk", 7)
+    monkeypatch.setattr(_Scorer, "head_rows", 5)
+    monkeypatch.setattr(_Scorer, "prefix_batch", 2)
+    lm = tiny_lm(kind)
+    assert lm.model.get_output_embeddings().weight.shape[0] % 7  # a ragged last slice
+    s = UtilitySettings(plain_template="Q: {prompt}\nA:", example_template=(
+        "E: {example_prompt}\n{example_response}\nQ: {prompt}\nA:"), batch_size=2, block_size=3)
+    res = UtilityKernel(lm, s, use_cache=False).compute(TARGETS_P, TARGETS_R, EXAMPLES_P,
+                                                        EXAMPLES_R)
+    ref = naive_kernel(lm, s, TARGETS_P, TARGETS_R, EXAMPLES_P, EXAMPLES_R)
+    assert np.abs(res.values - ref).max() < 1e-4
+    assert np.abs(res.values - ref).max() < 0.01 * ref.std()
+
+
 def test_engine_equals_naive_default_templates_past_window(tmp_path):
     """Default templates: the example prefix is far longer than the sliding window of 6."""
     lm = tiny_lm("gemma3")
