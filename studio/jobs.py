@@ -78,7 +78,7 @@ class KernelJob:
             lm = embedder = None
             if cfg["kind"] == "utility":
                 self.stage = "loading the causal LM"
-                lm = load_causal_lm(cfg.get("model") or None,
+                lm = load_causal_lm(cfg.get("model") or None, dtype=cfg.get("dtype") or "float32",
                                     progress=lambda msg: setattr(self, "stage", msg))
             else:
                 self.stage = "loading the sentence embedder"
@@ -137,7 +137,12 @@ class JobRegistry:
             return
         secs = float(meta.get("seconds") or 0)
         if secs > 0.5:
-            self.rates["utility"] = job.estimate.tokens / secs
+            self.rates[rate_key(job.config)] = job.estimate.tokens / secs
+
+
+def rate_key(config: dict) -> str:
+    """Measured speeds are kept per kernel kind and model precision."""
+    return f"{config['kind']}-{config.get('dtype') or 'float32'}"
 
 
 @st.cache_resource

@@ -9,7 +9,8 @@ Session keys (``st.session_state``); everything is per browser session, nothing 
   selection is a selection of these rows. ``"kernel_target"``/``"kernel_existing"`` likewise.
 - ``"kernel_config"``: dict of the choices the kernels were computed with: ``kind``
   ('utility' | 'embedding' | 'random'), ``stage``, ``objective``, ``model``, ``embedder``,
-  ``limit``, ``neighbours`` (K of a sparse utility kernel, or None for every pair).
+  ``limit``, ``neighbours`` (K of a sparse utility kernel, or None for every pair), ``dtype``
+  (the causal LM's precision for the utility kernel).
 - ``"kernels_version"``: int, bumped whenever ``kernels`` change.
 - ``"selection"``: :class:`delift_core.Selection` or None, the current selection at the chosen
   budget, kept up to date by :func:`current_selection` (any page may call it).
@@ -55,6 +56,7 @@ DEFAULTS: dict[str, Any] = {
     "p_stage": "instruction", "p_task_objective": "flmi", "p_model": "gemma-3-270m",
     "p_embedder": "all-MiniLM-L6-v2", "p_budget_mode": "percent", "p_budget_pct": 30,
     "p_eta": 1.0, "p_nu": 1.0, "p_seed": 0, "p_sparse": False, "p_neighbours": 16,
+    "p_dtype": "float32",
 }
 
 

@@ -375,6 +375,7 @@ def test_sparse_utility_kernel_then_select_and_explore(tmp_path: Path,
     at.radio(key="p_kind").set_value("utility").run()
     at.toggle(key="p_sparse").set_value(True).run()
     at.number_input(key="p_neighbours").set_value(2).run()
+    at.radio(key="p_dtype").set_value("bfloat16").run()
     n = len(at.session_state["pool"])
     at.number_input(key=f"p_limit_utility_{n}").set_value(12).run()
     # 12 rows, each scored with at most 2 neighbours + 4 random examples, plus 12 plain passes
