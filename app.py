@@ -1,40 +1,13 @@
-"""DELIFT Studio: the landing page of the Streamlit app (run: streamlit run app.py)."""
+"""DELIFT Studio (run: streamlit run app.py): the pages, in the order of the work.
+
+Each page does one job and is a thin layer over ``delift_core``; ``studio.ui.PAGES`` lists them.
+"""
 
 from __future__ import annotations
 
 import streamlit as st
 
-from studio import state, ui
+from studio.ui import PAGES
 
-ui.setup("Home", "🎯")
-
-st.title("DELIFT Studio")
-st.markdown(
-    "**Pick the fine-tuning data that teaches your model the most.** DELIFT (Agarwal et al., "
-    "ICLR 2025) scores how much each sample helps the model answer every other sample when it is "
-    "shown as an in-context example (the *utility kernel*), then keeps a small subset that covers "
-    "the whole pool by maximising a submodular objective:\n\n"
-    "- **Instruction tuning**: facility location (FL) keeps a diverse, representative subset.\n"
-    "- **Task-specific**: FLMI / FLQMI keep samples that help a *target* set of your task.\n"
-    "- **Continual learning**: FLCG keeps samples that add what an *existing* set lacks.\n\n"
-    "DELIFT-SE swaps the model utility for sentence-embedding similarity: much faster, a bit "
-    "less faithful.")
-
-st.subheader("Start here")
-st.markdown(
-    "1. **Data**: load the demo data with one click, or your own JSONL / JSON / CSV / Parquet.\n"
-    "2. **Model & kernel**: choose the stage and the kernel, see the work estimate, compute.\n"
-    "3. **Selection**: drag the budget; the subset updates instantly along the greedy order.\n"
-    "4. **Explore**, **Review**: see why samples were kept, pin or ban samples by hand.\n"
-    "5. **Download** the selected rows in your file's own layout, with a manifest.")
-s = state.ss()
-if s["pool"] is None:
-    ui.link("data", "Start: load data")
-elif s["kernels"] is None:
-    ui.link("kernel", "Next: compute a kernel")
-else:
-    ui.link("select", "Next: choose the budget")
-st.caption("Runs offline: the default models (Gemma 3 270M, all-MiniLM-L6-v2) ship as Python "
-           "packages. On a CPU the model utility kernel is slow (it scores every pair of samples), "
-           "so the Model & kernel page offers to use only the first rows of the pool, or a sparse "
-           "kernel that scores each sample only with its nearest neighbours.")
+st.navigation([st.Page(path, title=title, icon=icon, default=key == "home")
+               for key, (path, title, icon) in PAGES.items()]).run()

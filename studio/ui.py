@@ -15,12 +15,15 @@ from delift_core.views import explain, format_seconds
 
 from . import state
 
-PAGES = {"data": ("pages/1_Data.py", "Data", ":material/table_view:"),
+PAGES = {"home": ("pages/0_Home.py", "Home", ":material/home:"),
+         "data": ("pages/1_Data.py", "Data", ":material/table_view:"),
          "kernel": ("pages/2_Kernel.py", "Model & kernel", ":material/grid_on:"),
          "select": ("pages/3_Select.py", "Selection", ":material/tune:"),
          "explore": ("pages/4_Explore.py", "Explore & explain", ":material/scatter_plot:"),
          "review": ("pages/5_Review.py", "Review", ":material/rate_review:"),
-         "download": ("pages/6_Download.py", "Download", ":material/download:")}
+         "download": ("pages/6_Download.py", "Download", ":material/download:"),
+         "evaluate": ("pages/7_Evaluate.py", "Evaluate", ":material/fact_check:")}
+"""Every page of the studio, in sidebar order: key -> (file, title, icon)."""
 
 
 def md_escape(text: str) -> str:
