@@ -135,8 +135,8 @@ class CoverageObjective:
             f32 = np.zeros(0, np.float32)
             if self.sparse:
                 kt, indptr, rows, vals = np.zeros((0, 0), np.float32), self._indptr, self._rows, self._vals
-            else:  # the transpose of a column-major kernel is C-contiguous: rows are candidates
-                kt = np.asarray(self.kernel).T
+            else:  # rows are candidates: C-contiguous for the column-major copy (a row-major
+                kt = np.asarray(self.kernel).T  # memory map is read in place, strided and slower)
                 indptr, rows, vals = np.zeros(1, np.int64), np.zeros(0, np.int64), f32
             cap = f32 if self.cap is None else np.ascontiguousarray(self.cap, np.float32)
             modular = np.zeros(0) if self.modular is None else self.modular

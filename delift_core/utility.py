@@ -206,8 +206,9 @@ class _Scorer:
 
     :meth:`run_groups` runs each shared prefix once and reuses its key/value cache for batches of
     suffixes behind it (right-padded; positions continue from the prefix, and the causal mask keeps
-    padding out of every real token's view, so no attention mask is needed). The hidden states at
-    scored positions wait in a queue, so the vocabulary head runs on many of them at once.
+    suffix padding out of every real token's view; when several prefixes share a batch, a 2-D
+    attention mask also hides each row's prefix padding). The hidden states at scored positions
+    wait in a queue, so the vocabulary head runs on many of them at once.
     """
 
     head_rows = 1024  # scored positions per head call: large enough for an efficient matmul
@@ -228,6 +229,12 @@ class _Scorer:
         # prefixes of different lengths share a batch only when every sequence fits inside the
         # sliding window, where padding holes in the cache cannot shift what a token sees
         self.window = int(window) if uses_window else None
+        chunk = getattr(text_config, "attention_chunk_size", None)  # chunked local attention
+        if chunk:
+            self.window = min(self.window or int(chunk), int(chunk))
+        # a plain linear output layer is applied a vocabulary slice at a time; any other head
+        # (a quantised one, say) is called as it is, on the whole vocabulary
+        self.sliced_head = isinstance(self.head, torch.nn.Linear)
         pad = lm.tokenizer.pad_token_id
         self.pad = int(pad if pad is not None else 0)
         if lm.device.type == "cpu":
@@ -235,11 +242,22 @@ class _Scorer:
         self.tokens_processed = 0  # real (not padding) tokens run through the transformer body
         self.positions_scored = 0  # rows the vocabulary head was applied to
 
+    @property
+    def vocab_size(self) -> int:
+        """Rows of the output layer (the ids it scores)."""
+        if self.sliced_head:
+            return self.head.weight.shape[0]
+        return int(self.head.out_features if hasattr(self.head, "out_features")
+                   else self.lm.model.config.get_text_config().vocab_size)
+
     def _logits(self, hidden: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
         """float32 logits over vocabulary ids lo..hi-1 (softcapped when the model caps them)."""
-        bias = self.head.bias
-        logits = torch.nn.functional.linear(hidden, self.head.weight[lo:hi],
-                                            None if bias is None else bias[lo:hi]).float()
+        if self.sliced_head:
+            bias = self.head.bias
+            logits = torch.nn.functional.linear(hidden, self.head.weight[lo:hi],
+                                                None if bias is None else bias[lo:hi]).float()
+        else:
+            logits = self.head(hidden)[:, lo:hi].float()
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits
@@ -251,19 +269,24 @@ class _Scorer:
         The logits are made a vocabulary slice at a time: each slice's log-sum-exp and the true
         tokens that fall in it are kept, so no rows x 262k logit matrix is ever written out.
         """
-        vocab = self.head.weight.shape[0]
+        vocab = self.vocab_size
+        if targets.numel() and int(targets.max()) >= vocab:
+            raise ValueError(f"token id {int(targets.max())} is outside the model's output layer "
+                             f"({vocab} ids): the tokenizer does not match the model")
+        step = self.vocab_chunk if self.sliced_head else vocab
         self.positions_scored += hidden.shape[0]
         out = []
         for s in range(0, hidden.shape[0], self.head_rows):
             h, t = hidden[s: s + self.head_rows], targets[s: s + self.head_rows]
-            parts, true = [], torch.empty(h.shape[0], dtype=torch.float32, device=h.device)
-            for lo in range(0, vocab, self.vocab_chunk):
-                hi = min(vocab, lo + self.vocab_chunk)
+            parts, true = [], torch.full((h.shape[0],), float("nan"), device=h.device)
+            for lo in range(0, vocab, step):
+                hi = min(vocab, lo + step)
                 logits = self._logits(h, lo, hi)
                 parts.append(torch.logsumexp(logits, dim=-1))
-                here = ((t >= lo) & (t < hi)).nonzero().squeeze(-1)
-                if here.numel():
-                    true[here] = logits[here, t[here] - lo]
+                # the true token's logit, from this slice when it falls in it (no device sync)
+                inside = (t >= lo) & (t < hi)
+                picked = logits.gather(1, (t - lo).clamp(0, hi - lo - 1).unsqueeze(1)).squeeze(1)
+                true = torch.where(inside, picked, true)
             lse = torch.logsumexp(torch.stack(parts, dim=-1), dim=-1)
             out.append((true - lse).exp())
         return torch.cat(out).cpu()

@@ -87,13 +87,15 @@ def _block_means(kernel: Any, groups: list[list[int]]) -> np.ndarray:
     rows = [i for g in groups for i in g]
     cols = [c for c, g in enumerate(groups) for _ in g]
     weights = [1.0 / len(g) for g in groups for _ in g]
-    a = sp.csr_matrix((weights, (rows, cols)), shape=(n, len(groups)))
+    a = sp.csr_matrix((weights, (rows, cols)), shape=(n, len(groups)), dtype=np.float32)
     if sp.issparse(kernel):
-        vals = (a.T @ kernel.astype(np.float64) @ a).toarray()
-    else:
-        left = a.T @ np.asarray(kernel, np.float64)  # groups x n
-        vals = (a.T @ left.T).T
-    return np.asarray(vals, np.float32)
+        return np.asarray((a.T @ kernel.astype(np.float32) @ a).toarray(), np.float32)
+    out = np.zeros((len(groups), len(groups)), np.float64)
+    step = max(1, (1 << 24) // max(1, n))  # row blocks: no copy of the whole kernel
+    for s in range(0, n, step):
+        block = np.asarray(kernel[s: s + step], np.float32)
+        out += (a[s: s + step].T @ (a.T @ block.T).T).astype(np.float64)
+    return out.astype(np.float32)
 
 
 @dataclass
@@ -225,7 +227,9 @@ def explain(selection: Any, row_id: str, top: int = 5) -> Explanation:
             others = [i for i in np.argsort(-col, kind="stable") if i != k][:top]
             out.covers = [(pool.ids[i], float(col[i])) for i in others]
             if sel:
-                best = np.asarray(sel)[kernel_block(kernel, everyone, sel).argmax(axis=1)]
+                cover = kernel_block(kernel, everyone, sel)
+                best = np.asarray(sel)[cover.argmax(axis=1)]
+                best[cover.max(axis=1) <= 0] = -1  # covered by nothing selected (sparse gaps)
                 out.best_cover_for = int(sum(1 for i in range(len(pool))
                                              if best[i] == k and i not in set(sel)))
     elif kernel is not None and sel:

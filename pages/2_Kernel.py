@@ -8,6 +8,10 @@ from delift_core.selection import needs
 from delift_core.views import estimate_work, format_seconds
 from studio import jobs, state, ui
 
+# estimated tokens per second of the utility kernel measured on a 2-core CPU (the demo pool,
+# sparse K = 16: benchmarks/README.md), for a first guess before this machine has run one
+CPU_TOKENS_PER_S = {"float32": 1300.0, "bfloat16": 3500.0}
+
 ui.setup("Model & kernel", "🧮")
 s = state.ss()
 st.title("Model & kernel")
@@ -72,6 +76,7 @@ if kind == "utility":
                             "0. It makes the whole pool affordable: the demo pool at K = 16 is "
                             "~5,000 passes instead of ~58,000.")
     if sparse:
+        s["p_neighbours"] = min(int(s["p_neighbours"]), int(limit))  # K cannot exceed N
         neighbours = int(st.number_input("Neighbours per sample (K)", min_value=1,
                                          max_value=max(1, int(limit)), step=1,
                                          key="p_neighbours"))
@@ -84,7 +89,8 @@ m1, m2, m3 = st.columns(3)
 unit = "forward passes" if kind == "utility" else "texts to embed"
 m1.metric(f"{unit.capitalize()}", f"{est.units:,}")
 m2.metric("Tokens (about)", f"{est.tokens:,}")
-rate = (jobs.job_registry().rates.get(jobs.rate_key({"kind": kind, "dtype": dtype}))
+rate = (jobs.job_registry().rates.get(jobs.rate_key({"kind": kind, "dtype": dtype,
+                                                     "neighbours": neighbours}))
         if kind == "utility" else None)
 m3.metric("Time (about)", format_seconds(est.seconds(rate)) if rate else
           ("seconds" if kind != "utility" else "—"),
@@ -95,8 +101,10 @@ st.caption(" · ".join(f"{label}: {u:,} {unit}, ~{t:,} tokens" for label, u, t i
 if kind == "utility" and on_cpu and est.units > 2000:
     cheaper = ("lower N or K, use bfloat16, or use DELIFT-SE" if neighbours else
                "lower N, use a sparse kernel, or use DELIFT-SE")
-    st.warning(f"{est.units:,} forward passes of the model on a CPU will take minutes (about "
-               f"12 per second in float32, 33 in bfloat16 on a 2-core machine); {cheaper}.")
+    st.warning(f"{est.units:,} forward passes of the model on a CPU take a while: about "
+               f"{format_seconds(est.tokens / CPU_TOKENS_PER_S['float32'])} in float32 or "
+               f"{format_seconds(est.tokens / CPU_TOKENS_PER_S['bfloat16'])} in bfloat16 on a "
+               f"2-core machine; {cheaper}.")
 
 config = {"kind": kind, "stage": stage, "objective": "random" if kind == "random" else objective,
           "model": s["p_model"] if kind == "utility" else None,

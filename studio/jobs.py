@@ -141,8 +141,9 @@ class JobRegistry:
 
 
 def rate_key(config: dict) -> str:
-    """Measured speeds are kept per kernel kind and model precision."""
-    return f"{config['kind']}-{config.get('dtype') or 'float32'}"
+    """Measured speeds are kept per kernel kind, model precision and full/sparse kernel."""
+    return (f"{config['kind']}-{config.get('dtype') or 'float32'}-"
+            f"{'sparse' if config.get('neighbours') else 'full'}")
 
 
 @st.cache_resource

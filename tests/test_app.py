@@ -168,6 +168,16 @@ def test_kernel_estimate_and_first_n_rows() -> None:
     # utility on CPU defaults to the first 24 rows: 24*24 pairs + 24 plain passes
     assert at.number_input(key="p_limit_utility_240").value == 24
     assert texts(at.metric)[0] == f"{24 * 24 + 24:,}"
+    # sparse: K nearest + 4 random per row; K never exceeds N (and stays there when N grows)
+    at.toggle(key="p_sparse").set_value(True).run()
+    assert at.number_input(key="p_neighbours").value == 16
+    assert texts(at.metric)[0] == f"{24 * 20 + 24:,}"
+    at.number_input(key="p_limit_utility_240").set_value(5).run()
+    assert at.number_input(key="p_neighbours").value == 5
+    at.number_input(key="p_limit_utility_240").set_value(24).run()
+    assert at.number_input(key="p_neighbours").value == 5
+    assert texts(at.metric)[0] == f"{24 * 9 + 24:,}"
+    at.toggle(key="p_sparse").set_value(False).run()
     at.radio(key="p_kind").set_value("embedding").run()
     assert at.number_input(key="p_limit_embedding_240").value == 240
     assert texts(at.metric)[0] == f"{240 + 40 + 60:,}"  # every loaded set is embedded

@@ -217,3 +217,15 @@ def test_progress_reports_every_pair(tiny_llama):
     assert seen[-1] == (total, total)
     assert all(t == total for _, t in seen)
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+
+def test_a_token_outside_the_output_layer_is_a_clear_error(tiny_llama):
+    from delift_core.utility import _Scorer
+
+    scorer = _Scorer(tiny_llama)
+    vocab = tiny_llama.model.get_output_embeddings().weight.shape[0]
+    hidden = torch.zeros(2, tiny_llama.model.config.hidden_size)
+    p = scorer.p_true(hidden, torch.tensor([0, vocab - 1]))
+    assert torch.allclose(p, torch.full((2,), 1.0 / vocab))  # zero hidden state: uniform
+    with pytest.raises(ValueError, match="outside the model's output layer"):
+        scorer.p_true(hidden, torch.tensor([0, vocab]))
