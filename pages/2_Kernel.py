@@ -92,10 +92,18 @@ m2.metric("Tokens (about)", f"{est.tokens:,}")
 rate = (jobs.job_registry().rates.get(jobs.rate_key({"kind": kind, "dtype": dtype,
                                                      "neighbours": neighbours}))
         if kind == "utility" else None)
-m3.metric("Time (about)", format_seconds(est.seconds(rate)) if rate else
-          ("seconds" if kind != "utility" else "—"),
-          help=None if rate or kind != "utility" else
-          "Known after a first utility kernel on this machine (its measured speed is reused).")
+if kind != "utility":
+    m3.metric("Time (about)", "seconds")
+elif rate:
+    m3.metric("Time (about)", format_seconds(est.seconds(rate)),
+              help="From this machine's measured speed on an earlier utility kernel.")
+elif on_cpu:
+    m3.metric("Time (about)", format_seconds(est.seconds(CPU_TOKENS_PER_S[dtype])),
+              help="From the speed measured on a 2-core CPU (benchmarks/README.md); replaced by "
+                   "this machine's own speed after a first utility kernel.")
+else:
+    m3.metric("Time (about)", "—",
+              help="Known after a first utility kernel on this machine (its speed is reused).")
 st.caption(" · ".join(f"{label}: {u:,} {unit}, ~{t:,} tokens" for label, u, t in est.stages)
            + (" · cached results are reused, so the same inputs never compute twice." ))
 if kind == "utility" and on_cpu and est.units > 2000:

@@ -168,6 +168,12 @@ def test_kernel_estimate_and_first_n_rows() -> None:
     # utility on CPU defaults to the first 24 rows: 24*24 pairs + 24 plain passes
     assert at.number_input(key="p_limit_utility_240").value == 24
     assert texts(at.metric)[0] == f"{24 * 24 + 24:,}"
+    # a first time estimate from the benchmark machine's measured speed (CPU, no run yet)
+    first_guess = texts(at.metric)[2]
+    assert first_guess.endswith(" s") or " min" in first_guess, first_guess
+    at.radio(key="p_dtype").set_value("bfloat16").run()
+    assert texts(at.metric)[2] != first_guess  # bfloat16 is estimated faster
+    at.radio(key="p_dtype").set_value("float32").run()
     # sparse: K nearest + 4 random per row; K never exceeds N (and stays there when N grows)
     at.toggle(key="p_sparse").set_value(True).run()
     assert at.number_input(key="p_neighbours").value == 16
