@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 
+from bench_kernel import body_only_tokens_per_s, flops_per_token
 from delift_core.data import load_dataset
 from delift_core.models import load_causal_lm, load_embedder
 from delift_core.objectives import FacilityLocation
@@ -56,6 +57,15 @@ def main() -> None:
     print(f"load model+embedder {t_load:.1f} s | embed + sparse utility kernel {t_kernel:.1f} s "
           f"({(pairs + len(pool)) / m['seconds']:.2f} sequences/s in the engine) | FL select "
           f"{t_select:.2f} s -> {len(sel.selected_indices)} rows | TOTAL {total:.1f} s")
+    f_body, f_head = flops_per_token(lm)
+    work = m["tokens_processed"] * f_body + m["positions_scored"] * f_head
+    body_tps = body_only_tokens_per_s(lm)
+    limit_s = work / (body_tps * f_body)
+    print(f"work (model FLOPs from the counted tokens): {m['tokens_processed']:,} body tokens + "
+          f"{m['positions_scored']:,} scored positions = {work / 1e12:.1f} TFLOP; the kernel ran at "
+          f"{work / m['seconds'] / 1e9:.0f} GFLOP/s; the body alone runs at "
+          f"{body_tps * f_body / 1e9:.0f} GFLOP/s here (32 x 128 tokens), so this work needs at "
+          f"least ~{limit_s:.0f} s on this machine at this precision")
     est = (len(pool) ** 2 + len(pool)) / ((pairs + len(pool)) / m["seconds"])
     print(f"full kernel ({len(pool) ** 2} pairs) not run: about {est / 60:.0f} min at the same rate")
     if args.fidelity_rows:

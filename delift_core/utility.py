@@ -628,6 +628,8 @@ class UtilityKernel:
             "row_ids": list(row_ids) if row_ids is not None else None,
             "col_ids": list(col_ids) if col_ids is not None else None,
             "shape": [n_t, n_e], "pairs_computed": self.pairs_computed_,
+            "tokens_processed": run.scorer.tokens_processed,
+            "positions_scored": run.scorer.positions_scored,
             "blocks_reused": blocks_reused, "blocks_total": n_blocks,
             "blocks_damaged_recomputed": list(store.damaged) if store else [],
             "cache_dir": str(store.path) if store else None,
