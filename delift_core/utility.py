@@ -206,8 +206,8 @@ class _Scorer:
 
     :meth:`run_groups` runs each shared prefix once and reuses its key/value cache for batches of
     suffixes behind it (right-padded; positions continue from the prefix, and the causal mask keeps
-    suffix padding out of every real token's view; when several prefixes share a batch, a 2-D
-    attention mask also hides each row's prefix padding). The hidden states at scored positions
+    suffix padding out of every real token's view; when several prefixes share a batch, they are
+    left-padded and a 2-D attention mask hides each row's prefix padding). The hidden states at scored positions
     wait in a queue, so the vocabulary head runs on many of them at once.
     """
 
@@ -223,15 +223,10 @@ class _Scorer:
         self.softcap = getattr(model.config, "final_logit_softcapping", None)
         cfg = model.config
         text_config = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
-        window = getattr(text_config, "sliding_window", None)
-        uses_window = window and (getattr(text_config, "layer_types", None) is None or
-                                  "sliding_attention" in text_config.layer_types)
-        # prefixes of different lengths share a batch only when every sequence fits inside the
-        # sliding window, where padding holes in the cache cannot shift what a token sees
-        self.window = int(window) if uses_window else None
-        chunk = getattr(text_config, "attention_chunk_size", None)  # chunked local attention
-        if chunk:
-            self.window = min(self.window or int(chunk), int(chunk))
+        # several prefixes share a batch left-padded, so each row's cache index differences equal
+        # its position differences (sliding windows stay exact); chunked local attention counts
+        # absolute cache indices, so there each prefix runs on its own
+        self.share_prefixes = not getattr(text_config, "attention_chunk_size", None)
         # a plain linear output layer is applied a vocabulary slice at a time; any other head
         # (a quantised one, say) is called as it is, on the whole vocabulary
         self.sliced_head = isinstance(self.head, torch.nn.Linear)
@@ -332,13 +327,23 @@ class _Scorer:
 
     @torch.inference_mode()
     def prefix_caches(self, prefixes: Sequence[list[int]]) -> Any:
-        """One key/value cache for several non-empty prefixes, right-padded (row g = prefix g).
+        """One key/value cache for several non-empty prefixes, left-padded (row g = prefix g).
 
-        A real token never sees the padding after it, so each row's first len(prefix) entries
-        are exactly that prefix's keys and values.
+        The attention mask hides the padding and positions count from each prefix's first real
+        token, so each row's last len(prefix) entries are exactly that prefix's keys and values.
         """
-        ids, _, lengths = self._padded(prefixes)
-        out = self.body(input_ids=ids.to(self.lm.device), use_cache=True)
+        lengths = [len(p) for p in prefixes]
+        width = max(lengths)
+        ids = torch.full((len(prefixes), width), self.pad, dtype=torch.long)
+        mask = torch.zeros((len(prefixes), width), dtype=torch.long)
+        for g, p in enumerate(prefixes):
+            ids[g, width - len(p):] = torch.tensor(p, dtype=torch.long)
+            mask[g, width - len(p):] = 1
+        pad = torch.tensor([width - n for n in lengths], dtype=torch.long)
+        position_ids = (torch.arange(width)[None, :] - pad[:, None]).clamp(min=0)
+        dev = self.lm.device
+        out = self.body(input_ids=ids.to(dev), attention_mask=mask.to(dev),
+                        position_ids=position_ids.to(dev), use_cache=True)
         self.tokens_processed += sum(lengths)
         return out.past_key_values
 
@@ -346,18 +351,18 @@ class _Scorer:
     def scored_hidden_multi(self, cache: Any, width_p: int, rows: torch.Tensor,
                             prefix_lens: Sequence[int], suffixes: Sequence[list[int]],
                             n_scored: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Like :meth:`scored_hidden`, each suffix behind its own row of a padded prefix cache.
+        """Like :meth:`scored_hidden`, each suffix behind its own row of a left-padded prefix cache.
 
-        The attention mask hides each row's prefix padding (``prefix_lens[b]`` .. ``width_p``) and
-        positions continue from the real prefix length, so values equal the one-prefix path.
+        The attention mask hides each row's prefix padding (the first ``width_p - prefix_lens[b]``
+        entries) and positions continue from the real prefix length, so values equal the
+        one-prefix path.
         """
         ids, _, lengths = self._padded(suffixes)
         dev = self.lm.device
         b, width = ids.shape
         mask = torch.zeros((b, width_p + width), dtype=torch.long)
         for k, (lp, ls) in enumerate(zip(prefix_lens, lengths)):
-            mask[k, :lp] = 1
-            mask[k, width_p: width_p + ls] = 1
+            mask[k, width_p - lp: width_p + ls] = 1
         lens = torch.tensor(list(prefix_lens), dtype=torch.long)
         position_ids = (lens[:, None] + torch.arange(width)[None, :]).to(dev)
         hidden = self.body(input_ids=ids.to(dev), attention_mask=mask.to(dev),
@@ -375,8 +380,8 @@ class _Scorer:
 
         Each prefix runs once; its last token moves into every suffix, so the position that
         predicts the first scored token is always in the suffix. Up to ``prefix_batch`` prefixes
-        run together and their suffixes are batched across them by length (less padding, larger
-        batches); when that could cross the model's sliding window, each prefix is run on its own.
+        run together (left-padded) and their suffixes are batched across them by length (less
+        padding, larger batches); with chunked local attention each prefix runs on its own.
         ``on_done(n)`` reports sequences finished (after the head has scored them).
         """
         out = np.empty(len(suffixes))
@@ -409,8 +414,7 @@ class _Scorer:
             keeps = [prefix[:-1] for prefix, _ in chunk]
             seqs = {k: prefix[-1:] + list(suffixes[k]) for prefix, members in chunk for k in members}
             width_p = max(len(keep) for keep in keeps)
-            fits = self.window is None or width_p + max(map(len, seqs.values())) < self.window
-            if len(chunk) > 1 and fits and all(keeps):
+            if len(chunk) > 1 and self.share_prefixes and all(keeps):
                 cache = self.prefix_caches(keeps)
                 owner = {k: g for g, (_, members) in enumerate(chunk) for k in members}
                 order = sorted(seqs, key=lambda k: len(seqs[k]))

@@ -115,11 +115,9 @@ def test_engine_equals_naive(tmp_path, monkeypatch, kind, batch_size):
     ref = naive_kernel(lm, s, TARGETS_P, TARGETS_R, EXAMPLES_P, EXAMPLES_R)
     assert res.values.shape == ref.shape
     assert np.abs(res.values - ref).max() < 1e-4
-    # the shared-batch path ran (with prefixes of different lengths) unless the window forbids it
-    if kind in ("gemma3", "gemma3-softcap"):
-        assert not shared
-    else:
-        assert shared and len({ln for lens in shared for ln in lens}) > 1
+    # the shared-batch path ran, with prefixes of different lengths (for "gemma3" and
+    # "gemma3-softcap" the sequences are far longer than the sliding window of 6)
+    assert shared and len({ln for lens in shared for ln in lens}) > 1
     # not vacuous: pair-to-pair differences are reproduced far below their spread
     assert np.abs(res.values - ref).max() < 0.01 * ref.std()
 
