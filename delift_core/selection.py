@@ -82,17 +82,28 @@ class Kernels:
     target: np.ndarray | None = None
     existing: np.ndarray | None = None
     meta: dict = field(default_factory=dict)
+    _scaled: dict = field(default_factory=dict, repr=False, compare=False)
 
     def scaled(self, which: str) -> np.ndarray:
-        """The selection kernel in [0, 1]: min-max of the raw utility matrix; embedding as is."""
+        """The selection kernel in [0, 1]: min-max of the raw utility matrix; embedding as is.
+
+        Made once per kernel and kept (read-only for callers): selection, the heatmap and the
+        explanations all ask for it, on every rerun of a studio page.
+        """
         raw = getattr(self, which)
         if raw is None:
             raise SelectionError(f"no {which} kernel was computed")
+        cached = self._scaled.get(which)
+        if cached is not None and cached[0] is raw:
+            return cached[1]
         if self.kind == "embedding" and hasattr(raw, "tocsr"):  # sparse (--neighbours)
-            return raw.tocsr().astype(np.float32)
-        if self.kind == "embedding":
-            return np.asarray(raw, np.float32)
-        return minmax_scale(raw)
+            out = raw.tocsr().astype(np.float32)
+        elif self.kind == "embedding":
+            out = np.asarray(raw, np.float32)
+        else:
+            out = minmax_scale(raw)
+        self._scaled[which] = (raw, out)
+        return out
 
 
 def compute_kernels(pool: Dataset, *, target: Dataset | None = None,

@@ -150,3 +150,19 @@ def test_best_cover_names_the_closest_selected_candidate():
         assert val[i] == pytest.approx(S[i, k], abs=1e-6)
     who, val = obj.best_cover([])
     assert (who == -1).all() and np.isnan(val).all()
+
+
+def test_scaled_kernels_are_made_once_and_selection_leaves_them_untouched():
+    from delift_core import Kernels, load_dataset, select
+
+    pool = load_dataset("demo:pool").subset(range(12))
+    raw = np.random.default_rng(4).normal(size=(12, 12)).astype(np.float32)
+    k = Kernels("utility", pool=raw)
+    first = k.scaled("pool")
+    before = first.copy()
+    assert first.min() == 0 and first.max() == pytest.approx(1)
+    sel = select(pool, "fl", k, 4)
+    sel.annotate()
+    assert k.scaled("pool") is first and np.array_equal(first, before)
+    k.pool = raw * 2  # a new raw kernel is scaled afresh
+    assert k.scaled("pool") is not first
