@@ -6,9 +6,8 @@ import streamlit as st
 
 from studio import state, ui
 
-ui.setup("Home", "🎯")
+ui.setup("Home", "🎯", heading="DELIFT Studio")
 
-st.title("DELIFT Studio")
 st.markdown(
     "**Pick the fine-tuning data that teaches your model the most.** DELIFT (Agarwal et al., "
     "ICLR 2025) scores how much each sample helps the model answer every other sample when it is "

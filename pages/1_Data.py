@@ -11,7 +11,6 @@ from studio import state, ui
 ui.setup("Data", "📂")
 s = state.ss()
 
-st.title("Data")
 st.write("The **pool** is the data to select from. A **target set** (examples of your task) is "
          "needed for task-specific selection, an **existing set** (what the model was already "
          "trained on) for continual learning.")

@@ -14,7 +14,6 @@ CPU_TOKENS_PER_S = {"float32": 1300.0, "bfloat16": 3500.0}
 
 ui.setup("Model & kernel", "🧮")
 s = state.ss()
-st.title("Model & kernel")
 ui.need("pool")
 pool = s["pool"]
 

@@ -9,7 +9,6 @@ from studio import charts, state, ui
 
 ui.setup("Selection", "🎯")
 s = state.ss()
-st.title("Selection")
 ui.need("pool", "kernels")
 pool = s["kernel_pool"]
 n = len(pool)

@@ -11,9 +11,7 @@ from studio import charts, state, ui
 
 ui.setup("Explore & explain", "🗺️")
 s = state.ss()
-st.title("Explore & explain")
-ui.need("pool", "kernels", "selection")
-sel = state.current_selection()
+sel = ui.need("pool", "kernels", "selection")
 pool = sel.pool
 selected = set(sel.selected_ids)
 

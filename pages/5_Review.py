@@ -9,9 +9,7 @@ from studio import state, ui
 
 ui.setup("Review", "✍️")
 s = state.ss()
-st.title("Review")
-ui.need("pool", "kernels", "selection")
-sel = state.current_selection()
+sel = ui.need("pool", "kernels", "selection")
 pool = sel.pool
 decisions: Decisions = s["decisions"]
 

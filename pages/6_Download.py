@@ -12,9 +12,7 @@ from studio import state, ui
 
 ui.setup("Download", "⬇️")
 s = state.ss()
-st.title("Download")
-ui.need("pool", "kernels", "selection")
-sel = state.current_selection()
+sel = ui.need("pool", "kernels", "selection")
 
 
 @st.cache_data(show_spinner=False, max_entries=8)

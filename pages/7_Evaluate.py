@@ -12,8 +12,9 @@ import streamlit as st
 from delift_core import DeliftError, load_dataset
 from delift_core.evaluate import (BASELINES, METRIC_LABELS, EvalSettings, Subset,
                                   baseline_subsets, evaluate, load_subset)
+from studio import ui
 
-st.set_page_config(page_title="Evaluate · DELIFT Studio", page_icon="🎯", layout="wide")
+ui.setup("Evaluate", "🎯", heading="Evaluate a selection")
 state = st.session_state
 DEFAULTS: dict[str, Any] = {
     "ev_subset_src": "demo:existing", "ev_pool_src": "demo:pool", "ev_test_src": "demo:target",
@@ -25,7 +26,6 @@ DEFAULTS: dict[str, Any] = {
 for key, value in DEFAULTS.items():
     state.setdefault(key, value)
 
-st.title("Evaluate a selection")
 st.caption("Each test item gets its nearest subset items (by sentence embedding of the prompt) "
            "as in-context examples, or the model is LoRA-tuned on the subset; then the reference "
            "answer is scored (NLL per token, DELIFT distance) and a greedy answer is generated "

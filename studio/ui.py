@@ -40,13 +40,14 @@ def link(page: str, label: str | None = None) -> None:
     st.page_link(path, label=label or name, icon=icon)
 
 
-def setup(title: str, icon: str = "🎯") -> None:
-    """Page config, session defaults, and the sidebar status panel."""
+def setup(title: str, icon: str = "🎯", heading: str | None = None) -> None:
+    """Page config, session defaults, the sidebar status panel and the page's title."""
     st.set_page_config(page_title=f"{title} · DELIFT Studio", page_icon=icon, layout="wide")
     state.init()
     if state.ss()["kernels"] is not None:
         state.current_selection()  # cheap (cached greedy order); keeps the sidebar current
     sidebar_status()
+    st.title(heading or title)
 
 
 def sidebar_status() -> None:
@@ -70,8 +71,9 @@ def sidebar_status() -> None:
             st.text(f"Selected: {sel.budget} of {len(sel.pool)} ({sel.objective})")
 
 
-def need(*what: str) -> None:
-    """Stop the page with a pointer to the page that provides what is missing."""
+def need(*what: str) -> Selection | None:
+    """Stop the page with a pointer to the page that provides what is missing; with
+    ``"selection"``, return the current selection (made by :func:`setup` in this run)."""
     s = state.ss()
     if "pool" in what and s["pool"] is None:
         st.info("No data loaded yet. Start on the Data page (one click loads the demo data).")
@@ -87,11 +89,13 @@ def need(*what: str) -> None:
         link("kernel", "Go to the Model & kernel page")
         st.stop()
     if "selection" in what:
-        sel = state.current_selection()
+        sel = s["selection"]
         if sel is None:
             st.error(s["selection_error"] or "No selection.")
             link("select", "Go to the Selection page")
             st.stop()
+        return sel
+    return None
 
 
 def sample_text(ds: Dataset, row_id: str, height: int | None = None) -> None:
