@@ -73,23 +73,31 @@ def main() -> None:
                      f"  value ratio {v_ours / v_th:.6f}  overlap {len(set(ours) & set(theirs)) / b:.3f}")
         print(line, flush=True)
 
-    # FL
-    fl, t_build = timed(lambda: FacilityLocation(pool))
-    res, t = timed(lambda: greedy_maximize(fl, b))
-    ours = res.order.tolist()
-    t_ours = t + t_build
-    if have_sm:
-        from submodlib import FacilityLocationFunction
+    def sm_order(make):
+        """submodlib's lazy-greedy order for the function ``make()`` builds (None without it)."""
+        if not have_sm:
+            return None
+        f = make(__import__("submodlib"))
+        return [i for i, _ in f.maximize(budget=b, optimizer="LazyGreedy", stopIfZeroGain=False,
+                                         stopIfNegativeGain=False, verbose=False,
+                                         show_progress=False)]
 
-        def run_sm():
-            f = FacilityLocationFunction(n=n, mode="dense", sijs=pool, separate_rep=False)
-            return [i for i, _ in f.maximize(budget=b, optimizer="LazyGreedy", stopIfZeroGain=False,
-                                             stopIfNegativeGain=False, verbose=False,
-                                             show_progress=False)]
-        sm, t_sm = timed(run_sm)
-        report("FL", ours, t_ours, fl, sm, t_sm)
-    else:
-        report("FL", ours, t_ours, fl)
+    def compare(name, build, make_sm):
+        """Time delift (objective built + lazy greedy) and submodlib on the same function."""
+        obj, t_build = timed(build)
+        res, t = timed(lambda: greedy_maximize(obj, b))
+        ours, t_ours = res.order.tolist(), t + t_build
+        try:
+            sm, t_sm = timed(lambda: sm_order(make_sm))
+        except Exception as ex:  # pragma: no cover
+            print(f"submodlib {name} failed: {type(ex).__name__}: {ex}")
+            sm, t_sm = None, None
+        report(name, ours, t_ours, obj, sm, t_sm)
+        return obj, ours, t_ours
+
+    fl, ours, t_ours = compare(
+        "FL", lambda: FacilityLocation(pool),
+        lambda sm: sm.FacilityLocationFunction(n=n, mode="dense", sijs=pool, separate_rep=False))
     if not args.skip_apricot:
         try:
             from apricot import FacilityLocationSelection
@@ -105,51 +113,15 @@ def main() -> None:
             print(f"apricot failed: {type(ex).__name__}: {ex}")
 
     # FLMI (reference form: f(A) = sum_i min(max_{j in A} s_ij, eta * max_q s_iq))
-    flmi, t_build = timed(lambda: FacilityLocationMutualInformation(pool, target, eta=1.0))
-    res, t = timed(lambda: greedy_maximize(flmi, b))
-    ours = res.order.tolist()
-    if have_sm:
-        from submodlib import FacilityLocationMutualInformationFunction
-
-        def run_sm():
-            f = FacilityLocationMutualInformationFunction(
+    compare("FLMI", lambda: FacilityLocationMutualInformation(pool, target, eta=1.0),
+            lambda sm: sm.FacilityLocationMutualInformationFunction(
                 n=n, num_queries=target.shape[0], data_sijs=pool, query_sijs=target.T.copy(),
-                magnificationEta=1.0)
-            return [i for i, _ in f.maximize(budget=b, optimizer="LazyGreedy", stopIfZeroGain=False,
-                                             stopIfNegativeGain=False, verbose=False,
-                                             show_progress=False)]
-        try:
-            sm, t_sm = timed(run_sm)
-            report("FLMI", ours, t + t_build, flmi, sm, t_sm)
-        except Exception as ex:  # pragma: no cover
-            print(f"submodlib FLMI failed: {type(ex).__name__}: {ex}")
-            report("FLMI", ours, t + t_build, flmi)
-    else:
-        report("FLMI", ours, t + t_build, flmi)
-
+                magnificationEta=1.0))
     # FLCG: f(A | P) = sum_i max(max_{j in A} s_ij - nu * max_p s_ip, 0)
-    flcg, t_build = timed(lambda: FacilityLocationConditionalGain(pool, existing, nu=1.0))
-    res, t = timed(lambda: greedy_maximize(flcg, b))
-    ours = res.order.tolist()
-    if have_sm:
-        from submodlib import FacilityLocationConditionalGainFunction
-
-        def run_sm():
-            f = FacilityLocationConditionalGainFunction(
+    compare("FLCG", lambda: FacilityLocationConditionalGain(pool, existing, nu=1.0),
+            lambda sm: sm.FacilityLocationConditionalGainFunction(
                 n=n, num_privates=existing.shape[1], data_sijs=pool, private_sijs=existing,
-                privacyHardness=1.0)
-            return [i for i, _ in f.maximize(budget=b, optimizer="LazyGreedy", stopIfZeroGain=False,
-                                             stopIfNegativeGain=False, verbose=False,
-                                             show_progress=False)]
-        try:
-            sm, t_sm = timed(run_sm)
-            report("FLCG", ours, t + t_build, flcg, sm, t_sm)
-        except Exception as ex:  # pragma: no cover
-            print(f"submodlib FLCG failed: {type(ex).__name__}: {ex}")
-            report("FLCG", ours, t + t_build, flcg)
-    else:
-        report("FLCG", ours, t + t_build, flcg)
-
+                privacyHardness=1.0))
 
 if __name__ == "__main__":
     main()
