@@ -303,6 +303,19 @@ def estimate_work(pool: Dataset, *, target: Dataset | None = None,
     return WorkEstimate(kind, stages)
 
 
+# Estimated tokens per second of the utility kernel on a 2-core CPU (AMD EPYC Zen 4): the demo
+# pool's sparse K = 16 run (estimate_work: 546,778 tokens) took 421 s in float32 and 154 s in
+# bfloat16 (benchmarks/bench_end_to_end.py, benchmarks/README.md). A first guess only, until a
+# machine has measured its own speed.
+CPU_TOKENS_PER_S = {"float32": 1300.0, "bfloat16": 3500.0}
+
+
+def utility_time_guess(estimate: "WorkEstimate", dtype: str | None = "float32") -> float | None:
+    """Seconds a utility kernel of ``estimate`` would take at the benchmark CPU's speed."""
+    rate = CPU_TOKENS_PER_S.get(str(dtype or "float32"))
+    return estimate.seconds(rate) if rate else None
+
+
 def format_seconds(seconds: float | None) -> str:
     """'42 s', '3 min 5 s', '1 h 20 min' (or 'unknown')."""
     if seconds is None or not np.isfinite(seconds):

@@ -5,12 +5,8 @@ from __future__ import annotations
 import streamlit as st
 
 from delift_core.selection import needs
-from delift_core.views import estimate_work, format_seconds
+from delift_core.views import estimate_work, format_seconds, utility_time_guess
 from studio import jobs, state, ui
-
-# estimated tokens per second of the utility kernel measured on a 2-core CPU (the demo pool,
-# sparse K = 16: benchmarks/README.md), for a first guess before this machine has run one
-CPU_TOKENS_PER_S = {"float32": 1300.0, "bfloat16": 3500.0}
 
 ui.setup("Model & kernel", "🧮")
 s = state.ss()
@@ -62,7 +58,8 @@ neighbours, dtype = None, None
 if kind == "utility":
     dtype = st.radio("Model precision", ["float32", "bfloat16"], key="p_dtype", horizontal=True,
                      format_func={"float32": "float32 (exact, default)",
-                                  "bfloat16": "bfloat16 (~3x faster on recent CPUs and GPUs)"}.get,
+                                  "bfloat16": "bfloat16 (2.7–3.3x faster on a CPU with bfloat16 "
+                                              "support)"}.get,
                      help="bfloat16 runs the model at reduced precision: measured on the demo "
                           "rows, its utility values differ from float32 by at most ~4% of the "
                           "kernel's range (see benchmarks/README.md). Kernels of each precision "
@@ -97,7 +94,7 @@ elif rate:
     m3.metric("Time (about)", format_seconds(est.seconds(rate)),
               help="From this machine's measured speed on an earlier utility kernel.")
 elif on_cpu:
-    m3.metric("Time (about)", format_seconds(est.seconds(CPU_TOKENS_PER_S[dtype])),
+    m3.metric("Time (about)", format_seconds(utility_time_guess(est, dtype)),
               help="From the speed measured on a 2-core CPU (benchmarks/README.md); replaced by "
                    "this machine's own speed after a first utility kernel.")
 else:
@@ -109,8 +106,8 @@ if kind == "utility" and on_cpu and est.units > 2000:
     cheaper = ("lower N or K, use bfloat16, or use DELIFT-SE" if neighbours else
                "lower N, use a sparse kernel, or use DELIFT-SE")
     st.warning(f"{est.units:,} forward passes of the model on a CPU take a while: about "
-               f"{format_seconds(est.tokens / CPU_TOKENS_PER_S['float32'])} in float32 or "
-               f"{format_seconds(est.tokens / CPU_TOKENS_PER_S['bfloat16'])} in bfloat16 on a "
+               f"{format_seconds(utility_time_guess(est, 'float32'))} in float32 or "
+               f"{format_seconds(utility_time_guess(est, 'bfloat16'))} in bfloat16 on a "
                f"2-core machine; {cheaper}.")
 
 config = {"kind": kind, "stage": stage, "objective": "random" if kind == "random" else objective,

@@ -193,3 +193,11 @@ def test_estimate_work_counts_pairs_and_texts() -> None:
     sparse = estimate_work(pool, target=target, kind="utility", neighbours=5, neighbour_random=2)
     assert sparse.stages[0][1] == 24 * 7 + 24 and sparse.stages[1][1] == 40 * 7 + 40
     assert sparse.tokens < est.tokens / 2
+    from delift_core.views import utility_time_guess
+
+    demo = estimate_work(load_dataset("demo:pool"), kind="utility", neighbours=16)
+    assert demo.units == 240 * 20 + 240
+    # the benchmark's sparse demo run took 421 s (fp32) / 154 s (bf16) for this estimate
+    assert 380 < utility_time_guess(demo, "float32") < 460
+    assert 130 < utility_time_guess(demo, "bfloat16") < 170
+    assert utility_time_guess(demo, "float16") is None
