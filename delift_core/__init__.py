@@ -18,7 +18,7 @@ from .objectives import (CoverageObjective, FacilityLocation, FacilityLocationCo
                          FacilityLocationMutualInformation, FacilityLocationQueryMutualInformation)
 from .review import Decisions, load_decisions
 from .selection import (Kernels, Selection, build_objective, compute_kernels, load_kernels,
-                        resolve_budget, select)
+                        resolve_budget, save_kernels, select)
 from .utility import (DEFAULT_EXAMPLE_TEMPLATE, DEFAULT_PLAIN_TEMPLATE, KernelCancelled,
                       KernelResult, UtilityKernel, UtilitySettings, minmax_scale)
 

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from pathlib import Path
 from typing import Any, Sequence
-
-import numpy as np
 
 from .data import ColumnMapping, Dataset, load_dataset
 from .errors import DeliftError
 from .selection import (KERNEL_KINDS, OBJECTIVE_NAMES, compute_kernels, load_kernels, needs,
-                        resolve_budget, select)
+                        resolve_budget, save_kernels, select)
 from .utility import DEFAULT_EXAMPLE_TEMPLATE, DEFAULT_PLAIN_TEMPLATE, UtilitySettings
 
 
@@ -214,27 +210,10 @@ def cmd_kernel(args: argparse.Namespace) -> int:
     kernels = compute_kernels(pool, target=target, existing=existing, kind=args.kernel,
                               progress=_Bars(), use_cache=not args.no_cache,
                               **_models(args, args.kernel))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    if hasattr(kernels.pool, "tocsr"):  # --neighbours: sparse kernels as scipy .npz
-        import scipy.sparse as sp
-
-        for name in ("pool", "target", "existing"):
-            m = getattr(kernels, name)
-            if m is not None:
-                sp.save_npz(out / f"kernel_{name}.npz", m.tocsr())
-    else:
-        np.save(out / "kernel_pool.npy", kernels.pool)
-        if kernels.target is not None:
-            np.save(out / "kernel_target.npy", kernels.target)
-        if kernels.existing is not None:
-            np.save(out / "kernel_existing.npy", kernels.existing)
-    (out / "kernel_meta.json").write_text(json.dumps(kernels.meta, indent=1, default=str))
-    ext = "npz" if hasattr(kernels.pool, "tocsr") else "npy"
-    print(f"wrote {out}/kernel_pool.{ext} {kernels.pool.shape}"
-          + (f", kernel_target.{ext} {kernels.target.shape}" if kernels.target is not None else "")
-          + (f", kernel_existing.{ext} {kernels.existing.shape}" if kernels.existing is not None
-             else "") + f" in {kernels.meta.get('seconds')} s")
+    paths = save_kernels(kernels, args.out)
+    print("wrote " + ", ".join(f"{paths[w]} {getattr(kernels, w).shape}"
+                                for w in ("pool", "target", "existing") if w in paths)
+          + f" and {paths['meta'].name} in {kernels.meta.get('seconds')} s")
     return 0
 
 

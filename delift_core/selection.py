@@ -269,6 +269,30 @@ def _load_matrix(path: str | Path, shape: tuple[int, int], what: str) -> np.ndar
     return np.asarray(m, dtype=np.float32)
 
 
+def save_kernels(kernels: Kernels, folder: str | Path) -> dict[str, Path]:
+    """Write kernels the way :func:`load_kernels` reads them back: ``kernel_<which>.npy`` (dense)
+    or ``.npz`` (scipy sparse, from ``neighbours``) for pool/target/existing, and
+    ``kernel_meta.json`` (how they were made, with the row ids checked on loading)."""
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {}
+    for which in ("pool", "target", "existing"):
+        m = getattr(kernels, which)
+        if m is None:
+            continue
+        if hasattr(m, "tocsr"):
+            import scipy.sparse as sp
+
+            paths[which] = out / f"kernel_{which}.npz"
+            sp.save_npz(paths[which], m.tocsr())
+        else:
+            paths[which] = out / f"kernel_{which}.npy"
+            np.save(paths[which], m)
+    paths["meta"] = out / "kernel_meta.json"
+    paths["meta"].write_text(json.dumps(kernels.meta, indent=1, default=str))
+    return paths
+
+
 def load_kernels(path: str | Path, pool: Dataset, *, target: Dataset | None = None,
                  existing: Dataset | None = None, target_kernel: str | Path | None = None,
                  existing_kernel: str | Path | None = None) -> Kernels:

@@ -255,3 +255,32 @@ def test_load_kernels_checks_shapes_and_ids(tmp_path):
                                                          "pool_ids": pool.ids[::-1]}))
     with pytest.raises(SelectionError, match="other pool rows"):
         load_kernels(folder, pool)
+
+
+def test_save_kernels_round_trips_dense_and_sparse_through_load_kernels(tmp_path):
+    import scipy.sparse as sp
+
+    from delift_core.selection import save_kernels
+
+    pool = load_dataset("demo:pool").subset(range(10))
+    target = load_dataset("demo:target").subset(range(3))
+    rng = np.random.default_rng(2)
+    dense = Kernels("utility", pool=rng.random((10, 10)).astype(np.float32),
+                    target=rng.random((3, 10)).astype(np.float32),
+                    meta={"kind": "utility", "pool_ids": pool.ids})
+    sparse = Kernels("utility", pool=sp.random(10, 10, 0.4, format="csr", dtype=np.float32,
+                                               random_state=1),
+                     target=sp.random(3, 10, 0.5, format="csr", dtype=np.float32, random_state=2),
+                     meta={"kind": "utility", "pool_ids": pool.ids})
+    for name, k in (("dense", dense), ("sparse", sparse)):
+        paths = save_kernels(k, tmp_path / name)
+        ext = ".npz" if name == "sparse" else ".npy"
+        assert {w: p.suffix for w, p in paths.items()} == {"pool": ext, "target": ext,
+                                                          "meta": ".json"}
+        back = load_kernels(tmp_path / name, pool, target=target)
+        for w in ("pool", "target"):
+            a, b = getattr(k, w), getattr(back, w)
+            a = a.toarray() if hasattr(a, "toarray") else a
+            b = b.toarray() if hasattr(b, "toarray") else b
+            assert np.array_equal(a, b)
+        assert back.meta["computed"]["pool_ids"] == pool.ids
