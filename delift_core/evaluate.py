@@ -43,7 +43,8 @@ from .cache import BlockStore, content_key
 from .data import Dataset, load_dataset
 from .errors import DeliftError
 from .models import CausalLM, cache_dir
-from .utility import DEFAULT_PLAIN_TEMPLATE, SegmentTokens, response_distance, scored_positions
+from .utility import (DEFAULT_PLAIN_TEMPLATE, SegmentTokens, padded_batch, response_distance,
+                      scored_positions)
 
 EVAL_VERSION = "evaluate-v1"
 MODES = ("icl", "lora")
@@ -259,13 +260,7 @@ def scored_logprobs(model: Any, seqs: Sequence[list[int]], n_scored: Sequence[in
     Logits are computed only at the scored positions; gradients flow when enabled.
     """
     body, head, softcap = _body_head(model)
-    lengths = [len(s) for s in seqs]
-    width = max(lengths)
-    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for b, s in enumerate(seqs):
-        ids[b, : len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[b, : len(s)] = 1
+    ids, mask, lengths = padded_batch(seqs, pad)
     hidden = body(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
     rows_t, pos_t = scored_positions(lengths, n_scored)
     targets = ids[rows_t, pos_t + 1].to(device)
@@ -286,12 +281,8 @@ def nll_and_distance(logp: torch.Tensor) -> tuple[float, float]:
 def _generate(model: Any, lm: CausalLM, prompts: Sequence[list[int]], max_new: int) -> list[list[int]]:
     """Greedy continuations (left-padded batch), each cut after its first EOS."""
     pad = _pad_id(lm)
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for b, p in enumerate(prompts):
-        ids[b, width - len(p):] = torch.tensor(p, dtype=torch.long)
-        mask[b, width - len(p):] = 1
+    ids, mask, _ = padded_batch(prompts, pad, left=True)
+    width = ids.shape[1]
     kwargs: dict[str, Any] = {"max_new_tokens": max_new, "do_sample": False, "pad_token_id": pad}
     if lm.eos_token_id is not None:
         kwargs["eos_token_id"] = lm.eos_token_id

@@ -130,6 +130,21 @@ class SegmentTokens:
         return out
 
 
+def padded_batch(seqs: Sequence[list[int]], pad: int, *, left: bool = False
+                 ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """(ids, attention mask, lengths) of token sequences padded to one width, on the right or,
+    with ``left``, on the left (so every sequence ends at the last column)."""
+    lengths = [len(s) for s in seqs]
+    width = max(lengths)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for b, s in enumerate(seqs):
+        span = slice(width - len(s), width) if left else slice(0, len(s))
+        ids[b, span] = torch.tensor(s, dtype=torch.long)
+        mask[b, span] = 1
+    return ids, mask, lengths
+
+
 def scored_positions(lengths: Sequence[int], n_scored: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """(batch row, position) of the logits that predict each sequence's last ``n_scored`` tokens."""
     rows = [torch.full((n,), b) for b, n in enumerate(n_scored)]
@@ -287,14 +302,7 @@ class _Scorer:
         return torch.cat(out).cpu()
 
     def _padded(self, seqs: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-        lengths = [len(s) for s in seqs]
-        width = max(lengths)
-        ids = torch.full((len(seqs), width), self.pad, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for b, s in enumerate(seqs):
-            ids[b, : len(s)] = torch.tensor(s, dtype=torch.long)
-            mask[b, : len(s)] = 1
-        return ids, mask, lengths
+        return padded_batch(seqs, self.pad)
 
     @torch.inference_mode()
     def prefix_cache(self, prefix: Sequence[int]) -> Any:
@@ -332,13 +340,8 @@ class _Scorer:
         The attention mask hides the padding and positions count from each prefix's first real
         token, so each row's last len(prefix) entries are exactly that prefix's keys and values.
         """
-        lengths = [len(p) for p in prefixes]
-        width = max(lengths)
-        ids = torch.full((len(prefixes), width), self.pad, dtype=torch.long)
-        mask = torch.zeros((len(prefixes), width), dtype=torch.long)
-        for g, p in enumerate(prefixes):
-            ids[g, width - len(p):] = torch.tensor(p, dtype=torch.long)
-            mask[g, width - len(p):] = 1
+        ids, mask, lengths = padded_batch(prefixes, self.pad, left=True)
+        width = ids.shape[1]
         pad = torch.tensor([width - n for n in lengths], dtype=torch.long)
         position_ids = (torch.arange(width)[None, :] - pad[:, None]).clamp(min=0)
         dev = self.lm.device
