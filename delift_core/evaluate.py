@@ -406,14 +406,23 @@ def load_subset(path: str | Path, name: str | None = None) -> tuple[Subset, Data
     return Subset(label, data, "subset", info.get("selection_seed"), info), pool
 
 
-def baseline_subsets(pool: Dataset, sizes: Sequence[int], baselines: Sequence[str],
+def baseline_subsets(pool: Dataset | None, sizes: Sequence[int], baselines: Sequence[str],
                      seeds: Sequence[int]) -> list[Subset]:
-    """Random subsets of each size for each seed, the full pool and the empty subset, as asked."""
+    """Random subsets of each size for each seed, the full pool and the empty subset, as asked.
+
+    ``pool`` may be None when only the "none" baseline is asked for."""
     unknown = [b for b in baselines if b not in BASELINES]
     if unknown:
         raise EvaluationError(f"unknown baseline(s) {unknown}; use {', '.join(BASELINES)}")
+    if pool is None and any(b != "none" for b in baselines):
+        raise EvaluationError("the random and full baselines need a pool (the data the subset was "
+                              "chosen from; on the command line --pool FILE, or a `delift "
+                              "select` folder whose manifest names its pool)")
     out = []
     if "random" in baselines:
+        if not sizes:
+            raise EvaluationError("random baselines need a size: give a subset (or, on the "
+                                  "command line, --random-size N)")
         if not seeds:
             raise EvaluationError("random baselines need at least one seed")
         for size in sorted(set(sizes)):
@@ -831,7 +840,8 @@ def add_cli_arguments(p: Any) -> None:
     p.add_argument("--out", required=True, help="folder for results.json, results.md, chart.html")
 
 
-def _int_list(text: str, what: str) -> list[int]:
+def parse_int_list(text: str, what: str) -> list[int]:
+    """Whole numbers from a comma list such as "0,1,2" (the seeds of the random baselines)."""
     try:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
@@ -853,7 +863,7 @@ def run_cli(args: Any, progress: ProgressFn | None = None) -> int:
         lora_max_tokens=args.lora_max_tokens, lora_seed=args.lora_seed)
     settings.validate()
     baselines = [b.strip() for b in args.baselines.split(",") if b.strip()]
-    seeds = _int_list(args.seeds, "--seeds")
+    seeds = parse_int_list(args.seeds, "--seeds")
     subsets: list[Subset] = []
     pool = None
     for spec in args.subsets:
@@ -871,14 +881,8 @@ def run_cli(args: Any, progress: ProgressFn | None = None) -> int:
         test = test.subset(range(min(args.test_limit, len(test))))
     print(test.summary(), file=sys.stderr)
     if baselines:
-        if pool is None and [b for b in baselines if b != "none"]:
-            raise EvaluationError("the random and full baselines need a pool: give --pool FILE "
-                                  "(or a `delift select` folder whose manifest names its pool)")
-        sizes = [s.size for s in subsets] + list(args.random_size)
-        if "random" in baselines and not sizes:
-            raise EvaluationError("random baselines need a size: give a subset or --random-size N")
-        subsets += baseline_subsets(pool, sizes, baselines, seeds) if pool is not None else \
-            baseline_subsets(Dataset([], [], [], [], "", "", ""), [], baselines, seeds)
+        subsets += baseline_subsets(pool, [s.size for s in subsets] + list(args.random_size),
+                                    baselines, seeds)
     if not subsets:
         raise EvaluationError("nothing to evaluate: give a subset or --baselines")
     modes = ("icl", "lora") if args.mode == "both" else (args.mode,)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 import pandas as pd
@@ -11,7 +10,7 @@ import streamlit as st
 
 from delift_core import DeliftError, load_dataset
 from delift_core.evaluate import (BASELINES, METRIC_LABELS, EvalSettings, Subset,
-                                  baseline_subsets, evaluate, load_subset)
+                                  baseline_subsets, evaluate, load_subset, parse_int_list)
 from studio import ui
 
 ui.setup("Evaluate", "🎯", heading="Evaluate a selection")
@@ -65,19 +64,6 @@ with c2:
     st.text_input("Sentence embedder", key="ev_embedder")
 
 
-def _plain(text: str) -> str:
-    """Escape markdown so that untrusted text (paths, messages) shows as typed."""
-    return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~$])", r"\\\1", text)
-
-
-def _seeds(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise DeliftError(f"seeds must be whole numbers separated by commas, got '{text}'") \
-            from None
-
-
 def _run() -> Any:
     from delift_core.models import load_causal_lm, load_embedder
 
@@ -95,10 +81,8 @@ def _run() -> Any:
     baselines = list(state["ev_baselines"])
     subsets = [sub]
     if baselines:
-        if pool is None and [b for b in baselines if b != "none"]:
-            raise DeliftError("the random and full baselines need a pool")
-        subsets += baseline_subsets(pool if pool is not None else sub.data, [sub.size],
-                                    baselines, _seeds(state["ev_seeds"]))
+        subsets += baseline_subsets(pool, [sub.size], baselines,
+                                    parse_int_list(state["ev_seeds"], "seeds"))
     settings = EvalSettings(shots=int(state["ev_shots"]), generate=bool(state["ev_generate"]),
                             max_new_tokens=int(state["ev_max_new"]),
                             lora_steps=int(state["ev_lora_steps"]))
@@ -124,9 +108,9 @@ if st.button("Run the evaluation", type="primary", key="ev_run"):
     try:
         state["ev_report"] = _run()
     except DeliftError as e:
-        st.error(_plain(str(e)))
+        st.error(ui.md_escape(str(e)))
     except Exception as e:  # noqa: BLE001 - shown as a message, never a traceback
-        st.error(_plain(f"The evaluation failed: {type(e).__name__}: {str(e)[:500]}"))
+        st.error(ui.md_escape(f"The evaluation failed: {type(e).__name__}: {str(e)[:500]}"))
 
 report = state.get("ev_report")
 if report is not None:

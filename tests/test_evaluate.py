@@ -253,6 +253,18 @@ def test_evaluate_rejects_bad_input(lm) -> None:
                  settings=EvalSettings(shots=-1))
     with pytest.raises(EvaluationError, match="pool has 240"):
         baseline_subsets(pool, [500], ["random"], [0])
+    with pytest.raises(EvaluationError, match="need a pool"):
+        baseline_subsets(None, [5], ["none", "full"], [0])
+    with pytest.raises(EvaluationError, match="need a size"):
+        baseline_subsets(pool, [], ["random"], [0])
+    assert [b.kind for b in baseline_subsets(None, [5], ["none"], [0])] == ["none"]
+    assert [len(b.data) for b in baseline_subsets(pool, [5, 5, 7], ["random"], [0, 1])] == \
+        [5, 5, 7, 7]
+    from delift_core.evaluate import parse_int_list
+
+    assert parse_int_list("0, 1,2,", "seeds") == [0, 1, 2]
+    with pytest.raises(EvaluationError, match="seeds must be a comma list"):
+        parse_int_list("0,x", "seeds")
 
 
 # ----------------------------------------------------------------------------------------- CLI
@@ -340,6 +352,12 @@ def test_page_error_path(tiny_model_dir) -> None:
     at.button(key="ev_run").click().run()
     assert not at.exception
     assert at.error and "no such file" in at.error[0].value
+    at.session_state["ev_subset_src"] = "demo:existing"
+    at.session_state["ev_seeds"] = "1,two"
+    at.session_state["ev_baselines"] = ["random"]
+    at.button(key="ev_run").click().run()
+    assert not at.exception
+    assert any("seeds must be a comma list" in e.value for e in at.error)
 
 
 # ------------------------------------------------------------------------------------ real model
