@@ -22,7 +22,7 @@ from delift_core.models import load_causal_lm, load_embedder
 from delift_core.objectives import FacilityLocation
 from delift_core.selection import compute_kernels, select
 from delift_core.sparse import fidelity
-from delift_core.utility import minmax_scale
+from delift_core.matrices import minmax_scale
 
 
 def main() -> None:

@@ -20,7 +20,8 @@ from .review import Decisions, load_decisions
 from .selection import (Kernels, Selection, build_objective, compute_kernels, load_kernels,
                         resolve_budget, save_kernels, select)
 from .utility import (DEFAULT_EXAMPLE_TEMPLATE, DEFAULT_PLAIN_TEMPLATE, KernelCancelled,
-                      KernelResult, UtilityKernel, UtilitySettings, minmax_scale)
+                      KernelResult, UtilityKernel, UtilitySettings)
+from .matrices import minmax_scale, scale_to_unit
 
 __version__ = "0.1.0"
 

@@ -24,7 +24,8 @@ from .errors import SelectionError
 from .greedy import GreedyResult, greedy_maximize, random_order
 from .objectives import (CoverageObjective, FacilityLocation, FacilityLocationConditionalGain,
                          FacilityLocationMutualInformation, FacilityLocationQueryMutualInformation)
-from .utility import UtilityKernel, UtilitySettings, minmax_scale
+from .matrices import minmax_scale
+from .utility import UtilityKernel, UtilitySettings
 
 OBJECTIVE_NAMES = ("fl", "flmi", "flqmi", "flcg", "random")
 KERNEL_KINDS = ("utility", "embedding")

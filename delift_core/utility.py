@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from .cache import BlockStore, content_key
+from .matrices import scale_to_unit
 from .models import CausalLM, cache_dir
 
 ENGINE_VERSION = "utility-v1"
@@ -457,31 +458,7 @@ class KernelResult:
 
     @property
     def scaled(self) -> np.ndarray:
-        return minmax_scale(self.values)
-
-
-def minmax_scale(values: np.ndarray) -> np.ndarray:
-    """Scale a matrix to [0, 1] by its own min and max (the reference DELIFT behaviour).
-
-    A scipy sparse kernel is scaled by the min and max of its stored entries (pairs not computed
-    stay absent, i.e. similarity 0, below every computed pair's scaled value or equal to the lowest).
-    """
-    try:
-        import scipy.sparse as sp
-    except ImportError:  # pragma: no cover - scipy is a dependency
-        sp = None
-    if sp is not None and sp.issparse(values):
-        out = values.tocsr().astype(np.float32, copy=True)
-        if out.nnz:
-            lo, hi = float(out.data.min()), float(out.data.max())
-            out.data = (np.zeros_like(out.data) if hi - lo <= 0
-                        else ((out.data - lo) / (hi - lo)).astype(np.float32))
-        return out
-    v = np.asarray(values, dtype=np.float32)
-    lo, hi = float(v.min()), float(v.max())
-    if hi - lo <= 0:
-        return np.zeros_like(v)
-    return (v - lo) / (hi - lo)
+        return scale_to_unit(self.values)
 
 
 @dataclass

@@ -15,7 +15,8 @@ from delift_core.objectives import (FacilityLocation, FacilityLocationConditiona
                                     FacilityLocationMutualInformation,
                                     FacilityLocationQueryMutualInformation)
 from delift_core.sparse import fidelity, neighbour_pairs, topk_sparse
-from delift_core.utility import UtilityKernel, UtilitySettings, minmax_scale
+from delift_core.matrices import minmax_scale
+from delift_core.utility import UtilityKernel, UtilitySettings
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_engine_equivalence import (EXAMPLES_P, EXAMPLES_R, TARGETS_P,  # noqa: E402

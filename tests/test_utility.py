@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from delift_core.utility import (DEFAULT_EXAMPLE_TEMPLATE, DEFAULT_PLAIN_TEMPLATE,
-                                 UtilityKernel, UtilitySettings, minmax_scale, response_distance,
+                                 UtilityKernel, UtilitySettings, response_distance,
                                  template_segments)
+from delift_core.matrices import minmax_scale
 
 from conftest import BigramLM, bigram_table, make_char_tokenizer, make_tiny_lm, tid, wrap_lm
 
