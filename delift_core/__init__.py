@@ -14,11 +14,13 @@ from .export import export_selection, rows_to_bytes, selection_artifacts
 from .greedy import GreedyResult, greedy_maximize, random_order
 from .models import (DEFAULT_EMBEDDER, DEFAULT_MODEL, CausalLM, load_causal_lm, load_embedder,
                      resolve_device)
-from .objectives import (CoverageObjective, FacilityLocation, FacilityLocationConditionalGain,
-                         FacilityLocationMutualInformation, FacilityLocationQueryMutualInformation)
+from .cover import best_cover
+from .kernels import Kernels, SparseSpec, compute_kernels, load_kernels, save_kernels
+from .objectives import (OBJECTIVES, CoverageObjective, FacilityLocation,
+                         FacilityLocationConditionalGain, FacilityLocationMutualInformation,
+                         FacilityLocationQueryMutualInformation, Objective, ObjectiveSpec)
 from .review import Decisions, load_decisions
-from .selection import (Kernels, Selection, build_objective, compute_kernels, load_kernels,
-                        resolve_budget, save_kernels, select)
+from .selection import Selection, build_objective, resolve_budget, select
 from .utility import (DEFAULT_EXAMPLE_TEMPLATE, DEFAULT_PLAIN_TEMPLATE, KernelCancelled,
                       KernelResult, UtilityKernel, UtilitySettings)
 from .matrices import minmax_scale, scale_to_unit

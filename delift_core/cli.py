@@ -9,8 +9,9 @@ from typing import Any, Sequence
 
 from .data import ColumnMapping, Dataset, load_dataset
 from .errors import DeliftError
-from .selection import (KERNEL_KINDS, OBJECTIVE_NAMES, compute_kernels, load_kernels, needs,
-                        resolve_budget, save_kernels, select)
+from . import objectives
+from .kernels import KERNEL_KINDS, compute_kernels, load_kernels, save_kernels
+from .selection import resolve_budget, select
 from .utility import DEFAULT_EXAMPLE_TEMPLATE, DEFAULT_PLAIN_TEMPLATE, UtilitySettings
 
 
@@ -99,14 +100,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("select", help="select a subset and write it with its annotations")
     _add_data_args(s)
-    s.add_argument("--objective", choices=OBJECTIVE_NAMES, default="fl")
+    s.add_argument("--objective", choices=objectives.names(), default="fl",
+                   help="; ".join(f"{o.name}: {o.label}, {o.help}"
+                                  + (f" (needs --{o.needs})" if o.needs else "")
+                                  for o in objectives.OBJECTIVES.values()))
     s.add_argument("--kernel", default="utility",
                    help="utility, embedding, a .npy pool kernel, or a `delift kernel` folder")
     s.add_argument("--target-kernel", help="with a .npy --kernel: the target kernel file")
     s.add_argument("--existing-kernel", help="with a .npy --kernel: the existing kernel file")
     s.add_argument("--budget", default="0.3", help="fraction (0.3, 30%%) or count (90)")
-    s.add_argument("--eta", type=float, default=1.0)
-    s.add_argument("--nu", type=float, default=1.0)
+    _add_objective_params(s)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--method", choices=["lazy", "stochastic", "naive"], default="lazy")
     s.add_argument("--epsilon", type=float, default=0.01, help="stochastic greedy's epsilon")
@@ -118,6 +121,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     _add_evaluate_parser(sub)
     return parser
+
+
+def _add_objective_params(p: argparse.ArgumentParser) -> None:
+    """One option per objective parameter in the registry (``--eta``, ``--nu``, ``--lam``, ...)."""
+    for name, users in objectives.param_specs().items():
+        first = users[0][1]
+        p.add_argument(f"--{name}", type=float, default=None,
+                       help=f"{first.help or first.label} (for {', '.join(o for o, _ in users)}; "
+                            f"default {first.default:g}, range {first.low:g}..{first.high:g})")
+
+
+def _objective_params(args: argparse.Namespace) -> dict:
+    """The objective parameters the user gave (unset ones take the registry's defaults)."""
+    return {name: getattr(args, name) for name in objectives.param_specs()
+            if getattr(args, name, None) is not None}
 
 
 def _mapping(args: argparse.Namespace) -> ColumnMapping | None:
@@ -222,11 +240,9 @@ def cmd_select(args: argparse.Namespace) -> int:
 
     started = time.time()
     pool, target, existing = _load_sets(args)
-    extra = needs(args.objective)
-    if extra == "target" and target is None:
-        raise DeliftError(f"objective '{args.objective}' needs --target FILE")
-    if extra == "existing" and existing is None:
-        raise DeliftError("objective 'flcg' needs --existing FILE")
+    spec = objectives.get(args.objective)
+    if spec.needs and {"target": target, "existing": existing}[spec.needs] is None:
+        raise DeliftError(f"objective '{args.objective}' needs --{spec.needs} FILE")
     resolve_budget(args.budget, len(pool))  # a bad budget fails now, not after the kernels
     pins, bans = list(args.pin), list(args.ban)
     if args.decisions:
@@ -236,8 +252,8 @@ def cmd_select(args: argparse.Namespace) -> int:
         pins += d.pinned
         bans += d.banned
     kernel_arg = args.kernel
-    if kernel_arg == "none" or (args.objective == "random" and kernel_arg == "utility"):
-        kernels = None  # random needs no kernel: not even the default utility one
+    if kernel_arg == "none" or (spec.baseline and kernel_arg == "utility"):
+        kernels = None  # a baseline needs no kernel: not even the default utility one
     elif kernel_arg in KERNEL_KINDS:
         kernels = compute_kernels(pool, target=target, existing=existing, kind=kernel_arg,
                                   progress=_Bars(), use_cache=not args.no_cache,
@@ -246,8 +262,8 @@ def cmd_select(args: argparse.Namespace) -> int:
         kernels = load_kernels(kernel_arg, pool, target=target, existing=existing,
                                target_kernel=args.target_kernel,
                                existing_kernel=args.existing_kernel)
-    selection = select(pool, args.objective, kernels, args.budget, eta=args.eta, nu=args.nu,
-                       seed=args.seed, method=args.method, epsilon=args.epsilon, pinned=pins,
+    selection = select(pool, args.objective, kernels, args.budget,
+                       params=_objective_params(args), seed=args.seed, method=args.method, epsilon=args.epsilon, pinned=pins,
                        banned=bans)
     paths = export_selection(selection, args.out, args.format, target=target, existing=existing,
                              extra={"command": sys.argv, "total_seconds":

@@ -7,6 +7,8 @@ Pinned candidates start the order (in the order given); banned ones are never pi
 
 from __future__ import annotations
 
+import heapq
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Iterable
@@ -14,7 +16,11 @@ from typing import Iterable
 import numpy as np
 
 from . import coverage_kernels
-from .objectives import CoverageObjective
+from .objectives.base import Objective
+
+__all__ = ["METHODS", "GreedyResult", "greedy_maximize", "random_order"]
+
+logger = logging.getLogger(__name__)
 
 METHODS = ("lazy", "naive", "stochastic")
 
@@ -32,6 +38,7 @@ class GreedyResult:
     notes: list[str] = field(default_factory=list)
 
     def prefix(self, budget: int) -> np.ndarray:
+        """The first ``budget`` picks (the selection at that budget)."""
         return self.order[:budget]
 
 
@@ -39,7 +46,33 @@ def _argmax_lowest(g: np.ndarray) -> int:
     return int(np.flatnonzero(g == g.max())[0])
 
 
-def greedy_maximize(objective: CoverageObjective, budget: int | None = None, *,
+def _lazy_generic(objective: Objective, state: np.ndarray, cand: np.ndarray, picks: int
+                  ) -> tuple[list[int], list[float], int]:
+    """Lazy greedy over the gain/update protocol (objectives without a compiled path).
+
+    A heap of upper bounds keyed (-gain, index): the top is re-evaluated and taken when it still
+    leads, so the order (ties to the lowest index) equals the naive greedy's for a submodular f.
+    """
+    g = objective.gains(state, cand)
+    heap = [(-float(v), int(j)) for v, j in zip(g, cand)]
+    heapq.heapify(heap)
+    evaluations = cand.size
+    order: list[int] = []
+    gains: list[float] = []
+    while heap and len(order) < picks:
+        _, j = heapq.heappop(heap)
+        fresh = float(objective.gains(state, np.array([j], dtype=np.int64))[0])
+        evaluations += 1
+        if not heap or (-fresh, j) <= heap[0]:
+            order.append(j)
+            gains.append(fresh)
+            state = objective.update(state, j)
+        else:
+            heapq.heappush(heap, (-fresh, j))
+    return order, gains, evaluations
+
+
+def greedy_maximize(objective: Objective, budget: int | None = None, *,
                     method: str = "lazy", pinned: Iterable[int] = (), banned: Iterable[int] = (),
                     seed: int = 0, epsilon: float = 0.01) -> GreedyResult:
     """Greedily pick up to ``budget`` candidates (all allowed ones when None)."""
@@ -104,9 +137,14 @@ def greedy_maximize(objective: CoverageObjective, budget: int | None = None, *,
             state = objective.update(state, j)
     else:
         cand = np.flatnonzero(available).astype(np.int64)
-        if len(order) < budget and cand.size:
-            sparse, kt, indptr, rows, vals, cap, has_cap, modular, has_mod = \
-                objective.compiled_args()
+        compiled = objective.compiled_args()
+        if len(order) < budget and cand.size and compiled is None:
+            picked_l, gains_l, n_eval = _lazy_generic(objective, state, cand, budget - len(order))
+            order.extend(picked_l)
+            gains.extend(gains_l)
+            evaluations += n_eval
+        elif len(order) < budget and cand.size:
+            sparse, kt, indptr, rows, vals, cap, has_cap, modular, has_mod = compiled
             state = np.array(state, dtype=np.float32)
             picked, picked_gains, n_eval = coverage_kernels.lazy_greedy(
                 sparse, kt, indptr, rows, vals, cand, state, cap, has_cap, modular, has_mod,

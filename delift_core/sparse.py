@@ -1,4 +1,4 @@
-"""Sparse kernels: the utility only for each target's nearest candidate examples.
+"""Sparse kernels: which pairs to compute (each target's nearest candidate examples), and checks.
 
 For every target i, the utility UF(i, j) is computed only for its ``k`` nearest examples j by
 sentence embedding (cosine), plus a few seeded random ones, and stored as a scipy CSR float32
@@ -8,13 +8,12 @@ similarity 0 in the objectives, which run on the sparse kernel directly (never d
 
 from __future__ import annotations
 
-import threading
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import scipy.sparse as sp
 
-from .utility import KernelResult, UtilityKernel
+__all__ = ["DEFAULT_RANDOM", "neighbour_pairs", "topk_sparse", "fidelity"]
 
 DEFAULT_RANDOM = 4
 
@@ -59,24 +58,6 @@ def neighbour_pairs(t_emb: np.ndarray, e_emb: np.ndarray, k: int, *, n_random: i
     return pairs[:, 0], pairs[:, 1]
 
 
-def sparse_utility_kernel(engine: UtilityKernel, t_prompts: Sequence[str], t_resps: Sequence[str],
-                          e_prompts: Sequence[str], e_resps: Sequence[str], t_emb: np.ndarray,
-                          e_emb: np.ndarray, k: int, *, n_random: int = DEFAULT_RANDOM,
-                          seed: int = 0, row_ids: Sequence[str] | None = None,
-                          col_ids: Sequence[str] | None = None,
-                          progress: Callable[[int, int], None] | None = None,
-                          cancel: threading.Event | None = None) -> KernelResult:
-    """The utility kernel on each target's ``k`` nearest examples (+ random ones), CSR float32."""
-    rows, cols = neighbour_pairs(t_emb, e_emb, k, n_random=n_random, seed=seed)
-    res = engine.compute_pairs(t_prompts, t_resps, e_prompts, e_resps, rows, cols,
-                               row_ids=row_ids, col_ids=col_ids, progress=progress, cancel=cancel)
-    res.meta.update({"neighbours": int(k), "random_neighbours": int(n_random),
-                     "neighbour_seed": int(seed),
-                     "neighbour_rule": "k most cosine-similar examples by sentence embedding "
-                                       "(ties to the lower index) plus seeded random examples"})
-    return res
-
-
 def topk_sparse(dense_rows: Callable[[int, int], np.ndarray], n_rows: int, n_cols: int, k: int,
                 chunk: int = 2048) -> sp.csr_matrix:
     """A CSR matrix keeping each row's ``k`` largest values from a row-chunk producer."""
@@ -109,7 +90,3 @@ def fidelity(dense_objective: Any, sparse_order: Sequence[int], dense_order: Seq
             "value_ratio": fa / fb if fb else float("nan"),
             "overlap": len(set(a) & set(b)) / max(1, len(b))}
 
-
-def is_sparse(x: Any) -> bool:
-    """Whether a kernel is a scipy sparse matrix."""
-    return sp.issparse(x)

@@ -13,7 +13,9 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from .cover import best_cover
 from .data import Dataset
+from .matrices import block, is_sparse
 from .utility import DEFAULT_EXAMPLE_TEMPLATE, DEFAULT_PLAIN_TEMPLATE
 
 # ----------------------------------------------------------------------------------------------
@@ -70,13 +72,7 @@ def cluster_order(labels: Sequence[int], within: Sequence[int] | None = None) ->
     return np.asarray(sorted(base, key=lambda k: labels[k]), int)  # sorted() is stable
 
 
-def kernel_block(kernel: Any, rows: Sequence[int], cols: Sequence[int]) -> np.ndarray:
-    """Dense float32 values of kernel[rows][:, cols] for a dense or scipy sparse kernel (a sparse
-    kernel's pairs that were not computed read as 0, as the objectives treat them)."""
-    rows, cols = np.asarray(rows, int), np.asarray(cols, int)
-    if hasattr(kernel, "tocsr"):
-        return np.asarray(kernel.tocsr()[rows][:, cols].toarray(), np.float32)
-    return np.asarray(kernel, np.float32)[np.ix_(rows, cols)]
+kernel_block = block  # dense values of kernel[rows][:, cols], sparse-aware (delift_core.matrices)
 
 
 def _block_means(kernel: Any, groups: list[list[int]]) -> np.ndarray:
@@ -88,7 +84,7 @@ def _block_means(kernel: Any, groups: list[list[int]]) -> np.ndarray:
     cols = [c for c, g in enumerate(groups) for _ in g]
     weights = [1.0 / len(g) for g in groups for _ in g]
     a = sp.csr_matrix((weights, (rows, cols)), shape=(n, len(groups)), dtype=np.float32)
-    if sp.issparse(kernel):
+    if is_sparse(kernel):
         return np.asarray((a.T @ kernel.astype(np.float32) @ a).toarray(), np.float32)
     out = np.zeros((len(groups), len(groups)), np.float64)
     step = max(1, (1 << 24) // max(1, n))  # row blocks: no copy of the whole kernel
@@ -227,11 +223,10 @@ def explain(selection: Any, row_id: str, top: int = 5) -> Explanation:
             others = [i for i in np.argsort(-col, kind="stable") if i != k][:top]
             out.covers = [(pool.ids[i], float(col[i])) for i in others]
             if sel:
-                cover = kernel_block(kernel, everyone, sel)
-                best = np.asarray(sel)[cover.argmax(axis=1)]
-                best[cover.max(axis=1) <= 0] = -1  # covered by nothing selected (sparse gaps)
-                out.best_cover_for = int(sum(1 for i in range(len(pool))
-                                             if best[i] == k and i not in set(sel)))
+                cover, _ = best_cover(kernel, sel)
+                rejected = np.ones(len(pool), bool)
+                rejected[sel] = False
+                out.best_cover_for = int(((cover == k) & rejected).sum())
     elif kernel is not None and sel:
         row = kernel_block(kernel, [k], sel)[0].astype(float)
         ranked = np.argsort(-row, kind="stable")

@@ -7,6 +7,8 @@ import itertools
 import numpy as np
 import pytest
 
+from delift_core.cover import best_cover
+from delift_core.kernels import Kernels
 from delift_core.objectives import (OBJECTIVES, FacilityLocation,
                                     FacilityLocationConditionalGain,
                                     FacilityLocationMutualInformation,
@@ -41,6 +43,15 @@ def flcg_brute(S, E, nu, A):
     """f(A | P) = sum_i max(max_{j in A} s_ij - nu * max_p s_ip, 0)."""
     return sum(max(_max_over(S[i, j] for j in A) - nu * max(E[i, p] for p in range(E.shape[1])),
                    0.0) for i in range(S.shape[0]))
+
+
+BRUTE_FORCE = {
+    "fl": lambda S, T, E, p, A: fl_brute(S, A),
+    "flmi": lambda S, T, E, p, A: flmi_brute(S, T, p["eta"], A),
+    "flqmi": lambda S, T, E, p, A: flqmi_brute(T, p["eta"], A),
+    "flcg": lambda S, T, E, p, A: flcg_brute(S, E, p["nu"], A),
+}
+"""Each registered objective's formula written out by hand: name -> f(S, T, E, params, A)."""
 
 
 def kernels(seed: int):
@@ -137,19 +148,50 @@ def test_shapes_and_values_are_checked():
     bad[0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         FacilityLocation(bad)
-    assert set(OBJECTIVES) == {"fl", "flmi", "flqmi", "flcg"}
 
 
-def test_best_cover_names_the_closest_selected_candidate():
+@pytest.mark.parametrize("name", [n for n, s in OBJECTIVES.items() if not s.baseline])
+def test_every_registered_objective_built_from_kernels_equals_its_brute_force(name):
+    """The registry's build (scaled kernels, default parameters) gives the formula's values; a
+    registered objective without a brute-force formula here fails this test."""
+    spec = OBJECTIVES[name]
+    assert name in BRUTE_FORCE, f"objective '{name}' has no brute-force check"
+    S, T, E = kernels(6)
+    k = Kernels("embedding", pool=S, target=T, existing=E)  # embedding kernels are used as given
+    params = spec.defaults()
+    obj = spec.build(k, **params)
+    for A in all_subsets(obj.n_candidates):
+        assert obj.evaluate(A) == pytest.approx(BRUTE_FORCE[name](S, T, E, params, A), abs=1e-5)
+    for p in spec.params:
+        assert p.low <= p.default <= p.high
+
+
+def test_registry_specs_are_complete():
+    assert {"fl", "flmi", "flqmi", "flcg", "random"} <= set(OBJECTIVES)
+    for spec in OBJECTIVES.values():
+        assert spec.label and spec.help
+        assert spec.needs in (None, "target", "existing")
+        assert spec.baseline == (spec.build is None)
+        assert spec.stage is None or spec.stage in ("instruction", "task", "continual")
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_best_cover_names_the_closest_selected_candidate(sparse):
+    import scipy.sparse as sp
+
     S, _, _ = kernels(4)
-    obj = FacilityLocation(S)
-    who, val = obj.best_cover([1, 4])
+    S[2, 1] = S[2, 4] = 0.0  # row 2: no selected candidate covers it
+    K = sp.csr_matrix(S.astype(np.float32)) if sparse else S
+    who, val = best_cover(K, [1, 4])
     for i in range(N):
         k = 1 if S[i, 1] >= S[i, 4] else 4
+        if i == 2:
+            assert who[i] == -1 and val[i] == 0
+            continue
         assert who[i] == k
         assert val[i] == pytest.approx(S[i, k], abs=1e-6)
-    who, val = obj.best_cover([])
-    assert (who == -1).all() and np.isnan(val).all()
+    who, val = best_cover(K, [])
+    assert (who == -1).all() and (val == 0).all()
 
 
 def test_scaled_kernels_are_made_once_and_selection_leaves_them_untouched():

@@ -1,36 +1,78 @@
-"""Submodular objectives of DELIFT, one class per function, over kernels in [0, 1].
+"""The objective protocol every submodular function of DELIFT follows, and the coverage form
+that four of them share.
 
-All four are facility-location "coverage" functions of one form, which lets one greedy optimiser
-serve them all without building combined kernels:
+Protocol (apricot's two-method gain/update, over an opaque per-set ``state``): ``initial_state()``,
+``gains(state, candidates)``, ``update(state, j)``, ``evaluate(selected)``, ``n_candidates``. Any
+objective with these works with every greedy optimiser. An objective may also offer
+``compiled_args()``: the arrays of the compiled coverage kernels (:mod:`delift_core.coverage_kernels`),
+which the lazy greedy then runs without any Python work per evaluation; ``None`` (the default)
+takes the generic path.
+
+The coverage form (FL, FLMI, FLQMI, FLCG):
 
     f(A) = sum_r [ min(max(b_r, max_{j in A} K[r, j]), c_r) - min(b_r, c_r) ] + sum_{j in A} w_j
 
 with rows r (the items to cover), candidate columns j, a floor b_r >= 0, a cap c_r and modular
 weights w_j. Similarities are clamped at 0 (the floor is never below 0), so a negative value in a
 kernel never lowers a score. Kernels are expected in [0, 1] (the pipeline min-max scales them).
+
+Each objective module also defines ``SPEC`` (an :class:`~delift_core.objectives.spec.ObjectiveSpec`):
+its name, label, stage, the extra set it needs and its parameters; the registry reads those.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Iterable
 
 import numpy as np
 
-from . import coverage_kernels
+from .. import coverage_kernels
+from ..matrices import KernelMatrix, is_sparse
+
+__all__ = ["Objective", "CoverageObjective", "as_kernel", "axis_max"]
+
+logger = logging.getLogger(__name__)
 
 
-def _is_sparse(kernel: Any) -> bool:
-    try:
-        import scipy.sparse as sp
-    except ImportError:  # pragma: no cover - scipy is a dependency
-        return False
-    return sp.issparse(kernel)
+class Objective:
+    """Base of every objective: the gain/update protocol (see the module docstring).
+
+    Subclasses set ``n_candidates`` and implement the four methods; ``compiled_args`` returning
+    ``None`` means "no compiled fast path".
+    """
+
+    name = "objective"
+
+    @property
+    def n_candidates(self) -> int:  # pragma: no cover - every subclass overrides
+        raise NotImplementedError
+
+    def initial_state(self) -> np.ndarray:
+        """The state of the empty set."""
+        raise NotImplementedError
+
+    def gains(self, state: np.ndarray, candidates: np.ndarray | None = None) -> np.ndarray:
+        """Marginal gains of adding each candidate (all when None) to the set whose state is given."""
+        raise NotImplementedError
+
+    def update(self, state: np.ndarray, j: int) -> np.ndarray:
+        """The state after adding candidate j (a new array; ``state`` is not changed)."""
+        raise NotImplementedError
+
+    def evaluate(self, selected: Iterable[int]) -> float:
+        """f(A) for a set of candidate indices."""
+        raise NotImplementedError
+
+    def compiled_args(self) -> tuple | None:
+        """Arrays for the compiled coverage kernels, or None (generic greedy path)."""
+        return None
 
 
-def _as_kernel(kernel: Any, name: str) -> Any:
+def as_kernel(kernel: Any, name: str) -> KernelMatrix:
     """A float32 kernel: dense 2-D arrays as given (no copy when already float32, memory maps kept),
     scipy sparse matrices as float32 CSR. Missing sparse entries count as similarity 0."""
-    if _is_sparse(kernel):
+    if is_sparse(kernel):
         k = kernel.tocsr()
         if k.dtype != np.float32:
             k = k.astype(np.float32)
@@ -65,17 +107,17 @@ def _column_major(k: np.ndarray) -> np.ndarray:
     return out
 
 
-def _axis_max(k: Any, axis: int) -> np.ndarray:
+def axis_max(k: Any, axis: int) -> np.ndarray:
     """Max along an axis of a dense or sparse kernel (a sparse row's missing entries count as 0)."""
-    if _is_sparse(k):
+    if is_sparse(k):
         m = k.max(axis=axis)
         m = m.toarray() if hasattr(m, "toarray") else m
         return np.asarray(m).ravel().astype(np.float32)
     return np.asarray(k).max(axis=axis)
 
 
-class CoverageObjective:
-    """The shared form above; subclasses set the kernel, floors, caps and modular weights.
+class CoverageObjective(Objective):
+    """The coverage form (module docstring); subclasses set the kernel, floors, caps and modular weights.
 
     A dense kernel is held column-major (each candidate's column contiguous); a scipy sparse kernel
     is held as CSR plus its column view (CSC) and never densified.
@@ -85,7 +127,7 @@ class CoverageObjective:
 
     def __init__(self, kernel: Any, floor: np.ndarray | None = None,
                  cap: np.ndarray | None = None, modular: np.ndarray | None = None) -> None:
-        self.sparse = _is_sparse(kernel)
+        self.sparse = is_sparse(kernel)
         self._args: tuple | None = None
         if self.sparse:
             self.kernel = kernel
@@ -193,88 +235,3 @@ class CoverageObjective:
         if self.modular is not None and sel.size:
             value += float(self.modular[np.unique(sel)].sum())
         return value
-
-    def best_cover(self, selected: Iterable[int]) -> tuple[np.ndarray, np.ndarray]:
-        """For each row, the selected candidate with the largest kernel value, and that value."""
-        sel = np.fromiter(selected, dtype=np.int64)
-        n = self.kernel.shape[0]
-        if sel.size == 0:
-            return np.full(n, -1), np.full(n, np.nan)
-        if self.sparse:
-            best = np.zeros(n, np.float32)
-            arg = np.full(n, sel[0], dtype=np.int64)
-            for j in sel:  # first (in ``selected`` order) among equal values wins, as dense argmax
-                a, b = self._indptr[j], self._indptr[j + 1]
-                rows, vals = self._rows[a:b], self._raw[a:b]
-                better = vals > best[rows]
-                best[rows[better]] = vals[better]
-                arg[rows[better]] = j
-            return arg, best
-        sub = self.kernel[:, sel]
-        arg = sub.argmax(axis=1)
-        return sel[arg], sub[np.arange(sub.shape[0]), arg]
-
-
-class FacilityLocation(CoverageObjective):
-    """Instruction tuning: f(A) = sum_i max_{j in A} s_ij over the pool kernel (rows covered)."""
-
-    name = "fl"
-
-    def __init__(self, pool_kernel: np.ndarray) -> None:
-        super().__init__(_as_kernel(pool_kernel, "pool kernel"))
-
-
-class FacilityLocationMutualInformation(CoverageObjective):
-    """Task-specific (reference form): f(A) = sum_i min(max_{j in A} s_ij, eta * max_q s_iq).
-
-    ``target_kernel`` has a row per target q and a column per pool item j (utility of j as an
-    example for q); s_iq is read from it transposed, so no combined kernel is built.
-    """
-
-    name = "flmi"
-
-    def __init__(self, pool_kernel: np.ndarray, target_kernel: np.ndarray, eta: float = 1.0) -> None:
-        pool = _as_kernel(pool_kernel, "pool kernel")
-        target = _as_kernel(target_kernel, "target kernel")
-        if target.shape[1] != pool.shape[0]:
-            raise ValueError(f"target kernel has {target.shape[1]} columns, the pool has "
-                             f"{pool.shape[0]} rows")
-        self.eta = float(eta)
-        super().__init__(pool, cap=self.eta * _axis_max(target, 0))
-
-
-class FacilityLocationQueryMutualInformation(CoverageObjective):
-    """Task-specific (paper's query form): f(A) = sum_q max_{j in A} s_qj + eta sum_{j in A} max_q s_qj."""
-
-    name = "flqmi"
-
-    def __init__(self, target_kernel: np.ndarray, eta: float = 1.0) -> None:
-        target = _as_kernel(target_kernel, "target kernel")
-        self.eta = float(eta)
-        super().__init__(target, modular=self.eta * np.maximum(_axis_max(target, 0), 0))
-
-
-class FacilityLocationConditionalGain(CoverageObjective):
-    """Continual: f(A | P) = sum_i max(max_{j in A} s_ij - nu * max_{p in P} s_ip, 0).
-
-    ``existing_kernel`` has a row per pool item i and a column per existing item p.
-    """
-
-    name = "flcg"
-
-    def __init__(self, pool_kernel: np.ndarray, existing_kernel: np.ndarray, nu: float = 1.0) -> None:
-        pool = _as_kernel(pool_kernel, "pool kernel")
-        existing = _as_kernel(existing_kernel, "existing kernel")
-        if existing.shape[0] != pool.shape[0]:
-            raise ValueError(f"existing kernel has {existing.shape[0]} rows, the pool has "
-                             f"{pool.shape[0]}")
-        self.nu = float(nu)
-        super().__init__(pool, floor=self.nu * _axis_max(existing, 1))
-
-
-OBJECTIVES = {
-    "fl": FacilityLocation,
-    "flmi": FacilityLocationMutualInformation,
-    "flqmi": FacilityLocationQueryMutualInformation,
-    "flcg": FacilityLocationConditionalGain,
-}

@@ -1,0 +1,287 @@
+"""Kernels for a pool (and a target or existing set): computed by one builder, saved, loaded.
+
+One builder serves every kernel kind (utility, embedding) in both forms (dense; sparse with
+``neighbours``) and every role (:data:`ROLES`): what differs between them is only which pairs are
+computed and how a pair's value is found. :class:`Kernels` holds the raw matrices and gives the
+selection kernel in [0, 1] (:meth:`Kernels.scaled`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import scipy.sparse as sp
+
+from .data import Dataset
+from .embedding import embed_texts, embedding_kernel, sample_text
+from .errors import SelectionError
+from .matrices import KernelMatrix, is_sparse, scale_to_unit
+from .sparse import DEFAULT_RANDOM, neighbour_pairs
+from .utility import UtilityKernel, UtilitySettings
+
+__all__ = ["KERNEL_KINDS", "ROLES", "Kernels", "SparseSpec", "StageProgress", "compute_kernels",
+           "save_kernels", "load_kernels"]
+
+logger = logging.getLogger(__name__)
+
+KERNEL_KINDS = ("utility", "embedding")
+ROLES: dict[str, tuple[str, str]] = {"pool": ("pool", "pool"), "target": ("target", "pool"),
+                                     "existing": ("pool", "existing")}
+"""Each kernel's (row set, column set): rows are the items helped, columns the examples."""
+
+StageProgress = Callable[[str, int, int], None]
+"""``progress(stage label, done, total)``: what the pipeline reports (the engine's per-stage
+``PairProgress`` is ``(done, total)``)."""
+
+
+@dataclass(frozen=True)
+class SparseSpec:
+    """A sparse kernel: each row's ``k`` nearest columns by sentence embedding plus ``random``
+    seeded random ones (``seed``); pairs not computed count as similarity 0."""
+
+    k: int
+    random: int = DEFAULT_RANDOM
+    seed: int = 0
+
+    def meta(self) -> dict:
+        return {"sparse": True, "neighbours": int(self.k), "random_neighbours": int(self.random),
+                "neighbour_seed": int(self.seed)}
+
+
+@dataclass
+class Kernels:
+    """Raw kernels: pool (n x n, row = item helped), target (m x n), existing (n x p); each a dense
+    float32 array or a scipy CSR float32 matrix."""
+
+    kind: str
+    pool: KernelMatrix | None = None
+    target: KernelMatrix | None = None
+    existing: KernelMatrix | None = None
+    meta: dict = field(default_factory=dict)
+    _scaled: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def sparse(self) -> bool:
+        """Whether the pool kernel is sparse (computed with ``neighbours``)."""
+        return is_sparse(self.pool)
+
+    def scaled(self, which: str) -> KernelMatrix:
+        """The selection kernel in [0, 1]: min-max of the raw utility matrix; embedding as is.
+
+        Made once per kernel and kept (read-only for callers): selection, the heatmap and the
+        explanations all ask for it, on every rerun of a studio page.
+        """
+        raw = getattr(self, which)
+        if raw is None:
+            raise SelectionError(f"no {which} kernel was computed")
+        cached = self._scaled.get(which)
+        if cached is not None and cached[0] is raw:
+            return cached[1]
+        if self.kind == "embedding":
+            out = raw.tocsr().astype(np.float32) if is_sparse(raw) else np.asarray(raw, np.float32)
+        else:
+            out = scale_to_unit(raw)
+        self._scaled[which] = (raw, out)
+        return out
+
+
+class _Builder:
+    """Computes one role's kernel: which pairs (all, or each row's neighbours) and their values
+    (utility engine or embedding similarity); models and embeddings are loaded once, when needed."""
+
+    def __init__(self, kind: str, lm: Any, embedder: Any, settings: UtilitySettings | None,
+                 progress: StageProgress | None, cancel: threading.Event | None, use_cache: bool,
+                 sparse: SparseSpec | None) -> None:
+        self.kind, self.lm, self.embedder, self.settings = kind, lm, embedder, settings
+        self.progress, self.cancel, self.use_cache, self.sparse = progress, cancel, use_cache, sparse
+        self._emb: dict[int, np.ndarray] = {}
+        self._engine: UtilityKernel | None = None
+
+    def _stage(self, label: str) -> Callable[[int, int], None] | None:
+        progress = self.progress
+        return (lambda done, total: progress(label, done, total)) if progress else None
+
+    def embeddings(self, ds: Dataset, role: str) -> np.ndarray:
+        if id(ds) not in self._emb:
+            if self.embedder is None:
+                from .models import load_embedder
+
+                self.embedder = load_embedder()
+            texts = [sample_text(p, r) for p, r in zip(ds.prompts, ds.responses)]
+            self._emb[id(ds)] = embed_texts(self.embedder, texts, use_cache=self.use_cache,
+                                            progress=self._stage(f"embedding {role}"))
+        return self._emb[id(ds)]
+
+    def engine(self) -> UtilityKernel:
+        if self._engine is None:
+            if self.lm is None:
+                from .models import load_causal_lm
+
+                self.lm = load_causal_lm()
+            self._engine = UtilityKernel(self.lm, self.settings, use_cache=self.use_cache)
+        return self._engine
+
+    def build(self, role: str, rows: Dataset, cols: Dataset, row_role: str, col_role: str
+              ) -> tuple[KernelMatrix, dict | None]:
+        """The raw kernel of ``role`` (rows helped by columns) and the engine's meta, if any."""
+        pairs = None
+        if self.sparse is not None:
+            pairs = neighbour_pairs(self.embeddings(rows, row_role), self.embeddings(cols, col_role),
+                                    self.sparse.k, n_random=self.sparse.random, seed=self.sparse.seed)
+        if self.kind == "embedding":
+            e_rows, e_cols = self.embeddings(rows, row_role), self.embeddings(cols, col_role)
+            return _embedding_values(e_rows, e_cols, pairs), None
+        res = self.engine().compute(rows, cols, pairs=pairs, progress=self._stage(f"utility {role}"),
+                                    cancel=self.cancel)
+        if self.sparse is not None:
+            res.meta.update({**self.sparse.meta(),
+                             "neighbour_rule": "k most cosine-similar examples by sentence "
+                                               "embedding (ties to the lower index) plus seeded "
+                                               "random examples"})
+        return res.values, res.meta
+
+
+def _embedding_values(e_rows: np.ndarray, e_cols: np.ndarray,
+                      pairs: tuple[np.ndarray, np.ndarray] | None) -> KernelMatrix:
+    """(cos + 1) / 2 for every pair (dense) or for the given pairs only (CSR float32)."""
+    if pairs is None:
+        return embedding_kernel(e_rows, e_cols)
+    r, c = pairs
+    vals = np.empty(len(r), np.float32)
+    step = 1 << 16
+    for s in range(0, len(r), step):
+        vals[s: s + step] = np.einsum("ij,ij->i", e_rows[r[s: s + step]], e_cols[c[s: s + step]])
+    vals = np.clip((vals + 1.0) / 2.0, 0.0, 1.0).astype(np.float32)
+    return sp.csr_matrix((vals, (r, c)), shape=(len(e_rows), len(e_cols)), dtype=np.float32)
+
+
+def compute_kernels(pool: Dataset, *, target: Dataset | None = None,
+                    existing: Dataset | None = None, kind: str = "utility", lm: Any = None,
+                    embedder: Any = None, settings: UtilitySettings | None = None,
+                    progress: StageProgress | None = None, cancel: threading.Event | None = None,
+                    use_cache: bool = True, neighbours: int | SparseSpec | None = None,
+                    neighbour_random: int = DEFAULT_RANDOM, neighbour_seed: int = 0) -> Kernels:
+    """Compute the pool kernel and, when given, the target and existing kernels.
+
+    With ``neighbours=K`` (or a :class:`SparseSpec`) each kernel is sparse (scipy CSR float32):
+    every row gets values only for its K nearest columns by sentence embedding plus
+    ``neighbour_random`` seeded random ones.
+    """
+    if kind not in KERNEL_KINDS:
+        raise SelectionError(f"unknown kernel '{kind}'; use one of {KERNEL_KINDS} or a .npy file")
+    sparse = (neighbours if isinstance(neighbours, SparseSpec) or not neighbours
+              else SparseSpec(int(neighbours), int(neighbour_random), int(neighbour_seed)))
+    start = time.time()
+    sets = {"pool": pool, "target": target, "existing": existing}
+    meta: dict[str, Any] = {"kind": kind, **{f"{r}_ids": ds.ids for r, ds in sets.items()
+                                             if ds is not None}}
+    builder = _Builder(kind, lm, embedder, settings, progress, cancel, use_cache, sparse or None)
+    kernels = Kernels(kind, meta=meta)
+    for role, (row_role, col_role) in ROLES.items():
+        rows, cols = sets[row_role], sets[col_role]
+        if rows is None or cols is None:
+            continue
+        values, role_meta = builder.build(role, rows, cols, row_role, col_role)
+        setattr(kernels, role, values)
+        if role_meta is not None:
+            meta[role] = role_meta
+    if sparse:
+        meta.update(sparse.meta())
+    if builder.embedder is not None:
+        meta["embedder"] = getattr(builder.embedder, "delift_name", str(builder.embedder))
+    if kind == "embedding":
+        meta.update({"similarity": "(cosine + 1) / 2", "text": "prompt + newline + response"})
+    meta["seconds"] = round(time.time() - start, 3)
+    logger.info("%s kernels (%s) in %.1f s", kind, ", ".join(r for r in ROLES
+                                                            if getattr(kernels, r) is not None),
+                meta["seconds"])
+    return kernels
+
+
+def _load_matrix(path: str | Path, shape: tuple[int, int], what: str) -> KernelMatrix:
+    """A kernel file (.npy dense, memory-mapped; .npz sparse) checked for the expected shape."""
+    p = Path(path)
+    if p.suffix == ".npy" and not p.exists() and p.with_suffix(".npz").exists():
+        p = p.with_suffix(".npz")  # a sparse kernel saved by `delift kernel --neighbours`
+    if p.suffix == ".npz" and p.exists():
+        try:
+            m = sp.load_npz(p).tocsr().astype(np.float32)
+        except Exception as e:
+            raise SelectionError(f"{path}: not a readable sparse .npz matrix ({e})") from None
+        if m.shape != shape:
+            raise SelectionError(f"{path}: the {what} kernel has shape {tuple(m.shape)}, expected "
+                                 f"{shape} for this data")
+        return m
+    if not p.exists():
+        raise SelectionError(f"{path}: no such kernel file")
+    try:
+        m = np.load(p, mmap_mode="r", allow_pickle=False)
+    except Exception as e:
+        raise SelectionError(f"{path}: not a readable .npy matrix ({e})") from None
+    if m.shape != shape:
+        raise SelectionError(f"{path}: the {what} kernel has shape {tuple(m.shape)}, expected "
+                             f"{shape} for this data")
+    return np.asarray(m, dtype=np.float32)
+
+
+def save_kernels(kernels: Kernels, folder: str | Path) -> dict[str, Path]:
+    """Write kernels the way :func:`load_kernels` reads them back: ``kernel_<which>.npy`` (dense)
+    or ``.npz`` (scipy sparse, from ``neighbours``) for pool/target/existing, and
+    ``kernel_meta.json`` (how they were made, with the row ids checked on loading)."""
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {}
+    for which in ("pool", "target", "existing"):
+        m = getattr(kernels, which)
+        if m is None:
+            continue
+        if is_sparse(m):
+            paths[which] = out / f"kernel_{which}.npz"
+            sp.save_npz(paths[which], m.tocsr())
+        else:
+            paths[which] = out / f"kernel_{which}.npy"
+            np.save(paths[which], m)
+    paths["meta"] = out / "kernel_meta.json"
+    paths["meta"].write_text(json.dumps(kernels.meta, indent=1, default=str))
+    return paths
+
+
+def load_kernels(path: str | Path, pool: Dataset, *, target: Dataset | None = None,
+                 existing: Dataset | None = None, target_kernel: str | Path | None = None,
+                 existing_kernel: str | Path | None = None) -> Kernels:
+    """Kernels from a ``delift kernel`` output folder or a pool ``.npy`` file, checked for shape.
+
+    Matrices from files are treated as raw utilities (min-max scaled for selection).
+    """
+    p = Path(path)
+    folder = p if p.is_dir() else p.parent
+    pool_file = p / "kernel_pool.npy" if p.is_dir() else p
+    if p.is_dir() and not pool_file.exists() and (p / "kernel_pool.npz").exists():
+        pool_file = p / "kernel_pool.npz"
+    n = len(pool)
+    meta: dict[str, Any] = {"kind": "file", "pool_file": str(pool_file)}
+    meta_file = folder / "kernel_meta.json"
+    if p.is_dir() and meta_file.exists():
+        saved = json.loads(meta_file.read_text())
+        ids = saved.get("pool_ids")
+        if ids is not None and list(ids) != pool.ids:
+            raise SelectionError(f"{meta_file}: the kernel was computed for other pool rows "
+                                 f"({len(ids)} ids) than the pool given ({n} rows)")
+        meta["computed"] = saved
+    kind = meta.get("computed", {}).get("kind", "file")
+    k = Kernels("embedding" if kind == "embedding" else "utility",
+                pool=_load_matrix(pool_file, (n, n), "pool"), meta=meta)
+    if target is not None:
+        f = target_kernel or folder / "kernel_target.npy"
+        k.target = _load_matrix(f, (len(target), n), "target")
+    if existing is not None:
+        f = existing_kernel or folder / "kernel_existing.npy"
+        k.existing = _load_matrix(f, (n, len(existing)), "existing")
+    return k
