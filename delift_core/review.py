@@ -8,6 +8,8 @@ from pathlib import Path
 
 from .errors import DataError
 
+__all__ = ["DECISIONS_VERSION", "Decisions", "load_decisions"]
+
 DECISIONS_VERSION = 1
 
 
@@ -20,20 +22,24 @@ class Decisions:
     notes: dict[str, str] = field(default_factory=dict)
 
     def pin(self, row_id: str) -> None:
+        """Always select this row (undoes a ban)."""
         self.banned = [b for b in self.banned if b != row_id]
         if row_id not in self.pinned:
             self.pinned.append(row_id)
 
     def ban(self, row_id: str) -> None:
+        """Never select this row (undoes a pin)."""
         self.pinned = [p for p in self.pinned if p != row_id]
         if row_id not in self.banned:
             self.banned.append(row_id)
 
     def clear(self, row_id: str) -> None:
+        """Neither pin nor ban this row (its note stays)."""
         self.pinned = [p for p in self.pinned if p != row_id]
         self.banned = [b for b in self.banned if b != row_id]
 
     def to_json(self) -> str:
+        """The decisions file's text, read back by :meth:`from_json` and the CLI's --decisions."""
         return json.dumps({"version": DECISIONS_VERSION, "pinned": self.pinned,
                            "banned": self.banned, "notes": self.notes}, indent=1,
                           ensure_ascii=False)
