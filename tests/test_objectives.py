@@ -50,8 +50,16 @@ BRUTE_FORCE = {
     "flmi": lambda S, T, E, p, A: flmi_brute(S, T, p["eta"], A),
     "flqmi": lambda S, T, E, p, A: flqmi_brute(T, p["eta"], A),
     "flcg": lambda S, T, E, p, A: flcg_brute(S, E, p["nu"], A),
+    "gc": lambda S, T, E, p, A: gc_brute(S, p["lam"], A),
 }
 """Each registered objective's formula written out by hand: name -> f(S, T, E, params, A)."""
+
+
+def gc_brute(S, lam, A):
+    """f(A) = sum_{i in V} sum_{j in A} s_ij - lam * sum_{i in A} sum_{j in A} s_ij."""
+    A = sorted(set(A))
+    return sum(S[i, j] for i in range(S.shape[0]) for j in A) - lam * sum(S[i, j] for i in A
+                                                                          for j in A)
 
 
 def kernels(seed: int):

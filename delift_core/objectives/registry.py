@@ -17,6 +17,7 @@ _MODULES = (
     "flmi",
     "flqmi",
     "flcg",
+    "graph_cut",
     "random_baseline",
 )
 
