@@ -82,6 +82,12 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="delift", description="DELIFT data selection for LLM "
                                      "fine-tuning.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    noise = parser.add_mutually_exclusive_group()
+    noise.add_argument("-v", "--verbose", dest="verbosity", action="store_const", const=1,
+                       default=0, help="also show debug messages")
+    noise.add_argument("-q", "--quiet", dest="verbosity", action="store_const", const=-1,
+                       help="show only warnings and errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
     ins = sub.add_parser("inspect", help="show how a data file is read: layout, counts, a preview")
@@ -244,6 +250,10 @@ def cmd_select(args: argparse.Namespace) -> int:
     if spec.needs and {"target": target, "existing": existing}[spec.needs] is None:
         raise DeliftError(f"objective '{args.objective}' needs --{spec.needs} FILE")
     resolve_budget(args.budget, len(pool))  # a bad budget fails now, not after the kernels
+    try:
+        spec.resolve(_objective_params(args))  # so do objective parameters out of range
+    except ValueError as e:
+        raise DeliftError(str(e)) from None
     pins, bans = list(args.pin), list(args.ban)
     if args.decisions:
         from .review import load_decisions
@@ -292,11 +302,38 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return run_cli(args, progress=_Bars())
 
 
+def _version() -> str:
+    """The installed package's version, for ``delift --version`` (the source's when not installed)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("delift-studio")
+    except metadata.PackageNotFoundError:
+        from . import __version__
+
+        return __version__
+
+
+def _log_to_stderr(verbosity: int) -> logging.Handler:
+    """Show delift_core's log records as plain lines on stderr: INFO, or WARNING (-q), DEBUG (-v)."""
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log = logging.getLogger("delift_core")
+    log.addHandler(handler)
+    log.setLevel({-1: logging.WARNING, 0: logging.INFO, 1: logging.DEBUG}[verbosity])
+    return handler
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``delift`` console script; user errors exit 2 with a message."""
+    import logging
+
     args = build_parser().parse_args(argv)
     handler = {"inspect": cmd_inspect, "kernel": cmd_kernel, "select": cmd_select,
                "evaluate": cmd_evaluate}[args.command]
+    log_handler = _log_to_stderr(args.verbosity)
     try:
         return handler(args)
     except DeliftError as e:
@@ -306,6 +343,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("delift: interrupted; finished kernel blocks are cached and will be reused",
               file=sys.stderr)
         return 130
+    finally:
+        # main() may run many times in one process (tests, notebooks): leave logging as it was
+        log = logging.getLogger("delift_core")
+        log.removeHandler(log_handler)
+        log.setLevel(logging.NOTSET)
 
 
 if __name__ == "__main__":
