@@ -122,6 +122,14 @@ def main() -> None:
             lambda sm: sm.FacilityLocationConditionalGainFunction(
                 n=n, num_privates=existing.shape[1], data_sijs=pool, private_sijs=existing,
                 privacyHardness=1.0))
+    # GC: f(A) = sum_{i in V, j in A} s_ij - lam sum_{i, j in A} s_ij (generic lazy greedy path;
+    # the pool kernel is symmetric here, the form submodlib assumes)
+    from delift_core.objectives.graph_cut import GraphCut
+
+    compare("GC", lambda: GraphCut(pool, lam=0.4),
+            lambda sm: sm.GraphCutFunction(n=n, mode="dense", lambdaVal=0.4, ggsijs=pool,
+                                           separate_rep=False))
+
 
 if __name__ == "__main__":
     main()
