@@ -114,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="utility, embedding, a .npy pool kernel, or a `delift kernel` folder")
     s.add_argument("--target-kernel", help="with a .npy --kernel: the target kernel file")
     s.add_argument("--existing-kernel", help="with a .npy --kernel: the existing kernel file")
+    s.add_argument("--trust-kernel", action="store_true",
+                   help="accept a kernel file with no kernel_meta.json recording its rows (a bare "
+                        ".npy): without this, a kernel is used only when its recorded row ids and "
+                        "content hashes match the pool (and target/existing) given")
     s.add_argument("--budget", default="0.3", help="fraction (0.3, 30%%) or count (90)")
     _add_objective_params(s)
     s.add_argument("--seed", type=int, default=0)
@@ -271,7 +275,7 @@ def cmd_select(args: argparse.Namespace) -> int:
     else:
         kernels = load_kernels(kernel_arg, pool, target=target, existing=existing,
                                target_kernel=args.target_kernel,
-                               existing_kernel=args.existing_kernel)
+                               existing_kernel=args.existing_kernel, trust=args.trust_kernel)
     selection = select(pool, args.objective, kernels, args.budget,
                        params=_objective_params(args), seed=args.seed, method=args.method, epsilon=args.epsilon, pinned=pins,
                        banned=bans)

@@ -171,6 +171,11 @@ def normalise(records: list[dict], *, source: str, source_format: str,
 def load_dataset_bytes(data: bytes, filename: str, *, fmt: str | None = None,
                        mapping: ColumnMapping | None = None) -> Dataset:
     """Load an uploaded or in-memory file (JSONL, JSON, CSV or Parquet)."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise DataError(f"{filename}: load_dataset_bytes takes the file's bytes, got "
+                        f"{type(data).__name__}; for a path use load_dataset"
+                        + (" (or pass text.encode('utf-8'))" if isinstance(data, str) else ""))
+    data = bytes(data)
     fmt = fmt or detect_format(filename)
     records, where = read_records(data, filename, fmt)
     return normalise(records, source=filename, source_format=fmt, locations=where,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-__all__ = ["DataError", "DeliftError", "MissingDependencyError", "ModelError", "SelectionError",
-           "optional_import"]
+__all__ = ["DataError", "DeliftError", "KernelError", "MissingDependencyError", "ModelError",
+           "SelectionError", "optional_import"]
 
 
 class DeliftError(Exception):
@@ -23,6 +23,11 @@ class ModelError(DeliftError, RuntimeError):
 
 class SelectionError(DeliftError, ValueError):
     """A selection cannot run as asked (budget, objective, missing set, kernel shape)."""
+
+
+class KernelError(SelectionError):
+    """A kernel does not fit the data (shape, rows, content) or holds bad values; the message
+    names the kernel (its file where there is one) and the problem."""
 
 
 class MissingDependencyError(DeliftError, ImportError):

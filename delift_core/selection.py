@@ -21,7 +21,8 @@ from .cover import best_cover
 from .data import Dataset
 from .errors import SelectionError
 from .greedy import GreedyResult, greedy_maximize, random_order
-from .kernels import KERNEL_KINDS, Kernels, compute_kernels, load_kernels, save_kernels
+from .kernels import (KERNEL_KINDS, Kernels, check_kernels, compute_kernels, load_kernels,
+                      save_kernels)
 from .objectives import FacilityLocation, Objective
 
 __all__ = ["OBJECTIVE_NAMES", "KERNEL_KINDS", "needs", "parse_budget", "resolve_budget",
@@ -137,6 +138,19 @@ class Selection:
                                  f"select again for a budget of {b}")
         return replace(self, budget=max(b, len(self.pinned)))
 
+    def subset(self, name: str | None = None) -> Any:
+        """The selected rows as an evaluation ``Subset`` (kind 'subset', this run's seed, the
+        objective in its info), named ``name`` or 'selection (<objective>)'."""
+        import importlib
+        import importlib.util
+
+        found = importlib.util.find_spec(f"{__package__}.evaluation")
+        module = importlib.import_module(f"{__package__}.{'evaluation' if found else 'evaluate'}")
+        subset_cls = module.Subset
+        return subset_cls(name or f"selection ({self.objective})",
+                          self.pool.subset(self.selected_indices), "subset",
+                          self.params.get("seed"), {"objective": self.objective})
+
     def annotate(self) -> pd.DataFrame:
         """One row per pool row: decision, greedy rank and gain, and best cover for rejected rows."""
         n = len(self.pool)
@@ -204,6 +218,8 @@ def select(pool: Dataset, objective: str, kernels: Kernels | None, budget: str |
                              f" set (--{spec.needs} FILE) and its kernel")
     if not spec.baseline and kernels is None:
         raise SelectionError(f"objective '{objective}' needs a kernel")
+    if kernels is not None:
+        check_kernels(kernels, n)
     try:
         values = spec.resolve({**(params or {}), **objective_params})
     except ValueError as e:

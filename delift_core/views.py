@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -17,6 +17,9 @@ from .cover import best_cover
 from .data import Dataset
 from .matrices import block, is_sparse
 from .utility import DEFAULT_EXAMPLE_TEMPLATE, DEFAULT_PLAIN_TEMPLATE
+
+if TYPE_CHECKING:  # selection imports views' neighbours; the type is only for annotations
+    from .selection import Selection
 
 # ----------------------------------------------------------------------------------------------
 # Text for hover labels
@@ -35,7 +38,7 @@ def hover_safe(text: str, max_chars: int = 160) -> str:
 # Gain curve
 
 
-def gain_curve(selection: Any) -> pd.DataFrame:
+def gain_curve(selection: "Selection") -> pd.DataFrame:
     """Objective value and marginal gain after each greedy pick (budget 1..len(order))."""
     n = len(selection.order)
     return pd.DataFrame({"budget": np.arange(1, n + 1), "value": np.asarray(selection.values, float),
@@ -47,7 +50,7 @@ def gain_curve(selection: Any) -> pd.DataFrame:
 # Heatmap ordering and down-sampling
 
 
-def rank_order(selection: Any) -> np.ndarray:
+def rank_order(selection: "Selection") -> np.ndarray:
     """Pool indices: selected rows by greedy rank, then rejected rows grouped by their cover.
 
     Rejected rows follow the rank of the selected row that covers them best, then decreasing
@@ -181,6 +184,24 @@ def compare_selections(a_ids: Sequence[str], b_ids: Sequence[str], pool_ids: Seq
 
 
 # ----------------------------------------------------------------------------------------------
+# Each row's decision (map points, tables)
+
+DECISION_STATUSES = ("pinned", "selected", "banned", "rejected")
+"""A pool row's decision: selected because pinned, selected, rejected because banned, rejected."""
+
+
+def decision_status(selection: "Selection") -> list[str]:
+    """Each pool row's decision, in pool order: 'pinned' (selected and pinned), 'selected',
+    'banned' (rejected and banned) or 'rejected'. A pin or ban that the selection did not honour
+    (e.g. a pin beyond a re-cut budget) does not change the decision shown."""
+    pool = selection.pool
+    chosen = set(int(k) for k in selection.selected_indices)
+    pinned, banned = set(selection.pinned), set(selection.banned)
+    return [("pinned" if rid in pinned else "selected") if k in chosen else
+            ("banned" if rid in banned else "rejected") for k, rid in enumerate(pool.ids)]
+
+
+# ----------------------------------------------------------------------------------------------
 # Explaining one sample
 
 
@@ -201,7 +222,7 @@ class Explanation:
     banned: bool = False
 
 
-def explain(selection: Any, row_id: str, top: int = 5) -> Explanation:
+def explain(selection: "Selection", row_id: str, top: int = 5) -> Explanation:
     """Selected: rank, marginal gain, and the pool rows it covers best (largest kernel value).
     Rejected: the selected row that covers it best and by how much, and the next-best covers.
 

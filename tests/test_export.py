@@ -14,6 +14,7 @@ import pytest
 from delift_core.data import load_dataset, load_dataset_bytes
 from delift_core.errors import SelectionError
 from delift_core.export import default_format, export_selection, rows_to_bytes, selection_artifacts
+from delift_core.kernels import row_hashes
 from delift_core.selection import (Kernels, load_kernels, parse_budget, resolve_budget, select)
 
 FORMATS = ["jsonl", "json", "csv", "parquet"]
@@ -234,26 +235,27 @@ def test_load_kernels_checks_shapes_and_ids(tmp_path):
     n = len(pool)
     np.save(tmp_path / "wrong.npy", np.zeros((n, n - 1), np.float32))
     with pytest.raises(SelectionError, match=r"shape \(240, 239\), expected \(240, 240\)"):
-        load_kernels(tmp_path / "wrong.npy", pool)
+        load_kernels(tmp_path / "wrong.npy", pool, trust=True)
     with pytest.raises(SelectionError, match="no such kernel file"):
         load_kernels(tmp_path / "absent.npy", pool)
     (tmp_path / "junk.npy").write_bytes(b"junk")
     with pytest.raises(SelectionError, match="not a readable"):
-        load_kernels(tmp_path / "junk.npy", pool)
+        load_kernels(tmp_path / "junk.npy", pool, trust=True)
 
     folder = tmp_path / "k"
     folder.mkdir()
     np.save(folder / "kernel_pool.npy", np.eye(n, dtype=np.float32))
     np.save(folder / "kernel_target.npy", np.zeros((len(target) + 1, n), np.float32))
-    (folder / "kernel_meta.json").write_text(json.dumps({"kind": "embedding",
-                                                         "pool_ids": pool.ids}))
+    (folder / "kernel_meta.json").write_text(json.dumps({
+        "kind": "embedding", "pool_ids": pool.ids, "pool_hashes": row_hashes(pool),
+        "target_ids": target.ids, "target_hashes": row_hashes(target)}))
     k = load_kernels(folder, pool)
     assert k.kind == "embedding" and k.pool.shape == (n, n)
     with pytest.raises(SelectionError, match="target kernel has shape"):
         load_kernels(folder, pool, target=target)
-    (folder / "kernel_meta.json").write_text(json.dumps({"kind": "embedding",
-                                                         "pool_ids": pool.ids[::-1]}))
-    with pytest.raises(SelectionError, match="other pool rows"):
+    (folder / "kernel_meta.json").write_text(json.dumps({
+        "kind": "embedding", "pool_ids": pool.ids[::-1], "pool_hashes": row_hashes(pool)[::-1]}))
+    with pytest.raises(SelectionError, match="240 of 240 pool rows differ"):
         load_kernels(folder, pool)
 
 
@@ -267,11 +269,13 @@ def test_save_kernels_round_trips_dense_and_sparse_through_load_kernels(tmp_path
     rng = np.random.default_rng(2)
     dense = Kernels("utility", pool=rng.random((10, 10)).astype(np.float32),
                     target=rng.random((3, 10)).astype(np.float32),
-                    meta={"kind": "utility", "pool_ids": pool.ids})
+                    meta={"kind": "utility", "pool_ids": pool.ids,
+                          "pool_hashes": row_hashes(pool), "target_ids": target.ids,
+                          "target_hashes": row_hashes(target)})
     sparse = Kernels("utility", pool=sp.random(10, 10, 0.4, format="csr", dtype=np.float32,
                                                random_state=1),
                      target=sp.random(3, 10, 0.5, format="csr", dtype=np.float32, random_state=2),
-                     meta={"kind": "utility", "pool_ids": pool.ids})
+                     meta=dense.meta)
     for name, k in (("dense", dense), ("sparse", sparse)):
         paths = save_kernels(k, tmp_path / name)
         ext = ".npz" if name == "sparse" else ".npy"
