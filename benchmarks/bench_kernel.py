@@ -19,7 +19,9 @@ import torch
 
 from delift_core.data import load_dataset
 from delift_core.models import load_causal_lm
-from delift_core.utility import UtilityKernel, UtilitySettings, _Scorer, SegmentTokens, cpu_threads
+from delift_core.scorer import Scorer, cpu_threads
+from delift_core.tokens import SegmentTokens
+from delift_core.utility import Texts, UtilityKernel, UtilitySettings
 
 
 def per_pair_kernel(lm, s: UtilitySettings, tp, tr, ep, er, batch: int) -> tuple[np.ndarray, int]:
@@ -63,7 +65,7 @@ def per_pair_kernel(lm, s: UtilitySettings, tp, tr, ep, er, batch: int) -> tuple
 def body_only_tokens_per_s(lm, batch: int = 32, width: int = 128, reps: int = 3) -> float:
     """Transformer body alone (no head, no cache, no padding): the issue's practical limit,
     measured on batches of ``batch`` x ``width`` tokens."""
-    scorer = _Scorer(lm)
+    scorer = Scorer(lm)
     ids = torch.randint(1000, 20000, (batch, width), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         scorer.body(input_ids=ids, use_cache=False)
@@ -93,6 +95,7 @@ def main() -> None:
     ds = load_dataset(args.source)
     n = args.rows
     tp, tr = ds.prompts[:n], ds.responses[:n]
+    rows, first = Texts(tp, tr), Texts(tp[:1], tr[:1])
     lm = load_causal_lm()
     torch.set_num_threads(cpu_threads())  # the same threads for both arms
     s = UtilitySettings(batch_size=16)
@@ -101,10 +104,10 @@ def main() -> None:
           f"{lm.dtype}; data {args.source} first {n} rows -> {n * n} pairs (+{n} plain)")
 
     # warm up (pages the weights in, including the 262k x 640 head) before anything is timed
-    UtilityKernel(lm, s, use_cache=False).compute(tp[:1], tr[:1], tp[:1], tr[:1])
+    UtilityKernel(lm, s, use_cache=False).compute(first, first)
     eng = UtilityKernel(lm, s, use_cache=False)
     t0 = time.perf_counter()
-    res = eng.compute(tp, tr, tp, tr)
+    res = eng.compute(rows, rows)
     t_eng = time.perf_counter() - t0
     eng_tokens, eng_rows = eng.tokens_processed_, eng.positions_scored_
 
@@ -133,9 +136,9 @@ def main() -> None:
           f"{body_tps * f_body / 1e9:.0f} GFLOP/s")
     if not args.no_bf16:
         lm16 = load_causal_lm(dtype="bfloat16")
-        UtilityKernel(lm16, s, use_cache=False).compute(tp[:1], tr[:1], tp[:1], tr[:1])
+        UtilityKernel(lm16, s, use_cache=False).compute(first, first)
         t0 = time.perf_counter()
-        r16 = UtilityKernel(lm16, s, use_cache=False).compute(tp, tr, tp, tr)
+        r16 = UtilityKernel(lm16, s, use_cache=False).compute(rows, rows)
         t16 = time.perf_counter() - t0
         e16 = float(np.abs(r16.values - res.values).max())
         spread = float(res.values.max() - res.values.min())

@@ -43,8 +43,9 @@ from .cache import BlockStore, content_key
 from .data import Dataset, load_dataset
 from .errors import DeliftError
 from .models import CausalLM, cache_dir
-from .utility import (DEFAULT_PLAIN_TEMPLATE, SegmentTokens, padded_batch, response_distance,
-                      scored_positions)
+from .scorer import response_distance
+from .tokens import SegmentTokens, padded_batch, scored_positions
+from .utility import DEFAULT_PLAIN_TEMPLATE
 
 EVAL_VERSION = "evaluate-v1"
 MODES = ("icl", "lora")

@@ -3,12 +3,17 @@ per-pair full forward, on tiny random models built here and once on the real def
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 
 from delift_core.models import CausalLM
-from delift_core.utility import UtilityKernel, UtilitySettings, SegmentTokens, _Scorer
+from delift_core.scorer import Scorer
+from delift_core.tokens import SegmentTokens
+from delift_core.utility import Texts, UtilityKernel, UtilitySettings
 
 CHARS = [chr(c) for c in range(32, 127)] + ["\n"]
 
@@ -104,14 +109,14 @@ EXAMPLES_R = ["8", "An apple, which is red or green.", "hello", "a much longer e
 def test_engine_equals_naive(tmp_path, monkeypatch, kind, batch_size):
     lm = tiny_lm(kind)
     shared = []  # batches whose rows sit behind different prefixes (padded prefix cache)
-    one_prefix = _Scorer.scored_hidden_multi
-    monkeypatch.setattr(_Scorer, "scored_hidden_multi",
+    one_prefix = Scorer.scored_hidden_multi
+    monkeypatch.setattr(Scorer, "scored_hidden_multi",
                         lambda self, *a: shared.append(a[3]) or one_prefix(self, *a))
     s = UtilitySettings(plain_template="Q: {prompt}\nA:", example_template=(
         "E: {example_prompt}\n{example_response}\nQ: {prompt}\nA:"), batch_size=batch_size,
         block_size=3)
     res = UtilityKernel(lm, s, cache_root=str(tmp_path), use_cache=False).compute(
-        TARGETS_P, TARGETS_R, EXAMPLES_P, EXAMPLES_R)
+        Texts(TARGETS_P, TARGETS_R), Texts(EXAMPLES_P, EXAMPLES_R))
     ref = naive_kernel(lm, s, TARGETS_P, TARGETS_R, EXAMPLES_P, EXAMPLES_R)
     assert res.values.shape == ref.shape
     assert np.abs(res.values - ref).max() < 1e-4
@@ -126,15 +131,15 @@ def test_engine_equals_naive(tmp_path, monkeypatch, kind, batch_size):
 def test_engine_equals_naive_with_small_slices_queues_and_prefix_batches(monkeypatch, kind):
     """Vocabulary slices of 7 ids (true tokens in every slice, a ragged last one), the head run
     every 5 queued positions, and prefixes batched 2 at a time: the same values."""
-    monkeypatch.setattr(_Scorer, "vocab_chunk", 7)
-    monkeypatch.setattr(_Scorer, "head_rows", 5)
-    monkeypatch.setattr(_Scorer, "prefix_batch", 2)
+    monkeypatch.setattr(Scorer, "vocab_chunk", 7)
+    monkeypatch.setattr(Scorer, "head_rows", 5)
+    monkeypatch.setattr(Scorer, "prefix_batch", 2)
     lm = tiny_lm(kind)
     assert lm.model.get_output_embeddings().weight.shape[0] % 7  # a ragged last slice
     s = UtilitySettings(plain_template="Q: {prompt}\nA:", example_template=(
         "E: {example_prompt}\n{example_response}\nQ: {prompt}\nA:"), batch_size=2, block_size=3)
-    res = UtilityKernel(lm, s, use_cache=False).compute(TARGETS_P, TARGETS_R, EXAMPLES_P,
-                                                        EXAMPLES_R)
+    res = UtilityKernel(lm, s, use_cache=False).compute(
+        Texts(TARGETS_P, TARGETS_R), Texts(EXAMPLES_P, EXAMPLES_R))
     ref = naive_kernel(lm, s, TARGETS_P, TARGETS_R, EXAMPLES_P, EXAMPLES_R)
     assert np.abs(res.values - ref).max() < 1e-4
     assert np.abs(res.values - ref).max() < 0.01 * ref.std()
@@ -145,7 +150,7 @@ def test_engine_equals_naive_default_templates_past_window(tmp_path):
     lm = tiny_lm("gemma3")
     s = UtilitySettings(batch_size=2, block_size=2)
     res = UtilityKernel(lm, s, use_cache=False).compute(
-        TARGETS_P[:3], TARGETS_R[:3], EXAMPLES_P[:3], EXAMPLES_R[:3])
+        Texts(TARGETS_P[:3], TARGETS_R[:3]), Texts(EXAMPLES_P[:3], EXAMPLES_R[:3]))
     ref = naive_kernel(lm, s, TARGETS_P[:3], TARGETS_R[:3], EXAMPLES_P[:3], EXAMPLES_R[:3])
     assert np.abs(res.values - ref).max() < 1e-4
     # not vacuous: pair-to-pair differences are reproduced far below their spread
@@ -158,11 +163,40 @@ def test_engine_template_with_example_after_prompt(tmp_path):
     s = UtilitySettings(plain_template="{prompt} =", batch_size=4, example_template=(
         "Q {prompt} / like {example_prompt} -> {example_response} ="))
     res = UtilityKernel(lm, s, use_cache=False).compute(
-        TARGETS_P[:3], TARGETS_R[:3], EXAMPLES_P[:2], EXAMPLES_R[:2])
+        Texts(TARGETS_P[:3], TARGETS_R[:3]), Texts(EXAMPLES_P[:2], EXAMPLES_R[:2]))
     ref = naive_kernel(lm, s, TARGETS_P[:3], TARGETS_R[:3], EXAMPLES_P[:2], EXAMPLES_R[:2])
     assert np.abs(res.values - ref).max() < 1e-4
     # not vacuous: pair-to-pair differences are reproduced far below their spread
     assert np.abs(res.values - ref).max() < 0.01 * ref.std()
+
+
+@pytest.mark.parametrize("kind", ["gemma3", "llama"])
+def test_given_pairs_equal_naive_entries_without_warnings(kind):
+    """``pairs=(rows, cols)``: only those pairs (duplicates once), as CSR float32, each equal to
+    the naive value; the run raises no Python warning (the cache goes in as transformers asks)."""
+    lm = tiny_lm(kind)
+    s = UtilitySettings(plain_template="Q: {prompt}\nA:", example_template=(
+        "E: {example_prompt}\n{example_response}\nQ: {prompt}\nA:"), batch_size=2, block_size=2)
+    rows, cols = np.array([0, 1, 1, 3, 2, 0, 0]), np.array([3, 0, 2, 2, 1, 0, 3])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = UtilityKernel(lm, s, use_cache=False).compute(
+            Texts(TARGETS_P, TARGETS_R, ["a", "b", "c", "d"]), Texts(EXAMPLES_P, EXAMPLES_R),
+            pairs=(rows, cols))
+    ref = naive_kernel(lm, s, TARGETS_P, TARGETS_R, EXAMPLES_P, EXAMPLES_R)
+    assert sp.isspmatrix_csr(res.values) and res.values.dtype == np.float32
+    assert res.values.nnz == 6 and res.meta["nnz"] == 6 and res.meta["sparse"] is True
+    assert res.meta["pairs_computed"] == 6 + len(TARGETS_P)
+    assert res.row_ids == ["a", "b", "c", "d"] and res.col_ids == ["0", "1", "2", "3"]
+    got = res.values.toarray()
+    assert np.abs(got[rows, cols] - ref[rows, cols]).max() < 1e-4
+    absent = np.ones(ref.shape, bool)
+    absent[rows, cols] = False
+    assert (got[absent] == 0).all()
+    with pytest.raises(ValueError, match="in range"):
+        UtilityKernel(lm, s, use_cache=False).compute(
+            Texts(TARGETS_P, TARGETS_R), Texts(EXAMPLES_P, EXAMPLES_R),
+            pairs=(np.array([0]), np.array([4])))
 
 
 @pytest.mark.slow
@@ -174,10 +208,10 @@ def test_engine_equals_naive_default_model():
     from delift_core.models import load_causal_lm
 
     lm = load_causal_lm()
-    ds = load_dataset("demo:pool")
-    tp, tr = ds.prompts[:3], ds.responses[:3]
+    rows = load_dataset("demo:pool").subset(range(3))
+    tp, tr = rows.prompts, rows.responses
     s = UtilitySettings()
-    res = UtilityKernel(lm, s, use_cache=False).compute(tp, tr, tp, tr)
+    res = UtilityKernel(lm, s, use_cache=False).compute(rows, rows)
     ref = naive_kernel(lm, s, tp, tr, tp, tr)
     assert np.abs(res.values - ref).max() < 1e-4
     # not vacuous: pair-to-pair differences are reproduced far below their spread

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from delift_core.utility import (DEFAULT_EXAMPLE_TEMPLATE, DEFAULT_PLAIN_TEMPLATE,
-                                 UtilityKernel, UtilitySettings, response_distance,
-                                 template_segments)
+from delift_core.scorer import Scorer, response_distance
+from delift_core.tokens import template_segments
+from delift_core.utility import (DEFAULT_EXAMPLE_TEMPLATE, DEFAULT_PLAIN_TEMPLATE, Texts,
+                                 UtilityKernel, UtilitySettings)
 from delift_core.matrices import minmax_scale
 
 from conftest import BigramLM, bigram_table, make_char_tokenizer, make_tiny_lm, tid, wrap_lm
@@ -104,7 +105,7 @@ E_PROMPTS, E_RESPS = ["qa", "qb", "qc"], ["zz", "z", "zzz"]
 
 def test_utility_on_stub_by_hand(stub, tmp_path):
     res = UtilityKernel(stub, HAND, cache_root=tmp_path).compute(
-        T_PROMPTS, T_RESPS, E_PROMPTS, E_RESPS, row_ids=["t0", "t1"], col_ids=["e0", "e1", "e2"])
+        Texts(T_PROMPTS, T_RESPS, ["t0", "t1"]), Texts(E_PROMPTS, E_RESPS, ["e0", "e1", "e2"]))
     # target 0 = "xa" -> "ab" <eos>: p(a|a)=.5, p(b|a)=.25, p(eos|b)=.5
     # target 1 = "yb" -> "c" <eos>:  p(c|b)=.3, p(eos|c)=.05
     d_plain = [d_hand(0.5, 0.25, 0.5), d_hand(0.3, 0.05)]
@@ -130,7 +131,8 @@ def test_utility_on_stub_without_eos_and_truncated(stub):
     s = UtilitySettings(plain_template=HAND.plain_template,
                         example_template=HAND.example_template, score_eos=False,
                         max_response_tokens=1)
-    res = UtilityKernel(stub, s, use_cache=False).compute(T_PROMPTS, T_RESPS, E_PROMPTS, E_RESPS)
+    res = UtilityKernel(stub, s, use_cache=False).compute(Texts(T_PROMPTS, T_RESPS),
+                                                          Texts(E_PROMPTS, E_RESPS))
     # responses cut to "a" and "c", no EOS scored: one probability each
     # (T = 1, so d = 1 - p)
     expected = np.array([[0.5 - 0.5, 0.1 - 0.5, 0.6 - 0.5],
@@ -143,7 +145,8 @@ def test_utility_on_stub_without_eos_and_truncated(stub):
 def test_context_free_model_gives_zero_utility_with_default_templates(stub):
     """Both default templates end in the same literal, so a bigram model cannot be helped."""
     res = UtilityKernel(stub, UtilitySettings(), use_cache=False).compute(
-        ["What is 2+2?", "Name a colour"], ["4", "blue"], ["Say hi", "Add 1+1"], ["hi", "2"])
+        Texts(["What is 2+2?", "Name a colour"], ["4", "blue"]),
+        Texts(["Say hi", "Add 1+1"], ["hi", "2"]))
     np.testing.assert_allclose(res.values, 0, atol=1e-6)
 
 
@@ -198,14 +201,15 @@ TINY_E = (["What is 3+5?", "Translate 'dog' to French.", "Give a synonym of big.
 def test_batched_engine_equals_one_pair_at_a_time(kind, char_tokenizer, tmp_path):
     lm = make_tiny_lm(kind, char_tokenizer, seed=1)
     settings = UtilitySettings(batch_size=16, block_size=3)
-    batched = UtilityKernel(lm, settings, cache_root=tmp_path / "a").compute(*TINY_T, *TINY_E)
+    batched = UtilityKernel(lm, settings, cache_root=tmp_path / "a").compute(Texts(*TINY_T),
+                                                                             Texts(*TINY_E))
     ref = reference_utility(lm, settings, *TINY_T, *TINY_E)
     assert batched.values.shape == (3, 4)
     assert np.abs(ref).max() > 1e-3, "the tiny model should give non-trivial utilities"
     np.testing.assert_allclose(batched.values, ref, atol=1e-5, rtol=0)
 
     single = UtilityKernel(lm, UtilitySettings(batch_size=1, block_size=1), use_cache=False) \
-        .compute(*TINY_T, *TINY_E)
+        .compute(Texts(*TINY_T), Texts(*TINY_E))
     np.testing.assert_allclose(batched.values, single.values, atol=1e-5, rtol=0)
     np.testing.assert_allclose(batched.meta["d_plain"], single.meta["d_plain"], atol=1e-6)
 
@@ -213,7 +217,7 @@ def test_batched_engine_equals_one_pair_at_a_time(kind, char_tokenizer, tmp_path
 def test_progress_reports_every_pair(tiny_llama):
     seen = []
     UtilityKernel(tiny_llama, UtilitySettings(batch_size=5, block_size=2), use_cache=False) \
-        .compute(*TINY_T, *TINY_E, progress=lambda d, t: seen.append((d, t)))
+        .compute(Texts(*TINY_T), Texts(*TINY_E), progress=lambda d, t: seen.append((d, t)))
     total = 3 * 4 + 3
     assert seen[-1] == (total, total)
     assert all(t == total for _, t in seen)
@@ -221,9 +225,7 @@ def test_progress_reports_every_pair(tiny_llama):
 
 
 def test_a_token_outside_the_output_layer_is_a_clear_error(tiny_llama):
-    from delift_core.utility import _Scorer
-
-    scorer = _Scorer(tiny_llama)
+    scorer = Scorer(tiny_llama)
     vocab = tiny_llama.model.get_output_embeddings().weight.shape[0]
     hidden = torch.zeros(2, tiny_llama.model.config.hidden_size)
     p = scorer.p_true(hidden, torch.tensor([0, vocab - 1]))
