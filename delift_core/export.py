@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import platform
 import sys
 import time
@@ -22,8 +23,11 @@ from .errors import SelectionError
 if TYPE_CHECKING:  # selection imports the engine; export only reads a finished Selection
     from .selection import Selection
 
-__all__ = ["EXPORT_FORMATS", "build_manifest", "dataset_record", "default_format",
-           "export_selection", "package_versions", "rows_to_bytes", "selection_artifacts"]
+__all__ = ["EXPORT_FORMATS", "CSV_ESCAPING", "build_manifest", "csv_safe", "dataset_record",
+           "default_format", "export_selection", "package_versions", "rows_to_bytes",
+           "selection_artifacts"]
+
+logger = logging.getLogger(__name__)
 
 EXPORT_FORMATS = ("jsonl", "json", "csv", "parquet")
 
@@ -33,8 +37,28 @@ def default_format(ds: Dataset) -> str:
     return ds.source_format if ds.source_format in EXPORT_FORMATS else "jsonl"
 
 
-def rows_to_bytes(rows: Sequence[dict], fmt: str) -> bytes:
-    """Serialise original rows, keeping their fields (nested values become JSON text in CSV)."""
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+CSV_ESCAPING = ("annotated.csv: text cells that start with = + - @ tab or carriage return are "
+                "prefixed with a single quote (OWASP, against spreadsheet formula injection); "
+                "JSONL, JSON and Parquet keep the original text")
+CSV_ROWS_ESCAPED = "; the selected/rejected/skipped CSV rows are escaped the same way (escape_csv)"
+CSV_ROWS_EXACT = ("; the selected/rejected/skipped CSV rows are the data as given, unescaped (they "
+                  "are training data: '-4 + 9 = 5' must stay as it is)")
+
+
+def csv_safe(value: Any) -> Any:
+    """A text cell made safe to open in a spreadsheet: a leading formula character is quoted."""
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return "'" + value
+    return value
+
+
+def rows_to_bytes(rows: Sequence[dict], fmt: str, notes: list[str] | None = None, *,
+                  escape_csv: bool = False) -> bytes:
+    """Serialise original rows, keeping their fields (nested values become JSON text in CSV; with
+    ``escape_csv`` CSV text cells are formula-escaped, see :func:`csv_safe`). What had to change
+    to fit the format (a Parquet column of mixed types written as text) is added to ``notes``."""
+    safe = csv_safe if escape_csv else (lambda v: v)
     if fmt == "jsonl":
         return "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n"
                        for r in rows).encode("utf-8")
@@ -48,8 +72,8 @@ def rows_to_bytes(rows: Sequence[dict], fmt: str) -> bytes:
         w = csv.DictWriter(buf, fieldnames=list(fields), lineterminator="\n")
         w.writeheader()
         for r in rows:
-            w.writerow({k: (json.dumps(v, ensure_ascii=False) if isinstance(v, (list, dict))
-                            else v) for k, v in r.items()})
+            w.writerow({k: safe(json.dumps(v, ensure_ascii=False)
+                                if isinstance(v, (list, dict)) else v) for k, v in r.items()})
         return buf.getvalue().encode("utf-8")
     if fmt == "parquet":
         import pyarrow as pa
@@ -67,6 +91,12 @@ def rows_to_bytes(rows: Sequence[dict], fmt: str) -> bytes:
             try:
                 columns[name] = pa.array(values)
             except (pa.ArrowInvalid, pa.ArrowTypeError):
+                kinds = sorted({type(v).__name__ for v in values if v is not None})
+                message = (f"Parquet column '{name}' holds mixed types ({', '.join(kinds)}); "
+                           "written as text (JSONL and JSON keep the types)")
+                logger.warning(message)
+                if notes is not None and message not in notes:
+                    notes.append(message)
                 columns[name] = pa.array([
                     None if v is None else json.dumps(v, ensure_ascii=False, default=str)
                     if isinstance(v, (list, dict)) else str(v) for v in values], pa.string())
@@ -123,30 +153,41 @@ def build_manifest(selection: Selection, *, target: Dataset | None = None,
 
 def selection_artifacts(selection: Selection, fmt: str | None = None, *,
                         target: Dataset | None = None, existing: Dataset | None = None,
-                        extra: dict | None = None) -> dict[str, bytes]:
-    """Every file of an export, by name: selected/rejected/skipped rows, tables and JSON."""
+                        extra: dict | None = None, escape_csv: bool = False) -> dict[str, bytes]:
+    """Every file of an export, by name: selected/rejected/skipped rows, tables and JSON.
+
+    ``annotated.csv`` is always formula-escaped (a table for spreadsheets); with ``escape_csv``
+    the CSV row files are too (off by default: they are the data, kept exactly)."""
     pool = selection.pool
     fmt = fmt or default_format(pool)
     chosen = set(int(k) for k in selection.selected_indices)
     selected_rows = [pool.rows[k] for k in selection.selected_indices]
     rejected_rows = [pool.rows[k] for k in range(len(pool)) if k not in chosen]
-    files = {f"selected.{fmt}": rows_to_bytes(selected_rows, fmt),
-             f"rejected.{fmt}": rows_to_bytes(rejected_rows, fmt)}
+    notes: list[str] = []
+    files = {f"selected.{fmt}": rows_to_bytes(selected_rows, fmt, notes, escape_csv=escape_csv),
+             f"rejected.{fmt}": rows_to_bytes(rejected_rows, fmt, notes, escape_csv=escape_csv)}
     if pool.skipped:
-        files[f"skipped.{fmt}"] = rows_to_bytes([s.row for s in pool.skipped], fmt)
+        files[f"skipped.{fmt}"] = rows_to_bytes([s.row for s in pool.skipped], fmt, notes,
+                                                escape_csv=escape_csv)
+    import pandas as pd
+
     table = selection.annotate()
     if pool.skipped:
-        import pandas as pd
-
         skipped = pd.DataFrame({"id": [s.id for s in pool.skipped],
                                 "position": [s.position for s in pool.skipped],
                                 "selected": False, "skipped": [s.reason for s in pool.skipped]})
         table = pd.concat([table.assign(skipped=""), skipped], ignore_index=True)
+    for c in table.columns:
+        if table[c].dtype == object or pd.api.types.is_string_dtype(table[c]):
+            table[c] = table[c].map(csv_safe)
     files["annotated.csv"] = table.to_csv(index=False).encode("utf-8")
     files["selection.json"] = json.dumps(selection.to_json(), indent=1,
                                          default=str).encode("utf-8")
     manifest = build_manifest(selection, target=target, existing=existing, extra=extra)
     manifest["files"] = sorted([*files, "manifest.json"])
+    manifest["csv_escaping"] = CSV_ESCAPING + (CSV_ROWS_ESCAPED if escape_csv else CSV_ROWS_EXACT)
+    if notes:
+        manifest["export_notes"] = notes
     files["manifest.json"] = json.dumps(manifest, indent=1, default=str).encode("utf-8")
     return files
 

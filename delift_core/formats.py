@@ -95,8 +95,8 @@ def _read_csv(data: bytes, name: str) -> Records:
     try:
         for row in reader:
             line = reader.line_num
-            if not row or all(not c for c in row) and len(row) <= 1:
-                continue
+            if not row or all(not c.strip() for c in row):
+                continue  # a blank line, or one of only commas (spreadsheets write those)
             if len(row) != len(header):
                 raise DataError(f"{name}: row {len(records) + 1} (line {line}) has {len(row)} "
                                 f"fields, the header has {len(header)}")

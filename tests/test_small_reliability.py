@@ -1,0 +1,58 @@
+"""Small silent changes made visible: Parquet's mixed-type columns said, CSV formula escaping,
+CSV rows of only commas read as blank lines (issue: Reliability, item 8)."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from delift_core import Kernels, load_dataset_bytes, select
+from delift_core.export import csv_safe, rows_to_bytes, selection_artifacts
+
+
+def _pool():
+    rows = [{"id": 1, "prompt": "=HYPERLINK(\"http://x\")", "response": "+1 and more"},
+            {"id": "b", "prompt": "@SUM(A1)", "response": "-dash"},
+            {"id": 3, "prompt": "plain", "response": "fine"}]
+    data = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    return load_dataset_bytes(data, "p.jsonl")
+
+
+def test_csv_exports_escape_formula_cells_and_jsonl_keeps_the_original():
+    pool = _pool()
+    sel = select(pool, "fl", Kernels("embedding", pool=np.eye(3, dtype=np.float32)), 2)
+    files = selection_artifacts(sel, "csv")
+    annotated = pd.read_csv(io.BytesIO(files["annotated.csv"]), dtype=str)
+    assert set(annotated["prompt"]) == {"'=HYPERLINK(\"http://x\")", "'@SUM(A1)", "plain"}
+    assert set(annotated["response"]) == {"'+1 and more", "'-dash", "fine"}
+    both = files["selected.csv"] + files["rejected.csv"]
+    assert b'"=HYPERLINK' in both and b"'" not in both  # the data rows stay exact by default
+    manifest = json.loads(files["manifest.json"])
+    assert "single quote" in manifest["csv_escaping"] and "unescaped" in manifest["csv_escaping"]
+    escaped = selection_artifacts(sel, "csv", escape_csv=True)
+    both = escaped["selected.csv"] + escaped["rejected.csv"]
+    assert b"'=HYPERLINK" in both and b"'-dash" in both and b",@SUM" not in both
+    jl = selection_artifacts(sel, "jsonl")
+    assert b'"=HYPERLINK' in jl["selected.jsonl"] + jl["rejected.jsonl"]
+    assert csv_safe(-0.5) == -0.5 and csv_safe("a=b") == "a=b"
+
+
+def test_parquet_mixed_id_types_are_said_in_the_manifest():
+    pool = _pool()
+    sel = select(pool, "fl", Kernels("embedding", pool=np.eye(3, dtype=np.float32)), 2)
+    files = selection_artifacts(sel, "parquet")
+    manifest = json.loads(files["manifest.json"])
+    assert any("column 'id' holds mixed types (int, str)" in n for n in manifest["export_notes"])
+    notes: list[str] = []
+    table = pq.read_table(io.BytesIO(rows_to_bytes([{"a": 1}, {"a": 2}], "parquet", notes)))
+    assert table.column("a").to_pylist() == [1, 2] and notes == []  # one type: kept
+
+
+def test_csv_rows_of_only_commas_are_blank_lines():
+    data = b"prompt,response\nq1,a1\n,\n ,  \nq2,a2\n"
+    ds = load_dataset_bytes(data, "x.csv")
+    assert ds.prompts == ["q1", "q2"] and not ds.skipped
