@@ -11,6 +11,7 @@ from .data import ColumnMapping, Dataset, load_dataset
 from .errors import DeliftError
 from . import objectives
 from .kernels import KERNEL_KINDS, compute_kernels, load_kernels, save_kernels
+from .outdir import check_output, output_folder
 from .selection import resolve_budget, select
 from .utility import DEFAULT_EXAMPLE_TEMPLATE, DEFAULT_PLAIN_TEMPLATE, UtilitySettings
 
@@ -102,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(k)
     k.add_argument("--kernel", choices=KERNEL_KINDS, default="utility")
     _add_model_args(k)
-    k.add_argument("--out", required=True)
+    _add_out_args(k)
 
     s = sub.add_parser("select", help="select a subset and write it with its annotations")
     _add_data_args(s)
@@ -127,10 +128,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ban", action="append", default=[], help="id never to pick (repeatable)")
     s.add_argument("--decisions", help="review decisions JSON from the app (pins and bans)")
     s.add_argument("--format", choices=["jsonl", "json", "csv", "parquet"])
+    s.add_argument("--csv-escape", action="store_true",
+                   help="with --format csv: quote cells that start with = + - @ in the selected/"
+                        "rejected files too (annotated.csv always is), against spreadsheet "
+                        "formula injection; off by default because it changes the data")
     _add_model_args(s)
-    s.add_argument("--out", required=True)
+    _add_out_args(s)
     _add_evaluate_parser(sub)
     return parser
+
+
+def _add_out_args(p: argparse.ArgumentParser) -> None:
+    """--out and --overwrite: the folder is checked before any work and written whole."""
+    p.add_argument("--out", required=True,
+                   help="output folder: written whole when the run succeeds (an earlier delift "
+                        "output there is replaced; a failed run leaves it as it was)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out even when it is a non-empty folder delift did not write")
 
 
 def _add_objective_params(p: argparse.ArgumentParser) -> None:
@@ -234,13 +248,16 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_kernel(args: argparse.Namespace) -> int:
+    check_output(args.out, overwrite=args.overwrite)  # a bad --out fails now, not after the work
     pool, target, existing = _load_sets(args)
     kernels = compute_kernels(pool, target=target, existing=existing, kind=args.kernel,
                               progress=_Bars(), use_cache=not args.no_cache,
                               **_models(args, args.kernel))
-    paths = save_kernels(kernels, args.out)
-    print("wrote " + ", ".join(f"{paths[w]} {getattr(kernels, w).shape}"
-                                for w in ("pool", "target", "existing") if w in paths)
+    with output_folder(args.out, command="kernel", overwrite=args.overwrite) as tmp:
+        paths = save_kernels(kernels, tmp)
+    print(f"wrote to {args.out}: " + ", ".join(f"{paths[w].name} {getattr(kernels, w).shape}"
+                                              for w in ("pool", "target", "existing")
+                                              if w in paths)
           + f" and {paths['meta'].name} in {kernels.meta.get('seconds')} s")
     return 0
 
@@ -249,6 +266,7 @@ def cmd_select(args: argparse.Namespace) -> int:
     from .export import export_selection
 
     started = time.time()
+    check_output(args.out, overwrite=args.overwrite)  # a bad --out fails now, not after the work
     pool, target, existing = _load_sets(args)
     spec = objectives.get(args.objective)
     if spec.needs and {"target": target, "existing": existing}[spec.needs] is None:
@@ -277,11 +295,13 @@ def cmd_select(args: argparse.Namespace) -> int:
                                target_kernel=args.target_kernel,
                                existing_kernel=args.existing_kernel, trust=args.trust_kernel)
     selection = select(pool, args.objective, kernels, args.budget,
-                       params=_objective_params(args), seed=args.seed, method=args.method, epsilon=args.epsilon, pinned=pins,
-                       banned=bans)
-    paths = export_selection(selection, args.out, args.format, target=target, existing=existing,
-                             extra={"command": sys.argv, "total_seconds":
-                                    round(time.time() - started, 3)})
+                       params=_objective_params(args), seed=args.seed, method=args.method,
+                       epsilon=args.epsilon, pinned=pins, banned=bans)
+    with output_folder(args.out, command="select", overwrite=args.overwrite) as tmp:
+        paths = export_selection(selection, tmp, args.format, target=target, existing=existing,
+                                 escape_csv=args.csv_escape,
+                                 extra={"command": sys.argv, "total_seconds":
+                                        round(time.time() - started, 3)})
     print(f"selected {len(selection.selected_indices)} of {len(pool)} rows "
           f"(objective {args.objective}, value {selection.objective_value:.4f}); wrote "
           + ", ".join(sorted(p.name for p in paths.values())) + f" to {args.out}")
