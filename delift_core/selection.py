@@ -142,11 +142,16 @@ class Selection:
         """The selected rows as an evaluation ``Subset`` (kind 'subset', this run's seed, the
         objective in its info), named ``name`` or 'selection (<objective>)'."""
         import importlib
-        import importlib.util
 
-        found = importlib.util.find_spec(f"{__package__}.evaluation")
-        module = importlib.import_module(f"{__package__}.{'evaluation' if found else 'evaluate'}")
-        subset_cls = module.Subset
+        subset_cls = None
+        for module in ("evaluation", "evaluate"):  # the package, or the module it replaces
+            try:
+                subset_cls = importlib.import_module(f"{__package__}.{module}").Subset
+                break
+            except (ImportError, AttributeError):
+                continue
+        if subset_cls is None:
+            raise ImportError("delift_core.evaluation (or .evaluate) with Subset is missing")
         return subset_cls(name or f"selection ({self.objective})",
                           self.pool.subset(self.selected_indices), "subset",
                           self.params.get("seed"), {"objective": self.objective})
