@@ -4,18 +4,30 @@ from __future__ import annotations
 
 import streamlit as st
 
+from delift_core import objectives as registry
+from delift_core import plan
 from studio import state, ui
 
 ui.setup("Home", "🎯", heading="DELIFT Studio")
+
+NEEDS = {None: "", "target": " (needs a *target* set of your task)",
+         "existing": " (needs an *existing* set the model already saw)"}
+
+
+def stage_line(stage: str) -> str:
+    """'- **Stage**: Label: help; Label: help' for each objective of the stage (registry)."""
+    specs = [registry.get(name) for name in registry.stage_objectives(stage)]
+    return f"- **{registry.STAGES[stage]}**: " + "; ".join(
+        f"{ui.md_escape(spec.label)}: {ui.md_escape(spec.help)}{NEEDS.get(spec.needs, '')}"
+        for spec in specs)
+
 
 st.markdown(
     "**Pick the fine-tuning data that teaches your model the most.** DELIFT (Agarwal et al., "
     "ICLR 2025) scores how much each sample helps the model answer every other sample when it is "
     "shown as an in-context example (the *utility kernel*), then keeps a small subset that covers "
-    "the whole pool by maximising a submodular objective:\n\n"
-    "- **Instruction tuning**: facility location (FL) keeps a diverse, representative subset.\n"
-    "- **Task-specific**: FLMI / FLQMI keep samples that help a *target* set of your task.\n"
-    "- **Continual learning**: FLCG keeps samples that add what an *existing* set lacks.\n\n"
+    "the whole pool by maximising a submodular objective, one per stage:\n\n"
+    + "\n".join(stage_line(stage) for stage in plan.stages()) + "\n\n"
     "DELIFT-SE swaps the model utility for sentence-embedding similarity: much faster, a bit "
     "less faithful.")
 

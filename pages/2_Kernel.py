@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from delift_core.selection import needs
+from delift_core import objectives as registry
+from delift_core import plan
 from delift_core.views import estimate_work, format_seconds, utility_time_guess
 from studio import jobs, state, ui
 
@@ -15,15 +16,17 @@ pool = s["pool"]
 
 c1, c2 = st.columns(2)
 with c1:
-    stage = st.radio("Stage", list(state.STAGE_LABELS), format_func=state.STAGE_LABELS.get,
-                     key="p_stage")
-    if stage == "task":
-        objective = st.radio("Objective", ["flmi", "flqmi"], format_func=state.OBJECTIVE_LABELS.get,
-                             key="p_task_objective", horizontal=True,
-                             help="FLMI balances covering the target with covering the pool; "
-                                  "FLQMI only looks at the target.")
+    stage = st.radio("Stage", plan.stages(), format_func=state.stage_label, key="p_stage")
+    choices = registry.stage_objectives(stage)
+    if len(choices) > 1:  # the stage offers a choice of objective (kept per stage)
+        choice_key = f"p_{stage}_objective"
+        s[choice_key] = plan.stage_objective(stage, s.get(choice_key))
+        objective = st.radio("Objective", choices, format_func=state.objective_label,
+                             key=choice_key, horizontal=True,
+                             help=" ".join(f"{registry.get(c).label}: {registry.get(c).help}"
+                                           for c in choices))
     else:
-        objective = {"instruction": "fl", "continual": "flcg"}[stage]
+        objective = plan.stage_objective(stage)
 with c2:
     kind = st.radio("Kernel", list(state.KERNEL_LABELS), format_func=state.KERNEL_LABELS.get,
                     key="p_kind",
@@ -38,18 +41,17 @@ with c2:
         st.text_input("Sentence embedder (default: packaged all-MiniLM-L6-v2; or a hub id / "
                       "local folder)", key="p_embedder")
 
-extra = needs(objective)
+extra = registry.needs(objective)
 missing = extra is not None and s[extra] is None
 if missing:
-    st.error(f"{state.STAGE_LABELS[stage].split(' →')[0]} selection needs a "
+    st.error(f"{registry.STAGES[stage]} selection needs a "
              f"{state.ROLE_LABELS[extra].lower()}: load one on the Data page (the demo has one).")
     ui.link("data", "Load it on the Data page")
 
 # first N rows: a short default for the utility kernel on CPU
 on_cpu = state.resolve_device().type == "cpu"
 limit_key = f"p_limit_{kind}_{len(pool)}"
-s.setdefault(limit_key, min(len(pool), state.UTILITY_CPU_ROWS) if kind == "utility" and on_cpu
-             else len(pool))
+s.setdefault(limit_key, plan.default_limit(len(pool), kind, on_cpu))
 limit = st.number_input(f"Use the first N rows of the pool (of {len(pool)})", min_value=1,
                         max_value=len(pool), step=1, key=limit_key,
                         help="The utility kernel scores every pair of rows; on a CPU keep N small.")
@@ -77,9 +79,9 @@ if kind == "utility":
                                          max_value=max(1, int(limit)), step=1,
                                          key="p_neighbours"))
 
-run_pool, run_target, run_existing = state.kernel_inputs(pool, stage, kind, int(limit))
+run_pool, run_target, run_existing = state.kernel_inputs(stage, kind, int(limit))
 est = estimate_work(run_pool, target=run_target, existing=run_existing,
-                    kind="utility" if kind == "utility" else "embedding", neighbours=neighbours)
+                    kind=plan.engine_kind(kind), neighbours=neighbours)
 st.subheader("Estimate")
 m1, m2, m3 = st.columns(3)
 unit = "forward passes" if kind == "utility" else "texts to embed"
@@ -110,7 +112,7 @@ if kind == "utility" and on_cpu and est.units > 2000:
                f"{format_seconds(utility_time_guess(est, 'bfloat16'))} in bfloat16 on a "
                f"2-core machine; {cheaper}.")
 
-config = {"kind": kind, "stage": stage, "objective": "random" if kind == "random" else objective,
+config = {"kind": kind, "stage": stage, "objective": plan.method_objective(kind, objective),
           "model": s["p_model"] if kind == "utility" else None,
           "embedder": s["p_embedder"] if kind != "utility" else None, "limit": int(limit),
           "neighbours": neighbours, "dtype": dtype}

@@ -1,9 +1,11 @@
-"""Selection: objective, eta / nu, the budget (instant re-cut of the greedy order), gain curve."""
+"""Selection: objective and its parameters, the budget (instant re-cut of the greedy order), gain
+curve. The objectives and their sliders come from the registry (delift_core.objectives)."""
 
 from __future__ import annotations
 
 import streamlit as st
 
+from delift_core import objectives as registry
 from delift_core.views import gain_curve
 from studio import charts, state, ui
 
@@ -18,16 +20,19 @@ with c1:
     objectives = state.available_objectives()
     if s.get("p_objective") not in objectives:
         s["p_objective"] = s["kernel_config"]["objective"]
-    objective = st.selectbox("Objective", objectives, format_func=state.OBJECTIVE_LABELS.get,
+    objective = st.selectbox("Objective", objectives, format_func=state.objective_label,
                              key="p_objective",
                              help="Objectives these kernels can serve; the Model & kernel page "
                                   "computes the target or existing kernel when a stage needs it.")
-    if objective in ("flmi", "flqmi"):
-        st.slider("η (eta): weight of covering the target", 0.0, 5.0, step=0.1, key="p_eta")
-    elif objective == "flcg":
-        st.slider("ν (nu): how much the existing set already covers", 0.0, 5.0, step=0.1,
-                  key="p_nu")
-    elif objective == "random":
+    spec = registry.get(objective)
+    if not spec.baseline:
+        st.caption(spec.help)
+    for param in spec.params:
+        param_key = state.param_key(objective, param.name)
+        s.setdefault(param_key, float(param.default))
+        st.slider(param.label, float(param.low), float(param.high), step=float(param.step),
+                  key=param_key, help=ui.md_escape(param.help) if param.help else None)
+    if spec.baseline:
         st.number_input("Seed", min_value=0, step=1, key="p_seed")
     mode = st.radio("Budget as", ["percent", "count"], horizontal=True, key="p_budget_mode",
                     format_func={"percent": "percent of the pool", "count": "number of rows"}.get)
@@ -56,15 +61,13 @@ with c1:
             st.caption(note)
 with c2:
     if sel is not None:
-        if objective == "random" and sel.kernels is None:
+        if spec.baseline and sel.kernels is None:
             st.info("The random baseline has no objective curve.")
         else:
             st.plotly_chart(charts.gain_curve_figure(gain_curve(sel), sel.budget),
                             key="gain_curve")
             st.caption("Objective value after each greedy pick: the curve flattens where "
-                       "extra rows add little." + (" Random order: values are the FL objective "
-                                                   "of the random prefix." if objective == "random"
-                                                   else ""))
+                       "extra rows add little." + (f" {spec.help}" if spec.baseline else ""))
 
 if sel is not None:
     st.subheader(f"Selected rows ({sel.budget})")

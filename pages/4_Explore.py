@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from delift_core.views import compare_selections, cluster_order, heatmap_view, hover_safe, rank_order
+from delift_core.views import (cluster_order, compare_selections, decision_status, heatmap_view,
+                               hover_safe, rank_order)
 from studio import charts, state, ui
 
 ui.setup("Explore & explain", "🗺️")
@@ -29,14 +30,11 @@ def map_frame(method: str) -> pd.DataFrame:
     with st.spinner(f"Projecting with {method.upper()} (the first UMAP run compiles, ~20 s)…"):
         xy = state.projection(np.vstack(embs), method, seed=0)
     rows, start = [], 0
+    pool_status = decision_status(sel)
     for (role, ds), e in zip(sets, embs):
         for k in range(len(ds)):
             rid = ds.ids[k]
-            if role == "pool":
-                status = ("pinned" if rid in sel.pinned else "selected") if rid in selected else \
-                    ("banned" if rid in sel.banned else "rejected")
-            else:
-                status = role
+            status = pool_status[k] if role == "pool" else role
             rows.append({"x": float(xy[start + k, 0]), "y": float(xy[start + k, 1]),
                          "id": rid, "set": role, "status": status,
                          "hover": f"<b>{hover_safe(rid, 40)}</b> ({status})<br>"

@@ -9,21 +9,13 @@ import pandas as pd
 import streamlit as st
 
 from delift_core import DeliftError, load_dataset
-from delift_core.evaluate import (BASELINES, METRIC_LABELS, EvalSettings, Subset,
-                                  baseline_subsets, evaluate, load_subset, parse_int_list)
-from studio import ui
+from delift_core.evaluate import (BASELINES, METRIC_LABELS, EvalSettings, baseline_subsets,
+                                  evaluate, load_subset, parse_int_list)
+from studio import state, ui
 
 ui.setup("Evaluate", "🎯", heading="Evaluate a selection")
-state = st.session_state
-DEFAULTS: dict[str, Any] = {
-    "ev_subset_src": "demo:existing", "ev_pool_src": "demo:pool", "ev_test_src": "demo:target",
-    "ev_test_limit": 10, "ev_baselines": ["none"], "ev_seeds": "0,1,2", "ev_mode": "icl",
-    "ev_shots": 2, "ev_max_new": 24, "ev_generate": True, "ev_lora_steps": 12,
-    "ev_model": "gemma-3-270m", "ev_embedder": "all-MiniLM-L6-v2", "ev_report": None,
-    "ev_use_current": True,
-}
-for key, value in DEFAULTS.items():
-    state.setdefault(key, value)
+s = state.ss()  # the ev_* settings persist across page switches (studio.state.EVAL_DEFAULTS)
+s.setdefault("ev_report", None)
 
 st.caption("Each test item gets its nearest subset items (by sentence embedding of the prompt) "
            "as in-context examples, or the model is LoRA-tuned on the subset; then the reference "
@@ -31,13 +23,12 @@ st.caption("Each test item gets its nearest subset items (by sentence embedding 
            "(ROUGE-L, embedding cosine, exact match where the reference has '#### answer'). "
            "Results are cached on disk, so a second run is instant.")
 
-current = state.get("selection")
-current_pool = state.get("kernel_pool") or state.get("pool")
+current = s.get("selection")
 has_current = current is not None and getattr(current, "pool", None) is not None
 if has_current:
     st.checkbox(f"Evaluate the current selection ({len(current.selected_indices)} of "
                 f"{len(current.pool)} rows, objective {current.objective})", key="ev_use_current")
-use_current = has_current and state["ev_use_current"]
+use_current = has_current and s["ev_use_current"]
 
 c1, c2 = st.columns(2)
 with c1:
@@ -68,30 +59,27 @@ def _run() -> Any:
     from delift_core.models import load_causal_lm, load_embedder
 
     if use_current:
-        sub = Subset(f"selection ({current.objective})", current.pool.subset(
-            current.selected_indices), "subset", current.params.get("seed"),
-            {"objective": current.objective})
-        pool = current.pool
+        sub, pool = current.subset(), current.pool
     else:
-        sub, pool = load_subset(state["ev_subset_src"].strip())
-        if state["ev_pool_src"].strip():
-            pool = load_dataset(state["ev_pool_src"].strip())
-    test = load_dataset(state["ev_test_src"].strip())
-    test = test.subset(range(min(int(state["ev_test_limit"]), len(test))))
-    baselines = list(state["ev_baselines"])
+        sub, pool = load_subset(s["ev_subset_src"].strip())
+        if s["ev_pool_src"].strip():
+            pool = load_dataset(s["ev_pool_src"].strip())
+    test = load_dataset(s["ev_test_src"].strip())
+    test = test.subset(range(min(int(s["ev_test_limit"]), len(test))))
+    baselines = list(s["ev_baselines"])
     subsets = [sub]
     if baselines:
         subsets += baseline_subsets(pool, [sub.size], baselines,
-                                    parse_int_list(state["ev_seeds"], "seeds"))
-    settings = EvalSettings(shots=int(state["ev_shots"]), generate=bool(state["ev_generate"]),
-                            max_new_tokens=int(state["ev_max_new"]),
-                            lora_steps=int(state["ev_lora_steps"]))
-    modes = ("icl", "lora") if state["ev_mode"] == "both" else (state["ev_mode"],)
+                                    parse_int_list(s["ev_seeds"], "seeds"))
+    settings = EvalSettings(shots=int(s["ev_shots"]), generate=bool(s["ev_generate"]),
+                            max_new_tokens=int(s["ev_max_new"]),
+                            lora_steps=int(s["ev_lora_steps"]))
+    modes = ("icl", "lora") if s["ev_mode"] == "both" else (s["ev_mode"],)
     status = st.empty()
     bar = st.progress(0.0)
     status.write("loading the models …")
-    lm = load_causal_lm(state["ev_model"].strip() or None)
-    embedder = load_embedder(state["ev_embedder"].strip() or None)
+    lm = load_causal_lm(s["ev_model"].strip() or None)
+    embedder = load_embedder(s["ev_embedder"].strip() or None)
 
     def progress(label: str, done: int, total: int) -> None:
         status.text(f"{label}: {done}/{total}")
@@ -106,13 +94,13 @@ def _run() -> Any:
 
 if st.button("Run the evaluation", type="primary", key="ev_run"):
     try:
-        state["ev_report"] = _run()
+        s["ev_report"] = _run()
     except DeliftError as e:
         st.error(ui.md_escape(str(e)))
     except Exception as e:  # noqa: BLE001 - shown as a message, never a traceback
         st.error(ui.md_escape(f"The evaluation failed: {type(e).__name__}: {str(e)[:500]}"))
 
-report = state.get("ev_report")
+report = s.get("ev_report")
 if report is not None:
     summary = pd.DataFrame(report.summary())
     cols = [c for c in ["mode", "subset", "kind", "size", "seed", "n_seeds", "n_test", "nll",

@@ -17,6 +17,7 @@ import streamlit as st
 
 from delift_core import (Dataset, DeliftError, Kernels, KernelCancelled, compute_kernels,
                          load_causal_lm, load_embedder)
+from delift_core.plan import engine_kind
 from delift_core.views import WorkEstimate
 
 
@@ -63,7 +64,7 @@ class KernelJob:
             before += u
         return 0.0 if self.status != "done" else 1.0
 
-    def eta_seconds(self) -> float | None:
+    def seconds_left(self) -> float | None:
         """Seconds left, from the pace so far (None until there is some progress)."""
         f = self.fraction()
         if self.compute_started is None or f <= 0.01:
@@ -84,7 +85,7 @@ class KernelJob:
                 self.stage = "loading the sentence embedder"
                 embedder = load_embedder(cfg.get("embedder") or None)
             kernels = compute_kernels(self.pool, target=self.target, existing=self.existing,
-                                      kind="utility" if cfg["kind"] == "utility" else "embedding",
+                                      kind=engine_kind(cfg["kind"]),
                                       lm=lm, embedder=embedder, progress=self._progress,
                                       cancel=self.cancel, neighbours=cfg.get("neighbours"))
             self.result, self.status = kernels, "done"
@@ -161,4 +162,5 @@ def wait(job: KernelJob, timeout: float = 600.0) -> None:
 def describe(job: KernelJob) -> dict[str, Any]:
     """A plain summary of a job for display."""
     return {"status": job.status, "stage": job.stage, "done": job.done, "total": job.total,
-            "fraction": job.fraction(), "eta": job.eta_seconds(), "error": job.error}
+            "fraction": job.fraction(), "seconds_left": job.seconds_left(),
+            "error": job.error}

@@ -18,7 +18,11 @@ Session keys (``st.session_state``); everything is per browser session, nothing 
 - ``"decisions"``: :class:`delift_core.Decisions`, pins, bans and notes from the Review page;
   every selection run passes the pins and bans to ``select``.
 - ``"snapshots"``: dict label -> Selection, the latest selection per method, for comparisons.
-- ``"p_*"``: widget values that persist across page switches (see :func:`init`).
+- ``"p_*"``: widget values that persist across page switches (see :func:`init`); an
+  objective's parameters are ``"p_param_<objective>_<name>"`` (see :func:`param_key`), one per
+  ``Param`` of its registry spec.
+- ``"ev_*"``: the Evaluate page's settings (:data:`EVAL_DEFAULTS`, persisted like ``p_*``) and
+  ``"ev_report"``, its last report.
 - ``"_sid"``: this session's id (the key of its background job, see :mod:`studio.jobs`).
 """
 
@@ -34,7 +38,8 @@ import numpy as np
 import streamlit as st
 
 from delift_core import (ColumnMapping, Dataset, Decisions, Kernels, Selection, SelectionError,
-                         embed_texts, load_dataset, load_dataset_bytes, load_embedder, select)
+                         embed_texts, load_dataset, load_dataset_bytes, load_embedder, plan, select)
+from delift_core import objectives as registry
 from delift_core.data import read_records
 from delift_core.embedding import sample_text
 from delift_core.models import resolve_device
@@ -46,18 +51,28 @@ ROLE_LABELS = {"pool": "Pool", "target": "Target set", "existing": "Existing set
 KERNEL_LABELS = {"utility": "DELIFT (model utility)", "embedding": "DELIFT-SE (sentence embedding)",
                  "random": "Random baseline"}
 SHORT_KERNEL = {"utility": "DELIFT", "embedding": "DELIFT-SE", "random": "Random"}
-STAGE_LABELS = {"instruction": "Instruction tuning → FL", "task": "Task-specific → FLMI / FLQMI",
-                "continual": "Continual → FLCG"}
-OBJECTIVE_LABELS = {"fl": "FL (facility location)", "flmi": "FLMI (mutual information)",
-                    "flqmi": "FLQMI (query mutual information)", "flcg": "FLCG (conditional gain)",
-                    "random": "random order"}
-UTILITY_CPU_ROWS = 24
 DEFAULTS: dict[str, Any] = {
-    "p_stage": "instruction", "p_task_objective": "flmi", "p_model": "gemma-3-270m",
-    "p_embedder": "all-MiniLM-L6-v2", "p_budget_mode": "percent", "p_budget_pct": 30,
-    "p_eta": 1.0, "p_nu": 1.0, "p_seed": 0, "p_sparse": False, "p_neighbours": 16,
-    "p_dtype": "float32",
+    "p_stage": "instruction", "p_model": "gemma-3-270m", "p_embedder": "all-MiniLM-L6-v2",
+    "p_budget_mode": "percent", "p_budget_pct": 30, "p_seed": 0, "p_sparse": False,
+    "p_neighbours": 16, "p_dtype": "float32",
 }
+EVAL_DEFAULTS: dict[str, Any] = {
+    "ev_subset_src": "demo:existing", "ev_pool_src": "demo:pool", "ev_test_src": "demo:target",
+    "ev_test_limit": 10, "ev_baselines": ["none"], "ev_seeds": "0,1,2", "ev_mode": "icl",
+    "ev_shots": 2, "ev_max_new": 24, "ev_generate": True, "ev_lora_steps": 12,
+    "ev_model": "gemma-3-270m", "ev_embedder": "all-MiniLM-L6-v2", "ev_use_current": True,
+}
+"""The Evaluate page's widget values (``ev_*``), persisted across page switches like ``p_*``."""
+
+
+def stage_label(stage: str) -> str:
+    """'<stage> → <OBJECTIVE> / ...': a stage and its objectives (from the registry)."""
+    return registry.stage_label(stage)
+
+
+def objective_label(name: str) -> str:
+    """An objective's label from its registry spec."""
+    return registry.get(name).label
 
 
 def ss() -> Any:
@@ -83,11 +98,11 @@ def init() -> None:
     s.setdefault("decisions", Decisions())
     s.setdefault("snapshots", {})
     s.setdefault("p_kind", default_kind())
-    for key, value in DEFAULTS.items():
+    for key, value in {**DEFAULTS, **EVAL_DEFAULTS}.items():
         s.setdefault(key, value)
     # Streamlit forgets a widget's value when a page without it runs; re-setting keeps it.
     for key in list(s.keys()):
-        if isinstance(key, str) and key.startswith("p_"):
+        if isinstance(key, str) and (key.startswith("p_") or key in EVAL_DEFAULTS):
             s[key] = s[key]
     adopt_finished_job()
 
@@ -206,19 +221,12 @@ def rows_preview(ds: Dataset, limit: int = 200) -> "Any":
 # Kernels
 
 
-def kernel_inputs(pool: Dataset, stage: str, kind: str, limit: int
-                  ) -> tuple[Dataset, Dataset | None, Dataset | None]:
-    """The pool cut to ``limit`` rows and the extra sets this stage (and kernel) will use.
-
-    The embedding kernels are cheap, so they are computed for every loaded set; the utility
-    kernel only for the set the stage needs.
-    """
+def kernel_inputs(stage: str, kind: str, limit: int) -> plan.KernelInputs:
+    """The session's pool cut to its first ``limit`` rows and the loaded extra sets this stage
+    and kernel use (the rule is :func:`delift_core.plan.kernel_inputs`)."""
     s = ss()
-    pool = pool if limit >= len(pool) else pool.subset(range(limit))
-    need_target = stage == "task" or (kind != "utility" and s["target"] is not None)
-    need_existing = stage == "continual" or (kind != "utility" and s["existing"] is not None)
-    return (pool, s["target"] if need_target else None,
-            s["existing"] if need_existing else None)
+    return plan.kernel_inputs(s["pool"], stage, kind, limit, target=s["target"],
+                              existing=s["existing"])
 
 
 def start_kernel_job(config: dict, pool: Dataset, target: Dataset | None,
@@ -227,8 +235,7 @@ def start_kernel_job(config: dict, pool: Dataset, target: Dataset | None,
     from delift_core.views import estimate_work
 
     est = estimate_work(pool, target=target, existing=existing,
-                        kind="utility" if config["kind"] == "utility" else "embedding",
-                        neighbours=config.get("neighbours"))
+                        kind=plan.engine_kind(config["kind"]), neighbours=config.get("neighbours"))
     job = jobs.KernelJob(config=dict(config), pool=pool, target=target, existing=existing,
                          estimate=est)
     return jobs.job_registry().start(session_id(), job)
@@ -262,16 +269,21 @@ def set_kernels(kernels: Kernels, config: dict, pool: Dataset, target: Dataset |
 
 
 def available_objectives() -> list[str]:
-    """Objectives the current kernels can serve."""
-    k: Kernels | None = ss()["kernels"]
-    if k is None:
-        return []
-    out = ["fl"]
-    if k.target is not None:
-        out += ["flmi", "flqmi"]
-    if k.existing is not None:
-        out.append("flcg")
-    return out + ["random"]
+    """Objectives the current kernels can serve (:func:`delift_core.plan.available_objectives`)."""
+    return plan.available_objectives(ss()["kernels"])
+
+
+def param_key(objective: str, name: str) -> str:
+    """The session key of an objective parameter's slider (one per objective and parameter, so
+    objectives that share a name such as a weight keep their own ranges and values)."""
+    return f"p_param_{objective}_{name}"
+
+
+def objective_params(objective: str) -> dict[str, float]:
+    """The objective's parameters as the Select page set them (its registry defaults until then)."""
+    s = ss()
+    return {p.name: float(s.get(param_key(objective, p.name), p.default))
+            for p in registry.get(objective).params}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -287,9 +299,12 @@ def budget_value() -> float | int:
 
 
 def method_label(config: dict | None, objective: str, n_rows: int, n_pool: int) -> str:
-    """A short name for a selection method, e.g. 'DELIFT-SE · FL' or 'Random · 24 rows'."""
+    """A short name for a selection method, '<kernel> · <OBJECTIVE>' or a baseline's label, then
+    ' · first N rows' when the kernels cover only part of the pool."""
     kind = (config or {}).get("kind", "embedding")
-    name = "Random" if objective == "random" else f"{SHORT_KERNEL[kind]} · {objective.upper()}"
+    spec = registry.get(objective)
+    name = (spec.label.capitalize() if spec.baseline
+            else f"{SHORT_KERNEL[kind]} · {objective.upper()}")
     return name + (f" · first {n_rows} rows" if n_rows < n_pool else "")
 
 
@@ -315,14 +330,15 @@ def current_selection() -> Selection | None:
     ids = set(pool.ids)
     pins = [i for i in decisions.pinned if i in ids]
     bans = [i for i in decisions.banned if i in ids]
-    key = (s["kernels_version"], objective, float(s["p_eta"]), float(s["p_nu"]), int(s["p_seed"]),
+    params = objective_params(objective)
+    key = (s["kernels_version"], objective, tuple(sorted(params.items())), int(s["p_seed"]),
            tuple(pins), tuple(bans))
     try:
         full = s.get("_full")
         if not full or full[0] != key:
-            full = (key, select(pool, objective, kernels, len(pool), eta=float(s["p_eta"]),
-                                nu=float(s["p_nu"]), seed=int(s["p_seed"]), pinned=pins,
-                                banned=bans, full_order=True))
+            full = (key, select(pool, objective, kernels, len(pool), params=params,
+                                seed=int(s["p_seed"]), pinned=pins, banned=bans,
+                                full_order=True))
             s["_full"] = full
         sel: Selection = full[1]
         budget = budget_value()

@@ -151,12 +151,12 @@ def show_explanation(sel: Selection, row_id: str, top: int = 5) -> None:
 
 
 def job_progress(job: Any) -> None:
-    """Progress bar with stage, counts and ETA for a kernel job."""
-    eta = job.eta_seconds()
+    """Progress bar with stage, counts and time left for a kernel job."""
+    left = job.seconds_left()
     frac = job.fraction()
     if job.total:
         text = (f"{job.stage}: {job.done:,} / {job.total:,} · {frac:.0%} overall · "
-                f"about {format_seconds(eta)} left" if eta is not None
+                f"about {format_seconds(left)} left" if left is not None
                 else f"{job.stage}: {job.done:,} / {job.total:,}")
     else:
         text = f"{job.stage} …"

@@ -14,7 +14,10 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from delift_core import load_dataset, selection_artifacts
+from delift_core import load_dataset, plan, selection_artifacts
+from delift_core import objectives as registry
+from delift_core.objectives import FacilityLocation, ObjectiveSpec, Param
+from studio.state import param_key
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "app.py")
@@ -224,10 +227,85 @@ def test_task_specific_flmi_and_eta() -> None:
     goto(at, "3_Select")
     assert at.selectbox(key="p_objective").value == "flmi"
     before = at.session_state["selection"].selected_ids
-    at.slider(key="p_eta").set_value(0.0).run()
+    at.slider(key=param_key("flmi", "eta")).set_value(0.0).run()
     assert not at.exception
     assert at.session_state["selection"].params["eta"] == 0.0
     assert at.session_state["selection"].selected_ids != before
+    # the value persists across page switches, like every p_* widget
+    goto(at, "1_Data")
+    goto(at, "3_Select")
+    assert at.slider(key=param_key("flmi", "eta")).value == 0.0
+    assert at.session_state["selection"].params["eta"] == 0.0
+
+
+def served_objectives(s) -> list[str]:
+    """The registry's non-baseline objectives whose needed set is loaded, in registry order."""
+    return [name for name, spec in registry.OBJECTIVES.items()
+            if not spec.baseline and (spec.needs is None or s[spec.needs] is not None)]
+
+
+def test_select_offers_a_slider_per_parameter_of_every_registered_objective() -> None:
+    at = ready()  # demo pool, target and existing: the embedding kernel covers all three
+    s = at.session_state
+    goto(at, "3_Select")
+    names = served_objectives(s)
+    labels = [registry.get(n).label for n in names]
+    baselines = [spec.label for spec in registry.OBJECTIVES.values() if spec.baseline]
+    assert at.selectbox(key="p_objective").options == labels + baselines
+    for name in names:
+        spec = registry.get(name)
+        at.selectbox(key="p_objective").set_value(name).run()
+        assert not at.exception, at.exception
+        assert s["selection"].objective == name, (name, [e.value for e in at.error])
+        keys = {sl.key for sl in at.slider} - {"p_budget_pct"}
+        assert keys == {param_key(name, p.name) for p in spec.params}, name
+        for p in spec.params:
+            slider = at.slider(key=param_key(name, p.name))
+            assert slider.label == p.label
+            assert (slider.min, slider.max, slider.step) == (p.low, p.high, p.step)
+            assert slider.value == p.default and s["selection"].params[p.name] == p.default
+            slider.set_value(p.low).run()
+            assert not at.exception, at.exception
+            assert s["selection"].params[p.name] == p.low, (name, p.name)
+
+
+def test_kernel_page_offers_each_stage_and_its_objectives() -> None:
+    at = load_demo(new_app())
+    goto(at, "2_Kernel")
+    stage_radio = at.radio(key="p_stage")
+    assert stage_radio.options == [registry.stage_label(st_) for st_ in plan.stages()]
+    for stage in plan.stages():
+        at.radio(key="p_stage").set_value(stage).run()
+        names = registry.stage_objectives(stage)
+        choice = [r for r in at.radio if r.key == f"p_{stage}_objective"]
+        assert len(choice) == (1 if len(names) > 1 else 0), stage
+        if choice:
+            assert choice[0].options == [registry.get(n).label for n in names]
+            assert choice[0].value == names[0]
+
+
+def test_a_newly_registered_objective_appears_without_a_studio_edit(monkeypatch) -> None:
+    """A registry entry alone (here a toy copy of FL with a parameter, in the continual stage,
+    so that stage now has a choice) reaches the Kernel and Select pages."""
+    toy = ObjectiveSpec(name="toy", label="TOY (test objective)", stage="continual",
+                        help="A test objective.", params=(Param("w", "w: a weight", 0.5, 0.0,
+                                                                1.0, step=0.25),),
+                        build=lambda kernels, w: FacilityLocation(kernels.scaled("pool")))
+    monkeypatch.setitem(registry.OBJECTIVES, "toy", toy)
+    at = load_demo(new_app())
+    goto(at, "2_Kernel")
+    at.radio(key="p_stage").set_value("continual").run()
+    radio = at.radio(key="p_continual_objective")
+    assert "TOY (test objective)" in radio.options
+    radio.set_value("toy").run()
+    compute(at, stage="continual")  # the choice persisted; the kernel is computed for it
+    assert at.session_state["kernel_config"]["objective"] == "toy"
+    goto(at, "3_Select")
+    assert at.selectbox(key="p_objective").value == "toy"
+    assert at.slider(key=param_key("toy", "w")).value == 0.5
+    at.slider(key=param_key("toy", "w")).set_value(0.25).run()
+    assert not at.exception
+    assert at.session_state["selection"].params["w"] == 0.25
 
 
 def test_kernel_results_survive_page_switches_and_reruns() -> None:
@@ -237,6 +315,18 @@ def test_kernel_results_survive_page_switches_and_reruns() -> None:
         goto(at, page)
     assert at.session_state["kernels_version"] == version
     assert at.session_state["p_kind"] == "embedding"  # the widget value persisted
+
+
+def test_evaluate_settings_survive_page_switches() -> None:
+    at = goto(new_app(), "7_Evaluate")
+    at.text_input(key="ev_test_src").input("demo:pool").run()
+    at.number_input(key="ev_shots").set_value(5).run()
+    at.radio(key="ev_mode").set_value("lora").run()
+    for page in ("1_Data", "2_Kernel", "7_Evaluate"):
+        goto(at, page)
+    assert at.text_input(key="ev_test_src").value == "demo:pool"
+    assert at.number_input(key="ev_shots").value == 5
+    assert at.radio(key="ev_mode").value == "lora"
 
 
 # ----------------------------------------------------------------------------------------------
