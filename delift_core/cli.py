@@ -10,7 +10,7 @@ from typing import Any, Sequence
 from .data import ColumnMapping, Dataset, load_dataset
 from .errors import DeliftError
 from . import objectives
-from .kernels import KERNEL_KINDS, compute_kernels, load_kernels, save_kernels
+from .kernels import KERNEL_KINDS, compute_kernels, kernel_report, load_kernels, save_kernels
 from .outdir import check_output, output_folder
 from .selection import resolve_budget, select
 from .utility import DEFAULT_EXAMPLE_TEMPLATE, DEFAULT_PLAIN_TEMPLATE, UtilitySettings
@@ -27,11 +27,7 @@ class _Bars:
 
     def __call__(self, label: str, done: int, total: int) -> None:
         bar = self.bars.get(label)
-        if bar is None and done >= total:
-            print(f"{label}: {total} from the cache", file=sys.stderr)
-            self.bars[label] = None
-            return
-        if label in self.bars and bar is None:
+        if bar is None and total == 0:
             return
         if bar is None:
             bar = self.bars[label] = self._tqdm(total=total, desc=label, unit="seq",
@@ -136,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_out_args(s)
     _add_evaluate_parser(sub)
     return parser
+
+
+def _report(kernels: Any) -> None:
+    """Say what the kernel computation did (computed, reused, damaged and recomputed)."""
+    for line in kernel_report(kernels):
+        print(line, file=sys.stderr)
 
 
 def _add_out_args(p: argparse.ArgumentParser) -> None:
@@ -253,6 +255,7 @@ def cmd_kernel(args: argparse.Namespace) -> int:
     kernels = compute_kernels(pool, target=target, existing=existing, kind=args.kernel,
                               progress=_Bars(), use_cache=not args.no_cache,
                               **_models(args, args.kernel))
+    _report(kernels)
     with output_folder(args.out, command="kernel", overwrite=args.overwrite) as tmp:
         paths = save_kernels(kernels, tmp)
     print(f"wrote to {args.out}: " + ", ".join(f"{paths[w].name} {getattr(kernels, w).shape}"
@@ -290,6 +293,7 @@ def cmd_select(args: argparse.Namespace) -> int:
         kernels = compute_kernels(pool, target=target, existing=existing, kind=kernel_arg,
                                   progress=_Bars(), use_cache=not args.no_cache,
                                   **_models(args, kernel_arg))
+        _report(kernels)
     else:
         kernels = load_kernels(kernel_arg, pool, target=target, existing=existing,
                                target_kernel=args.target_kernel,

@@ -21,14 +21,15 @@ import numpy as np
 import scipy.sparse as sp
 
 from .data import Dataset
-from .embedding import embed_texts, embedding_kernel, sample_text
+from .embedding import EmbedStats, embed_texts, embedding_kernel, sample_text
 from .errors import KernelError, SelectionError
 from .matrices import KernelMatrix, is_sparse, scale_to_unit
 from .sparse import DEFAULT_RANDOM, neighbour_pairs
 from .utility import UtilityKernel, UtilitySettings
 
 __all__ = ["KERNEL_KINDS", "ROLES", "Kernels", "SparseSpec", "StageProgress", "compute_kernels",
-           "save_kernels", "load_kernels", "check_kernels", "row_hashes"]
+           "save_kernels", "load_kernels", "check_kernels", "kernel_report", "row_hashes",
+           "MAX_DENSE_BYTES"]
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +115,7 @@ class _Builder:
         self.progress, self.cancel, self.use_cache, self.sparse = progress, cancel, use_cache, sparse
         self._emb: dict[int, np.ndarray] = {}
         self._engine: UtilityKernel | None = None
+        self.embed_stats: dict[str, dict] = {}
 
     def _stage(self, label: str) -> Callable[[int, int], None] | None:
         progress = self.progress
@@ -126,8 +128,11 @@ class _Builder:
 
                 self.embedder = load_embedder()
             texts = [sample_text(p, r) for p, r in zip(ds.prompts, ds.responses)]
+            stats = EmbedStats()
             self._emb[id(ds)] = embed_texts(self.embedder, texts, use_cache=self.use_cache,
-                                            progress=self._stage(f"embedding {role}"))
+                                            progress=self._stage(f"embedding {role}"),
+                                            stats=stats)
+            self.embed_stats[role] = stats.as_dict()
         return self._emb[id(ds)]
 
     def engine(self) -> UtilityKernel:
@@ -173,13 +178,37 @@ def _embedding_values(e_rows: np.ndarray, e_cols: np.ndarray,
     return sp.csr_matrix((vals, (r, c)), shape=(len(e_rows), len(e_cols)), dtype=np.float32)
 
 
+MAX_DENSE_BYTES = 4 << 30
+"""The largest dense kernel set computed (raw values plus the scaled copy selection makes);
+above it ``neighbours`` is required: 4 GiB, a dense pool kernel of about 23,000 rows."""
+
+
+def _check_dense_size(pool: Dataset, target: Dataset | None, existing: Dataset | None,
+                      limit: int | None) -> None:
+    """SelectionError, before any work, when dense kernels would not fit the stated limit."""
+    limit = MAX_DENSE_BYTES if limit is None else int(limit)
+    n = len(pool)
+    entries = n * n + (len(target) * n if target is not None else 0) + \
+        (n * len(existing) if existing is not None else 0)
+    need = entries * 4 * 2  # float32 raw kernel and its scaled copy
+    if need > limit:
+        raise SelectionError(f"dense kernels for {n:,} pool rows need about {need / 2**30:.1f} GiB "
+                             f"(limit {limit / 2**30:.1f} GiB); compute a sparse kernel instead "
+                             "with --neighbours 32 (neighbours=32 in the API): each row then keeps "
+                             "only its 32 nearest rows by sentence embedding plus 4 random ones")
+
+
 def compute_kernels(pool: Dataset, *, target: Dataset | None = None,
                     existing: Dataset | None = None, kind: str = "utility", lm: Any = None,
                     embedder: Any = None, settings: UtilitySettings | None = None,
                     progress: StageProgress | None = None, cancel: threading.Event | None = None,
                     use_cache: bool = True, neighbours: int | SparseSpec | None = None,
-                    neighbour_random: int = DEFAULT_RANDOM, neighbour_seed: int = 0) -> Kernels:
+                    neighbour_random: int = DEFAULT_RANDOM, neighbour_seed: int = 0,
+                    max_dense_bytes: int | None = None) -> Kernels:
     """Compute the pool kernel and, when given, the target and existing kernels.
+
+    Dense kernels larger than ``max_dense_bytes`` (default :data:`MAX_DENSE_BYTES`) are refused
+    before any work, with the memory they would need and the sparse alternative.
 
     With ``neighbours=K`` (or a :class:`SparseSpec`) each kernel is sparse (scipy CSR float32):
     every row gets values only for its K nearest columns by sentence embedding plus
@@ -189,6 +218,10 @@ def compute_kernels(pool: Dataset, *, target: Dataset | None = None,
         raise SelectionError(f"unknown kernel '{kind}'; use one of {KERNEL_KINDS} or a .npy file")
     sparse = (neighbours if isinstance(neighbours, SparseSpec) or not neighbours
               else SparseSpec(int(neighbours), int(neighbour_random), int(neighbour_seed)))
+    if sparse and sparse.k < 1:
+        raise SelectionError("neighbours must be at least 1")
+    if not sparse:
+        _check_dense_size(pool, target, existing, max_dense_bytes)
     start = time.time()
     sets = {"pool": pool, "target": target, "existing": existing}
     meta: dict[str, Any] = {"kind": kind, **{f"{r}_ids": ds.ids for r, ds in sets.items()
@@ -210,6 +243,7 @@ def compute_kernels(pool: Dataset, *, target: Dataset | None = None,
         meta.update(sparse.meta())
     if builder.embedder is not None:
         meta["embedder"] = getattr(builder.embedder, "delift_name", str(builder.embedder))
+        meta["embeddings"] = builder.embed_stats
     if kind == "embedding":
         meta.update({"similarity": "(cosine + 1) / 2", "text": "prompt + newline + response"})
     meta["seconds"] = round(time.time() - start, 3)
@@ -217,6 +251,34 @@ def compute_kernels(pool: Dataset, *, target: Dataset | None = None,
                                                             if getattr(kernels, r) is not None),
                 meta["seconds"])
     return kernels
+
+
+def kernel_report(kernels: Kernels) -> list[str]:
+    """What a kernel computation actually did, one line per stage: texts embedded or reused,
+    utility pairs computed or reused from the cache, damaged cache entries recomputed (for the
+    CLI's console and the studio, so neither guesses "from the cache")."""
+    meta = kernels.meta
+    lines = []
+    for role, st in (meta.get("embeddings") or {}).items():
+        line = f"embedding {role}: {st['computed']} of {st['total']} texts computed, {st['reused']} " \
+               "reused from the cache"
+        if st.get("damaged_recomputed"):
+            line += f", {st['damaged_recomputed']} damaged cache entries recomputed"
+        lines.append(line)
+    for role in ROLES:
+        m = meta.get(role)
+        if not isinstance(m, dict) or "pairs_computed" not in m:
+            continue
+        n_t, n_e = m.get("shape", [0, 0])
+        total = int(m.get("nnz", n_t * n_e)) + n_t
+        computed = int(m["pairs_computed"])
+        line = (f"utility {role}: {computed} of {total} passes computed, {total - computed} reused "
+                f"from the cache ({m.get('blocks_reused', 0)} of {m.get('blocks_total', 0)} blocks)")
+        damaged = m.get("blocks_damaged_recomputed") or []
+        if damaged:
+            line += f"; {len(damaged)} damaged cache blocks recomputed"
+        lines.append(line)
+    return lines
 
 
 def _load_matrix(path: str | Path, shape: tuple[int, int], what: str) -> KernelMatrix:
