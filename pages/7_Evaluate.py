@@ -9,8 +9,8 @@ import pandas as pd
 import streamlit as st
 
 from delift_core import DeliftError, load_dataset
-from delift_core.evaluate import (BASELINES, METRIC_LABELS, EvalSettings, baseline_subsets,
-                                  evaluate, load_subset, parse_int_list)
+from delift_core.evaluation import (BASELINES, METRIC_LABELS, EvalSettings, baseline_subsets,
+                                    evaluate, load_subset, parse_int_list)
 from studio import state, ui
 
 ui.setup("Evaluate", "🎯", heading="Evaluate a selection")

@@ -9,17 +9,20 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
 from delift_core import load_dataset
-from delift_core.evaluate import (EvalSettings, EvaluationError, Subset, baseline_subsets,
-                                  cut_generation, evaluate, exact_match, extract_final_answer,
-                                  icl_template, lora_state, nearest_examples, nll_and_distance,
-                                  rouge_l, scored_logprobs, train_lora)
+from delift_core.evaluation import (EvalSettings, EvaluationError, Subset, attach_lora,
+                                    baseline_subsets, cut_generation, evaluate, exact_match,
+                                    extract_final_answer, icl_template, lora_state,
+                                    nearest_examples, nll_and_distance, parse_int_list, rouge_l,
+                                    train_lora)
 from delift_core.models import CausalLM
+from delift_core.scorer import Scorer
 from delift_core.utility import DEFAULT_EXAMPLE_TEMPLATE, DEFAULT_PLAIN_TEMPLATE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -152,7 +155,7 @@ class _Body(torch.nn.Module):
         super().__init__()
         self.vocab = vocab
 
-    def forward(self, input_ids, attention_mask=None):
+    def forward(self, input_ids, attention_mask=None, **_):
         class Out:
             pass
 
@@ -186,8 +189,11 @@ def test_nll_and_distance_of_a_known_stub() -> None:
     table = torch.log(torch.tensor([[0.1, 0.6, 0.3], [0.5, 0.25, 0.25], [0.2, 0.2, 0.6]]))
     model = BigramStub(table)
     seqs = [[0, 1, 2, 2], [2, 0]]
+    lm = CausalLM(model=model, tokenizer=SimpleNamespace(pad_token_id=0), name="bigram",
+                  source="test", fingerprint="bigram", device=torch.device("cpu"),
+                  dtype=torch.float32)
     with torch.no_grad():
-        logps = scored_logprobs(model, seqs, [2, 1], pad=0, device="cpu")
+        logps = Scorer(lm).log_probs(seqs, [2, 1])
     # first sequence scores tokens 2 (after 1) and 2 (after 2): p = 0.25, 0.6
     nll, dist = nll_and_distance(logps[0])
     assert nll == pytest.approx(-(math.log(0.25) + math.log(0.6)) / 2, rel=1e-5)
@@ -205,8 +211,7 @@ def test_lora_changes_adapters_and_lowers_training_loss(lm) -> None:
                             lora_targets="q_proj,v_proj")
     model, rec = train_lora(lm, data, settings)
     after = lora_state(model)
-    fresh = lora_state(__import__("delift_core.evaluate", fromlist=["_lora_model"])
-                       ._lora_model(lm, settings))
+    fresh = lora_state(attach_lora(lm, settings))
     assert after and set(after) == set(fresh)
     assert any(not torch.equal(after[k], fresh[k]) for k in after if "lora_B" in k)
     losses = rec["losses"]
@@ -260,8 +265,6 @@ def test_evaluate_rejects_bad_input(lm) -> None:
     assert [b.kind for b in baseline_subsets(None, [5], ["none"], [0])] == ["none"]
     assert [len(b.data) for b in baseline_subsets(pool, [5, 5, 7], ["random"], [0, 1])] == \
         [5, 5, 7, 7]
-    from delift_core.evaluate import parse_int_list
-
     assert parse_int_list("0, 1,2,", "seeds") == [0, 1, 2]
     with pytest.raises(EvaluationError, match="seeds must be a comma list"):
         parse_int_list("0,x", "seeds")

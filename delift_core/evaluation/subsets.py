@@ -1,0 +1,128 @@
+"""The training subsets an evaluation compares: a selected subset read from a file or a
+``delift select`` folder, and the baselines beside it (random subsets of the same size over
+several seeds, the full pool, no data at all).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..cache import content_key
+from ..data import Dataset, load_dataset
+from ..errors import DeliftError
+from .settings import EvaluationError
+
+__all__ = ["BASELINES", "Subset", "load_subset", "baseline_subsets", "parse_int_list",
+           "dataset_key"]
+
+BASELINES = ("random", "full", "none")
+
+
+@dataclass
+class Subset:
+    """A training subset to evaluate: ``kind`` is 'subset', 'random', 'full' or 'none'."""
+
+    name: str
+    data: Dataset | None
+    kind: str = "subset"
+    seed: int | None = None
+    info: dict = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return 0 if self.data is None else len(self.data)
+
+
+def load_subset(path: str | Path, name: str | None = None) -> tuple[Subset, Dataset | None]:
+    """A subset from a data file or a ``delift select`` output folder, and that folder's pool.
+
+    The pool comes back only when the folder's manifest names a pool file that still exists and
+    hashes to the same text; random baselines are drawn from it.
+    """
+    p = Path(path).expanduser()
+    pool = None
+    info: dict[str, Any] = {"source": str(path)}
+    if p.is_dir() and (p / "selection.json").exists():
+        picks = sorted(p.glob("selected.*"))
+        if not picks:
+            raise EvaluationError(f"{path}: a `delift select` folder without a selected.* file")
+        data = load_dataset(picks[0])
+        try:
+            sel = json.loads((p / "selection.json").read_text())
+            manifest = json.loads((p / "manifest.json").read_text()) if (
+                p / "manifest.json").exists() else {}
+        except (OSError, json.JSONDecodeError) as e:
+            raise EvaluationError(f"{path}: unreadable selection.json/manifest.json ({e})") from None
+        info.update({"objective": sel.get("objective"), "budget": sel.get("budget"),
+                     "selection_seed": (sel.get("params") or {}).get("seed"),
+                     "kernel": (sel.get("params") or {}).get("kernel")})
+        pool_rec = ((manifest.get("inputs") or {}).get("pool") or {})
+        src = pool_rec.get("source")
+        if src:
+            try:
+                cand = load_dataset(src)
+                if cand.text_sha256 == pool_rec.get("text_sha256"):
+                    pool = cand
+            except DeliftError:
+                pool = None
+        label = name or p.name
+    elif p.is_dir():
+        raise EvaluationError(f"{path}: a folder, but not a `delift select` output (no "
+                              "selection.json)")
+    else:
+        data = load_dataset(str(path))
+        label = name or (p.stem if p.suffix else str(path))
+    if len(data) == 0:
+        raise EvaluationError(f"{path}: the subset has no usable rows")
+    return Subset(label, data, "subset", info.get("selection_seed"), info), pool
+
+
+def baseline_subsets(pool: Dataset | None, sizes: Sequence[int], baselines: Sequence[str],
+                     seeds: Sequence[int]) -> list[Subset]:
+    """Random subsets of each size for each seed, the full pool and the empty subset, as asked.
+
+    ``pool`` may be None when only the "none" baseline is asked for."""
+    unknown = [b for b in baselines if b not in BASELINES]
+    if unknown:
+        raise EvaluationError(f"unknown baseline(s) {unknown}; use {', '.join(BASELINES)}")
+    if pool is None and any(b != "none" for b in baselines):
+        raise EvaluationError("the random and full baselines need a pool (the data the subset was "
+                              "chosen from; on the command line --pool FILE, or a `delift "
+                              "select` folder whose manifest names its pool)")
+    out = []
+    if "random" in baselines:
+        if not sizes:
+            raise EvaluationError("random baselines need a size: give a subset (or, on the "
+                                  "command line, --random-size N)")
+        if not seeds:
+            raise EvaluationError("random baselines need at least one seed")
+        for size in sorted(set(sizes)):
+            if size > len(pool):
+                raise EvaluationError(f"a random subset of {size} rows needs a pool that large "
+                                      f"(the pool has {len(pool)})")
+            for seed in seeds:
+                idx = np.sort(np.random.default_rng(seed).choice(len(pool), size, replace=False))
+                out.append(Subset(f"random-{size}", pool.subset(idx), "random", int(seed)))
+    if "full" in baselines:
+        out.append(Subset("full", pool, "full"))
+    if "none" in baselines:
+        out.append(Subset("none", None, "none"))
+    return out
+
+
+def parse_int_list(text: str, what: str) -> list[int]:
+    """Whole numbers from a comma list such as "0,1,2" (the seeds of the random baselines)."""
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise EvaluationError(f"{what} must be a comma list of whole numbers, got '{text}'") from None
+
+
+def dataset_key(ds: Dataset | None) -> str:
+    """The content key of a subset's texts (what a trained adapter depends on)."""
+    return "empty" if ds is None else content_key([ds.prompts, ds.responses])
