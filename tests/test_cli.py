@@ -46,7 +46,8 @@ def test_select_with_the_embedding_kernel(objective, tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     assert "selected 72 of 240 rows" in capsys.readouterr().out
     assert sorted(p.name for p in out.iterdir()) == [
-        "annotated.csv", "manifest.json", "rejected.jsonl", "selected.jsonl", "selection.json"]
+        ".delift-output.json", "annotated.csv", "manifest.json", "rejected.jsonl",
+        "selected.jsonl", "selection.json"]
     selected, rejected = lines(out / "selected.jsonl"), lines(out / "rejected.jsonl")
     assert len(selected) == 72 and len(rejected) == 168
     ids = [r["id"] for r in selected + rejected]
@@ -125,11 +126,15 @@ def test_wrong_kernel_shape_is_a_clear_user_error(tmp_path, capsys):
     np.save(tmp_path / "k.npy", np.zeros((240, 200), np.float32))
     err = user_error(capsys, ["select", "--pool", "demo:pool", "--kernel",
                               str(tmp_path / "k.npy"), "--out", str(tmp_path / "o")])
+    assert "--trust-kernel" in err  # a bare file says nothing of its rows
+    err = user_error(capsys, ["select", "--pool", "demo:pool", "--trust-kernel", "--kernel",
+                              str(tmp_path / "k.npy"), "--out", str(tmp_path / "o")])
     assert "shape (240, 200), expected (240, 240)" in err
     np.save(tmp_path / "k.npy", np.zeros((240, 240), np.float32))
     np.save(tmp_path / "t.npy", np.zeros((40, 241), np.float32))
     err = user_error(capsys, ["select", "--pool", "demo:pool", "--kernel",
-                              str(tmp_path / "k.npy"), "--target-kernel", str(tmp_path / "t.npy"),
+                              str(tmp_path / "k.npy"), "--trust-kernel",
+                              "--target-kernel", str(tmp_path / "t.npy"),
                               "--objective", "flmi", *TARGET, "--out", str(tmp_path / "o")])
     assert "target kernel has shape (40, 241), expected (40, 240)" in err
     assert not (tmp_path / "o").exists()
