@@ -141,20 +141,11 @@ class Selection:
     def subset(self, name: str | None = None) -> Any:
         """The selected rows as an evaluation ``Subset`` (kind 'subset', this run's seed, the
         objective in its info), named ``name`` or 'selection (<objective>)'."""
-        import importlib
+        from .evaluation import Subset  # lazily: evaluation imports torch and the models
 
-        subset_cls = None
-        for module in ("evaluation", "evaluate"):  # the package, or the module it replaces
-            try:
-                subset_cls = importlib.import_module(f"{__package__}.{module}").Subset
-                break
-            except (ImportError, AttributeError):
-                continue
-        if subset_cls is None:
-            raise ImportError("delift_core.evaluation (or .evaluate) with Subset is missing")
-        return subset_cls(name or f"selection ({self.objective})",
-                          self.pool.subset(self.selected_indices), "subset",
-                          self.params.get("seed"), {"objective": self.objective})
+        return Subset(name or f"selection ({self.objective})",
+                      self.pool.subset(self.selected_indices), "subset",
+                      self.params.get("seed"), {"objective": self.objective})
 
     def annotate(self) -> pd.DataFrame:
         """One row per pool row: decision, greedy rank and gain, and best cover for rejected rows."""
