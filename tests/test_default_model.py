@@ -36,8 +36,7 @@ def four_rows():
 def test_default_model_utility_kernel(default_lm, four_rows, tmp_path):
     rows = four_rows
     engine = UtilityKernel(default_lm, UtilitySettings(), cache_root=tmp_path)
-    res = engine.compute(rows.prompts, rows.responses, rows.prompts, rows.responses,
-                         row_ids=rows.ids, col_ids=rows.ids)
+    res = engine.compute(rows, rows)
     v = res.values
     assert v.shape == (4, 4) and np.isfinite(v).all()
     assert res.row_ids == rows.ids == res.col_ids
@@ -66,8 +65,7 @@ def test_default_model_utility_kernel(default_lm, four_rows, tmp_path):
     if meta["bos_first"]:
         assert all(p[0] == tok.bos_token_id for p in plain)
 
-    again = UtilityKernel(default_lm, UtilitySettings(), cache_root=tmp_path).compute(
-        rows.prompts, rows.responses, rows.prompts, rows.responses)
+    again = UtilityKernel(default_lm, UtilitySettings(), cache_root=tmp_path).compute(rows, rows)
     assert again.meta["pairs_computed"] == 0
     np.testing.assert_array_equal(again.values, v)
 
