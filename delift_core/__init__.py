@@ -5,26 +5,58 @@
     kernels = compute_kernels(pool, kind="embedding")
     selection = select(pool, "fl", kernels, budget=0.3)
     export_selection(selection, "out/")
+
+Subpackages and modules not re-exported here (``objectives``, ``plan``, ``views``, ``evaluation``,
+``sparse``, ``cover``) are imported by name: ``from delift_core.objectives import OBJECTIVES``.
 """
 
+from importlib import metadata as _metadata
+
+from . import objectives, plan
+from .cover import best_cover
 from .data import ColumnMapping, Dataset, SkippedRow, detect_layout, load_dataset, load_dataset_bytes
 from .embedding import embed_texts, embedding_kernel
-from .errors import DataError, DeliftError, ModelError, SelectionError
+from .errors import (DataError, DeliftError, KernelError, MissingDependencyError, ModelError,
+                     SelectionError)
 from .export import export_selection, rows_to_bytes, selection_artifacts
 from .greedy import GreedyResult, greedy_maximize, random_order
+from .kernels import Kernels, SparseSpec, compute_kernels, kernel_report, load_kernels, save_kernels
+from .matrices import minmax_scale, scale_to_unit
 from .models import (DEFAULT_EMBEDDER, DEFAULT_MODEL, CausalLM, load_causal_lm, load_embedder,
                      resolve_device)
-from .cover import best_cover
-from .kernels import Kernels, SparseSpec, compute_kernels, load_kernels, save_kernels
 from .objectives import (OBJECTIVES, CoverageObjective, FacilityLocation,
                          FacilityLocationConditionalGain, FacilityLocationMutualInformation,
                          FacilityLocationQueryMutualInformation, Objective, ObjectiveSpec)
 from .review import Decisions, load_decisions
 from .selection import Selection, build_objective, resolve_budget, select
 from .utility import (DEFAULT_EXAMPLE_TEMPLATE, DEFAULT_PLAIN_TEMPLATE, KernelCancelled,
-                      KernelResult, UtilityKernel, UtilitySettings)
-from .matrices import minmax_scale, scale_to_unit
+                      KernelResult, Texts, UtilityKernel, UtilitySettings)
 
-__version__ = "0.1.0"
+try:
+    __version__ = _metadata.version("delift-studio")
+except _metadata.PackageNotFoundError:  # pragma: no cover - run from a source tree, not installed
+    __version__ = "0.0.0+unknown"
 
-__all__ = [name for name in dir() if not name.startswith("_")]
+__all__ = [
+    # data
+    "ColumnMapping", "Dataset", "SkippedRow", "detect_layout", "load_dataset", "load_dataset_bytes",
+    # errors
+    "DataError", "DeliftError", "KernelError", "MissingDependencyError", "ModelError",
+    "SelectionError",
+    # models
+    "DEFAULT_EMBEDDER", "DEFAULT_MODEL", "CausalLM", "load_causal_lm", "load_embedder",
+    "resolve_device",
+    # kernels
+    "Kernels", "SparseSpec", "compute_kernels", "kernel_report", "load_kernels", "save_kernels",
+    "embed_texts", "embedding_kernel", "minmax_scale", "scale_to_unit",
+    "DEFAULT_EXAMPLE_TEMPLATE", "DEFAULT_PLAIN_TEMPLATE", "KernelCancelled", "KernelResult",
+    "Texts", "UtilityKernel", "UtilitySettings",
+    # objectives and selection
+    "objectives", "OBJECTIVES", "Objective", "ObjectiveSpec", "CoverageObjective",
+    "FacilityLocation", "FacilityLocationConditionalGain", "FacilityLocationMutualInformation",
+    "FacilityLocationQueryMutualInformation", "GreedyResult", "greedy_maximize", "random_order",
+    "Selection", "build_objective", "resolve_budget", "select", "best_cover", "plan",
+    # review and export
+    "Decisions", "load_decisions", "export_selection", "rows_to_bytes", "selection_artifacts",
+    "__version__",
+]
