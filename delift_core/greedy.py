@@ -108,29 +108,19 @@ def greedy_maximize(objective: Objective, budget: int | None = None, *,
     available[pinned] = False
     available[list(banned_set)] = False
 
-    if method == "naive":
-        while len(order) < budget:
-            cand = np.flatnonzero(available)
-            g = objective.gains(state, cand)
-            evaluations += cand.size
-            k = _argmax_lowest(g)
-            j = int(cand[k])
-            order.append(j)
-            gains.append(float(g[k]))
-            available[j] = False
-            state = objective.update(state, j)
-    elif method == "stochastic":
+    if method in ("naive", "stochastic"):
         rng = np.random.default_rng(seed)
         remaining_picks = budget - len(order)
         while len(order) < budget:
             cand = np.flatnonzero(available)
-            size = min(cand.size, max(1, math.ceil(cand.size / max(remaining_picks, 1)
-                                                   * math.log(1 / epsilon))))
-            sample = np.sort(rng.choice(cand, size=size, replace=False))
-            g = objective.gains(state, sample)
-            evaluations += sample.size
+            if method == "stochastic":  # a random sample of the candidates each step
+                size = min(cand.size, max(1, math.ceil(cand.size / max(remaining_picks, 1)
+                                                       * math.log(1 / epsilon))))
+                cand = np.sort(rng.choice(cand, size=size, replace=False))
+            g = objective.gains(state, cand)
+            evaluations += cand.size
             k = _argmax_lowest(g)
-            j = int(sample[k])
+            j = int(cand[k])
             order.append(j)
             gains.append(float(g[k]))
             available[j] = False

@@ -30,7 +30,7 @@ import numpy as np
 from .. import coverage_kernels
 from ..matrices import KernelMatrix, is_sparse
 
-__all__ = ["Objective", "CoverageObjective", "as_kernel", "axis_max"]
+__all__ = ["Objective", "CoverageObjective", "as_kernel", "axis_max", "paired_kernels"]
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +91,18 @@ def as_kernel(kernel: Any, name: str) -> KernelMatrix:
         if not np.isfinite(k[r: r + step]).all():
             raise ValueError(f"{name} holds NaN or infinite values")
     return k
+
+
+def paired_kernels(pool_kernel: Any, other_kernel: Any, other_name: str, axis: int
+                   ) -> tuple[KernelMatrix, KernelMatrix]:
+    """The pool kernel and a target/existing kernel as float32, checked to share the pool rows:
+    ``other_kernel``'s dimension ``axis`` must equal the pool's row count."""
+    pool = as_kernel(pool_kernel, "pool kernel")
+    other = as_kernel(other_kernel, f"{other_name} kernel")
+    if other.shape[axis] != pool.shape[0]:
+        raise ValueError(f"{other_name} kernel has {other.shape[axis]} "
+                         f"{'columns' if axis == 1 else 'rows'}, the pool has {pool.shape[0]} rows")
+    return pool, other
 
 
 def _column_major(k: np.ndarray) -> np.ndarray:

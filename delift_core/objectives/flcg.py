@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import CoverageObjective, as_kernel, axis_max
+from .base import CoverageObjective, axis_max, paired_kernels
 from .spec import ObjectiveSpec, Param
 
 __all__ = ["FacilityLocationConditionalGain", "SPEC"]
@@ -19,11 +19,7 @@ class FacilityLocationConditionalGain(CoverageObjective):
     name = "flcg"
 
     def __init__(self, pool_kernel: Any, existing_kernel: Any, nu: float = 1.0) -> None:
-        pool = as_kernel(pool_kernel, "pool kernel")
-        existing = as_kernel(existing_kernel, "existing kernel")
-        if existing.shape[0] != pool.shape[0]:
-            raise ValueError(f"existing kernel has {existing.shape[0]} rows, the pool has "
-                             f"{pool.shape[0]}")
+        pool, existing = paired_kernels(pool_kernel, existing_kernel, "existing", axis=0)
         self.nu = float(nu)
         super().__init__(pool, floor=self.nu * axis_max(existing, 1))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import CoverageObjective, as_kernel, axis_max
+from .base import CoverageObjective, axis_max, paired_kernels
 from .spec import ObjectiveSpec, Param
 
 __all__ = ["FacilityLocationMutualInformation", "SPEC"]
@@ -20,11 +20,7 @@ class FacilityLocationMutualInformation(CoverageObjective):
     name = "flmi"
 
     def __init__(self, pool_kernel: Any, target_kernel: Any, eta: float = 1.0) -> None:
-        pool = as_kernel(pool_kernel, "pool kernel")
-        target = as_kernel(target_kernel, "target kernel")
-        if target.shape[1] != pool.shape[0]:
-            raise ValueError(f"target kernel has {target.shape[1]} columns, the pool has "
-                             f"{pool.shape[0]} rows")
+        pool, target = paired_kernels(pool_kernel, target_kernel, "target", axis=1)
         self.eta = float(eta)
         super().__init__(pool, cap=self.eta * axis_max(target, 0))
 
