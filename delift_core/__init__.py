@@ -20,7 +20,8 @@ from .errors import (DataError, DeliftError, KernelError, MissingDependencyError
                      SelectionError)
 from .export import export_selection, rows_to_bytes, selection_artifacts
 from .greedy import GreedyResult, greedy_maximize, random_order
-from .kernels import Kernels, SparseSpec, compute_kernels, kernel_report, load_kernels, save_kernels
+from .kernel_io import load_kernels, save_kernels
+from .kernels import Kernels, SparseSpec, compute_kernels, kernel_report
 from .matrices import minmax_scale, scale_to_unit
 from .models import (DEFAULT_EMBEDDER, DEFAULT_MODEL, CausalLM, load_causal_lm, load_embedder,
                      resolve_device)

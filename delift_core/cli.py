@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from typing import Any, Sequence
@@ -10,7 +11,8 @@ from typing import Any, Sequence
 from .data import ColumnMapping, Dataset, load_dataset
 from .errors import DeliftError
 from . import objectives
-from .kernels import KERNEL_KINDS, compute_kernels, kernel_report, load_kernels, save_kernels
+from .kernel_io import load_kernels, save_kernels
+from .kernels import KERNEL_KINDS, compute_kernels, kernel_report
 from .outdir import check_output, output_folder
 from .selection import resolve_budget, select
 from .utility import DEFAULT_EXAMPLE_TEMPLATE, DEFAULT_PLAIN_TEMPLATE, UtilitySettings
@@ -420,7 +422,6 @@ def _version() -> str:
 
 def _log_to_stderr(verbosity: int) -> logging.Handler:
     """Show delift_core's log records as plain lines on stderr: INFO, or WARNING (-q), DEBUG (-v)."""
-    import logging
 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))

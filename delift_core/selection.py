@@ -21,8 +21,8 @@ from .cover import best_cover
 from .data import Dataset
 from .errors import SelectionError
 from .greedy import GreedyResult, greedy_maximize, random_order
-from .kernels import (KERNEL_KINDS, Kernels, check_kernels, compute_kernels, load_kernels,
-                      save_kernels)
+from .kernel_io import check_kernels, load_kernels, save_kernels
+from .kernels import KERNEL_KINDS, Kernels, compute_kernels
 from .objectives import FacilityLocation, Objective
 
 __all__ = ["OBJECTIVE_NAMES", "KERNEL_KINDS", "needs", "parse_budget", "resolve_budget",
