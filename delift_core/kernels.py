@@ -21,14 +21,16 @@ import numpy as np
 import scipy.sparse as sp
 
 from .data import Dataset
-from .diagonal import DEFAULT_DIAGONAL, check_diagonal, diagonal_record, scale_with_diagonal, self_pairs
+from .diagonal import (DEFAULT_DIAGONAL, check_diagonal, diagonal_record, scale_with_diagonal,
+                       self_pairs)
 from .embedding import EmbedStats, embed_texts, embedding_kernel, sample_text
 from .errors import SelectionError
 from .matrices import KernelMatrix, is_sparse, scale_to_unit
 from .sparse import DEFAULT_RANDOM, neighbour_pairs
 from .utility import UtilityKernel, UtilitySettings
 
-__all__ = ["KERNEL_KINDS", "ROLES", "Kernels", "SparseSpec", "StageProgress", "compute_kernels",
+__all__ = ["KERNEL_KINDS", "ROLES", "TARGET_DIRECTIONS", "DEFAULT_TARGET_DIRECTION", "Kernels",
+           "SparseSpec", "StageProgress", "compute_kernels",
            "kernel_report", "row_hashes", "MAX_DENSE_BYTES"]
 
 logger = logging.getLogger(__name__)
@@ -37,6 +39,16 @@ KERNEL_KINDS = ("utility", "embedding")
 ROLES: dict[str, tuple[str, str]] = {"pool": ("pool", "pool"), "target": ("target", "pool"),
                                      "existing": ("pool", "existing")}
 """Each kernel's (row set, column set): rows are the items helped, columns the examples."""
+
+TARGET_DIRECTIONS = {
+    "helps-target": "UF(query q | pool item i): how much pool item i helps target q (ours: rows "
+                    "that help the target task)",
+    "reference": "UF(pool item i | query q): how much query q helps pool item i (official DELIFT "
+                 "code), computed as pool rows x target columns and transposed",
+}
+"""How the target kernel (m targets x n pool items) of a utility kernel is valued; embedding
+kernels are symmetric, so both directions give the same matrix."""
+DEFAULT_TARGET_DIRECTION = "helps-target"
 
 StageProgress = Callable[[str, int, int], None]
 """``progress(stage label, done, total)``: what the pipeline reports (the engine's per-stage
@@ -164,9 +176,13 @@ class _Builder:
             self._engine = UtilityKernel(self.lm, self.settings, use_cache=self.use_cache)
         return self._engine
 
-    def build(self, role: str, rows: Dataset, cols: Dataset, row_role: str, col_role: str
-              ) -> tuple[KernelMatrix, dict | None]:
-        """The raw kernel of ``role`` (rows helped by columns) and the engine's meta, if any."""
+    def build(self, role: str, rows: Dataset, cols: Dataset, row_role: str, col_role: str,
+              transpose: bool = False) -> tuple[KernelMatrix, dict | None]:
+        """The raw kernel of ``role`` (rows helped by columns) and the engine's meta, if any.
+
+        With ``transpose`` (a utility kernel only) the same pairs are valued the other way, the
+        columns helped by the rows, and returned in the rows x columns orientation.
+        """
         pairs = None
         if self.sparse is not None:
             pairs = neighbour_pairs(self.embeddings(rows, row_role), self.embeddings(cols, col_role),
@@ -174,8 +190,16 @@ class _Builder:
         if self.kind == "embedding":
             e_rows, e_cols = self.embeddings(rows, row_role), self.embeddings(cols, col_role)
             return _embedding_values(e_rows, e_cols, pairs), None
-        res = self.engine().compute(rows, cols, pairs=pairs, progress=self._stage(f"utility {role}"),
-                                    cancel=self.cancel)
+        if transpose:
+            flipped = None if pairs is None else (pairs[1], pairs[0])
+            res = self.engine().compute(cols, rows, pairs=flipped,
+                                        progress=self._stage(f"utility {role}"), cancel=self.cancel)
+            res.values = res.values.T.tocsr() if is_sparse(res.values) else \
+                np.ascontiguousarray(np.asarray(res.values).T)
+            res.meta["computed_as"] = f"{col_role} rows x {row_role} columns, transposed"
+        else:
+            res = self.engine().compute(rows, cols, pairs=pairs,
+                                        progress=self._stage(f"utility {role}"), cancel=self.cancel)
         if self.sparse is not None:
             res.meta.update({**self.sparse.meta(),
                              "neighbour_rule": "k most cosine-similar examples by sentence "
@@ -224,7 +248,8 @@ def compute_kernels(pool: Dataset, *, target: Dataset | None = None,
                     progress: StageProgress | None = None, cancel: threading.Event | None = None,
                     use_cache: bool = True, neighbours: int | SparseSpec | None = None,
                     neighbour_random: int = DEFAULT_RANDOM, neighbour_seed: int = 0,
-                    max_dense_bytes: int | None = None) -> Kernels:
+                    max_dense_bytes: int | None = None,
+                    target_direction: str = DEFAULT_TARGET_DIRECTION) -> Kernels:
     """Compute the pool kernel and, when given, the target and existing kernels.
 
     Dense kernels larger than ``max_dense_bytes`` (default :data:`MAX_DENSE_BYTES`) are refused
@@ -233,11 +258,18 @@ def compute_kernels(pool: Dataset, *, target: Dataset | None = None,
     With ``neighbours=K`` (or a :class:`SparseSpec`) each kernel is sparse (scipy CSR float32):
     every row gets values only for its K nearest columns by sentence embedding plus
     ``neighbour_random`` seeded random ones.
+
+    ``target_direction`` (:data:`TARGET_DIRECTIONS`) says how a utility target kernel is valued:
+    ``helps-target`` (default) UF(q | i), ``reference`` UF(i | q) transposed; a sparse kernel
+    values the same (q, i) pairs in both directions.
     """
     if kind not in KERNEL_KINDS:
         raise SelectionError(f"unknown kernel '{kind}'; use one of {KERNEL_KINDS} or a .npy file")
     sparse = (neighbours if isinstance(neighbours, SparseSpec) or not neighbours
               else SparseSpec(int(neighbours), int(neighbour_random), int(neighbour_seed)))
+    if target_direction not in TARGET_DIRECTIONS:
+        raise SelectionError(f"unknown target direction '{target_direction}'; use one of "
+                             f"{', '.join(TARGET_DIRECTIONS)}")
     if sparse and sparse.k < 1:
         raise SelectionError("neighbours must be at least 1")
     if not sparse:
@@ -255,7 +287,9 @@ def compute_kernels(pool: Dataset, *, target: Dataset | None = None,
         rows, cols = sets[row_role], sets[col_role]
         if rows is None or cols is None:
             continue
-        values, role_meta = builder.build(role, rows, cols, row_role, col_role)
+        values, role_meta = builder.build(role, rows, cols, row_role, col_role,
+                                          transpose=role == "target" and kind == "utility"
+                                          and target_direction == "reference")
         setattr(kernels, role, values)
         if role_meta is not None:
             meta[role] = role_meta
@@ -264,6 +298,10 @@ def compute_kernels(pool: Dataset, *, target: Dataset | None = None,
     if builder.embedder is not None:
         meta["embedder"] = getattr(builder.embedder, "delift_name", str(builder.embedder))
         meta["embeddings"] = builder.embed_stats
+    if target is not None:
+        meta["target_direction"] = target_direction
+        meta["target_direction_rule"] = TARGET_DIRECTIONS[target_direction] if kind == "utility" \
+            else "embedding kernels are symmetric: both directions are the same matrix"
     if kind == "embedding":
         meta.update({"similarity": "(cosine + 1) / 2", "text": "prompt + newline + response"})
     meta["seconds"] = round(time.time() - start, 3)

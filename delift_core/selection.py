@@ -194,13 +194,16 @@ class Selection:
 def select(pool: Dataset, objective: str, kernels: Kernels | None, budget: str | float | int, *,
            params: Mapping[str, Any] | None = None, seed: int = 0, method: str = "lazy",
            epsilon: float = 0.01, pinned: Sequence[str] = (), banned: Sequence[str] = (),
-           full_order: bool | None = None, **objective_params: Any) -> Selection:
+           full_order: bool | None = None, diagonal: str | None = None,
+           **objective_params: Any) -> Selection:
     """Select a subset of ``pool`` by maximising ``objective`` on ``kernels`` under ``budget``.
 
     The objective's parameters (``eta``, ``nu``, ``lam``, ... as its registry spec lists them)
     come from ``params`` or keywords; the rest take their defaults. With ``full_order`` (default
     for pools up to 3,000 rows) the greedy order covers every allowed row, so
-    :meth:`Selection.at_budget` can re-cut any budget instantly.
+    :meth:`Selection.at_budget` can re-cut any budget instantly. ``diagonal`` (``reference``,
+    ``max``, ``rowmax``; :mod:`delift_core.diagonal`) selects on ``kernels.with_diagonal(...)``;
+    without it the kernels' own :attr:`~delift_core.kernels.Kernels.diagonal` applies.
     """
     start = time.time()
     spec = _spec(objective)
@@ -216,6 +219,8 @@ def select(pool: Dataset, objective: str, kernels: Kernels | None, budget: str |
         raise SelectionError(f"objective '{objective}' needs a kernel")
     if kernels is not None:
         check_kernels(kernels, n)
+        if diagonal is not None:
+            kernels = kernels.with_diagonal(diagonal)
     try:
         values = spec.resolve({**(params or {}), **objective_params})
     except ValueError as e:
@@ -229,7 +234,8 @@ def select(pool: Dataset, objective: str, kernels: Kernels | None, budget: str |
         full_order = n <= 3000
     order_budget = None if full_order else b
     run_params = {**values, "seed": seed, "method": method, "epsilon": epsilon,
-                  "budget_requested": budget, "kernel": kernels.kind if kernels else None}
+                  "budget_requested": budget, "kernel": kernels.kind if kernels else None,
+                  "diagonal": kernels.diagonal if kernels else None}
     if spec.baseline:
         result = _random_result(n, order_budget, seed, pin_idx, ban_idx, kernels, run_params)
     else:
