@@ -17,6 +17,8 @@ from .outdir import check_output, output_folder
 from .selection import resolve_budget, select
 from .utility import DEFAULT_EXAMPLE_TEMPLATE, DEFAULT_PLAIN_TEMPLATE, UtilitySettings
 
+logger = logging.getLogger(__name__)
+
 
 class _Bars:
     """tqdm progress bars (with ETA) keyed by the stage label the engine reports."""
@@ -133,13 +135,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(s)
     _add_out_args(s)
     _add_evaluate_parser(sub)
+    _add_audit_parser(sub)
+    _add_report_parser(sub)
     return parser
 
 
 def _report(kernels: Any) -> None:
     """Say what the kernel computation did (computed, reused, damaged and recomputed)."""
     for line in kernel_report(kernels):
-        print(line, file=sys.stderr)
+        logger.info(line)
 
 
 def _add_out_args(p: argparse.ArgumentParser) -> None:
@@ -183,19 +187,18 @@ def _load_sets(args: argparse.Namespace) -> tuple[Dataset, Dataset | None, Datas
         if args.limit < 1:
             raise DeliftError("--limit must be at least 1")
         if args.limit < len(pool):
-            print(f"using the first {args.limit} of {len(pool)} pool rows (--limit)",
-                  file=sys.stderr)
+            logger.info("using the first %d of %d pool rows (--limit)", args.limit, len(pool))
             pool = pool.subset(range(args.limit))
     target = load_dataset(args.target, mapping=mapping) if getattr(args, "target", None) else None
     existing = (load_dataset(args.existing, mapping=mapping)
                 if getattr(args, "existing", None) else None)
     for ds in (pool, target, existing):
         if ds is not None:
-            print(ds.summary(), file=sys.stderr)
+            logger.info(ds.summary())
             for s in ds.skipped[:5]:
-                print(f"  skipped {s.location}: {s.reason}", file=sys.stderr)
+                logger.info("  skipped %s: %s", s.location, s.reason)
             if len(ds.skipped) > 5:
-                print(f"  ... and {len(ds.skipped) - 5} more skipped rows", file=sys.stderr)
+                logger.info("  ... and %d more skipped rows", len(ds.skipped) - 5)
     return pool, target, existing
 
 
@@ -219,14 +222,21 @@ def _sparse_args(args: argparse.Namespace) -> dict:
             "neighbour_seed": getattr(args, "seed", 0) or 0}
 
 
+def _load_lm(args: argparse.Namespace) -> Any:
+    """The causal LM the options name (default: the packaged Gemma 3 270M), loading said."""
+    from .models import load_causal_lm
+
+    logger.info("loading %s ...", args.model or "the packaged Gemma 3 270M")
+    return load_causal_lm(args.model, device=args.device, dtype=args.dtype,
+                          progress=lambda msg: logger.info("  %s", msg))
+
+
 def _models_dense(args: argparse.Namespace, kind: str) -> dict:
-    from .models import load_causal_lm, load_embedder
+    from .models import load_embedder
 
     if kind == "embedding":
         return {"embedder": load_embedder(args.embedder, device=args.device)}
-    print(f"loading {args.model or 'the packaged Gemma 3 270M'} ...", file=sys.stderr)
-    lm = load_causal_lm(args.model, device=args.device, dtype=args.dtype,
-                        progress=lambda msg: print(f"  {msg}", file=sys.stderr))
+    lm = _load_lm(args)
     settings = UtilitySettings(plain_template=args.plain_template,
                                example_template=args.example_template,
                                score_eos=not args.no_score_eos,
@@ -352,7 +362,7 @@ def _add_evaluate_parser(sub: Any) -> None:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
-    p.add_argument("--out", required=True, help="folder for results.json, results.md, chart.html")
+    _add_out_args(p)  # results.json, results.md, chart.html
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -361,8 +371,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from .evaluation import (EvalSettings, EvaluationError, Subset, baseline_subsets, evaluate,
                              load_subset, parse_int_list)
-    from .models import load_causal_lm, load_embedder
+    from .models import load_embedder
 
+    check_output(args.out, overwrite=args.overwrite)  # a bad --out fails now, not after the work
     settings = EvalSettings(
         shots=args.shots, max_field_tokens=args.max_field_tokens,
         max_reference_tokens=args.max_reference_tokens, generate=not args.no_generate,
@@ -388,23 +399,147 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if args.test_limit < 1:
             raise EvaluationError("--test-limit must be at least 1")
         test = test.subset(range(min(args.test_limit, len(test))))
-    print(test.summary(), file=sys.stderr)
+    logger.info(test.summary())
     if baselines:
         subsets += baseline_subsets(pool, [s.size for s in subsets] + list(args.random_size),
                                     baselines, seeds)
     if not subsets:
         raise EvaluationError("nothing to evaluate: give a subset or --baselines")
     modes = ("icl", "lora") if args.mode == "both" else (args.mode,)
-    print(f"loading {args.model or 'the packaged Gemma 3 270M'} ...", file=sys.stderr)
-    lm = load_causal_lm(args.model, device=args.device, dtype=args.dtype,
-                        progress=lambda msg: print(f"  {msg}", file=sys.stderr))
+    lm = _load_lm(args)
     embedder = load_embedder(args.embedder, device=args.device)
     report = evaluate(subsets, test, lm=lm, embedder=embedder, settings=settings, modes=modes,
                       progress=_Bars(), use_cache=not args.no_cache)
     report.meta["command"] = list(sys.argv)
-    paths = report.write(args.out)
+    with output_folder(args.out, command="evaluate", overwrite=args.overwrite) as tmp:
+        paths = report.write(tmp)
     print(report.to_markdown())
-    print("wrote " + ", ".join(str(p) for p in paths.values()), file=sys.stderr)
+    logger.info("wrote %s to %s", ", ".join(sorted(p.name for p in paths.values())), args.out)
+    return 0
+
+
+def _add_audit_parser(sub: Any) -> None:
+    """The ``audit`` subcommand (see :mod:`delift_core.audit`)."""
+    from .audit import AuditSettings
+
+    p = sub.add_parser("audit", help="what the kernel says about the data: rows already known, "
+                                     "harmful, unhelped, self-copying, near-duplicate, covered worst")
+    _add_data_args(p, with_target=False)
+    p.add_argument("--kernel", default="embedding",
+                   help="a `delift kernel` folder (utility findings need a utility kernel), or "
+                        "utility / embedding to compute one (default: embedding)")
+    p.add_argument("--selection", metavar="SELECT_DIR",
+                   help="a `delift select` folder whose selection the coverage finding judges "
+                        "(default: facility location at --budget on the kernel)")
+    p.add_argument("--budget", default="0.3", help="without --selection: the FL budget (0.3)")
+    p.add_argument("--clusters", type=int, default=8, help="k-means clusters for coverage (8)")
+    p.add_argument("--no-embeddings", action="store_true",
+                   help="load no sentence embedder: no near-duplicates or clusters unless the "
+                        "kernel is an embedding kernel")
+    defaults = AuditSettings()
+    for flag, name in _AUDIT_FLAGS.items():
+        p.add_argument(f"--{flag}", type=float, default=None, dest=f"audit_{name}",
+                       help=f"{name} (default {getattr(defaults, name):g})")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    _add_model_args(p)
+    _add_out_args(p)
+
+
+_AUDIT_FLAGS = {"known-distance": "known_max_distance", "hurts-mean": "hurts_max_mean",
+                "helped-max": "helped_max", "copy-self": "copy_min_self",
+                "copy-ratio": "copy_max_ratio", "dup-cosine": "duplicate_min_cosine",
+                "coverage-fraction": "coverage_fraction"}
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """Audit a pool from its kernel and write audit.json and audit.csv into --out."""
+    import json
+    import logging
+    from pathlib import Path
+
+    from .audit import AuditSettings, audit, write_audit
+    from .report import read_select_folder
+
+    settings = AuditSettings(**{name: getattr(args, f"audit_{name}")
+                                for name in _AUDIT_FLAGS.values()
+                                if getattr(args, f"audit_{name}") is not None})
+    settings.validate()
+    check_output(args.out, overwrite=args.overwrite)
+    if args.kernel not in KERNEL_KINDS and not Path(args.kernel).exists():
+        raise DeliftError(f"--kernel {args.kernel}: no such kernel folder (or give utility or "
+                          "embedding)")
+    pool, _, _ = _load_sets(args)
+    embedder = None
+    if not args.no_embeddings or args.kernel == "embedding":
+        from .models import load_embedder
+
+        embedder = load_embedder(args.embedder, device=args.device)
+    if args.kernel in KERNEL_KINDS:
+        models = {**_models(args, args.kernel), **({"embedder": embedder} if embedder else {})}
+        kernels = compute_kernels(pool, kind=args.kernel, progress=_Bars(),
+                                  use_cache=not args.no_cache, **models)
+        _report(kernels)
+    else:
+        kernels = load_kernels(args.kernel, pool)
+    if args.selection:
+        selection = read_select_folder(args.selection, pool, kernels)
+    else:
+        selection = select(pool, "fl", kernels, args.budget)
+    emb = clusters = None
+    if embedder is not None and not args.no_embeddings:
+        from .embedding import embed_texts, sample_text
+
+        emb = embed_texts(embedder, [sample_text(p, r) for p, r in
+                                     zip(pool.prompts, pool.responses)],
+                          use_cache=not args.no_cache)
+        from .errors import MissingDependencyError
+        from .maps import cluster_labels
+
+        try:
+            clusters = cluster_labels(emb, args.clusters)
+        except MissingDependencyError as e:
+            logging.getLogger(__name__).warning("coverage is not grouped by cluster: %s", e)
+    result = audit(pool, kernels, selection=selection, embeddings=emb, clusters=clusters,
+                   settings=settings)
+    with output_folder(args.out, command="audit", overwrite=args.overwrite) as tmp:
+        paths = write_audit(result, tmp)
+    if args.json:
+        print(json.dumps(result.summary(), indent=1, default=str))
+    else:
+        for line in result.lines():
+            print(line)
+    logging.getLogger(__name__).info("wrote %s to %s", ", ".join(
+        sorted(p.name for p in paths.values())), args.out)
+    return 0
+
+
+def _add_report_parser(sub: Any) -> None:
+    """The ``report`` subcommand (see :mod:`delift_core.report`)."""
+    p = sub.add_parser("report", help="one self-contained HTML report of a `delift select` folder")
+    p.add_argument("select_dir", metavar="OUT_DIR", help="a `delift select` output folder")
+    p.add_argument("--pool", help="the pool, when the manifest's source cannot be read again")
+    p.add_argument("--kernel", help="the `delift kernel` folder of a utility selection (for the "
+                                    "heatmap, explanations and the utility audit)")
+    p.add_argument("--evaluation", metavar="EVAL_DIR", help="a `delift evaluate` folder")
+    p.add_argument("--label-col", help="a pool column to break the composition down by "
+                                       "(e.g. template for P3)")
+    p.add_argument("--clusters", type=int, default=8, help="k-means clusters (8)")
+    p.add_argument("--sample", type=int, default=10,
+                   help="selected and rejected rows shown with their why (10 each)")
+    p.add_argument("--embedder", help="sentence embedder (default: packaged all-MiniLM-L6-v2)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--html", help="the file to write (default OUT_DIR/report.html)")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write the HTML report of a `delift select` folder."""
+    from .report import report_from_folder
+
+    path = report_from_folder(args.select_dir, pool=args.pool, kernel=args.kernel,
+                              evaluation=args.evaluation, label_col=args.label_col,
+                              clusters=args.clusters, sample=args.sample,
+                              embedder=args.embedder, device=args.device, html_path=args.html)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return 0
 
 
@@ -437,7 +572,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     handler = {"inspect": cmd_inspect, "kernel": cmd_kernel, "select": cmd_select,
-               "evaluate": cmd_evaluate}[args.command]
+               "evaluate": cmd_evaluate, "audit": cmd_audit, "report": cmd_report}[args.command]
     log_handler = _log_to_stderr(args.verbosity)
     try:
         return handler(args)
