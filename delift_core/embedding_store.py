@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import sqlite3
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
+
+from .sqlite_store import chunks, connect
 
 __all__ = ["EmbeddingStore", "text_key"]
 
@@ -35,9 +36,7 @@ class EmbeddingStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.damaged = 0
-        self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db = connect(self.path)
         self._db.execute("CREATE TABLE IF NOT EXISTS vectors (embedder TEXT NOT NULL, "
                          "key TEXT NOT NULL, dim INTEGER NOT NULL, vec BLOB NOT NULL, "
                          "PRIMARY KEY (embedder, key)) WITHOUT ROWID")
@@ -49,8 +48,7 @@ class EmbeddingStore:
         """The stored vectors among ``keys`` (a damaged one is left out and counted)."""
         found: dict[str, np.ndarray] = {}
         unique = list(dict.fromkeys(keys))
-        for s in range(0, len(unique), 900):  # SQLite's bound-parameter limit
-            chunk = unique[s: s + 900]
+        for chunk in chunks(unique):
             marks = ",".join("?" * len(chunk))
             for key, dim, blob in self._db.execute(
                     f"SELECT key, dim, vec FROM vectors WHERE embedder = ? AND key IN ({marks})",

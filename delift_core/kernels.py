@@ -27,7 +27,7 @@ from .embedding import EmbedStats, embed_texts, embedding_kernel, sample_text
 from .errors import SelectionError
 from .matrices import KernelMatrix, is_sparse, scale_to_unit
 from .sparse import DEFAULT_RANDOM, neighbour_pairs
-from .utility import UtilityKernel, UtilitySettings
+from .utility import BACKENDS, UtilityKernel, UtilitySettings
 
 __all__ = ["KERNEL_KINDS", "ROLES", "TARGET_DIRECTIONS", "DEFAULT_TARGET_DIRECTION", "Kernels",
            "SparseSpec", "StageProgress", "compute_kernels",
@@ -148,6 +148,7 @@ class _Builder:
         self._emb: dict[int, np.ndarray] = {}
         self._engine: UtilityKernel | None = None
         self.embed_stats: dict[str, dict] = {}
+        self.engine_options: dict[str, Any] = {}  # backend and ray_options of UtilityKernel
 
     def _stage(self, label: str) -> Callable[[int, int], None] | None:
         progress = self.progress
@@ -173,7 +174,8 @@ class _Builder:
                 from .models import load_causal_lm
 
                 self.lm = load_causal_lm()
-            self._engine = UtilityKernel(self.lm, self.settings, use_cache=self.use_cache)
+            self._engine = UtilityKernel(self.lm, self.settings, use_cache=self.use_cache,
+                                         **self.engine_options)
         return self._engine
 
     def build(self, role: str, rows: Dataset, cols: Dataset, row_role: str, col_role: str,
@@ -249,7 +251,8 @@ def compute_kernels(pool: Dataset, *, target: Dataset | None = None,
                     use_cache: bool = True, neighbours: int | SparseSpec | None = None,
                     neighbour_random: int = DEFAULT_RANDOM, neighbour_seed: int = 0,
                     max_dense_bytes: int | None = None,
-                    target_direction: str = DEFAULT_TARGET_DIRECTION) -> Kernels:
+                    target_direction: str = DEFAULT_TARGET_DIRECTION, backend: str = "local",
+                    ray_address: str | None = None, workers: int | None = None) -> Kernels:
     """Compute the pool kernel and, when given, the target and existing kernels.
 
     Dense kernels larger than ``max_dense_bytes`` (default :data:`MAX_DENSE_BYTES`) are refused
@@ -262,6 +265,10 @@ def compute_kernels(pool: Dataset, *, target: Dataset | None = None,
     ``target_direction`` (:data:`TARGET_DIRECTIONS`) says how a utility target kernel is valued:
     ``helps-target`` (default) UF(q | i), ``reference`` UF(i | q) transposed; a sparse kernel
     values the same (q, i) pairs in both directions.
+
+    ``backend="ray"`` computes the utility pairs the pair store lacks on Ray workers
+    (``workers`` actors of one thread each; ``ray_address`` "auto" or "HOST:PORT" joins a running
+    cluster, none starts a local one): see :mod:`delift_core.ray_backend`.
     """
     if kind not in KERNEL_KINDS:
         raise SelectionError(f"unknown kernel '{kind}'; use one of {KERNEL_KINDS} or a .npy file")
@@ -282,6 +289,14 @@ def compute_kernels(pool: Dataset, *, target: Dataset | None = None,
                                if ds is not None},
                             "row_hash": ROW_HASH}
     builder = _Builder(kind, lm, embedder, settings, progress, cancel, use_cache, sparse or None)
+    if backend not in BACKENDS:
+        raise SelectionError(f"unknown backend '{backend}'; use one of {', '.join(BACKENDS)}")
+    if backend == "ray" and kind == "utility":
+        from .ray_backend import ensure_ray
+
+        ensure_ray(ray_address, workers)  # says how to install Ray, or joins the cluster, first
+        builder.engine_options = {"backend": "ray", "ray_options": {
+            "address": ray_address, "workers": workers, "threads": 1}}
     kernels = Kernels(kind, meta=meta)
     for role, (row_role, col_role) in ROLES.items():
         rows, cols = sets[row_role], sets[col_role]
@@ -328,12 +343,17 @@ def kernel_report(kernels: Kernels) -> list[str]:
         if not isinstance(m, dict) or "pairs_computed" not in m:
             continue
         n_t, n_e = m.get("shape", [0, 0])
-        total = int(m.get("nnz", n_t * n_e)) + n_t
         computed = int(m["pairs_computed"])
-        line = (f"utility {role}: {computed} of {total} passes computed, {total - computed} reused "
-                f"from the cache ({m.get('blocks_reused', 0)} of {m.get('blocks_total', 0)} blocks)")
-        damaged = m.get("blocks_damaged_recomputed") or []
+        reused = int(m.get("pairs_reused", int(m.get("nnz", n_t * n_e)) + n_t - computed))
+        line = (f"utility {role}: {computed} of {computed + reused} passes computed, {reused} "
+                f"reused from the pair store")
+        if m.get("backend") == "ray":
+            line += " (computed on Ray)"
+        damaged = int(m.get("entries_damaged_recomputed") or 0)
         if damaged:
-            line += f"; {len(damaged)} damaged cache blocks recomputed"
+            line += f"; {damaged} damaged store entries recomputed"
+        if m.get("store_file_damaged"):
+            line += f"; the store file was damaged ({m['store_file_damaged']}), set aside and " \
+                    "started anew"
         lines.append(line)
     return lines

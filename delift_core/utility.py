@@ -6,7 +6,9 @@ at each of the T scored positions, the distance is d = ||1 - p||_2 / sqrt(T), an
 UF(i, j) = d(i, plain) - d(i, with j). Rows are targets i, columns are examples j.
 
 This module only orchestrates: which sequences to score (:mod:`delift_core.tokens` builds them),
-in which cached, resumable blocks, and what the result records. The model work is done by
+which pairs the pair store (:mod:`delift_core.pairstore`) already holds, in which work units the
+missing ones run (here, or on Ray workers: :mod:`delift_core.ray_backend`), and what the result
+records. The model work is done by
 :class:`delift_core.scorer.Scorer`. Token sequences: [BOS if the model uses one] + prompt tokens
 + response tokens [+ EOS if scored], the prompt tokenised in segments split at the template's
 fields; every choice is recorded in ``meta`` so another implementation can rebuild them.
@@ -26,14 +28,15 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .cache import BlockStore, content_key
 from .matrices import scale_to_unit
 from .models import CausalLM, cache_dir
 from .scorer import Scorer, cpu_threads
+from .pairstore import PairStore, row_key
 from .tokens import SegmentTokens, split_prompt, template_segments
 
-__all__ = ["DEFAULT_PLAIN_TEMPLATE", "DEFAULT_EXAMPLE_TEMPLATE", "ENGINE_VERSION", "Texts",
-           "KernelCancelled", "UtilitySettings", "KernelResult", "UtilityKernel"]
+__all__ = ["DEFAULT_PLAIN_TEMPLATE", "DEFAULT_EXAMPLE_TEMPLATE", "ENGINE_VERSION", "BACKENDS",
+           "UNIT_PAIRS", "Texts", "KernelCancelled", "UtilitySettings", "KernelResult",
+           "UtilityKernel", "store_path"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +47,10 @@ DEFAULT_EXAMPLE_TEMPLATE = ("Instruction:\nUse the following example as a guide 
                             "in the same format and style, providing a clear and concise response."
                             "\n\n\nExample:\n{example_prompt}\n{example_response}\n\n\nQuery:\n"
                             "{prompt}\n")
+BACKENDS = ("local", "ray")
+UNIT_PAIRS = 256
+"""At most this many pairs per work unit: one unit is computed (here or on a Ray worker) and
+stored in one transaction, so a stopped run loses at most the units in flight."""
 ProgressFn = Callable[[int, int], None]
 
 
@@ -75,7 +82,7 @@ class Texts:
 
 
 class KernelCancelled(RuntimeError):
-    """Raised when a caller's cancel event is set; finished blocks stay cached."""
+    """Raised when a caller's cancel event is set; finished work units stay in the pair store."""
 
 
 @dataclass(frozen=True)
@@ -101,7 +108,7 @@ class UtilitySettings:
             raise ValueError("max_field_tokens and max_response_tokens must be at least 1")
 
     def value_key(self) -> dict:
-        """The settings that change values (batching does not)."""
+        """The settings that change values (batching and work-unit sizes do not)."""
         d = asdict(self)
         d.pop("batch_size")
         d.pop("block_size")
@@ -132,11 +139,18 @@ class KernelResult:
         return scale_to_unit(self.values)
 
 
+def store_path(cache_root: str | Path | None = None) -> Path:
+    """The pair store's file: ``<cache_root>/pairs.sqlite``, by default under the DELIFT cache
+    folder (``<cache>/utility/pairs.sqlite``; the old block cache in ``<cache>/kernels`` is not
+    read any more)."""
+    root = Path(cache_root) if cache_root else cache_dir() / "utility"
+    return root / "pairs.sqlite"
+
+
 @dataclass
 class _Run:
-    """One kernel computation's cache store, tokens, scorer, progress count and cancel event."""
+    """One computation's tokens, scorer, progress count (of passes computed) and cancel event."""
 
-    store: BlockStore | None
     tok: SegmentTokens
     resp: list[list[int]]
     scorer: Scorer
@@ -144,12 +158,10 @@ class _Run:
     progress: ProgressFn | None
     cancel: threading.Event | None
     done: int = 0
-    blocks_reused: int = 0
-    pairs_computed: int = 0
 
     def tick(self, k: int) -> None:
         self.done += k
-        if self.progress:
+        if self.progress and self.total:
             self.progress(self.done, self.total)
 
     def check(self) -> None:
@@ -158,36 +170,45 @@ class _Run:
 
 
 @dataclass
-class _Blocks:
-    """The (example j, target i) pairs to score, sorted by example, cut into cached blocks.
+class _Plan:
+    """The (example j, target i) pairs of a kernel, example-major, and what the store lacks.
 
-    Block ``b`` is ``pairs[bounds[b]:bounds[b + 1]]`` (its examples ``b * block_size`` onwards),
-    stored as ``f"{prefix}_{b:06d}"``; ``pack``/``unpack`` turn its distances into the stored
-    array and back (the dense kernel stores each block as targets x examples).
+    ``todo`` are the positions (into ``cols``/``rows``) of the distinct missing pairs, cut into
+    work units of one block of ``block_size`` examples and at most :data:`UNIT_PAIRS` pairs;
+    ``first[k]`` is the position whose value pair k shares (same target and example content).
     """
 
     cols: np.ndarray
     rows: np.ndarray
-    bounds: list[int]
-    prefix: str
-    pack: Callable[[np.ndarray], np.ndarray] = field(default=lambda d: d)
-    unpack: Callable[[np.ndarray], np.ndarray] = field(default=lambda a: a)
+    first: np.ndarray
+    todo: np.ndarray
+    units: list[np.ndarray] = field(default_factory=list)
+    blocks_total: int = 0
+    blocks_reused: int = 0
 
 
 class UtilityKernel:
-    """Computes UF(i, j) for targets i and examples j, in cached, resumable blocks of examples.
+    """Computes UF(i, j) for targets i and examples j; every distance is kept in the pair store,
+    so only pairs it lacks are computed (see :mod:`delift_core.pairstore`).
 
-    :meth:`compute` returns a :class:`KernelResult`; ``progress(done_pairs, total_pairs)`` is
-    called as work finishes, and setting ``cancel`` stops the run between batches.
+    :meth:`compute` returns a :class:`KernelResult`; ``progress(done, total)`` counts the passes
+    actually computed as they finish, and setting ``cancel`` stops the run between batches.
+    ``backend="ray"`` runs the missing work units on Ray actors (``ray_options``: ``address``,
+    ``workers``, ``threads``; see :mod:`delift_core.ray_backend`).
     """
 
     def __init__(self, lm: CausalLM, settings: UtilitySettings | None = None,
-                 cache_root: str | Path | None = None, use_cache: bool = True) -> None:
+                 cache_root: str | Path | None = None, use_cache: bool = True,
+                 backend: str = "local", ray_options: dict | None = None) -> None:
         self.lm = lm
         self.settings = settings or UtilitySettings()
         self.settings.validate()
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend '{backend}'; use one of {BACKENDS}")
         self.cache_root = cache_root
         self.use_cache = use_cache
+        self.backend = backend
+        self.ray_options = dict(ray_options or {})
         self.pairs_computed_ = 0
         self.tokens_processed_ = 0
         self.positions_scored_ = 0
@@ -202,39 +223,85 @@ class UtilityKernel:
         resp = [tok.response_ids(r) for r in t_resps]
         return tok, plain, resp
 
+    def value_space(self) -> dict:
+        """What, besides the two rows, a stored distance depends on: engine version, model
+        fingerprint and dtype, BOS/EOS, and the value-changing settings."""
+        return {"engine": ENGINE_VERSION, "model": self.lm.fingerprint, "dtype": str(self.lm.dtype),
+                "settings": self.settings.value_key(), "bos": self.lm.bos_token_id,
+                "eos": self.lm.eos_token_id}
+
+    def open_store(self) -> PairStore | None:
+        """The pair store this engine reads and writes (None with ``use_cache=False``)."""
+        return PairStore(store_path(self.cache_root)) if self.use_cache else None
+
     def compute(self, targets: TextRows, examples: TextRows, *,
                 pairs: tuple[np.ndarray, np.ndarray] | None = None,
                 progress: ProgressFn | None = None,
                 cancel: threading.Event | None = None) -> KernelResult:
-        """UF(i, j) for targets i and examples j; blocks already in the cache are not recomputed.
+        """UF(i, j) for targets i and examples j; pairs already in the store are not recomputed.
 
         ``pairs`` None: every pair, as a dense n_targets x n_examples float32 array.
         ``pairs=(rows, cols)`` (target and example index arrays): only those pairs, as a scipy
-        CSR float32 matrix in which pairs not listed are absent. Either way pairs are grouped by
-        example (its prefix run once), in blocks of ``block_size`` examples.
+        CSR float32 matrix in which pairs not listed are absent. Missing pairs are grouped by
+        example (its prefix run once) in work units of one block of ``block_size`` examples.
         """
         start = time.time()
         n_t, n_e = len(targets.prompts), len(examples.prompts)
-        key = self._key(targets, examples)
         if pairs is None:
-            blocks = self._dense_blocks(n_t, n_e)
+            cols, rows = np.repeat(np.arange(n_e), n_t), np.tile(np.arange(n_t), n_e)
         else:
-            blocks = self._pair_blocks(pairs, n_t, n_e)
-            key["pairs"] = content_key([blocks.cols.tolist(), blocks.rows.tolist()])
-        run = self._start(key, targets.responses, len(blocks.cols) + n_t, progress, cancel)
-        d_plain = self._plain(run, targets)
-        d_with = self._run_blocks(run, blocks, targets, examples)
-        self.pairs_computed_ = run.pairs_computed
+            cols, rows = self._pair_list(pairs, n_t, n_e)
+        t_keys = [row_key(p, r) for p, r in zip(targets.prompts, targets.responses)]
+        e_keys = [row_key(p, r) for p, r in zip(examples.prompts, examples.responses)]
+        store = self.open_store()
+        try:
+            space = (store.space(self.value_space(), self.lm.fingerprint,
+                                 str(self.lm.dtype).replace("torch.", "")) if store else 0)
+            d_plain, plain_todo = self._stored_plain(store, space, t_keys)
+            d_with, plan = self._stored_pairs(store, space, t_keys, e_keys, cols, rows)
+            run = self._start(targets.responses, len(plain_todo) + len(plan.todo), progress,
+                              cancel)
+            if len(plain_todo):
+                vals = self._plain(run, targets, plain_todo)
+                d_plain[plain_todo] = vals
+                if store:
+                    store.put_plain(space, [(t_keys[i], v) for i, v in zip(plain_todo.tolist(),
+                                                                           vals.tolist())
+                                            if np.isfinite(v)])
+            d_plain = d_plain[_first_index(t_keys)]
+            run_units = self._run_local if self.backend == "local" else self._run_ray
+            for unit, vals in run_units(run, plan, targets, examples):
+                d_with[unit] = vals
+                if store:
+                    store.put_pairs(space, [(t_keys[i], e_keys[j], v) for i, j, v in zip(
+                        rows[unit].tolist(), cols[unit].tolist(), vals.tolist())
+                        if np.isfinite(v)])
+            d_with = d_with[plan.first]
+            damaged = store.damaged if store else 0
+            file_damage = store.file_damage if store else None
+        finally:
+            if store:
+                store.close()
+        computed = len(plain_todo) + len(plan.todo)
+        self.pairs_computed_ = computed
         self.tokens_processed_ = run.scorer.tokens_processed
         self.positions_scored_ = run.scorer.positions_scored
-        meta = self._meta(run, targets, examples, len(blocks.bounds) - 1, start, d_plain)
-        logger.debug("utility kernel %d x %d: %d pairs computed, %d blocks reused, %.1f s",
-                     n_t, n_e, run.pairs_computed, run.blocks_reused, meta["seconds"])
+        meta = self._meta(run, targets, examples, start, d_plain)
+        meta.update({"pairs_computed": computed, "pairs_reused": len(cols) + n_t - computed,
+                     "plain_computed": len(plain_todo),
+                     "blocks_reused": plan.blocks_reused, "blocks_total": plan.blocks_total,
+                     "entries_damaged_recomputed": int(damaged),
+                     "store_file_damaged": file_damage,
+                     "cache_dir": str(store_path(self.cache_root)) if store else None,
+                     "backend": self.backend})
+        if self.backend == "ray":
+            meta["ray"] = {k: v for k, v in self.ray_options.items() if k != "actors"}
+        logger.debug("utility kernel %d x %d: %d passes computed, %d reused, %.1f s", n_t, n_e,
+                     computed, meta["pairs_reused"], meta["seconds"])
         if pairs is None:
             values = (d_plain[:, None] - d_with.reshape(n_e, n_t).T).astype(np.float32)
         else:
-            r, c = blocks.rows, blocks.cols
-            values = sp.csr_matrix(((d_plain[r] - d_with).astype(np.float32), (r, c)),
+            values = sp.csr_matrix(((d_plain[rows] - d_with).astype(np.float32), (rows, cols)),
                                    shape=(n_t, n_e), dtype=np.float32)
             values.sort_indices()
             meta.update({"sparse": True, "format": "scipy CSR float32, absent pairs not computed",
@@ -242,21 +309,18 @@ class UtilityKernel:
         return KernelResult(values=values, row_ids=list(targets.ids), col_ids=list(examples.ids),
                             meta=meta)
 
+    def pair_distances(self, targets: TextRows, examples: TextRows, cols: Sequence[int],
+                       rows: Sequence[int]) -> np.ndarray:
+        """d(i, with example j) for the pairs (cols[k], rows[k]), nothing stored: the work a Ray
+        worker does for one unit."""
+        run = self._start(targets.responses, 0, None, None)
+        return self._example_distances(run, zip(list(cols), list(rows)), targets, examples)
+
     # ------------------------------------------------------------------------------------------
-    # Which pairs, in which blocks
+    # Which pairs, which of them stored, in which units
 
-    def _n_blocks(self, n_e: int) -> int:
-        return (n_e + self.settings.block_size - 1) // self.settings.block_size
-
-    def _dense_blocks(self, n_t: int, n_e: int) -> _Blocks:
-        """Every pair, example-major; block b holds examples b * block_size onwards, all targets."""
-        bs = self.settings.block_size
-        bounds = [min(n_e, b * bs) * n_t for b in range(self._n_blocks(n_e) + 1)]
-        return _Blocks(np.repeat(np.arange(n_e), n_t), np.tile(np.arange(n_t), n_e), bounds,
-                       "examples", pack=lambda d: d.reshape(-1, n_t).T,
-                       unpack=lambda a: a.T.reshape(-1))
-
-    def _pair_blocks(self, pairs: tuple[np.ndarray, np.ndarray], n_t: int, n_e: int) -> _Blocks:
+    def _pair_list(self, pairs: tuple[np.ndarray, np.ndarray], n_t: int, n_e: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
         """The given (target, example) pairs, checked, deduplicated and sorted by example."""
         r = np.asarray(pairs[0], dtype=np.int64)
         c = np.asarray(pairs[1], dtype=np.int64)
@@ -264,76 +328,91 @@ class UtilityKernel:
                                                or c.max() >= n_e)):
             raise ValueError("pair rows and columns must be equal-length index arrays in range")
         both = np.unique(np.stack([c, r], axis=1), axis=0) if r.size else np.zeros((0, 2), np.int64)
+        return both[:, 0], both[:, 1]
+
+    def _stored_plain(self, store: PairStore | None, space: int, t_keys: list[bytes]
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        """Plain distances found in the store (NaN elsewhere) and the distinct targets to compute
+        (the first row of each content)."""
+        d = np.full(len(t_keys), np.nan)
+        found = store.get_plain(space, t_keys) if store else {}
+        first = _first_index(t_keys)
+        for i, k in enumerate(t_keys):
+            if k in found:
+                d[i] = found[k]
+        todo = np.flatnonzero(np.isnan(d) & (first == np.arange(len(t_keys))))
+        return d, todo
+
+    def _stored_pairs(self, store: PairStore | None, space: int, t_keys: list[bytes],
+                      e_keys: list[bytes], cols: np.ndarray, rows: np.ndarray
+                      ) -> tuple[np.ndarray, _Plan]:
+        """Pair distances found in the store (NaN elsewhere) and the plan of what to compute."""
+        t_id, e_id = _first_index(t_keys), _first_index(e_keys)
+        code = t_id[rows] * max(len(e_keys), 1) + e_id[cols]
+        _, first_pos, inverse = np.unique(code, return_index=True, return_inverse=True)
+        first = first_pos[inverse]  # each pair's first position with the same content
+        d = np.full(len(cols), np.nan)
+        if store and len(cols):
+            found = store.get_pairs(space, [t_keys[i] for i in np.unique(t_id[rows])],
+                                    set(e_keys[j] for j in np.unique(e_id[cols])))
+            for k in first_pos.tolist():
+                v = found.get((t_keys[rows[k]], e_keys[cols[k]]))
+                if v is not None:
+                    d[k] = v
+        todo = np.sort(first_pos[np.isnan(d[first_pos])])
+        plan = _Plan(cols, rows, first, todo)
         bs = self.settings.block_size
-        edges = np.arange(self._n_blocks(n_e) + 1) * bs
-        return _Blocks(both[:, 0], both[:, 1], np.searchsorted(both[:, 0], edges).tolist(), "pairs")
+        blocks = cols // bs
+        plan.blocks_total = int(len(np.unique(blocks)))
+        todo_blocks = blocks[todo]
+        plan.blocks_reused = plan.blocks_total - int(len(np.unique(todo_blocks)))
+        edges = np.flatnonzero(np.diff(todo_blocks)) + 1
+        for part in np.split(todo, edges) if len(todo) else []:
+            for s in range(0, len(part), UNIT_PAIRS):
+                plan.units.append(part[s: s + UNIT_PAIRS])
+        return d, plan
 
     # ------------------------------------------------------------------------------------------
     # Running them
 
-    def _key(self, targets: TextRows, examples: TextRows) -> dict:
-        return {"engine": ENGINE_VERSION, "model": self.lm.fingerprint, "dtype": str(self.lm.dtype),
-                "settings": self.settings.value_key(), "bos": self.lm.bos_token_id,
-                "eos": self.lm.eos_token_id,
-                "targets": content_key([list(targets.prompts), list(targets.responses)]),
-                "examples": content_key([list(examples.prompts), list(examples.responses)]),
-                "block_size": self.settings.block_size}
-
-    def _start(self, key: dict, t_resps: Sequence[str], total: int,
-               progress: ProgressFn | None, cancel: threading.Event | None) -> _Run:
-        """Open the cache for ``key`` and tokenise the targets: what every computation starts with."""
-        root = Path(self.cache_root) if self.cache_root else cache_dir() / "kernels"
-        store = BlockStore(root, content_key(key), key) if self.use_cache else None
+    def _start(self, t_resps: Sequence[str], total: int, progress: ProgressFn | None,
+               cancel: threading.Event | None) -> _Run:
+        """Tokenise the targets' responses and set up the scorer: what every computation starts
+        with."""
         s = self.settings
         tok = SegmentTokens(self.lm, s.max_field_tokens, s.max_response_tokens, s.score_eos)
         resp = [tok.response_ids(r) for r in t_resps]
         if self.lm.device.type == "cpu":
             torch.set_num_threads(cpu_threads())
         self.pairs_computed_ = 0
-        return _Run(store, tok, resp, Scorer(self.lm), total, progress, cancel)
+        run = _Run(tok, resp, Scorer(self.lm), total, progress, cancel)
+        run.check()
+        return run
 
-    def _plain(self, run: _Run, targets: TextRows) -> np.ndarray:
-        """d(i, plain) for every target, from the cache when it holds them: the template head runs
-        once, prompts + responses behind it."""
-        n_t = len(targets.prompts)
-        d_plain = run.store.get("plain") if run.store else None
-        if d_plain is not None and d_plain.shape == (n_t,):
-            run.tick(n_t)
-            return d_plain
+    def _plain(self, run: _Run, targets: TextRows, todo: np.ndarray) -> np.ndarray:
+        """d(i, plain) for the targets ``todo``: the template head runs once, prompts + responses
+        behind it."""
         heads, suffixes = [], []
-        for p, r in zip(targets.prompts, run.resp):
-            head, rest = split_prompt(run.tok, self.settings.plain_template, {"prompt": p})
+        for i in todo.tolist():
+            head, rest = split_prompt(run.tok, self.settings.plain_template,
+                                      {"prompt": targets.prompts[i]})
             heads.append(head)
-            suffixes.append(rest + r)
-        d_plain = self._grouped(run, heads, suffixes, [len(r) for r in run.resp])
-        run.pairs_computed += n_t
-        if run.store:
-            run.store.put("plain", d_plain)
-        return d_plain
+            suffixes.append(rest + run.resp[i])
+        return self._grouped(run, heads, suffixes, [len(run.resp[i]) for i in todo.tolist()])
 
-    def _run_blocks(self, run: _Run, blocks: _Blocks, targets: TextRows,
-                    examples: TextRows) -> np.ndarray:
-        """d(i, with example j) for every listed pair, block by block; cached blocks are read,
-        damaged or missing ones computed and stored."""
-        d_with = np.empty(len(blocks.cols), dtype=np.float64)
-        for blk in range(len(blocks.bounds) - 1):
-            lo, hi = blocks.bounds[blk], blocks.bounds[blk + 1]
-            if hi <= lo:
-                continue
-            name = f"{blocks.prefix}_{blk:06d}"
-            cached = run.store.get(name) if run.store else None
-            if cached is not None and cached.shape == blocks.pack(d_with[lo:hi]).shape:
-                d_with[lo:hi] = blocks.unpack(cached)
-                run.blocks_reused += 1
-                run.tick(hi - lo)
-                continue
-            d_with[lo:hi] = self._example_distances(
-                run, zip(blocks.cols[lo:hi].tolist(), blocks.rows[lo:hi].tolist()),
-                targets, examples)
-            run.pairs_computed += hi - lo
-            if run.store:
-                run.store.put(name, blocks.pack(d_with[lo:hi]))
-        return d_with
+    def _run_local(self, run: _Run, plan: _Plan, targets: TextRows, examples: TextRows
+                   ) -> Any:
+        """Each work unit in this process, yielded as (positions, distances) when done."""
+        for unit in plan.units:
+            yield unit, self._example_distances(
+                run, zip(plan.cols[unit].tolist(), plan.rows[unit].tolist()), targets, examples)
+
+    def _run_ray(self, run: _Run, plan: _Plan, targets: TextRows, examples: TextRows) -> Any:
+        """The work units on Ray actors, yielded as they arrive (see :mod:`.ray_backend`)."""
+        from .ray_backend import run_units
+
+        yield from run_units(self, plan.units, plan.cols, plan.rows, targets, examples,
+                             tick=run.tick, check=run.check)
 
     def _example_distances(self, run: _Run, pairs: Any, targets: TextRows,
                            examples: TextRows) -> np.ndarray:
@@ -357,12 +436,20 @@ class UtilityKernel:
         return run.scorer.run_groups([(list(h), m) for h, m in groups.items()], suffixes, n_scored,
                                      self.settings.batch_size, run.tick, run.check)
 
-    def _meta(self, run: _Run, targets: TextRows, examples: TextRows, n_blocks: int,
-              start: float, d_plain: np.ndarray) -> dict:
+    def _truncation(self, targets: TextRows, examples: TextRows) -> tuple[int, int]:
+        """(field values, responses) longer than their limits, counted per row of the kernel."""
+        s = self.settings
+        tok = SegmentTokens(self.lm, s.max_field_tokens, s.max_response_tokens, s.score_eos)
+        fields = [*targets.prompts, *examples.prompts, *examples.responses]
+        return (sum(len(tok.ids(t)) > s.max_field_tokens for t in fields),
+                sum(len(tok.ids(r)) > s.max_response_tokens for r in targets.responses))
+
+    def _meta(self, run: _Run, targets: TextRows, examples: TextRows, start: float,
+              d_plain: np.ndarray) -> dict:
         """What a kernel result records about how it was made."""
         s, lm = self.settings, self.lm
-        tok, store = run.tok, run.store
         n_t, n_e = len(targets.prompts), len(examples.prompts)
+        trunc_fields, trunc_resps = self._truncation(targets, examples)
         return {
             "kind": "utility",
             "model": lm.name, "model_source": lm.source,
@@ -380,18 +467,24 @@ class UtilityKernel:
             "segments": {"plain": template_segments(s.plain_template),
                          "example": template_segments(s.example_template)},
             "max_field_tokens": s.max_field_tokens, "max_response_tokens": s.max_response_tokens,
-            "truncated_field_values": tok.truncated_fields,
-            "truncated_responses": tok.truncated_responses,
+            "truncated_field_values": trunc_fields,
+            "truncated_responses": trunc_resps,
+            "truncation_counts": "rows whose target prompt, example prompt or example response "
+                                 "(field values) or target response was cut at its limit",
             "distance": "d = ||1 - p||_2 / sqrt(T) over the scored positions",
             "utility": "UF(i, j) = d(i, plain) - d(i, with example j)",
             "rows": "targets i (items helped)", "columns": "in-context examples j",
             "row_ids": list(targets.ids), "col_ids": list(examples.ids),
-            "shape": [n_t, n_e], "pairs_computed": run.pairs_computed,
+            "shape": [n_t, n_e],
             "tokens_processed": run.scorer.tokens_processed,
             "positions_scored": run.scorer.positions_scored,
-            "blocks_reused": run.blocks_reused, "blocks_total": n_blocks,
-            "blocks_damaged_recomputed": list(store.damaged) if store else [],
-            "cache_dir": str(store.path) if store else None,
+            "store": "pair store: SQLite, one entry per (target row, example row) content pair",
             "seconds": round(time.time() - start, 3),
             "d_plain": [float(x) for x in d_plain],
         }
+
+
+def _first_index(keys: Sequence[bytes]) -> np.ndarray:
+    """For each key, the index of its first occurrence (rows of equal content share values)."""
+    seen: dict[bytes, int] = {}
+    return np.array([seen.setdefault(k, i) for i, k in enumerate(keys)], dtype=np.int64)
