@@ -18,13 +18,44 @@ import torch
 
 from .models import CausalLM
 
-__all__ = ["template_segments", "SegmentTokens", "split_prompt", "padded_batch",
-           "scored_positions"]
+__all__ = ["template_segments", "SegmentTokens", "chat_wrapped_template", "split_prompt",
+           "padded_batch", "scored_positions"]
 
 
 def template_segments(template: str) -> list[tuple[str, str | None]]:
     """Split a format string into (literal, field) pieces, in order."""
     return [(lit, fld) for lit, fld, _, _ in string.Formatter().parse(template)]
+
+
+_CHAT_SLOT = "DELIFTPROMPTSLOT7F3A"
+
+
+def chat_wrapped_template(lm: CausalLM, template: str) -> str:
+    """``template`` as the user turn of the tokenizer's chat template, followed by the assistant's
+    generation prompt: the chat template's text before and after the user's content becomes
+    literal pieces, so the prompt is still tokenised in segments. A leading BOS text is dropped
+    when the model puts BOS first anyway (it would appear twice). A template already wrapped is
+    returned as it is."""
+    tok = lm.tokenizer
+    if not getattr(tok, "chat_template", None):
+        raise ValueError(f"the tokenizer of '{lm.name}' has no chat template; turn the chat "
+                         "template option off for this model")
+    text = tok.apply_chat_template([{"role": "user", "content": _CHAT_SLOT}], tokenize=False,
+                                   add_generation_prompt=True)
+    if not isinstance(text, str) or text.count(_CHAT_SLOT) != 1:
+        raise ValueError(f"the chat template of '{lm.name}' does not render the user's message "
+                         "once; it cannot wrap the prompt")
+    head, tail = text.split(_CHAT_SLOT)
+    if lm.bos_token_id is not None and tok.bos_token and head.startswith(tok.bos_token):
+        head = head[len(tok.bos_token):]
+
+    def literal(s: str) -> str:
+        return s.replace("{", "{{").replace("}", "}}")
+
+    head, tail = literal(head), literal(tail)
+    if template.startswith(head) and template.endswith(tail) and (head or tail):
+        return template  # already wrapped (settings passed on to a worker)
+    return head + template + tail
 
 
 @dataclass

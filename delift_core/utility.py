@@ -32,7 +32,7 @@ from .matrices import scale_to_unit
 from .models import CausalLM, cache_dir
 from .scorer import Scorer, cpu_threads
 from .pairstore import PairStore, row_key
-from .tokens import SegmentTokens, split_prompt, template_segments
+from .tokens import SegmentTokens, chat_wrapped_template, split_prompt, template_segments
 
 __all__ = ["DEFAULT_PLAIN_TEMPLATE", "DEFAULT_EXAMPLE_TEMPLATE", "ENGINE_VERSION", "BACKENDS",
            "UNIT_PAIRS", "Texts", "KernelCancelled", "UtilitySettings", "KernelResult",
@@ -96,6 +96,9 @@ class UtilitySettings:
     max_response_tokens: int = 256
     batch_size: int = 16
     block_size: int = 8
+    #: wrap each prompt in the tokenizer's chat template (a user turn + the assistant prompt);
+    #: for chat-tuned models, off by default (base models have none or were not tuned on it)
+    chat_template: bool = False
 
     def validate(self) -> None:
         """Raise ValueError for templates or sizes that cannot run."""
@@ -203,6 +206,12 @@ class UtilityKernel:
         self.lm = lm
         self.settings = settings or UtilitySettings()
         self.settings.validate()
+        if self.settings.chat_template:  # the one place prompts get the chat template
+            from dataclasses import replace
+
+            self.settings = replace(self.settings, plain_template=chat_wrapped_template(
+                lm, self.settings.plain_template), example_template=chat_wrapped_template(
+                lm, self.settings.example_template))
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend '{backend}'; use one of {BACKENDS}")
         self.cache_root = cache_root
@@ -456,6 +465,7 @@ class UtilityKernel:
             "model_fingerprint": lm.fingerprint, "dtype": str(lm.dtype).replace("torch.", ""),
             "device": str(lm.device),
             "plain_template": s.plain_template, "example_template": s.example_template,
+            "chat_template": s.chat_template,
             "bos_token_id": lm.bos_token_id, "bos_first": lm.bos_token_id is not None,
             "eos_token_id": lm.eos_token_id,
             "score_eos": bool(s.score_eos and lm.eos_token_id is not None),
