@@ -8,6 +8,7 @@ import sys
 import time
 from typing import Any, Sequence
 
+from .cli_options import JSON_COMMANDS, emit_summary, json_option, model_options, print_summary
 from .data import ColumnMapping, Dataset, load_dataset
 from .errors import DeliftError
 from . import objectives
@@ -59,11 +60,7 @@ def _add_data_args(p: argparse.ArgumentParser, with_target: bool = True) -> None
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="causal LM: hub id or local folder (default: packaged "
-                                   "Gemma 3 270M)")
-    p.add_argument("--embedder", help="sentence embedder (default: packaged all-MiniLM-L6-v2)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
+    """The utility kernel's settings (--model, --device ... come from cli_options.model_options)."""
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-field-tokens", type=int, default=256)
     p.add_argument("--max-response-tokens", type=int, default=256)
@@ -71,6 +68,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--example-template", default=DEFAULT_EXAMPLE_TEMPLATE)
     p.add_argument("--no-score-eos", action="store_true", help="do not score an EOS after the "
                                                                "response")
+    p.add_argument("--chat-template", action="store_true",
+                   help="wrap each prompt in the model's chat template (a user turn and the "
+                        "assistant prompt): for chat-tuned models such as smollm2-135m-instruct")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the kernel "
                                                            "cache")
     p.add_argument("--neighbours", type=int, default=None, metavar="K",
@@ -91,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="show only warnings and errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    ins = sub.add_parser("inspect", help="show how a data file is read: layout, counts, a preview")
+    ins = sub.add_parser("inspect", help="show how a data file is read: layout, counts, a preview",
+                         parents=[json_option()])
     ins.add_argument("path")
     ins.add_argument("--prompt-col", action="append")
     ins.add_argument("--response-col")
@@ -99,13 +100,15 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--split")
     ins.add_argument("--rows", type=int, default=3)
 
-    k = sub.add_parser("kernel", help="compute and save the raw kernels")
+    k = sub.add_parser("kernel", help="compute and save the raw kernels",
+                       parents=[model_options(), json_option()])
     _add_data_args(k)
     k.add_argument("--kernel", choices=KERNEL_KINDS, default="utility")
     _add_model_args(k)
     _add_out_args(k)
 
-    s = sub.add_parser("select", help="select a subset and write it with its annotations")
+    s = sub.add_parser("select", help="select a subset and write it with its annotations",
+                       parents=[model_options(), json_option()])
     _add_data_args(s)
     s.add_argument("--objective", choices=objectives.names(), default="fl",
                    help="; ".join(f"{o.name}: {o.label}, {o.help}"
@@ -242,11 +245,16 @@ def _models_dense(args: argparse.Namespace, kind: str) -> dict:
                                score_eos=not args.no_score_eos,
                                max_field_tokens=args.max_field_tokens,
                                max_response_tokens=args.max_response_tokens,
-                               batch_size=args.batch_size)
+                               batch_size=args.batch_size,
+                               chat_template=args.chat_template)
     try:
         settings.validate()
+        if settings.chat_template:  # a model without a chat template fails now, clearly
+            from .tokens import chat_wrapped_template
+
+            chat_wrapped_template(lm, settings.plain_template)
     except ValueError as e:
-        raise DeliftError(str(e)) from None
+        raise DeliftError(f"--chat-template: {e}" if settings.chat_template else str(e)) from None
     return {"lm": lm, "settings": settings}
 
 
@@ -258,6 +266,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print(f"skipped {s.location}: {s.reason}")
     for k in range(min(args.rows, len(ds))):
         print(f"--- id {ds.ids[k]}\nPROMPT: {ds.prompts[k][:300]}\nRESPONSE: {ds.responses[k][:300]}")
+    reasons: dict[str, int] = {}
+    for s in ds.skipped:
+        reasons[s.reason] = reasons.get(s.reason, 0) + 1
+    emit_summary(args, source=ds.source, format=ds.source_format, layout=ds.layout,
+                 rows=len(ds), skipped=len(ds.skipped), skipped_by_reason=reasons,
+                 columns=ds.columns, ids=ds.ids[:args.rows])
     return 0
 
 
@@ -274,6 +288,12 @@ def cmd_kernel(args: argparse.Namespace) -> int:
                                               for w in ("pool", "target", "existing")
                                               if w in paths)
           + f" and {paths['meta'].name} in {kernels.meta.get('seconds')} s")
+    emit_summary(args, out=args.out, kind=kernels.kind, files={w: str(p) for w, p in paths.items()},
+                 shapes={w: list(getattr(kernels, w).shape) for w in ("pool", "target",
+                                                                      "existing") if w in paths},
+                 rows={"pool": len(pool), "target": len(target) if target else None,
+                       "existing": len(existing) if existing else None},
+                 kernel_seconds=kernels.meta.get("seconds"), report=list(kernel_report(kernels)))
     return 0
 
 
@@ -323,6 +343,13 @@ def cmd_select(args: argparse.Namespace) -> int:
           + ", ".join(sorted(p.name for p in paths.values())) + f" to {args.out}")
     for note in selection.notes:
         print(f"note: {note}", file=sys.stderr)
+    emit_summary(args, out=args.out, files={n: str(p) for n, p in sorted(paths.items())},
+                 objective=args.objective, objective_value=selection.objective_value,
+                 selected=len(selection.selected_indices), pool_rows=len(pool),
+                 rejected=len(pool) - len(selection.selected_indices), skipped=len(pool.skipped),
+                 format=args.format, kernel_seconds=(kernels.meta.get("seconds")
+                                                     if kernels is not None else None),
+                 selection_seconds=selection.seconds, notes=list(selection.notes))
     return 0
 
 
@@ -331,7 +358,8 @@ def _add_evaluate_parser(sub: Any) -> None:
     from .evaluation import EvalSettings
 
     p = sub.add_parser("evaluate", help="score subsets (and baselines) by in-context learning "
-                                        "or LoRA on a held-out test set")
+                                        "or LoRA on a held-out test set",
+                       parents=[model_options(), json_option()])
     p.add_argument("subsets", nargs="*", metavar="SUBSET",
                    help="subset file or `delift select` output folder; NAME=PATH names it")
     p.add_argument("--test", required=True, help="held-out test set (file, hub id or demo:...)")
@@ -356,11 +384,6 @@ def _add_evaluate_parser(sub: Any) -> None:
         default = getattr(EvalSettings, f"lora_{name}")
         p.add_argument(f"--lora-{name.replace('_', '-')}", default=default,
                        type=type(default) if not isinstance(default, str) else None)
-    p.add_argument("--model", help="causal LM: hub id or local folder (default: packaged "
-                                   "Gemma 3 270M)")
-    p.add_argument("--embedder", help="sentence embedder (default: packaged all-MiniLM-L6-v2)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
     _add_out_args(p)  # results.json, results.md, chart.html
 
@@ -415,6 +438,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         paths = report.write(tmp)
     print(report.to_markdown())
     logger.info("wrote %s to %s", ", ".join(sorted(p.name for p in paths.values())), args.out)
+    emit_summary(args, out=args.out, files={n: str(p) for n, p in sorted(paths.items())},
+                 subsets=len(subsets), test_rows=len(test), modes=list(modes),
+                 results=report.summary())
     return 0
 
 
@@ -423,7 +449,8 @@ def _add_audit_parser(sub: Any) -> None:
     from .audit import AuditSettings
 
     p = sub.add_parser("audit", help="what the kernel says about the data: rows already known, "
-                                     "harmful, unhelped, self-copying, near-duplicate, covered worst")
+                                     "harmful, unhelped, self-copying, near-duplicate, covered worst",
+                       parents=[model_options()])
     _add_data_args(p, with_target=False)
     p.add_argument("--kernel", default="embedding",
                    help="a `delift kernel` folder (utility findings need a utility kernel), or "
@@ -574,10 +601,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = {"inspect": cmd_inspect, "kernel": cmd_kernel, "select": cmd_select,
                "evaluate": cmd_evaluate, "audit": cmd_audit, "report": cmd_report}[args.command]
     log_handler = _log_to_stderr(args.verbosity)
+    as_json = args.command in JSON_COMMANDS and getattr(args, "json", False)
+    started = time.time()
     try:
-        return handler(args)
+        if not as_json:
+            return handler(args)
+        import contextlib
+
+        with contextlib.redirect_stdout(sys.stderr):  # only the summary goes to stdout
+            code = handler(args)
+        print_summary({"command": args.command, "ok": code == 0,
+                       **(getattr(args, "json_summary", None) or {}),
+                       "seconds": round(time.time() - started, 3)})
+        return code
     except DeliftError as e:
         print(f"delift: error: {e}", file=sys.stderr)
+        if as_json:
+            print_summary({"command": args.command, "ok": False, "error": str(e),
+                           "seconds": round(time.time() - started, 3)})
         return 2
     except KeyboardInterrupt:
         print("delift: interrupted; finished kernel blocks are cached and will be reused",
