@@ -157,29 +157,41 @@ def build_manifest(selection: Selection, *, target: Dataset | None = None,
 
 def selection_artifacts(selection: Selection, fmt: str | None = None, *,
                         target: Dataset | None = None, existing: Dataset | None = None,
-                        extra: dict | None = None, escape_csv: bool = False) -> dict[str, bytes]:
+                        extra: dict | None = None, escape_csv: bool = False,
+                        full_pool: Dataset | None = None,
+                        decisions: Any | None = None) -> dict[str, bytes]:
     """Every file of an export, by name: selected/rejected/skipped rows, tables and JSON.
 
     ``annotated.csv`` is always formula-escaped (a table for spreadsheets); with ``escape_csv``
-    the CSV row files are too (off by default: they are the data, kept exactly)."""
+    the CSV row files are too (off by default: they are the data, kept exactly). ``full_pool``:
+    the whole pool when the selection covers only some of its rows (a first-N kernel); the rows
+    it left out are written as ``left_out.<fmt>`` and counted in the manifest, so the files
+    together are the pool. ``decisions`` (review pins, bans, notes) is written as
+    ``decisions.json`` and listed like every other file."""
     pool = selection.pool
     fmt = fmt or default_format(pool)
+    left_out = _left_out(pool, full_pool)
+    skipped_rows = (full_pool if full_pool is not None else pool).skipped
     chosen = set(int(k) for k in selection.selected_indices)
     selected_rows = [pool.rows[k] for k in selection.selected_indices]
     rejected_rows = [pool.rows[k] for k in range(len(pool)) if k not in chosen]
     notes: list[str] = []
     files = {f"selected.{fmt}": rows_to_bytes(selected_rows, fmt, notes, escape_csv=escape_csv),
              f"rejected.{fmt}": rows_to_bytes(rejected_rows, fmt, notes, escape_csv=escape_csv)}
-    if pool.skipped:
-        files[f"skipped.{fmt}"] = rows_to_bytes([s.row for s in pool.skipped], fmt, notes,
+    if skipped_rows:
+        files[f"skipped.{fmt}"] = rows_to_bytes([s.row for s in skipped_rows], fmt, notes,
                                                 escape_csv=escape_csv)
+    if left_out:
+        files[f"left_out.{fmt}"] = rows_to_bytes(left_out, fmt, notes, escape_csv=escape_csv)
+    if decisions is not None:
+        files["decisions.json"] = decisions.to_json().encode("utf-8")
     import pandas as pd
 
     table = selection.annotate()
-    if pool.skipped:
-        skipped = pd.DataFrame({"id": [s.id for s in pool.skipped],
-                                "position": [s.position for s in pool.skipped],
-                                "selected": False, "skipped": [s.reason for s in pool.skipped]})
+    if skipped_rows:
+        skipped = pd.DataFrame({"id": [s.id for s in skipped_rows],
+                                "position": [s.position for s in skipped_rows],
+                                "selected": False, "skipped": [s.reason for s in skipped_rows]})
         table = pd.concat([table.assign(skipped=""), skipped], ignore_index=True)
     for c in table.columns:
         if table[c].dtype == object or pd.api.types.is_string_dtype(table[c]):
@@ -188,12 +200,31 @@ def selection_artifacts(selection: Selection, fmt: str | None = None, *,
     files["selection.json"] = json.dumps(selection.to_json(), indent=1,
                                          default=str).encode("utf-8")
     manifest = build_manifest(selection, target=target, existing=existing, extra=extra)
+    manifest["rows"] = {"selected": len(selected_rows), "rejected": len(rejected_rows),
+                        "skipped": len(skipped_rows), "left_out": len(left_out),
+                        "input": len(selected_rows) + len(rejected_rows) + len(skipped_rows)
+                        + len(left_out)}
+    if left_out:
+        manifest["left_out"] = (f"the kernel covered the first {len(pool)} of {len(full_pool)} "
+                                f"pool rows; the other {len(left_out)} were not considered and "
+                                f"are in left_out.{fmt}")
+        manifest["inputs"]["full_pool"] = dataset_record(full_pool)
     manifest["files"] = sorted([*files, "manifest.json"])
     manifest["csv_escaping"] = CSV_ESCAPING + (CSV_ROWS_ESCAPED if escape_csv else CSV_ROWS_EXACT)
     if notes:
         manifest["export_notes"] = notes
     files["manifest.json"] = json.dumps(manifest, indent=1, default=str).encode("utf-8")
     return files
+
+
+def _left_out(pool: Dataset, full_pool: Dataset | None) -> list[dict]:
+    """Rows of ``full_pool`` the selection's pool does not hold (by id), in the pool's order."""
+    if full_pool is None or full_pool is pool:
+        return []
+    ids = set(pool.ids)
+    if not ids <= set(full_pool.ids):
+        raise SelectionError("full_pool must hold every row of the selection's pool")
+    return [row for rid, row in zip(full_pool.ids, full_pool.rows) if rid not in ids]
 
 
 def export_selection(selection: Selection, out_dir: str | Path, fmt: str | None = None,

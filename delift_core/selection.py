@@ -136,7 +136,8 @@ class Selection:
         if b > len(self.order):
             raise SelectionError(f"the greedy order was computed up to {len(self.order)} rows; "
                                  f"select again for a budget of {b}")
-        return replace(self, budget=max(b, len(self.pinned)))
+        return replace(self, budget=max(b, len(self.pinned)),
+                       params={**self.params, "budget_requested": budget})
 
     def subset(self, name: str | None = None) -> Any:
         """The selected rows as an evaluation ``Subset`` (kind 'subset', this run's seed, the

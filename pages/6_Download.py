@@ -16,27 +16,37 @@ sel = ui.need("pool", "kernels", "selection")
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def artifacts(_sel, key: tuple, fmt: str, _target, _existing) -> dict[str, bytes]:
+def artifacts(_sel, key: tuple, fmt: str, _target, _existing, _full_pool, _decisions
+              ) -> dict[str, bytes]:
     """The export files (the same bytes `delift select` writes), cached per selection."""
-    return selection_artifacts(_sel, fmt, target=_target, existing=_existing)
+    return selection_artifacts(_sel, fmt, target=_target, existing=_existing,
+                               full_pool=_full_pool, decisions=_decisions)
 
 
 own = default_format(sel.pool)
 s.setdefault("p_export_fmt", own)
 fmt = st.selectbox("Format of the row files", list(EXPORT_FORMATS), key="p_export_fmt",
                    format_func=lambda f: f + (" (the input's own)" if f == own else ""))
+full_pool = s["pool"] if s["pool"] is not None and len(s["pool"]) > len(sel.pool) else None
+decisions = s["decisions"]
 key = (s["kernels_version"], s["_sid"], sel.objective, sel.budget, tuple(sel.selected_ids),
-       tuple(sel.pinned), tuple(sel.banned), str(sel.params))
-files = artifacts(sel, key, fmt, **{f"_{k}": v for k, v in state.extra_sets().items()})
-files = dict(files)
-files["decisions.json"] = s["decisions"].to_json().encode("utf-8")
+       tuple(sel.pinned), tuple(sel.banned), str(sel.params), decisions.to_json(),
+       len(full_pool) if full_pool is not None else 0)
+files = artifacts(sel, key, fmt, **{f"_{k}": v for k, v in state.extra_sets().items()},
+                  _full_pool=full_pool, _decisions=decisions)
 
 st.write(f"**{sel.budget}** of {len(sel.pool)} rows selected with {sel.objective.upper()}; the "
          "row files keep every original field in the input's layout.")
+if full_pool is not None:
+    st.warning(f"The kernel covered only the first {len(sel.pool)} of the {len(full_pool)} pool "
+               f"rows. The other {len(full_pool) - len(sel.pool)} rows were not considered: they "
+               f"are in left_out.{fmt}, so selected + rejected + left out (+ skipped) is the whole "
+               "pool. Raise N on the Model & kernel page to select from more rows.")
 MIME = {"jsonl": "application/jsonl", "json": "application/json", "csv": "text/csv",
         "parquet": "application/octet-stream"}
 DESCRIBE = {"selected": "the selected rows", "rejected": "the rows not selected",
             "skipped": "rows skipped on loading (empty prompt or response)",
+            "left_out": "pool rows beyond the first N the kernel covered (not considered)",
             "annotated": "every row with decision, rank, gain and best cover",
             "selection": "ordered ids, gains, objective value and parameters",
             "manifest": "inputs with hashes, models, objective, budget, versions",

@@ -56,3 +56,25 @@ def test_csv_rows_of_only_commas_are_blank_lines():
     data = b"prompt,response\nq1,a1\n,\n ,  \nq2,a2\n"
     ds = load_dataset_bytes(data, "x.csv")
     assert ds.prompts == ["q1", "q2"] and not ds.skipped
+
+
+def test_first_n_selection_writes_the_left_out_rows_and_counts_in_the_manifest():
+    from delift_core import Decisions, load_dataset
+
+    full = load_dataset("demo:pool")
+    pool = full.subset(range(12))
+    sel = select(pool, "fl", Kernels("embedding", pool=np.eye(12, dtype=np.float32)),
+                 12).at_budget(6)
+    d = Decisions()
+    d.pinned.append(pool.ids[0])
+    files = selection_artifacts(sel, "jsonl", full_pool=full, decisions=d)
+    manifest = json.loads(files["manifest.json"])
+    assert manifest["budget"] == 6 and manifest["params"]["budget_requested"] == 6
+    assert manifest["rows"] == {"selected": 6, "rejected": 6, "skipped": 0, "left_out": 228,
+                                "input": 240}
+    assert "first 12 of 240" in manifest["left_out"]
+    assert set(manifest["files"]) == set(files)  # decisions.json listed like the rest
+    ids = [json.loads(x)["id"] for name in ("selected.jsonl", "rejected.jsonl", "left_out.jsonl")
+           for x in files[name].decode().splitlines()]
+    assert sorted(ids) == sorted(full.ids)
+    assert json.loads(files["decisions.json"])["pinned"] == [pool.ids[0]]
