@@ -93,7 +93,12 @@ class _Worker:
         os.environ["DELIFT_NUM_THREADS"] = str(threads)
         torch.set_num_threads(threads)
         how, what, dtype, device, fingerprint = spec
-        lm = load_causal_lm(what, dtype=dtype, device=device) if how == "load" else what
+        if how == "load":
+            lm = load_causal_lm(what, dtype=dtype, device=device)
+        else:
+            import ray
+
+            lm = ray.get(what)
         if lm.fingerprint != fingerprint:
             raise ModelError(f"the worker loaded model '{what}' with fingerprint "
                              f"{lm.fingerprint}, the driver has {fingerprint}: give every node "
@@ -201,8 +206,8 @@ def run_units(engine: "UtilityKernel", units: Sequence[np.ndarray], cols: np.nda
                 if attempts[u] >= MAX_ATTEMPTS:
                     shutdown_workers()
                     raise DeliftError(f"a Ray worker died {attempts[u]} times on one work unit "
-                                      f"({type(e).__name__}); the units finished so far are "
-                                      "stored, rerun to continue") from None
+                                      f"({type(e).__name__}: {str(e)[-300:]}); the units "
+                                      "finished so far are stored, rerun to continue") from None
                 logger.warning("Ray worker %d died (%s); its unit is retried on a new worker",
                                slot, type(e).__name__)
                 actors[slot] = pool[slot] = _new_actor(ray, spec, engine.settings, threads)
