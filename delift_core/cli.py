@@ -78,6 +78,15 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                         "sentence embedding (plus --neighbour-random random ones)")
     p.add_argument("--neighbour-random", type=int, default=4,
                    help="with --neighbours: seeded random columns added per row (default 4)")
+    p.add_argument("--backend", choices=["local", "ray"], default="local",
+                   help="where the utility pairs the pair store lacks are computed: this process "
+                        "(default) or Ray workers (pip install \"delift-studio[ray]\")")
+    p.add_argument("--ray-address", default=None, metavar="auto|HOST:PORT",
+                   help="with --backend ray: join a running cluster (`ray start --head`); "
+                        "without it a local cluster is started")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="with --backend ray: worker actors of one thread each (default: one per "
+                        "CPU of the cluster)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate_parser(sub)
     _add_audit_parser(sub)
     _add_report_parser(sub)
+    _add_cache_parser(sub)
     return parser
 
 
@@ -211,7 +221,19 @@ def _models(args: argparse.Namespace, kind: str) -> dict:
         from .models import load_embedder
 
         extra["embedder"] = load_embedder(args.embedder, device=args.device)
-    return {**_models_dense(args, kind), **extra}
+    return {**_models_dense(args, kind), **extra, **_backend_args(args)}
+
+
+def _backend_args(args: argparse.Namespace) -> dict:
+    """compute_kernels arguments for --backend ray (none for the local default)."""
+    backend = getattr(args, "backend", "local")
+    if backend == "local":
+        if getattr(args, "ray_address", None) or getattr(args, "workers", None):
+            raise DeliftError("--ray-address and --workers need --backend ray")
+        return {}
+    if args.workers is not None and args.workers < 1:
+        raise DeliftError(f"--workers must be at least 1, got {args.workers}")
+    return {"backend": backend, "ray_address": args.ray_address, "workers": args.workers}
 
 
 def _sparse_args(args: argparse.Namespace) -> dict:
@@ -593,13 +615,45 @@ def _log_to_stderr(verbosity: int) -> logging.Handler:
     return handler
 
 
+def _add_cache_parser(sub: Any) -> None:
+    p = sub.add_parser("cache", help="the pair store of utility values: info, prune, clear")
+    act = p.add_subparsers(dest="cache_action", required=True)
+    act.add_parser("info", help="size, entries per model, last used")
+    pr = act.add_parser("prune", help="delete the values of one model, or those not used lately")
+    pr.add_argument("--model", help="delete the values computed with models whose name or "
+                                    "fingerprint contains this")
+    pr.add_argument("--older-than", type=float, metavar="DAYS",
+                    help="delete the values of settings not used for DAYS days")
+    act.add_parser("clear", help="delete the pair store, the embedding store and the old block "
+                                 "cache folder")
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    from . import cache
+
+    if args.cache_action == "info":
+        print("\n".join(cache.info_lines(cache.cache_info())))
+    elif args.cache_action == "prune":
+        if not args.model and args.older_than is None:
+            raise DeliftError("delift cache prune: give --model NAME or --older-than DAYS")
+        if args.older_than is not None and args.older_than < 0:
+            raise DeliftError(f"--older-than must be at least 0 days, got {args.older_than}")
+        gone = cache.prune(model=args.model, older_than_days=args.older_than)
+        print(f"pruned {gone['spaces']} value spaces ({gone['entries']} entries)")
+    else:
+        removed = cache.clear()
+        print("removed " + (", ".join(removed) if removed else "nothing (the cache was empty)"))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``delift`` console script; user errors exit 2 with a message."""
     import logging
 
     args = build_parser().parse_args(argv)
     handler = {"inspect": cmd_inspect, "kernel": cmd_kernel, "select": cmd_select,
-               "evaluate": cmd_evaluate, "audit": cmd_audit, "report": cmd_report}[args.command]
+               "evaluate": cmd_evaluate, "audit": cmd_audit, "report": cmd_report,
+               "cache": cmd_cache}[args.command]
     log_handler = _log_to_stderr(args.verbosity)
     as_json = args.command in JSON_COMMANDS and getattr(args, "json", False)
     started = time.time()
@@ -621,7 +675,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                            "seconds": round(time.time() - started, 3)})
         return 2
     except KeyboardInterrupt:
-        print("delift: interrupted; finished kernel blocks are cached and will be reused",
+        print("delift: interrupted; finished kernel pairs are in the pair store and will be "
+              "reused",
               file=sys.stderr)
         return 130
     finally:
