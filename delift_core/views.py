@@ -223,8 +223,9 @@ class Explanation:
 
 
 def explain(selection: "Selection", row_id: str, top: int = 5) -> Explanation:
-    """Selected: rank, marginal gain, and the pool rows it covers best (largest kernel value).
-    Rejected: the selected row that covers it best and by how much, and the next-best covers.
+    """Selected: rank, marginal gain, and the rejected rows it is the best cover of (largest
+    kernel value first). Rejected: the selected row that covers it best and by how much, and the
+    next-best covers.
 
     Kernel values are the scaled pool kernel (rows = item helped, columns = example).
     """
@@ -239,15 +240,13 @@ def explain(selection: "Selection", row_id: str, top: int = 5) -> Explanation:
         r = sel.index(k)
         out.rank, out.gain = r + 1, float(selection.gains[r])
         if kernel is not None:
-            everyone = np.arange(len(pool))
-            col = kernel_block(kernel, everyone, [k])[:, 0].astype(float)
-            others = [i for i in np.argsort(-col, kind="stable") if i != k][:top]
-            out.covers = [(pool.ids[i], float(col[i])) for i in others]
-            if sel:
-                cover, _ = best_cover(kernel, sel)
-                rejected = np.ones(len(pool), bool)
-                rejected[sel] = False
-                out.best_cover_for = int(((cover == k) & rejected).sum())
+            cover, value = best_cover(kernel, sel)
+            rejected = np.ones(len(pool), bool)
+            rejected[sel] = False
+            mine = np.flatnonzero((cover == k) & rejected)  # rejected rows it covers best
+            out.best_cover_for = int(mine.size)
+            mine = mine[np.argsort(-value[mine], kind="stable")][:top]
+            out.covers = [(pool.ids[i], float(value[i])) for i in mine]
     elif kernel is not None and sel:
         row = kernel_block(kernel, [k], sel)[0].astype(float)
         ranked = np.argsort(-row, kind="stable")

@@ -35,7 +35,8 @@ with c1:
     if spec.baseline:
         st.number_input("Seed", min_value=0, step=1, key="p_seed")
     mode = st.radio("Budget as", ["percent", "count"], horizontal=True, key="p_budget_mode",
-                    format_func={"percent": "percent of the pool", "count": "number of rows"}.get)
+                    format_func={"percent": "percent of the pool", "count": "number of rows"}.get,
+                    on_change=state.keep_budget_across_modes, args=(n,))
     if mode == "percent":
         st.slider("Budget (%)", 0, 100, step=1, key="p_budget_pct")
     else:

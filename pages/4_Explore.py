@@ -110,7 +110,8 @@ with tab_map:
         table = pd.DataFrame({"id": picked, "set": [by_id.at[i, "set"] for i in picked],
                               "decision": [by_id.at[i, "status"] for i in picked]})
         ann = sel.annotate().set_index("id")
-        table["rank"] = [ann.at[i, "rank"] if i in ann.index else None for i in picked]
+        ranks = [ann.at[i, "rank"] if i in ann.index else pd.NA for i in picked]
+        table["rank"] = [str(int(r)) if pd.notna(r) else "–" for r in ranks]  # "–": not selected
         texts = {}
         for role in ("pool", "target", "existing"):
             ds = pool if role == "pool" else s[f"kernel_{role}"]

@@ -290,6 +290,19 @@ def objective_params(objective: str) -> dict[str, float]:
 # Selection
 
 
+def keep_budget_across_modes(n: int) -> None:
+    """When the budget switches between percent and count, carry the same budget over (6 of 12
+    rows stays 6 rows, not the count last set): called as the mode radio's on_change."""
+    from delift_core import resolve_budget
+
+    s = ss()
+    if s["p_budget_mode"] == "count":
+        pct = float(s["p_budget_pct"])
+        s["p_budget_count"] = resolve_budget(pct / 100, n) if pct > 0 else 0
+    else:
+        s["p_budget_pct"] = int(round(100 * int(s.get("p_budget_count", 0) or 0) / max(1, n)))
+
+
 def budget_value() -> float | int:
     """The budget the Select page set: a fraction (percent mode) or a count."""
     s = ss()

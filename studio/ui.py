@@ -22,7 +22,8 @@ PAGES = {"home": ("pages/0_Home.py", "Home", ":material/home:"),
          "explore": ("pages/4_Explore.py", "Explore & explain", ":material/scatter_plot:"),
          "review": ("pages/5_Review.py", "Review", ":material/rate_review:"),
          "download": ("pages/6_Download.py", "Download", ":material/download:"),
-         "evaluate": ("pages/7_Evaluate.py", "Evaluate", ":material/fact_check:")}
+         "evaluate": ("pages/7_Evaluate.py", "Evaluate", ":material/fact_check:"),
+         "audit": ("pages/8_Audit.py", "Audit", ":material/policy:")}
 """Every page of the studio, in sidebar order: key -> (file, title, icon)."""
 
 
@@ -126,8 +127,8 @@ def show_explanation(sel: Selection, row_id: str, top: int = 5) -> None:
         c2.metric("Greedy rank", f"{ex.rank} of {sel.budget}")
         c3.metric("Marginal gain", f"{ex.gain:.4f}")
         if ex.covers:
-            st.write(f"Best cover for {ex.best_cover_for} rejected samples. The samples it "
-                     "covers best (kernel value: how much it helps each as an example):")
+            st.write(f"Best cover for {ex.best_cover_for} rejected samples; the ones it covers "
+                     "most (kernel value: how much it helps each as an example):")
             st.dataframe(pd.DataFrame({
                 "id": [i for i, _ in ex.covers], "value": [round(v, 4) for _, v in ex.covers],
                 "selected": [i in set(sel.selected_ids) for i, _ in ex.covers],

@@ -206,6 +206,11 @@ def test_embedding_kernel_job_and_instant_budget() -> None:
     sel = s["selection"]
     assert list(sel.order) == order and sel.selected_ids == [sel.pool.ids[k] for k in order[:24]]
     assert len(at.get("plotly_chart")) == 1  # the gain curve
+    at.radio(key="p_budget_mode").set_value("count").run()  # the same budget, as a count
+    assert s["p_budget_count"] == 24 and texts(at.metric)[0] == "24 of 240"
+    at.number_input(key="p_budget_count").set_value(60).run()
+    at.radio(key="p_budget_mode").set_value("percent").run()
+    assert s["p_budget_pct"] == 25 and texts(at.metric)[0] == "60 of 240"
 
 
 def test_budget_of_zero_is_an_error() -> None:
