@@ -13,7 +13,9 @@ from .data import ColumnMapping, Dataset, load_dataset
 from .errors import DeliftError
 from . import objectives
 from .kernel_io import load_kernels, save_kernels
-from .kernels import KERNEL_KINDS, compute_kernels, kernel_report
+from .diagonal import DEFAULT_DIAGONAL, DIAGONAL_HELP, DIAGONAL_POLICIES
+from .kernels import DEFAULT_TARGET_DIRECTION, KERNEL_KINDS, TARGET_DIRECTIONS, compute_kernels, \
+    kernel_report
 from .outdir import check_output, output_folder
 from .selection import resolve_budget, select
 from .utility import DEFAULT_EXAMPLE_TEMPLATE, DEFAULT_PLAIN_TEMPLATE, UtilitySettings
@@ -78,6 +80,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                         "sentence embedding (plus --neighbour-random random ones)")
     p.add_argument("--neighbour-random", type=int, default=4,
                    help="with --neighbours: seeded random columns added per row (default 4)")
+    p.add_argument("--target-direction", choices=TARGET_DIRECTIONS, default=None,
+                   help="utility target kernel: helps-target (default; UF(q | i), how much pool "
+                        "item i helps target q) or reference (UF(i | q), the official DELIFT "
+                        "code); embedding kernels are symmetric")
     p.add_argument("--backend", choices=["local", "ray"], default="local",
                    help="where the utility pairs the pair store lacks are computed: this process "
                         "(default) or Ray workers (pip install \"delift-studio[ray]\")")
@@ -132,6 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
                         ".npy): without this, a kernel is used only when its recorded row ids and "
                         "content hashes match the pool (and target/existing) given")
     s.add_argument("--budget", default="0.3", help="fraction (0.3, 30%%) or count (90)")
+    s.add_argument("--diagonal", choices=DIAGONAL_POLICIES, default=None,
+                   help="utility kernels: the self-pair value in selection; " + "; ".join(
+                       f"{k}: {v}" for k, v in DIAGONAL_HELP.items())
+                   + f" (default {DEFAULT_DIAGONAL})")
     _add_objective_params(s)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--method", choices=["lazy", "stochastic", "naive"], default="lazy")
@@ -139,7 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pin", action="append", default=[], help="id to keep (repeatable)")
     s.add_argument("--ban", action="append", default=[], help="id never to pick (repeatable)")
     s.add_argument("--decisions", help="review decisions JSON from the app (pins and bans)")
-    s.add_argument("--format", choices=["jsonl", "json", "csv", "parquet"])
+    s.add_argument("--format", choices=["jsonl", "json", "csv", "parquet", "hf"],
+                   help="row files' format (default: the pool's own, else jsonl); hf writes "
+                        "selected.hf/ and rejected.hf/ as datasets.save_to_disk folders")
+    s.add_argument("--push-to-hub", metavar="REPO",
+                   help="also upload the selected rows as the train split of the (private) "
+                        "dataset repository OWNER/NAME; needs the network and a token, checked "
+                        "before any work")
     s.add_argument("--csv-escape", action="store_true",
                    help="with --format csv: quote cells that start with = + - @ in the selected/"
                         "rejected files too (annotated.csv always is), against spreadsheet "
@@ -216,12 +232,13 @@ def _load_sets(args: argparse.Namespace) -> tuple[Dataset, Dataset | None, Datas
 
 
 def _models(args: argparse.Namespace, kind: str) -> dict:
+    backend = _backend_args(args)  # a bad --backend combination fails before any model loads
     extra = _sparse_args(args)
     if extra and kind != "embedding":
         from .models import load_embedder
 
         extra["embedder"] = load_embedder(args.embedder, device=args.device)
-    return {**_models_dense(args, kind), **extra, **_backend_args(args)}
+    return {**_models_dense(args, kind), **extra, **backend}
 
 
 def _backend_args(args: argparse.Namespace) -> dict:
@@ -302,6 +319,7 @@ def cmd_kernel(args: argparse.Namespace) -> int:
     pool, target, existing = _load_sets(args)
     kernels = compute_kernels(pool, target=target, existing=existing, kind=args.kernel,
                               progress=_Bars(), use_cache=not args.no_cache,
+                              target_direction=args.target_direction or DEFAULT_TARGET_DIRECTION,
                               **_models(args, args.kernel))
     _report(kernels)
     with output_folder(args.out, command="kernel", overwrite=args.overwrite) as tmp:
@@ -319,11 +337,27 @@ def cmd_kernel(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_direction(kernels: Any, asked: str | None, has_target: bool) -> None:
+    """A loaded kernel folder's target direction is what it was computed with: refuse an
+    explicit --target-direction that differs, rather than select with the other one silently."""
+    if asked is None or not has_target:
+        return
+    got = (kernels.meta.get("computed") or {}).get("target_direction")
+    if got != asked:
+        raise DeliftError(f"--target-direction {asked}: the kernel folder's target kernel was "
+                          f"computed with {got or 'no recorded direction'}; recompute it with "
+                          f"`delift kernel --target-direction {asked}` or drop the flag")
+
+
 def cmd_select(args: argparse.Namespace) -> int:
     from .export import export_selection
 
     started = time.time()
     check_output(args.out, overwrite=args.overwrite)  # a bad --out fails now, not after the work
+    if args.push_to_hub:  # offline, or no token: fail now, not after the kernels
+        from .hf_export import check_push
+
+        check_push(args.push_to_hub)
     pool, target, existing = _load_sets(args)
     spec = objectives.get(args.objective)
     if spec.needs and {"target": target, "existing": existing}[spec.needs] is None:
@@ -346,15 +380,17 @@ def cmd_select(args: argparse.Namespace) -> int:
     elif kernel_arg in KERNEL_KINDS:
         kernels = compute_kernels(pool, target=target, existing=existing, kind=kernel_arg,
                                   progress=_Bars(), use_cache=not args.no_cache,
-                                  **_models(args, kernel_arg))
+                                  target_direction=args.target_direction
+                                  or DEFAULT_TARGET_DIRECTION, **_models(args, kernel_arg))
         _report(kernels)
     else:
         kernels = load_kernels(kernel_arg, pool, target=target, existing=existing,
                                target_kernel=args.target_kernel,
                                existing_kernel=args.existing_kernel, trust=args.trust_kernel)
+        _check_direction(kernels, args.target_direction, target is not None)
     selection = select(pool, args.objective, kernels, args.budget,
                        params=_objective_params(args), seed=args.seed, method=args.method,
-                       epsilon=args.epsilon, pinned=pins, banned=bans)
+                       epsilon=args.epsilon, pinned=pins, banned=bans, diagonal=args.diagonal)
     with output_folder(args.out, command="select", overwrite=args.overwrite) as tmp:
         paths = export_selection(selection, tmp, args.format, target=target, existing=existing,
                                  escape_csv=args.csv_escape,
@@ -365,6 +401,10 @@ def cmd_select(args: argparse.Namespace) -> int:
           + ", ".join(sorted(p.name for p in paths.values())) + f" to {args.out}")
     for note in selection.notes:
         print(f"note: {note}", file=sys.stderr)
+    if args.push_to_hub:
+        from .hf_export import push_selection
+
+        emit_summary(args, pushed_to=push_selection(selection, args.push_to_hub))
     emit_summary(args, out=args.out, files={n: str(p) for n, p in sorted(paths.items())},
                  objective=args.objective, objective_value=selection.objective_value,
                  selected=len(selection.selected_indices), pool_rows=len(pool),

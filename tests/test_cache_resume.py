@@ -1,8 +1,10 @@
-"""Kernel runs resume: a cancelled run keeps its finished blocks, a restart computes only what is
-missing, damaged block files are detected and recomputed, and every path gives the same values."""
+"""Kernel runs resume from the pair store: a cancelled run keeps its finished work units, a
+restart computes only the missing pairs, damaged entries and damaged store files are detected and
+recomputed, an old block cache folder changes nothing, and every path gives the same values."""
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 
 import numpy as np
@@ -11,13 +13,12 @@ import pytest
 from delift_core.cache import BlockStore, content_key
 from delift_core.data import load_dataset
 from delift_core.selection import compute_kernels, select
-from delift_core.utility import KernelCancelled, Texts, UtilityKernel, UtilitySettings
+from delift_core.utility import KernelCancelled, Texts, UtilityKernel, UtilitySettings, store_path
 
 T = Texts(["What is 2+2?", "Name a colour.", "Sort: 3 1 2"], ["4", "Blue.", "1 2 3"])
 E = Texts(["What is 3+5?", "Name a fruit.", "Spell cat.", "Sort: 9 8", "Say hi.", "Add 1 and 1."],
           ["8", "Apple.", "c-a-t", "8 9", "Hi!", "2"])
-N_T, N_E, BLOCK = 3, 6, 2
-N_BLOCKS = N_E // BLOCK
+N_T, N_E, BLOCK = 3, 6, 1
 SHORT = dict(plain_template="Q: {prompt}\nA: ",
              example_template="Ex: {example_prompt}\n{example_response}\nQ: {prompt}\nA: ")
 SETTINGS = UtilitySettings(batch_size=2, block_size=BLOCK, **SHORT)
@@ -25,43 +26,42 @@ SETTINGS = UtilitySettings(batch_size=2, block_size=BLOCK, **SHORT)
 
 @pytest.fixture(scope="module")
 def reference(tiny_llama):
-    """The uninterrupted run, without any cache."""
+    """The uninterrupted run, without any store."""
     return UtilityKernel(tiny_llama, SETTINGS, use_cache=False).compute(T, E).values
 
 
-def block_files(root):
-    return sorted(p.name for p in root.rglob("examples_*.npy"))
+def count(root, table: str = "pairs") -> int:
+    with sqlite3.connect(store_path(root)) as db:
+        return db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
 
 
-def test_cancelled_run_resumes_with_only_the_missing_blocks(tiny_llama, reference, tmp_path):
+def test_cancelled_run_resumes_with_only_the_missing_pairs(tiny_llama, reference, tmp_path):
     cancel = threading.Event()
 
     def progress(done: int, total: int) -> None:
         if done >= total // 2:
             cancel.set()
 
-    engine = UtilityKernel(tiny_llama, SETTINGS, cache_root=tmp_path)
     with pytest.raises(KernelCancelled):
-        engine.compute(T, E, progress=progress, cancel=cancel)
-    finished = block_files(tmp_path)
-    k = len(finished)
-    assert 1 <= k < N_BLOCKS, finished
-    assert finished == [f"examples_{b:06d}.npy" for b in range(k)]
+        UtilityKernel(tiny_llama, SETTINGS, cache_root=tmp_path).compute(
+            T, E, progress=progress, cancel=cancel)
+    kept = count(tmp_path)
+    assert 0 < kept < N_T * N_E and kept % N_T == 0  # whole work units (one example each)
+    assert count(tmp_path, "plain") == N_T
 
     seen = []
     res = UtilityKernel(tiny_llama, SETTINGS, cache_root=tmp_path).compute(
         T, E, progress=lambda d, t: seen.append((d, t)))
-    assert res.meta["blocks_reused"] == k
-    assert res.meta["pairs_computed"] == N_T * (N_E - k * BLOCK)  # plain distances were cached
-    assert res.meta["blocks_damaged_recomputed"] == []
-    assert seen[-1][0] == seen[-1][1] == N_T * N_E + N_T
+    assert res.meta["pairs_computed"] == N_T * N_E - kept  # plain distances were stored
+    assert res.meta["pairs_reused"] == kept + N_T
+    assert res.meta["blocks_reused"] == kept // N_T and res.meta["blocks_total"] == N_E
+    assert res.meta["entries_damaged_recomputed"] == 0
+    assert seen[-1] == (N_T * N_E - kept, N_T * N_E - kept)  # progress counts what is computed
     np.testing.assert_allclose(res.values, reference, atol=1e-6, rtol=0)
-    assert len(block_files(tmp_path)) == N_BLOCKS
 
-    again = UtilityKernel(tiny_llama, UtilitySettings(batch_size=5, block_size=BLOCK, **SHORT),
+    again = UtilityKernel(tiny_llama, UtilitySettings(batch_size=5, block_size=3, **SHORT),
                           cache_root=tmp_path).compute(T, E)
-    assert again.meta["pairs_computed"] == 0  # batch size does not change values or the key
-    assert again.meta["blocks_reused"] == N_BLOCKS
+    assert again.meta["pairs_computed"] == 0  # batch and block sizes do not change values
     np.testing.assert_array_equal(again.values, res.values)
 
 
@@ -70,95 +70,108 @@ def test_cancel_before_anything_is_computed(tiny_llama, tmp_path):
     cancel.set()
     with pytest.raises(KernelCancelled):
         UtilityKernel(tiny_llama, SETTINGS, cache_root=tmp_path).compute(T, E, cancel=cancel)
-    assert block_files(tmp_path) == []
+    assert count(tmp_path) == 0 and count(tmp_path, "plain") == 0
 
 
-@pytest.mark.parametrize("damage", ["flip_bytes", "truncate", "bad_checksum", "no_checksum"])
-def test_damaged_block_is_detected_and_recomputed(tiny_llama, reference, tmp_path, damage):
+@pytest.mark.parametrize("damage", ["value", "checksum", "null"])
+def test_a_damaged_entry_is_detected_and_recomputed(tiny_llama, reference, tmp_path, damage):
     first = UtilityKernel(tiny_llama, SETTINGS, cache_root=tmp_path).compute(T, E)
     assert first.meta["pairs_computed"] == N_T * N_E + N_T
-    folder = next(tmp_path.rglob("examples_000001.npy")).parent
-    npy, sidecar = folder / "examples_000001.npy", folder / "examples_000001.sha256"
-    data = bytearray(npy.read_bytes())
-    if damage == "flip_bytes":
-        for k in range(len(data) - 8, len(data)):  # inside the float payload
-            data[k] ^= 0xFF
-        npy.write_bytes(bytes(data))
-    elif damage == "truncate":
-        npy.write_bytes(bytes(data[: len(data) // 2]))
-    elif damage == "bad_checksum":
-        sidecar.write_text("0" * 64)
-    else:
-        sidecar.unlink()
-
+    change = {"value": "value = value + 0.25", "checksum": "crc = crc + 1",
+              "null": "value = NULL"}[damage]
+    with sqlite3.connect(store_path(tmp_path)) as db:
+        db.execute(f"UPDATE pairs SET {change} WHERE (target, example) IN "
+                   "(SELECT target, example FROM pairs ORDER BY target, example LIMIT 1)")
     res = UtilityKernel(tiny_llama, SETTINGS, cache_root=tmp_path).compute(T, E)
-    assert res.meta["blocks_damaged_recomputed"] == ["examples_000001"]
-    assert res.meta["pairs_computed"] == N_T * BLOCK
-    assert res.meta["blocks_reused"] == N_BLOCKS - 1
+    assert res.meta["entries_damaged_recomputed"] == 1
+    assert res.meta["pairs_computed"] == 1
+    np.testing.assert_array_equal(res.values, first.values)
     np.testing.assert_allclose(res.values, reference, atol=1e-6, rtol=0)
-
     healed = UtilityKernel(tiny_llama, SETTINGS, cache_root=tmp_path).compute(T, E)
-    assert healed.meta["blocks_damaged_recomputed"] == []
-    assert healed.meta["pairs_computed"] == 0
+    assert healed.meta["entries_damaged_recomputed"] == 0 and healed.meta["pairs_computed"] == 0
 
 
 def test_damaged_plain_distances_are_recomputed(tiny_llama, reference, tmp_path):
-    UtilityKernel(tiny_llama, SETTINGS, cache_root=tmp_path).compute(T, E)
-    plain = next(tmp_path.rglob("plain.npy"))
-    plain.write_bytes(plain.read_bytes()[:-4] + b"\x00\x00\x00\x00")
+    first = UtilityKernel(tiny_llama, SETTINGS, cache_root=tmp_path).compute(T, E)
+    with sqlite3.connect(store_path(tmp_path)) as db:
+        db.execute("UPDATE plain SET value = value * 2 WHERE target IN "
+                   "(SELECT target FROM plain ORDER BY target LIMIT 1)")
     res = UtilityKernel(tiny_llama, SETTINGS, cache_root=tmp_path).compute(T, E)
-    assert res.meta["blocks_damaged_recomputed"] == ["plain"]
-    assert res.meta["pairs_computed"] == N_T
+    assert res.meta["entries_damaged_recomputed"] == 1
+    assert res.meta["pairs_computed"] == res.meta["plain_computed"] == 1
+    np.testing.assert_array_equal(res.values, first.values)
+
+
+def test_a_damaged_store_file_is_set_aside_and_everything_recomputed(tiny_llama, reference,
+                                                                    tmp_path):
+    UtilityKernel(tiny_llama, SETTINGS, cache_root=tmp_path).compute(T, E)
+    db = store_path(tmp_path)
+    for suffix in ("-wal", "-shm"):
+        (tmp_path / f"{db.name}{suffix}").unlink(missing_ok=True)
+    data = bytearray(db.read_bytes())
+    data[:16] = b"not a database!!"
+    db.write_bytes(bytes(data))
+    res = UtilityKernel(tiny_llama, SETTINGS, cache_root=tmp_path).compute(T, E)
+    assert res.meta["store_file_damaged"]
+    assert res.meta["pairs_computed"] == N_T * N_E + N_T
     np.testing.assert_allclose(res.values, reference, atol=1e-6, rtol=0)
+    assert list(tmp_path.glob("pairs.sqlite.damaged-*"))  # kept, never deleted
+    again = UtilityKernel(tiny_llama, SETTINGS, cache_root=tmp_path).compute(T, E)
+    assert again.meta["pairs_computed"] == 0 and not again.meta["store_file_damaged"]
 
 
-def test_cache_key_follows_what_changes_values(tiny_llama, tmp_path):
+def test_store_key_follows_what_changes_values(tiny_llama, tmp_path):
     UtilityKernel(tiny_llama, SETTINGS, cache_root=tmp_path).compute(T, E)
     no_eos = UtilityKernel(tiny_llama, UtilitySettings(batch_size=2, block_size=BLOCK,
                                                        score_eos=False, **SHORT),
                            cache_root=tmp_path)
     assert no_eos.compute(T, E).meta["pairs_computed"] == N_T * N_E + N_T
-    other_text = UtilityKernel(tiny_llama, SETTINGS, cache_root=tmp_path)
     changed = Texts(T.prompts, [T.responses[0], "Red.", T.responses[2]])
-    assert other_text.compute(changed, E).meta["pairs_computed"] == N_T * N_E + N_T
+    res = UtilityKernel(tiny_llama, SETTINGS, cache_root=tmp_path).compute(changed, E)
+    assert res.meta["pairs_computed"] == N_E + 1  # only the edited target's row
 
 
 def test_no_cache_writes_nothing_and_default_root_follows_env(tiny_llama, tmp_path, monkeypatch):
     UtilityKernel(tiny_llama, SETTINGS, cache_root=tmp_path / "off", use_cache=False) \
         .compute(T, E)
-    assert not (tmp_path / "off").exists() or block_files(tmp_path / "off") == []
+    assert not (tmp_path / "off").exists()
     monkeypatch.setenv("DELIFT_CACHE_DIR", str(tmp_path / "env"))
     res = UtilityKernel(tiny_llama, SETTINGS).compute(T, E)
-    assert res.meta["cache_dir"].startswith(str(tmp_path / "env" / "kernels"))
-    assert len(block_files(tmp_path / "env")) == N_BLOCKS
+    assert res.meta["cache_dir"] == str(tmp_path / "env" / "utility" / "pairs.sqlite")
+    assert count(tmp_path / "env" / "utility") == N_T * N_E
 
 
-def test_given_pairs_resume_and_recompute_a_damaged_block(tiny_llama, reference, tmp_path):
-    """The pairs path shares the block loop: blocks of examples, cached, reused and healed."""
+def test_an_old_block_cache_folder_is_ignored(tiny_llama, reference, tmp_path, monkeypatch):
+    monkeypatch.setenv("DELIFT_CACHE_DIR", str(tmp_path))
+    old = tmp_path / "kernels" / ("ab" * 32)
+    old.mkdir(parents=True)
+    (old / "examples_000000.npy").write_bytes(b"garbage")
+    (old / "examples_000000.sha256").write_text("0" * 64)
+    (old / "info.json").write_text("{not json")
+    res = UtilityKernel(tiny_llama, SETTINGS).compute(T, E)
+    assert res.meta["pairs_computed"] == N_T * N_E + N_T
+    np.testing.assert_allclose(res.values, reference, atol=1e-6, rtol=0)
+    assert (old / "examples_000000.npy").read_bytes() == b"garbage"  # untouched
+
+
+def test_given_pairs_share_the_store_with_dense_kernels(tiny_llama, reference, tmp_path):
+    """The pairs path is assembled from the same entries: any subset of stored pairs is free."""
     rows, cols = np.array([0, 1, 2, 0, 2]), np.array([0, 1, 1, 4, 5])
     first = UtilityKernel(tiny_llama, SETTINGS, cache_root=tmp_path).compute(T, E,
                                                                              pairs=(rows, cols))
-    assert first.meta["pairs_computed"] == len(rows) + N_T and first.meta["blocks_total"] == 3
+    assert first.meta["pairs_computed"] == len(rows) + N_T and first.meta["blocks_total"] == 4
     np.testing.assert_allclose(first.values.toarray()[rows, cols], reference[rows, cols],
                                atol=1e-6, rtol=0)
-    assert sorted(p.name for p in tmp_path.rglob("pairs_*.npy")) == [
-        "pairs_000000.npy", "pairs_000002.npy"]  # block 1 holds no pair
-    again = UtilityKernel(tiny_llama, SETTINGS, cache_root=tmp_path).compute(T, E,
-                                                                             pairs=(rows, cols))
-    assert again.meta["pairs_computed"] == 0 and again.meta["blocks_reused"] == 2
-    npy = next(tmp_path.rglob("pairs_000002.npy"))
-    npy.write_bytes(npy.read_bytes()[:-4] + b"\x00\x00\x00\x00")
-    healed = UtilityKernel(tiny_llama, SETTINGS, cache_root=tmp_path).compute(T, E,
-                                                                              pairs=(rows, cols))
-    assert healed.meta["blocks_damaged_recomputed"] == ["pairs_000002"]
-    assert healed.meta["pairs_computed"] == 2
-    np.testing.assert_array_equal(healed.values.toarray(), first.values.toarray())
     other = UtilityKernel(tiny_llama, SETTINGS, cache_root=tmp_path).compute(
         T, E, pairs=(rows[:3], cols[:3]))
-    assert other.meta["pairs_computed"] == 3 + N_T  # other pairs: another cache entry
+    assert other.meta["pairs_computed"] == 0
+    dense = UtilityKernel(tiny_llama, SETTINGS, cache_root=tmp_path).compute(T, E)
+    assert dense.meta["pairs_computed"] == N_T * N_E - len(rows)
+    np.testing.assert_array_equal(dense.values[rows, cols], first.values.toarray()[rows, cols])
 
 
 def test_block_store(tmp_path):
+    """The evaluation's block store (kernels no longer use it)."""
     store = BlockStore(tmp_path, content_key({"a": 1}), {"a": 1})
     assert (store.path / "info.json").exists()
     assert store.get("x") is None and not store.has("x")
