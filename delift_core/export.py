@@ -229,7 +229,12 @@ def _left_out(pool: Dataset, full_pool: Dataset | None) -> list[dict]:
 
 def export_selection(selection: Selection, out_dir: str | Path, fmt: str | None = None,
                      **kwargs: Any) -> dict[str, Path]:
-    """Write :func:`selection_artifacts` into ``out_dir`` and return the paths."""
+    """Write :func:`selection_artifacts` into ``out_dir`` and return the paths; ``fmt="hf"``
+    writes the row sets as ``datasets.save_to_disk`` folders (:mod:`delift_core.hf_export`)."""
+    if fmt == "hf":
+        from .hf_export import export_hf
+
+        return export_hf(selection, out_dir, **kwargs)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
