@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 from .errors import DataError
 
-__all__ = ["DECISIONS_VERSION", "Decisions", "load_decisions"]
+__all__ = ["DECISIONS_VERSION", "BULK_ACTIONS", "Decisions", "load_decisions"]
 
 DECISIONS_VERSION = 1
+BULK_ACTIONS = ("pin", "ban", "clear", "note")
+"""What :meth:`Decisions.apply` does to many rows at once."""
 
 
 @dataclass
@@ -37,6 +40,36 @@ class Decisions:
         """Neither pin nor ban this row (its note stays)."""
         self.pinned = [p for p in self.pinned if p != row_id]
         self.banned = [b for b in self.banned if b != row_id]
+
+    def copy(self) -> "Decisions":
+        """An independent copy (the undo of a bulk action restores one)."""
+        return Decisions(list(self.pinned), list(self.banned), dict(self.notes))
+
+    def apply(self, action: str, row_ids: Sequence[str], note: str | None = None) -> int:
+        """Pin, ban, clear or note (``note``; empty removes it) every row of ``row_ids`` at once;
+        returns how many rows changed."""
+        if action not in BULK_ACTIONS:
+            raise ValueError(f"unknown bulk action '{action}'; use one of {BULK_ACTIONS}")
+        before = self.copy()
+        for rid in dict.fromkeys(map(str, row_ids)):
+            if action == "note":
+                if note and note.strip():
+                    self.notes[rid] = note.strip()
+                else:
+                    self.notes.pop(rid, None)
+            else:
+                getattr(self, action)(rid)
+        return len(self.changed_ids(before))
+
+    def changed_ids(self, other: "Decisions") -> list[str]:
+        """Rows whose pin, ban or note differs between ``other`` and these decisions."""
+        ids = dict.fromkeys([*self.pinned, *self.banned, *self.notes, *other.pinned,
+                             *other.banned, *other.notes])
+        mine = (set(self.pinned), set(self.banned))
+        theirs = (set(other.pinned), set(other.banned))
+        return [i for i in ids if (i in mine[0]) != (i in theirs[0])
+                or (i in mine[1]) != (i in theirs[1])
+                or self.notes.get(i) != other.notes.get(i)]
 
     def to_json(self) -> str:
         """The decisions file's text, read back by :meth:`from_json` and the CLI's --decisions."""

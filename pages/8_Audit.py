@@ -1,0 +1,149 @@
+"""Audit: what the kernel says about the data, finding by finding, with one-click ban / pin."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import streamlit as st
+
+from delift_core.audit import FINDINGS, AuditSettings, audit
+from delift_core.errors import DeliftError, MissingDependencyError
+from studio import decisions as bulk
+from studio import state, ui
+
+ui.setup("Audit", "🔎")
+s = state.ss()
+sel = ui.need("pool", "kernels", "selection")
+pool = sel.pool
+kernels = s["kernels"]
+
+st.write("What the kernel says about each row, beyond the selection: rows the model already "
+         "knows, rows that make the model worse as examples, rows nothing helps, rows that only "
+         "help themselves, near-duplicates and the rows the selection covers worst. The utility "
+         "findings need the DELIFT utility kernel; near-duplicates and clusters use the sentence "
+         "embeddings. Ban or pin the rows of a finding in one click: the selection re-runs with "
+         "them on every page, and the Review page can undo it.")
+
+defaults = AuditSettings()
+with st.expander("Thresholds", expanded=False):
+    c1, c2, c3 = st.columns(3)
+    known = c1.slider("Already known: plain distance at most", 0.0, 1.0,
+                      defaults.known_max_distance, 0.01, key="p_audit_known")
+    hurts = c1.slider("Hurts others: mean utility to others at most", -0.2, 0.2,
+                      defaults.hurts_max_mean, 0.005, key="p_audit_hurts")
+    helped = c2.slider("Helped by no one: best utility received at most", -0.2, 0.2,
+                       defaults.helped_max, 0.005, key="p_audit_helped")
+    copy_self = c2.slider("Copies itself: self-utility at least", 0.0, 1.0,
+                          defaults.copy_min_self, 0.01, key="p_audit_copy_self")
+    copy_ratio = c2.slider("Copies itself: |mean to others| at most this × self", 0.0, 1.0,
+                           defaults.copy_max_ratio, 0.01, key="p_audit_copy_ratio")
+    dup = c3.slider("Near-duplicates: cosine at least", 0.80, 1.0,
+                    defaults.duplicate_min_cosine, 0.005, key="p_audit_dup")
+    frac = c3.slider("Covered worst: lowest fraction of rows", 0.01, 0.5,
+                     defaults.coverage_fraction, 0.01, key="p_audit_frac")
+    k = c3.number_input("Clusters (k-means)", 2, 30, 8, key="p_audit_k")
+settings = AuditSettings(known, hurts, helped, copy_self, copy_ratio, dup, frac)
+
+emb = labels = None
+note = None
+try:
+    with st.spinner("Embedding the pool for near-duplicates and clusters ..."):
+        emb = state.embeddings(pool)
+        labels = state.clusters(emb, int(k))
+except MissingDependencyError as e:
+    note = str(e)
+except DeliftError as e:
+    note = f"no sentence embeddings: {e}"
+if note:
+    st.warning(note)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def run_audit(key: tuple, _pool, _kernels, _sel, _emb, _labels, settings: dict):
+    """The audit, cached per kernels, selection and thresholds."""
+    return audit(_pool, _kernels, selection=_sel, embeddings=_emb, clusters=_labels,
+                 settings=AuditSettings(**settings))
+
+
+key = (s["kernels_version"], s["_sid"], tuple(sel.selected_ids), int(k),
+       emb is not None, labels is not None)
+try:
+    result = run_audit(key, pool, kernels, sel, emb, labels, asdict(settings))
+except DeliftError as e:
+    st.error(str(e))
+    st.stop()
+
+decisions = s["decisions"]
+st.caption(f"{len(pool)} rows audited · kernel: {result.meta['kernel']}"
+           + (" (sparse)" if result.meta["sparse"] else "")
+           + f" · selection: {sel.objective.upper()}, {sel.budget} rows · "
+           f"{len(decisions.pinned)} pinned, {len(decisions.banned)} banned")
+
+counts = st.columns(len(FINDINGS))
+for col, f in zip(counts, result.findings.values()):
+    col.metric(f.title, f.count if f.available else "n/a")
+
+COLUMNS = {"already_known": ["d_plain"],
+           "hurts_others": ["mean_utility_to_others", "scored_against"],
+           "helped_by_no_one": ["max_utility_received"],
+           "copies_itself": ["self_utility", "mean_utility_to_others"],
+           "near_duplicates": ["duplicate_group"],
+           "coverage": ["cover_value", "covered_by", "cluster"]}
+
+tabs = st.tabs([f.title for f in result.findings.values()])
+for tab, (fkey, f) in zip(tabs, result.findings.items()):
+    with tab:
+        st.markdown(f"**{f.title}.** {f.meaning}")
+        st.caption(f"Needs: {f.needs}." + (f" Rule: {f.rule}." if f.available else ""))
+        if not f.available:
+            st.info(f"Not available here: {f.reason}.")
+            continue
+        if not f.ids:
+            st.success("No row meets the rule with these thresholds.")
+            continue
+        rows = result.finding_rows(fkey)
+        table = rows[["id", *COLUMNS[fkey], "selected", "prompt", "response"]].copy()
+        table["pinned"] = table["id"].isin(set(decisions.pinned))
+        table["banned"] = table["id"].isin(set(decisions.banned))
+        st.dataframe(table, hide_index=True, width="stretch", height=300,
+                     key=f"audit_table_{fkey}")
+        ids = list(rows["id"])
+        if fkey == "near_duplicates":
+            st.dataframe([{"group": g["group"], "rows": len(g["ids"]), "ids": ", ".join(g["ids"]),
+                           "kept by the selection": ", ".join(g["kept"] or []) or "none",
+                           "max cosine": g["max_cosine"]} for g in f.groups],
+                         hide_index=True, width="stretch", key="audit_dup_groups")
+            spare = [i for g in f.groups for i in
+                     ([x for x in g["ids"] if x not in set(g["kept"] or [])]
+                      if g["kept"] else g["ids"][1:])]
+            b1, b2 = st.columns(2)
+            if b1.button(f"Ban the {len(spare)} duplicates the selection did not keep "
+                         "(one per group stays)", key="audit_ban_near_duplicates",
+                         icon=":material/block:", disabled=not spare):
+                n = bulk.bulk("ban", spare, "Audit: ban near-duplicates")
+                st.toast(f"Banned {n} rows")
+                st.rerun()
+            if b2.button(f"Pin these {len(ids)}", key="audit_pin_near_duplicates",
+                         icon=":material/push_pin:"):
+                n = bulk.bulk("pin", ids, "Audit: pin near-duplicates")
+                st.toast(f"Pinned {n} rows")
+                st.rerun()
+            continue
+        if fkey == "coverage" and f.groups:
+            st.dataframe(f.groups, hide_index=True, width="stretch", key="audit_cov_groups")
+        b1, b2 = st.columns(2)
+        if b1.button(f"Ban these {len(ids)}", key=f"audit_ban_{fkey}", icon=":material/block:"):
+            n = bulk.bulk("ban", ids, f"Audit: ban {f.title.lower()}")
+            st.toast(f"Banned {n} rows")
+            st.rerun()
+        if b2.button(f"Pin these {len(ids)}", key=f"audit_pin_{fkey}",
+                     icon=":material/push_pin:"):
+            n = bulk.bulk("pin", ids, f"Audit: pin {f.title.lower()}")
+            st.toast(f"Pinned {n} rows")
+            st.rerun()
+
+last = bulk.last_step()
+if last and st.button(f"Undo: {last}", key="audit_undo", icon=":material/undo:"):
+    bulk.undo()
+    st.rerun()
+ui.link("review", "Next: Review the decisions")
