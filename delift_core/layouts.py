@@ -1,6 +1,10 @@
 """Record layouts: recognising Alpaca, prompt/completion, chat and other layouts from column names,
 and turning one record into the (prompt, response) pair the models see.
 
+TRL's formats are read as they are: ``prompt``/``completion`` holding text (standard) or lists of
+``{"role", "content"}`` messages (conversational), and ``messages`` with any system turn; the
+records themselves are kept, so an export writes them back in the same layout.
+
 A layout we do not recognise is read through a :class:`ColumnMapping` that names the columns.
 Bad records raise :class:`DataError` naming the file, the row and the column.
 """
@@ -13,7 +17,8 @@ from typing import Any, Iterable, Sequence
 
 from .errors import DataError
 
-__all__ = ["LAYOUTS", "ColumnMapping", "column_value", "detect_layout", "record_pair"]
+__all__ = ["LAYOUTS", "ColumnMapping", "column_value", "detect_layout", "is_messages",
+           "record_pair"]
 
 LAYOUTS = ("alpaca", "prompt_completion", "prompt_response", "question_answer", "messages",
            "conversations", "mapping")
@@ -86,9 +91,9 @@ def column_value(record: dict, column: str, where: str, name: str, required: boo
     return record[column]
 
 
-def _chat_pair(turns: Any, column: str, role_key: str, text_key: str, where: str,
-               name: str) -> tuple[str, str]:
-    """A chat's last assistant turn as the response and the turns before it as the prompt."""
+def _turns(turns: Any, column: str, role_key: str, text_key: str, where: str,
+           name: str) -> list[dict]:
+    """A list of chat turns (a JSON text of one, as CSV holds it, is parsed), checked."""
     if isinstance(turns, str):
         try:
             turns = json.loads(turns)
@@ -102,20 +107,60 @@ def _chat_pair(turns: Any, column: str, role_key: str, text_key: str, where: str
         if role_key not in t or text_key not in t:
             raise DataError(f"{name}: {where}: turn {k} of '{column}' lacks '{role_key}' or "
                             f"'{text_key}'")
+    return turns
+
+
+def _turns_text(turns: list[dict], column: str, role_key: str, text_key: str, where: str,
+                name: str, alone: set[str]) -> str:
+    """Turns as one text: a lone turn whose role is in ``alone`` as its content, else each turn
+    as "Role: content", separated by a blank line."""
+    if len(turns) == 1 and str(turns[0][role_key]).lower() in alone:
+        return _text(turns[0][text_key], column, where, name)
+    return "\n\n".join(
+        f"{_ROLE_NAMES.get(str(t[role_key]).lower(), str(t[role_key]))}: "
+        f"{_text(t[text_key], column, where, name)}" for t in turns)
+
+
+def _chat_pair(turns: Any, column: str, role_key: str, text_key: str, where: str,
+               name: str) -> tuple[str, str]:
+    """A chat's last assistant turn as the response and the turns before it as the prompt."""
+    turns = _turns(turns, column, role_key, text_key, where, name)
     last = max((k for k, t in enumerate(turns) if str(t[role_key]).lower() in _ASSISTANT_ROLES),
                default=None)
     if last is None:
         raise DataError(f"{name}: {where}: '{column}' has no assistant turn to use as the "
                         "response")
-    before = turns[:last]
     response = _text(turns[last][text_key], column, where, name)
-    if len(before) == 1 and str(before[0][role_key]).lower() in ("user", "human"):
-        prompt = _text(before[0][text_key], column, where, name)
-    else:
-        prompt = "\n\n".join(
-            f"{_ROLE_NAMES.get(str(t[role_key]).lower(), str(t[role_key]))}: "
-            f"{_text(t[text_key], column, where, name)}" for t in before)
+    prompt = _turns_text(turns[:last], column, role_key, text_key, where, name,
+                         {"user", "human"})
     return prompt, response
+
+
+def is_messages(value: Any) -> bool:
+    """Whether a cell is a list of chat messages (TRL's conversational prompt/completion), or the
+    JSON text of one as a CSV file holds it: a list of objects that all have 'role' and
+    'content'."""
+    if isinstance(value, str):
+        if not value.startswith("[{"):
+            return False
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            return False
+    return (isinstance(value, list) and bool(value)
+            and all(isinstance(t, dict) and "role" in t and "content" in t for t in value))
+
+
+def _field_text(value: Any, column: str, where: str, name: str, alone: set[str]) -> str:
+    """A prompt or completion cell as text: plain text as it is; a list of messages (TRL's
+    conversational layout) rendered as turns (one lone turn of an ``alone`` role as its text)."""
+    if isinstance(value, (list, str)) and is_messages(value):
+        return _turns_text(_turns(value, column, "role", "content", where, name), column,
+                           "role", "content", where, name, alone)
+    if isinstance(value, list):
+        raise DataError(f"{name}: {where}: column '{column}' holds a list that is not a list of "
+                        "messages ({'role': ..., 'content': ...})")
+    return _text(value, column, where, name)
 
 
 def record_pair(record: dict, layout: str, mapping: ColumnMapping | None, where: str,
@@ -141,4 +186,9 @@ def record_pair(record: dict, layout: str, mapping: ColumnMapping | None, where:
     pc, rc = {"prompt_completion": ("prompt", "completion"),
               "prompt_response": ("prompt", "response"),
               "question_answer": ("question", "answer")}[layout]
+    if layout == "prompt_completion":  # TRL: text, or lists of messages (conversational)
+        return (_field_text(column_value(record, pc, where, name), pc, where, name,
+                            {"user", "human"}),
+                _field_text(column_value(record, rc, where, name), rc, where, name,
+                            _ASSISTANT_ROLES))
     return text(pc), text(rc)
