@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 import time
+from pathlib import Path
 from typing import Any, Sequence
 
 from .cli_options import JSON_COMMANDS, emit_summary, json_option, model_options, print_summary
@@ -328,7 +329,8 @@ def cmd_kernel(args: argparse.Namespace) -> int:
                                               for w in ("pool", "target", "existing")
                                               if w in paths)
           + f" and {paths['meta'].name} in {kernels.meta.get('seconds')} s")
-    emit_summary(args, out=args.out, kind=kernels.kind, files={w: str(p) for w, p in paths.items()},
+    emit_summary(args, out=args.out, kind=kernels.kind,
+                 files={w: str(Path(args.out) / p.name) for w, p in paths.items()},
                  shapes={w: list(getattr(kernels, w).shape) for w in ("pool", "target",
                                                                       "existing") if w in paths},
                  rows={"pool": len(pool), "target": len(target) if target else None,
@@ -405,7 +407,8 @@ def cmd_select(args: argparse.Namespace) -> int:
         from .hf_export import push_selection
 
         emit_summary(args, pushed_to=push_selection(selection, args.push_to_hub))
-    emit_summary(args, out=args.out, files={n: str(p) for n, p in sorted(paths.items())},
+    emit_summary(args, out=args.out,
+                 files={n: str(Path(args.out) / p.name) for n, p in sorted(paths.items())},
                  objective=args.objective, objective_value=selection.objective_value,
                  selected=len(selection.selected_indices), pool_rows=len(pool),
                  rejected=len(pool) - len(selection.selected_indices), skipped=len(pool.skipped),
@@ -500,7 +503,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         paths = report.write(tmp)
     print(report.to_markdown())
     logger.info("wrote %s to %s", ", ".join(sorted(p.name for p in paths.values())), args.out)
-    emit_summary(args, out=args.out, files={n: str(p) for n, p in sorted(paths.items())},
+    emit_summary(args, out=args.out,
+                 files={p.name: str(Path(args.out) / p.name) for p in paths.values()},
                  subsets=len(subsets), test_rows=len(test), modes=list(modes),
                  results=report.summary())
     return 0
