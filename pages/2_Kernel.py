@@ -6,6 +6,7 @@ import streamlit as st
 
 from delift_core import objectives as registry
 from delift_core import plan
+from delift_core.models import DEFAULT_MODEL, PACKAGED_MODELS
 from delift_core.views import estimate_work, format_seconds, utility_time_guess
 from studio import jobs, state, ui
 
@@ -35,8 +36,21 @@ with c2:
                          "of sentence embeddings (fast). Random: a random order (the baseline; "
                          "embeddings are still computed for the maps).")
     if kind == "utility":
-        st.text_input("Causal LM (default: packaged Gemma 3 270M; or a hub id / local folder)",
-                      key="p_model")
+        custom = "hub id or local folder"
+        packaged = list(PACKAGED_MODELS)
+        choice = st.selectbox("Causal LM", [*packaged, custom], key="p_model_choice",
+                              format_func=lambda m: PACKAGED_MODELS[m].label if m in packaged
+                              else m,
+                              help="The packaged models work offline; SmolLM2 is chat-tuned "
+                                   "(a smaller vocabulary, so a cheaper output layer).")
+        if choice == custom:
+            st.text_input("Hub id or local folder", key="p_model_custom",
+                          placeholder="e.g. HuggingFaceTB/SmolLM2-360M-Instruct or ./my-model")
+            s["p_model"] = s["p_model_custom"].strip()
+            if not s["p_model"]:
+                st.info(f"No model given yet: {PACKAGED_MODELS[DEFAULT_MODEL].label} is used.")
+        else:
+            s["p_model"] = choice
     else:
         st.text_input("Sentence embedder (default: packaged all-MiniLM-L6-v2; or a hub id / "
                       "local folder)", key="p_embedder")

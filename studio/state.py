@@ -53,6 +53,7 @@ KERNEL_LABELS = {"utility": "DELIFT (model utility)", "embedding": "DELIFT-SE (s
 SHORT_KERNEL = {"utility": "DELIFT", "embedding": "DELIFT-SE", "random": "Random"}
 DEFAULTS: dict[str, Any] = {
     "p_stage": "instruction", "p_model": "gemma-3-270m", "p_embedder": "all-MiniLM-L6-v2",
+    "p_model_choice": "gemma-3-270m", "p_model_custom": "",
     "p_budget_mode": "percent", "p_budget_pct": 30, "p_seed": 0, "p_sparse": False,
     "p_neighbours": 16, "p_dtype": "float32",
 }
