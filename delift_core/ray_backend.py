@@ -48,8 +48,9 @@ def _ray() -> Any:
 
 
 def ensure_ray(address: str | None = None, workers: int | None = None, threads: int = 1) -> Any:
-    """The ``ray`` module, connected: to ``address`` when given ("auto" or "HOST:PORT"), else to
-    the Ray already started in this process, else to a new local cluster sized for ``workers``."""
+    """The ``ray`` module, connected: to the Ray already started in this process, else to
+    ``address`` ("auto" or "HOST:PORT") or ``RAY_ADDRESS`` when given, else to a new local
+    cluster sized for ``workers``."""
     ray = _ray()
     if ray.is_initialized():
         return ray
@@ -61,6 +62,9 @@ def ensure_ray(address: str | None = None, workers: int | None = None, threads: 
                               f"({type(e).__name__}: {str(e)[:200]}); start one with "
                               "`ray start --head` on the head node, or leave out --ray-address "
                               "to run a local cluster") from None
+        return ray
+    if os.environ.get("RAY_ADDRESS"):  # Ray's own way to name a cluster: join it
+        ray.init(log_to_driver=False)
         return ray
     cpus = max(1, int(workers or os.cpu_count() or 1) * max(1, int(threads)))
     ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)

@@ -36,7 +36,7 @@ from .tokens import SegmentTokens, chat_wrapped_template, split_prompt, template
 
 __all__ = ["DEFAULT_PLAIN_TEMPLATE", "DEFAULT_EXAMPLE_TEMPLATE", "ENGINE_VERSION", "BACKENDS",
            "UNIT_PAIRS", "Texts", "KernelCancelled", "UtilitySettings", "KernelResult",
-           "UtilityKernel", "store_path"]
+           "UtilityKernel", "store_path", "stored_pairs"]
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +148,32 @@ def store_path(cache_root: str | Path | None = None) -> Path:
     read any more)."""
     root = Path(cache_root) if cache_root else cache_dir() / "utility"
     return root / "pairs.sqlite"
+
+
+def stored_pairs(rows: TextRows, cols: TextRows, *, dtype: str = "float32",
+                 model: str | None = None, settings: UtilitySettings | None = None,
+                 cache_root: str | Path | None = None) -> tuple[int, int]:
+    """(pairs of rows x cols, plain distances of rows) already in the pair store, for an
+    estimate before the model is loaded: counted in the most recently used value space of this
+    ``dtype`` and ``settings`` (default settings) whose model fingerprint contains ``model``
+    (compared without case, '-' and '_': "gemma-3-270m" finds "gemma3-270m-q4_k_m:..."; any
+    model when None). (0, 0) when there is no store or no such space."""
+    path = store_path(cache_root)
+    if not path.exists():
+        return 0, 0
+    want = (settings or UtilitySettings()).value_key()
+    store = PairStore(path)
+    try:
+        spaces = [sp_ for sp_ in store.spaces() if sp_.dtype == dtype
+                  and sp_.info.get("settings") == want and sp_.info.get("engine") == ENGINE_VERSION
+                  and (model is None or _norm(model) in _norm(sp_.model))]
+        if not spaces:
+            return 0, 0
+        return store.count_stored(spaces[0].id,
+                                  [row_key(p, r) for p, r in zip(rows.prompts, rows.responses)],
+                                  [row_key(p, r) for p, r in zip(cols.prompts, cols.responses)])
+    finally:
+        store.close()
 
 
 @dataclass
@@ -492,6 +518,10 @@ class UtilityKernel:
             "seconds": round(time.time() - start, 3),
             "d_plain": [float(x) for x in d_plain],
         }
+
+
+def _norm(name: str) -> str:
+    return name.lower().replace("-", "").replace("_", "")
 
 
 def _first_index(keys: Sequence[bytes]) -> np.ndarray:

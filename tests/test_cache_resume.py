@@ -85,7 +85,7 @@ def test_a_damaged_entry_is_detected_and_recomputed(tiny_llama, reference, tmp_p
     res = UtilityKernel(tiny_llama, SETTINGS, cache_root=tmp_path).compute(T, E)
     assert res.meta["entries_damaged_recomputed"] == 1
     assert res.meta["pairs_computed"] == 1
-    np.testing.assert_array_equal(res.values, first.values)
+    np.testing.assert_allclose(res.values, first.values, atol=1e-6, rtol=0)
     np.testing.assert_allclose(res.values, reference, atol=1e-6, rtol=0)
     healed = UtilityKernel(tiny_llama, SETTINGS, cache_root=tmp_path).compute(T, E)
     assert healed.meta["entries_damaged_recomputed"] == 0 and healed.meta["pairs_computed"] == 0
@@ -99,7 +99,8 @@ def test_damaged_plain_distances_are_recomputed(tiny_llama, reference, tmp_path)
     res = UtilityKernel(tiny_llama, SETTINGS, cache_root=tmp_path).compute(T, E)
     assert res.meta["entries_damaged_recomputed"] == 1
     assert res.meta["pairs_computed"] == res.meta["plain_computed"] == 1
-    np.testing.assert_array_equal(res.values, first.values)
+    # recomputed in a batch of its own: equal up to the rounding of another batch composition
+    np.testing.assert_allclose(res.values, first.values, atol=1e-6, rtol=0)
 
 
 def test_a_damaged_store_file_is_set_aside_and_everything_recomputed(tiny_llama, reference,

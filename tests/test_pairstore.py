@@ -182,3 +182,20 @@ def test_the_cli_refuses_ray_options_without_the_ray_backend(capsys, tmp_path):
     assert main(["kernel", "--pool", "demo:pool", "--out", str(tmp_path / "k"), "--workers",
                  "2"]) == 2
     assert "--ray-address and --workers need --backend ray" in capsys.readouterr().err
+
+
+def test_the_estimate_says_how_many_passes_are_stored(tiny_llama, tmp_path, monkeypatch):
+    from delift_core.data import load_dataset
+    from delift_core.views import estimate_work, stored_passes
+
+    monkeypatch.setenv("DELIFT_CACHE_DIR", str(tmp_path))
+    demo = load_dataset("demo:pool")
+    small, grown = demo.subset(range(3)), demo.subset(range(5))
+    assert stored_passes(estimate_work(grown), grown, settings=SETTINGS) == 0  # no store yet
+    UtilityKernel(tiny_llama, SETTINGS).compute(small, small)
+    est = estimate_work(grown)
+    assert est.units == 5 * 5 + 5
+    assert stored_passes(est, grown, settings=SETTINGS, model="tiny-llama-0") == 3 * 3 + 3
+    assert stored_passes(est, grown, settings=SETTINGS, model="other-model") == 0
+    assert stored_passes(est, grown, settings=SETTINGS, dtype="bfloat16") == 0
+    assert stored_passes(est, grown) == 0  # the default settings: another value space
