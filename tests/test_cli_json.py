@@ -9,16 +9,7 @@ from pathlib import Path
 import pytest
 
 from delift_core import cli
-from test_evaluate import char_tokenizer, tiny_model
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    """A tiny random Llama and its char tokenizer as a local folder (``--model DIR``)."""
-    d = tmp_path_factory.mktemp("tiny-json-model")
-    tiny_model().save_pretrained(d)
-    char_tokenizer().save_pretrained(d)
-    return d
+from test_evaluate import tiny_model_dir  # noqa: F401  (fixture: --model DIR)
 
 
 def _run(capsys, argv: list[str]) -> tuple[int, dict, str]:
@@ -38,10 +29,10 @@ def test_inspect_json(capsys):
     assert "--- id pool-0001" in err  # the human preview moved to stderr
 
 
-def test_kernel_json(capsys, tmp_path, tiny_dir):
+def test_kernel_json(capsys, tmp_path, tiny_model_dir):
     out = tmp_path / "k"
     code, s, _ = _run(capsys, ["kernel", "--pool", "demo:pool", "--limit", "4", "--model",
-                               str(tiny_dir), "--out", str(out), "--json"])
+                               str(tiny_model_dir), "--out", str(out), "--json"])
     assert code == 0 and s["command"] == "kernel" and s["kind"] == "utility"
     assert s["shapes"] == {"pool": [4, 4]} and s["rows"]["pool"] == 4
     assert Path(s["files"]["pool"]) == out / "kernel_pool.npy"
@@ -62,7 +53,7 @@ def test_select_json(capsys, tmp_path):
     assert manifest["selected"] == 12
 
 
-def test_evaluate_json(capsys, tmp_path, tiny_dir):
+def test_evaluate_json(capsys, tmp_path, tiny_model_dir):
     sel = tmp_path / "sel"
     assert cli.main(["select", "--pool", "demo:pool", "--objective", "random", "--budget", "4",
                      "--out", str(sel)]) == 0
@@ -70,7 +61,7 @@ def test_evaluate_json(capsys, tmp_path, tiny_dir):
     out = tmp_path / "e"
     code, s, err = _run(capsys, ["evaluate", f"r={sel}", "--test", "demo:target",
                                  "--test-limit", "2", "--shots", "1", "--no-generate",
-                                 "--model", str(tiny_dir), "--out", str(out), "--json"])
+                                 "--model", str(tiny_model_dir), "--out", str(out), "--json"])
     assert code == 0 and s["command"] == "evaluate"
     assert (s["subsets"], s["test_rows"], s["modes"]) == (1, 2, ["icl"])
     assert Path(s["files"]["results.json"]).exists()
