@@ -286,6 +286,13 @@ def _audit_html(a: "Audit") -> str:
     return _table(frame, "audit")
 
 
+def _check_label(pool: Dataset, label_col: str) -> None:
+    """ReportError unless some pool row has the column ``label_col``."""
+    if not any(label_col in r for r in pool.rows):
+        raise ReportError(f"--label-col {label_col}: no pool row has that column; columns: "
+                          f"{', '.join(pool.columns[:20])}")
+
+
 CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;
 max-width:1180px;color:#222;padding:0 16px}h1{margin-bottom:4px}h2{margin-top:36px;
 border-bottom:1px solid #ddd;padding-bottom:4px}table{border-collapse:collapse;width:100%;
@@ -337,9 +344,7 @@ def build_report(selection: "Selection", *, manifest: dict | None = None,
         comp.append("<h3>By cluster (k-means of the sentence embeddings)</h3>" + F.div(fig, 320)
                     + _table(table))
     if label_col:
-        if not any(label_col in r for r in pool.rows):
-            raise ReportError(f"--label-col {label_col}: no pool row has that column; columns: "
-                              f"{', '.join(pool.columns[:20])}")
+        _check_label(pool, label_col)
         labels = [r.get(label_col, "(none)") for r in pool.rows]
         fig, table = _composition(F, labels, chosen, label_col)
         comp.append(f"<h3>By {_e(label_col)}</h3>" + F.div(fig, 340) + _table(table))
@@ -403,6 +408,8 @@ def report_from_folder(select_dir: str | Path, *, pool: str | None = None,
         raise ReportError(f"{select_dir}: not a folder; give a `delift select` output folder")
     manifest = _read_json(folder / "manifest.json")
     ds = _pool_of(manifest, folder, pool)
+    if label_col:
+        _check_label(ds, label_col)  # before any work
     emb = embed_texts(load_embedder(embedder, device=device),
                       [sample_text(p, r) for p, r in zip(ds.prompts, ds.responses)])
     kind = manifest.get("kernel")

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import io
+import json
 import zipfile
 
 import streamlit as st
 
+from delift_core.audit import audit
+from delift_core.errors import DeliftError, MissingDependencyError
 from delift_core.export import EXPORT_FORMATS, default_format, selection_artifacts
+from delift_core.report import build_report
 from studio import state, ui
 
 ui.setup("Download", "⬇️")
@@ -67,3 +71,42 @@ st.download_button("Everything as a zip", buf.getvalue(), file_name="delift_sele
                    icon=":material/folder_zip:")
 with st.expander("manifest.json"):
     st.code(files["manifest.json"].decode("utf-8"), language="json")
+
+st.divider()
+st.subheader("A report to share")
+st.write("One self-contained HTML file a stakeholder can open from an e-mail, with no network: "
+         "what was selected from what and how, the gain curve, the composition by cluster (and "
+         "by a column you choose), the embedding map, the heatmap, the evaluation (when the "
+         "Evaluate page has one), the audit summary, sample rows with the why of each, and the "
+         "manifest.")
+label_cols = [c for c in sel.pool.columns if c not in ("id",)]
+r1, r2 = st.columns([2, 3])
+label_col = r1.selectbox("Break the composition down by a column (optional)",
+                         ["(none)", *label_cols], key="p_report_label")
+if r1.button("Build the HTML report", key="build_report", icon=":material/summarize:"):
+    with st.spinner("Building the report (embeddings, map, heatmap, audit) ..."):
+        try:
+            emb = state.embeddings(sel.pool)
+            try:
+                labels = state.clusters(emb, 8)
+            except MissingDependencyError:
+                labels = None
+            ev = s.get("ev_report")
+            html_text = build_report(
+                sel, manifest=json.loads(files["manifest.json"]), embeddings=emb,
+                clusters=labels, label_col=None if label_col == "(none)" else label_col,
+                audit=audit(sel.pool, s["kernels"], selection=sel, embeddings=emb,
+                            clusters=labels),
+                evaluation=ev.to_json() if ev is not None else None,
+                map_method=s.get("p_map_method", "umap"))
+        except DeliftError as e:
+            st.error(str(e))
+        else:
+            s["_report_html"] = (key, html_text.encode("utf-8"))
+made = s.get("_report_html")
+if made and made[0] == key:
+    r2.download_button(f"report.html ({len(made[1]) / 1e6:.1f} MB)", made[1],
+                       file_name="delift_report.html", mime="text/html", key="dl_report",
+                       icon=":material/download:", type="primary")
+elif made:
+    r2.caption("The selection changed since the report was built: build it again.")

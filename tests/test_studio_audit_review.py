@@ -86,3 +86,16 @@ def test_decisions_apply_counts_changes() -> None:
     assert d.apply("note", ["a"], "") == 1 and d.notes == {}
     assert d.apply("clear", ["z"]) == 0
     assert before.pinned == ["a", "b"]  # the copy is independent
+
+
+def test_download_page_builds_the_html_report() -> None:
+    at = ready()
+    goto(at, "6_Download")
+    at.selectbox(key="p_report_label").set_value("family").run()
+    at.button(key="build_report").click().run()
+    assert not at.exception, at.exception
+    key, data = at.session_state["_report_html"]
+    text = data.decode("utf-8")
+    assert "<b>72</b> of <b>240</b> rows selected" in text
+    assert ">By family</h3>" in text and ">Audit</h2>" in text
+    assert any(b.label.startswith("report.html") for b in at.get("download_button"))
