@@ -318,6 +318,28 @@ def estimate_work(pool: Dataset, *, target: Dataset | None = None,
     return WorkEstimate(kind, stages)
 
 
+def stored_passes(estimate: WorkEstimate, pool: Dataset, *, target: Dataset | None = None,
+                  existing: Dataset | None = None, model: str | None = None,
+                  dtype: str | None = "float32", sparse: bool = False,
+                  settings: Any = None) -> int:
+    """How many of a utility ``estimate``'s passes the pair store already holds (see
+    :func:`delift_core.utility.stored_pairs`): exact for a dense kernel; for a sparse one an upper
+    bound (the stored pairs among the rows, at most each stage's passes), because which pairs a
+    sparse kernel takes is known only after the embeddings."""
+    from .utility import stored_pairs
+
+    units = {label: u for label, u, _ in estimate.stages}
+    total = 0
+    for label, rows, cols in (("utility pool", pool, pool), ("utility target", target, pool),
+                              ("utility existing", pool, existing)):
+        if rows is None or cols is None or label not in units:
+            continue
+        pairs, plain = stored_pairs(rows, cols, dtype=dtype or "float32", model=model or None,
+                                    settings=settings)
+        total += min(units[label], pairs + plain) if sparse else pairs + plain
+    return total
+
+
 # Estimated tokens per second of the utility kernel on a 2-core CPU (AMD EPYC Zen 4): the demo
 # pool's sparse K = 16 run (estimate_work: 546,778 tokens) took 421 s in float32 and 154 s in
 # bfloat16 (benchmarks/bench_end_to_end.py, benchmarks/README.md). A first guess only, until a

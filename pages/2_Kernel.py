@@ -7,7 +7,7 @@ import streamlit as st
 from delift_core import objectives as registry
 from delift_core import plan
 from delift_core.models import DEFAULT_MODEL, PACKAGED_MODELS
-from delift_core.views import estimate_work, format_seconds, utility_time_guess
+from delift_core.views import estimate_work, format_seconds, stored_passes, utility_time_guess
 from studio import jobs, state, ui
 
 ui.setup("Model & kernel", "🧮")
@@ -70,7 +70,7 @@ limit = st.number_input(f"Use the first N rows of the pool (of {len(pool)})", mi
                         max_value=len(pool), step=1, key=limit_key,
                         help="The utility kernel scores every pair of rows; on a CPU keep N small.")
 
-neighbours, dtype = None, None
+neighbours, dtype, backend = None, None, "local"
 if kind == "utility":
     dtype = st.radio("Model precision", ["float32", "bfloat16"], key="p_dtype", horizontal=True,
                      format_func={"float32": "float32 (exact, default)",
@@ -92,6 +92,12 @@ if kind == "utility":
         neighbours = int(st.number_input("Neighbours per sample (K)", min_value=1,
                                          max_value=max(1, int(limit)), step=1,
                                          key="p_neighbours"))
+    backend = st.radio("Compute on", ["local", "ray"], key="p_backend", horizontal=True,
+                       format_func={"local": "this process (default)",
+                                    "ray": "Ray (a local cluster, or RAY_ADDRESS's)"}.get,
+                       help="Ray runs the missing pairs on worker processes, one thread each; "
+                            "it needs `pip install \"delift-studio[ray]\"`. Either way every "
+                            "value goes to the same pair store.")
 
 run_pool, run_target, run_existing = state.kernel_inputs(stage, kind, int(limit))
 est = estimate_work(run_pool, target=run_target, existing=run_existing,
@@ -118,6 +124,13 @@ else:
               help="Known after a first utility kernel on this machine (its speed is reused).")
 st.caption(" · ".join(f"{label}: {u:,} {unit}, ~{t:,} tokens" for label, u, t in est.stages)
            + (" · cached results are reused, so the same inputs never compute twice." ))
+if kind == "utility":
+    stored = stored_passes(est, run_pool, target=run_target, existing=run_existing,
+                           model=s["p_model"], dtype=dtype, sparse=bool(neighbours))
+    if stored:
+        st.caption(f"{'Up to ' if neighbours else ''}{stored:,} of these {est.units:,} passes "
+                   "are already in the pair store (earlier kernels of the same rows, model and "
+                   "precision): only the rest is computed.")
 if kind == "utility" and on_cpu and est.units > 2000:
     cheaper = ("lower N or K, use bfloat16, or use DELIFT-SE" if neighbours else
                "lower N, use a sparse kernel, or use DELIFT-SE")
@@ -129,7 +142,8 @@ if kind == "utility" and on_cpu and est.units > 2000:
 config = {"kind": kind, "stage": stage, "objective": plan.method_objective(kind, objective),
           "model": s["p_model"] if kind == "utility" else None,
           "embedder": s["p_embedder"] if kind != "utility" else None, "limit": int(limit),
-          "neighbours": neighbours, "dtype": dtype}
+          "neighbours": neighbours, "dtype": dtype,
+          "backend": backend if kind == "utility" else "local"}
 job = state.current_job()
 running = job is not None and job.running
 same_as_current = s["kernels"] is not None and s["kernel_config"] == config
@@ -150,13 +164,13 @@ def progress_panel() -> None:
         ui.job_progress(job)
         if st.button("Cancel", key="cancel_kernel"):
             job.cancel.set()
-            st.info("Cancelling after the current batch; finished blocks stay cached.")
+            st.info("Cancelling after the current batch; finished pairs stay in the pair store.")
         return
     if not job.adopted and job.status == "done":
         st.rerun()
     if job.status == "cancelled":
-        st.warning("The computation was cancelled. Finished blocks are cached: starting again "
-                   "resumes where it stopped.")
+        st.warning("The computation was cancelled. Finished pairs are in the pair store: "
+                   "starting again resumes where it stopped.")
     elif job.status == "error":
         st.error(job.error)
 

@@ -87,7 +87,8 @@ class KernelJob:
             kernels = compute_kernels(self.pool, target=self.target, existing=self.existing,
                                       kind=engine_kind(cfg["kind"]),
                                       lm=lm, embedder=embedder, progress=self._progress,
-                                      cancel=self.cancel, neighbours=cfg.get("neighbours"))
+                                      cancel=self.cancel, neighbours=cfg.get("neighbours"),
+                                      backend=cfg.get("backend") or "local")
             self.result, self.status = kernels, "done"
         except KernelCancelled:
             self.status = "cancelled"
@@ -134,7 +135,8 @@ class JobRegistry:
         """Remember how fast this machine computed a fresh kernel, for later estimates."""
         meta = job.result.meta if job.result is not None else {}
         pool = meta.get("pool") if isinstance(meta.get("pool"), dict) else None
-        if job.config["kind"] != "utility" or not pool or pool.get("blocks_reused"):
+        if job.config["kind"] != "utility" or not pool or pool.get("pairs_reused") \
+                or pool.get("backend") == "ray":  # a rate of fresh, single-process work only
             return
         secs = float(meta.get("seconds") or 0)
         if secs > 0.5:
