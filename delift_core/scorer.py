@@ -282,7 +282,8 @@ class Scorer:
         predicts the first scored token is always in the suffix. Up to ``prefix_batch`` prefixes
         run together (left-padded) and their suffixes are batched across them by length (less
         padding, larger batches); with chunked local attention each prefix runs on its own.
-        ``on_done(n)`` reports sequences finished (after the head has scored them).
+        ``on_done(n)`` reports sequences whose forward pass is done, batch by batch (the head
+        scores them in fixed batches of ``head_rows`` positions, at the latest when the call ends).
         """
         out = np.empty(len(suffixes))
         pending: list[tuple[torch.Tensor, torch.Tensor, list[int]]] = []
@@ -298,15 +299,15 @@ class Scorer:
                 for k in members:
                     out[k] = response_distance(p[start: start + n_scored[k]])
                     start += n_scored[k]
-            if on_done:
-                on_done(sum(len(m) for _, _, m in pending))
             pending, n_pending = [], 0
 
         def queue(hidden: torch.Tensor, targets: torch.Tensor, idx: list[int]) -> None:
             nonlocal n_pending
             pending.append((hidden, targets, idx))
             n_pending += hidden.shape[0]
-            if n_pending >= self.head_rows:
+            if on_done:  # progress per body batch (the bulk of the work), not per head batch,
+                on_done(len(idx))  # so it moves every few seconds; head batches stay fixed-size
+            if n_pending >= self.head_rows:  # (the values' last bits depend on the grouping)
                 flush()
 
         for g0 in range(0, len(groups), self.prefix_batch):
