@@ -139,3 +139,49 @@ def test_target_direction_reference_is_the_transpose(tiny):
     assert np.allclose(ours.pool, theirs.pool)
     with pytest.raises(SelectionError, match="unknown target direction"):
         compute_kernels(pool, target=target, lm=tiny, settings=s, target_direction="up")
+
+
+def _kernel_folder(tmp_path, pool, direction=None):
+    from delift_core.kernel_io import save_kernels
+    from delift_core.kernels import row_hashes
+
+    raw = RAW.copy()
+    raw[np.diag_indices(3)] = [0.95, 0.5, 0.6]
+    meta = {"kind": "utility", "pool_ids": pool.ids, "pool_hashes": row_hashes(pool)}
+    if direction:
+        meta["target_direction"] = direction
+    save_kernels(Kernels("utility", pool=raw, meta=meta), tmp_path / "k")
+    return tmp_path / "k"
+
+
+def test_cli_select_diagonal_is_recorded(tmp_path):
+    from delift_core.cli import main
+
+    pool = _ds(3)
+    (tmp_path / "pool.jsonl").write_text("".join(
+        json.dumps({"id": i, "prompt": p, "response": r}) + "\n"
+        for i, p, r in zip(pool.ids, pool.prompts, pool.responses)))
+    folder = _kernel_folder(tmp_path, pool)
+    for policy, picked in (("max", "r1"), ("reference", "r0")):
+        out = tmp_path / f"out-{policy}"
+        assert main(["select", "--pool", str(tmp_path / "pool.jsonl"), "--kernel", str(folder),
+                     "--budget", "1", "--diagonal", policy, "--out", str(out)]) == 0
+        man = json.loads((out / "manifest.json").read_text())
+        sel = json.loads((out / "selection.json").read_text())
+        assert man["diagonal"]["policy"] == policy and sel["params"]["diagonal"] == policy
+        assert sel["selected_ids"] == [picked]
+
+
+def test_cli_refuses_a_bad_diagonal_and_a_direction_the_folder_lacks(tmp_path, capsys):
+    from delift_core.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["select", "--pool", "demo:pool", "--diagonal", "diag", "--out", str(tmp_path / "o")])
+    assert e.value.code == 2 and "invalid choice: 'diag'" in capsys.readouterr().err
+    from delift_core.cli import _check_direction
+
+    k = Kernels("utility", pool=RAW, meta={"computed": {"target_direction": "helps-target"}})
+    _check_direction(k, None, True)
+    _check_direction(k, "helps-target", True)
+    with pytest.raises(Exception, match="computed with helps-target"):
+        _check_direction(k, "reference", True)

@@ -1,0 +1,657 @@
+"""Quality benchmark: does DELIFT earn its place against random? Paired evidence, CPU-sized.
+
+    python benchmarks/bench_quality.py                 # the committed run -> docs/quality/
+    python benchmarks/bench_quality.py --dry-run       # tiny sizes, to time the engine first
+    python benchmarks/bench_quality.py --report-only   # tables and chart from results.json
+
+Pools (built by :func:`build_pool` from ../shared/data with a pool seed): six P3 templates of
+unequal size, GSM8K train and Code Alpaca rows, plus near-duplicates (rows copied with a small
+edit to the prompt, as real data has them). One pool per seed serves the three stages:
+
+- stage 1 (instruction tuning, FL): test = unseen rows of every family of the pool;
+- stage 2 (task-specific, FLMI in both target directions and FLQMI): target = GSM8K test
+  questions; test = other GSM8K test questions;
+- stage 3 (continual, FLCG): existing = unseen rows of the two largest P3 templates (the model
+  "knows" them: they are always in the ICL context); test = the stage 1 test.
+
+Methods per budget (5 %, 10 %, 30 %): DELIFT (sparse utility kernel) under every diagonal policy,
+DELIFT-SE (embedding kernel), random (10 seeds), the full pool, none. Measures: 1-shot and 3-shot
+k-NN ICL (teacher-forced NLL per token and DELIFT distance, delift_core.evaluation) and LoRA
+fine-tuning (stage 1; same epochs for every subset, so the same steps within a budget), then
+zero-shot test NLL. Statistics: delift_core.evaluation.stats (paired bootstrap over test items
+and random seeds; "wins" only when the 95 % interval excludes zero).
+
+All settings are in :data:`SETTINGS`, fixed before the run and written into results.json.
+Results are written after every stage (``docs/quality/results.json``), so a partial run leaves
+data. The P3 ``template`` label builds the pools and splits only; it is never a selection input.
+Nothing from ../shared/data is written into the project except ids and scores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import random
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+from delift_core import (Dataset, UtilitySettings, compute_kernels, load_causal_lm,  # noqa: E402
+                         load_dataset_bytes, load_embedder, select)
+from delift_core.diagonal import DIAGONAL_POLICIES  # noqa: E402
+from delift_core.evaluation import EvalSettings, Subset, evaluate  # noqa: E402
+from delift_core.evaluation.stats import compare_paired  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data"
+OUT = ROOT / "docs" / "quality"
+
+SETTINGS: dict[str, Any] = {
+    "pool_seeds": [0, 1],
+    "p3_template_sizes": [40, 24, 14, 8, 5, 3],  # unequal task families
+    "gsm8k_pool": 32, "code_pool": 20, "near_duplicates": 8,
+    "p3_test_per_template": 5, "gsm8k_test_stage1": 8, "code_test": 8,
+    "target_rows": 10, "gsm8k_test_stage2": 30, "existing_per_template": 8,
+    "max_prompt_chars": 300, "max_p3_answer_chars": 80, "max_gsm8k_question_chars": 260,
+    "max_code_prompt_chars": 200, "max_code_answer_chars": 150,
+    "budgets": [0.05, 0.10, 0.30],
+    "random_seeds": list(range(10)),
+    "dtype": "bfloat16",
+    "kernel_field_tokens": 48, "kernel_response_tokens": 32, "kernel_batch_size": 8,
+    "neighbours": 8, "neighbour_random": 1,
+    "diagonals": list(DIAGONAL_POLICIES),
+    "target_directions": ["helps-target", "reference"],
+    "shots": [1, 3],
+    "eval_field_tokens": 48, "eval_reference_tokens": 32, "eval_batch_size": 8,
+    "lora_stage": "stage1", "lora_budgets": [0.10, 0.30], "lora_random_seeds": [0, 1, 2, 3, 4],
+    "lora_epochs": 2, "lora_batch_size": 4, "lora_lr": 1e-3, "lora_r": 8, "lora_alpha": 16,
+    "lora_max_tokens": 96, "lora_full_pool": False,
+    "bootstrap": {"n_boot": 10000, "level": 0.95, "seed": 0},
+    "selection_seed": 0,
+}
+
+DRY = {"pool_seeds": [0], "p3_template_sizes": [8, 5, 3], "gsm8k_pool": 6, "code_pool": 4,
+       "near_duplicates": 2, "p3_test_per_template": 2, "gsm8k_test_stage1": 2, "code_test": 2,
+       "target_rows": 3, "gsm8k_test_stage2": 4, "existing_per_template": 3,
+       "budgets": [0.3], "random_seeds": [0, 1], "lora_budgets": [0.3],
+       "lora_random_seeds": [0]}
+
+
+SMALL = {"p3_template_sizes": [8, 6, 4, 2], "gsm8k_pool": 5, "code_pool": 3,
+         "near_duplicates": 2, "p3_test_per_template": 2, "gsm8k_test_stage1": 2, "code_test": 2,
+         "target_rows": 4, "gsm8k_test_stage2": 10, "existing_per_template": 3,
+         "budgets": [0.10, 0.30], "neighbour_random": 0, "dtype": "float32",
+         "lora_budgets": [0.30], "lora_random_seeds": [0, 1, 2], "lora_epochs": 2}
+"""What ran on 2026-12-01: the machine was shared with several other model runs (load average
+10-13 on 2 cores; a 8 x 100-token forward of the 270M model took 17 s on one thread, 34 s on
+two), so the planned sizes (SETTINGS) were out of reach; bfloat16 was slower than float32 there."""
+
+PROFILES = {"planned": {}, "small": SMALL, "dry": DRY}
+
+
+def log(msg: str) -> None:
+    """A timestamped line on stderr (the benchmark's own progress log)."""
+    print(time.strftime("%H:%M:%S ") + msg, file=sys.stderr, flush=True)
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line]
+
+
+def _ds(records: list[dict], name: str) -> Dataset:
+    data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
+    ds = load_dataset_bytes(data, f"{name}.jsonl")
+    ds.source = name
+    return ds
+
+
+def _edit(prompt: str, rng: random.Random) -> str:
+    """A small edit, as near-duplicates in real data have: casing, spacing, a word added."""
+    how = rng.randrange(3)
+    if how == 0:
+        return prompt[:1].swapcase() + prompt[1:]
+    if how == 1:
+        return prompt.replace(" ", "  ", 1) + " "
+    return "Please answer. " + prompt
+
+
+def build_pool(seed: int, s: dict) -> dict[str, Any]:
+    """The pool, its near-duplicates, the targets, the existing set and the test sets of one pool
+    seed; every row carries its family (``group``) for composition tables only."""
+    rng = random.Random(seed)
+    groups: dict[str, list[dict]] = {}
+    for r in _jsonl(DATA / "p3_sample.jsonl"):
+        if len(r["prompt"]) <= s["max_prompt_chars"] and \
+                0 < len(r["completion"].strip()) <= s["max_p3_answer_chars"]:
+            groups.setdefault(r["template"], []).append(
+                {"id": r["id"], "prompt": r["prompt"], "response": r["completion"].strip(),
+                 "group": r["template"]})
+    sizes = s["p3_template_sizes"]
+    need_extra = s["p3_test_per_template"] + s["existing_per_template"]
+    names = sorted(t for t, rows in groups.items() if len(rows) >= sizes[0] + need_extra)
+    rng.shuffle(names)
+    chosen, families = [], set()
+    for t in names:  # one template per source dataset, so families are distinct tasks
+        fam = t.split("_")[0]
+        if fam not in families:
+            chosen.append(t)
+            families.add(fam)
+        if len(chosen) == len(sizes):
+            break
+    pool, test1, existing = [], [], []
+    for k, t in enumerate(chosen):
+        rows = groups[t][:]
+        rng.shuffle(rows)
+        pool += rows[: sizes[k]]
+        test1 += rows[sizes[k]: sizes[k] + s["p3_test_per_template"]]
+        if k < 2:
+            existing += rows[sizes[k] + s["p3_test_per_template"]:
+                             sizes[k] + s["p3_test_per_template"] + s["existing_per_template"]]
+    gtrain = [r for r in _jsonl(DATA / "gsm8k_train.jsonl")
+              if len(r["question"]) <= s["max_gsm8k_question_chars"]]
+    gtest = [r for r in _jsonl(DATA / "gsm8k_test.jsonl")
+             if len(r["question"]) <= s["max_gsm8k_question_chars"]]
+    rng.shuffle(gtrain)
+    rng.shuffle(gtest)
+    g = lambda r: {"id": r["id"], "prompt": r["question"], "response": r["answer"],  # noqa: E731
+                   "group": "gsm8k"}
+    pool += [g(r) for r in gtrain[: s["gsm8k_pool"]]]
+    n1, nt, n2 = s["gsm8k_test_stage1"], s["target_rows"], s["gsm8k_test_stage2"]
+    test1 += [g(r) for r in gtest[:n1]]
+    target = [g(r) for r in gtest[n1: n1 + nt]]
+    test2 = [g(r) for r in gtest[n1 + nt: n1 + nt + n2]]
+    code = []
+    for k, r in enumerate(json.loads((DATA / "code_alpaca_2k.json").read_text(encoding="utf-8"))):
+        prompt = r["instruction"] + ("\n\n" + r["input"] if r.get("input") else "")
+        if len(prompt) <= s["max_code_prompt_chars"] and \
+                0 < len(r["output"]) <= s["max_code_answer_chars"]:
+            code.append({"id": f"code-{k}", "prompt": prompt, "response": r["output"],
+                         "group": "code_alpaca"})
+    rng.shuffle(code)
+    pool += code[: s["code_pool"]]
+    test1 += code[s["code_pool"]: s["code_pool"] + s["code_test"]]
+    dups = []
+    for r in rng.sample(pool, s["near_duplicates"]):
+        dups.append(dict(r, id=r["id"] + "-neardup", prompt=_edit(r["prompt"], rng)))
+    pool += dups
+    rng.shuffle(pool)
+    return {"pool": pool, "test1": test1, "target": target, "test2": test2,
+            "existing": existing, "templates": chosen, "near_duplicates": [d["id"] for d in dups]}
+
+
+def composition(rows: list[dict]) -> dict[str, int]:
+    """Rows per family."""
+    return dict(sorted(Counter(r["group"] for r in rows).items()))
+
+
+def machine() -> str:
+    """CPU model, cores, torch threads, load average at the start."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} with "
+            f"{torch.get_num_threads()} threads, load average {os.getloadavg()}")
+
+
+def progress_log() -> Any:
+    """A progress callback that logs each stage's count and rate at most every 20 s."""
+    last: dict[str, float] = {}
+    first: dict[str, float] = {}
+
+    def cb(label: str, done: int, total: int) -> None:
+        now = time.time()
+        first.setdefault(label, now)
+        if done >= total or now - last.get(label, 0) > 20:
+            last[label] = now
+            rate = done / max(1e-9, now - first[label])
+            log(f"  {label}: {done}/{total} ({rate:.2f}/s)")
+
+    return cb
+
+
+class Results:
+    """results.json, rewritten after every stage so a partial run still leaves its data."""
+
+    def __init__(self, path: Path, settings: dict, started: str) -> None:
+        self.path = path
+        self.data: dict[str, Any] = {"settings": settings, "started": started,
+                                     "machine": machine(), "command": " ".join(sys.argv),
+                                     "pools": {}, "runs": [], "comparisons": [], "timing": {},
+                                     "finished": None}
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=1, default=str))
+        tmp.replace(self.path)
+
+
+def _label(stage: str, method: str, kernel: str, diagonal: str | None, direction: str | None
+           ) -> str:
+    name = f"{method.upper()} {'DELIFT' if kernel == 'utility' else 'DELIFT-SE'}"
+    if diagonal and kernel == "utility" and method != "flqmi":
+        name += f" [{diagonal}]"
+    if direction and kernel == "utility":
+        name += f" <{direction}>"
+    return name
+
+
+def stage_methods(stage: str, s: dict) -> list[tuple[str, str, str | None, str | None]]:
+    """(objective, kernel, diagonal, target direction) of every selection method of a stage;
+    FLQMI reads only the target kernel (no self pairs here), so it has no diagonal variants."""
+    obj = {"stage1": "fl", "stage2": None, "stage3": "flcg"}[stage]
+    out = []
+    if obj:
+        out += [(obj, "utility", d, None) for d in s["diagonals"]] + [(obj, "embedding", None,
+                                                                       None)]
+    else:
+        for direction in s["target_directions"]:
+            out += [("flmi", "utility", d, direction) for d in s["diagonals"]]
+            out.append(("flqmi", "utility", None, direction))
+        out += [("flmi", "embedding", None, None), ("flqmi", "embedding", None, None)]
+    return out
+
+
+def make_subsets(stage: str, pool: Dataset, kernels: dict, s: dict,
+                 rows_by_id: dict[str, dict]) -> tuple[list[Subset], dict]:
+    """Every method's subset at every budget, the random seeds, the full pool and none."""
+    subsets, comp = [], {}
+    for budget in s["budgets"]:
+        size = max(1, round(budget * len(pool)))
+        for objective, kind, diag, direction in stage_methods(stage, s):
+            k = kernels[(kind, (direction or "helps-target") if kind == "utility" else None)]
+            sel = select(pool, objective, k, size, seed=s["selection_seed"],
+                         diagonal=diag if kind == "utility" else None)
+            chosen = pool.subset(sel.selected_indices)
+            label = _label(stage, objective, kind, diag, direction)
+            name = f"{label} @{budget:g}"
+            comp[name] = composition([rows_by_id[i] for i in chosen.ids])
+            subsets.append(Subset(name, chosen, "subset", None,
+                                  {"objective": objective, "kernel": kind, "diagonal": diag,
+                                   "target_direction": direction, "budget": budget,
+                                   "method": label}))
+        for seed in s["random_seeds"]:
+            idx = np.sort(np.random.default_rng(seed).choice(len(pool), size, replace=False))
+            sub = pool.subset(idx)
+            subsets.append(Subset(f"random @{budget:g}", sub, "random", int(seed),
+                                  {"budget": budget, "method": "random"}))
+            comp[f"random @{budget:g} seed {seed}"] = composition([rows_by_id[i] for i in sub.ids])
+    subsets.append(Subset("full", pool, "full", None, {"budget": 1.0, "method": "full"}))
+    subsets.append(Subset("none", None, "none", None, {"budget": 0.0, "method": "none"}))
+    return subsets, comp
+
+
+def with_context(subsets: list[Subset], context: list[dict], stage: str) -> list[Subset]:
+    """Stage 3: the existing set is always in the ICL context (the model knows it)."""
+    out = []
+    for sub in subsets:
+        rows = [dict(r) for r in context] + ([{"id": i, "prompt": p, "response": r}
+                                              for i, p, r in zip(sub.data.ids, sub.data.prompts,
+                                                                 sub.data.responses)]
+                                             if sub.data is not None else [])
+        out.append(Subset(sub.name, _ds([{k: r[k] for k in ("id", "prompt", "response")}
+                                         for r in rows], f"{stage}-{sub.name}-{sub.seed}"),
+                          sub.kind, sub.seed, dict(sub.info, subset_size=sub.size,
+                                                   context="existing + subset")))
+    return out
+
+
+def item_matrix(items: list[dict], subset: str, seed: Any, metric: str,
+                test_ids: list[str]) -> np.ndarray:
+    """One subset's per-item scores in test order."""
+    got = {it["test_id"]: it[metric] for it in items if it["subset"] == subset
+           and it["seed"] == seed}
+    return np.array([got[t] for t in test_ids], dtype=np.float64)
+
+
+def comparisons(report: Any, test_ids: list[str], s: dict, where: dict) -> list[dict]:
+    """Each method vs the random seeds of its budget, and DELIFT vs DELIFT-SE, per metric."""
+    out = []
+    bs = s["bootstrap"]
+    subsets = {(r["subset"], r["seed"]): r for r in report.rows}
+    for metric in ("nll", "distance"):
+        for (name, seed), row in subsets.items():
+            if row["kind"] != "subset":
+                continue
+            info = row["subset_info"]
+            budget = info["budget"]
+            x = item_matrix(report.items, name, seed, metric, test_ids)
+            rnd = np.stack([item_matrix(report.items, f"random @{budget:g}", rs, metric, test_ids)
+                            for rs in s["random_seeds"]])
+            c = compare_paired(x, rnd, n_boot=bs["n_boot"], level=bs["level"], seed=bs["seed"])
+            out.append({**where, "metric": metric, "budget": budget, "method": info["method"],
+                        "versus": "random", **c.as_dict(), "mean": float(x.mean()),
+                        "versus_mean": float(rnd.mean())})
+            if info["kernel"] == "utility":
+                se = f"{info['objective'].upper()} DELIFT-SE @{budget:g}"
+                if (se, None) in subsets:
+                    y = item_matrix(report.items, se, None, metric, test_ids)
+                    c = compare_paired(x, y, n_boot=bs["n_boot"], level=bs["level"],
+                                       seed=bs["seed"])
+                    out.append({**where, "metric": metric, "budget": budget,
+                                "method": info["method"], "versus": "DELIFT-SE", **c.as_dict(),
+                                "mean": float(x.mean()), "versus_mean": float(y.mean())})
+    return out
+
+
+def run_eval(res: Results, where: dict, subsets: list[Subset], test: Dataset, lm: Any, emb: Any,
+             esettings: EvalSettings, modes: tuple[str, ...]) -> None:
+    """Evaluate, keep the per-run rows and per-item scores, add the paired comparisons, save."""
+    t = time.time()
+    report = evaluate(subsets, test, lm=lm, embedder=emb, settings=esettings, modes=modes,
+                      progress=progress_log())
+    secs = round(time.time() - t, 1)
+    for r in report.rows:
+        res.data["runs"].append({**where, **{k: r[k] for k in (
+            "subset", "kind", "mode", "size", "seed", "n_test", "nll", "distance")},
+            "info": r.get("subset_info"), "train_loss_first": r.get("train_loss_first"),
+            "train_loss_last": r.get("train_loss_last")})
+    res.data.setdefault("items", []).extend(
+        {**where, **{k: it[k] for k in ("subset", "seed", "test_id", "nll", "distance")}}
+        for it in report.items)
+    res.data["comparisons"] += comparisons(report, test.ids, res.data["settings"], where)
+    key = "/".join(str(v) for v in where.values())
+    res.data["timing"][key] = secs
+    res.save()
+    log(f"{key}: {len(report.rows)} runs evaluated in {secs:.0f} s")
+
+
+def lora_settings(s: dict, size: int) -> EvalSettings:
+    """LoRA with the same epochs for every subset (so the same steps within a budget)."""
+    steps = max(1, math.ceil(s["lora_epochs"] * size / s["lora_batch_size"]))
+    return EvalSettings(shots=0, max_field_tokens=s["eval_field_tokens"],
+                        max_reference_tokens=s["eval_reference_tokens"], generate=False,
+                        batch_size=s["eval_batch_size"], lora_steps=steps,
+                        lora_batch_size=s["lora_batch_size"], lora_lr=s["lora_lr"],
+                        lora_r=s["lora_r"], lora_alpha=s["lora_alpha"],
+                        lora_max_tokens=s["lora_max_tokens"], lora_seed=0)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build pools, compute kernels, select, evaluate, compare; write docs/quality/."""
+    s = dict(SETTINGS, **PROFILES["dry" if args.dry_run else args.profile])
+    s["profile"] = "dry" if args.dry_run else args.profile
+    out = Path(args.out)
+    res = Results(out / "results.json", s, time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    res.data["dry_run"] = bool(args.dry_run)
+    res.save()
+    lm = load_causal_lm(dtype=s["dtype"])
+    emb = load_embedder()
+    usettings = UtilitySettings(max_field_tokens=s["kernel_field_tokens"],
+                                max_response_tokens=s["kernel_response_tokens"],
+                                batch_size=s["kernel_batch_size"])
+    res.data["utility_settings"] = usettings.value_key()
+    for pseed in s["pool_seeds"]:
+        data = build_pool(pseed, s)
+        rows_by_id = {r["id"]: r for r in data["pool"]}
+        pool, target, existing = (_ds(data[k], f"pool{pseed}-{k}")
+                                  for k in ("pool", "target", "existing"))
+        test1, test2 = _ds(data["test1"], f"pool{pseed}-test1"), _ds(data["test2"],
+                                                                     f"pool{pseed}-test2")
+        res.data["pools"][str(pseed)] = {
+            "rows": len(pool), "composition": composition(data["pool"]),
+            "templates": data["templates"], "near_duplicates": data["near_duplicates"],
+            "test1": composition(data["test1"]), "test2": len(test2), "target": len(target),
+            "existing": composition(data["existing"]), "pool_ids": pool.ids,
+            "test1_ids": test1.ids, "test2_ids": test2.ids, "target_ids": target.ids,
+            "existing_ids": existing.ids}
+        res.save()
+        common = dict(lm=lm, embedder=emb, settings=usettings, neighbours=s["neighbours"],
+                      neighbour_random=s["neighbour_random"], progress=progress_log())
+        pmeta = res.data["pools"][str(pseed)]
+        kernel_cache: dict = {}
+
+        def stage_kernels(stage: str) -> dict:
+            """The kernels a stage needs, computed when first needed (the pool kernel once,
+            then from the pair store), so stage 1 results come before stage 2/3 kernels."""
+            extra = {"stage1": {}, "stage2": {"target": target},
+                     "stage3": {"existing": existing}}[stage]
+            out = {}
+            for kind, direction in (("utility", "helps-target"), ("utility", "reference"),
+                                    ("embedding", None)):
+                if direction == "reference" and stage != "stage2":
+                    continue
+                key = (stage if extra else "pool", kind, direction)
+                if key not in kernel_cache:
+                    t = time.time()
+                    kw = common if kind == "utility" else {"embedder": emb}
+                    kernel_cache[key] = compute_kernels(
+                        pool, kind=kind, **extra, **kw,
+                        **({"target_direction": direction} if stage == "stage2" and direction
+                           else {}))
+                    res.data["timing"][f"pool{pseed}/{'/'.join(map(str, key))}_kernel_s"] = \
+                        round(time.time() - t, 1)
+                    kern = kernel_cache[key]
+                    pmeta.setdefault("kernel_meta", {})["/".join(map(str, key))] = {
+                        m: v for m, v in kern.meta.items()
+                        if not m.endswith("_ids") and not m.endswith("_hashes")}
+                    if kind == "utility" and not extra:
+                        pmeta["diagonal_stats"] = diagonal_stats(kern.pool)
+                    res.save()
+                    log(f"pool {pseed} {key}: kernels in {time.time() - t:.0f} s")
+                out[(kind, direction)] = kernel_cache[key]
+            return out
+
+        stages = {"stage1": (test1, None), "stage2": (test2, None), "stage3": (test1, "existing")}
+        for stage in args.stages:
+            test, ctx = stages[stage]
+            subsets, comp = make_subsets(stage, pool, stage_kernels(stage), s, rows_by_id)
+            res.data["pools"][str(pseed)].setdefault("composition_by_subset", {})[stage] = comp
+            if ctx:
+                subsets = with_context(subsets, data["existing"], stage)
+            for shots in s["shots"]:
+                es = EvalSettings(shots=shots, max_field_tokens=s["eval_field_tokens"],
+                                  max_reference_tokens=s["eval_reference_tokens"], generate=False,
+                                  batch_size=s["eval_batch_size"])
+                run_eval(res, {"pool_seed": pseed, "stage": stage, "measure": f"icl-{shots}shot"},
+                         subsets, test, lm, emb, es, ("icl",))
+        if "lora" in args.measures and s["lora_stage"] in args.stages:
+            stage = s["lora_stage"]
+            subsets, _ = make_subsets(stage, pool, stage_kernels(stage), s, rows_by_id)
+            for budget in s["lora_budgets"]:
+                pick = [x for x in subsets if x.info.get("budget") == budget and (
+                    x.kind == "subset" or x.seed in s["lora_random_seeds"])]
+                ls = lora_settings(s, pick[0].size)
+                rs = dict(s, random_seeds=s["lora_random_seeds"])
+                res.data["settings"].setdefault("lora_steps", {})[f"{budget:g}"] = ls.lora_steps
+                where = {"pool_seed": pseed, "stage": stage, "measure": f"lora@{budget:g}"}
+                t = time.time()
+                report = evaluate(pick, test1, lm=lm, embedder=emb, settings=ls, modes=("lora",),
+                                  progress=progress_log())
+                for r in report.rows:
+                    res.data["runs"].append({**where, **{k: r[k] for k in (
+                        "subset", "kind", "mode", "size", "seed", "n_test", "nll", "distance")},
+                        "info": r.get("subset_info"),
+                        "train_loss_first": r.get("train_loss_first"),
+                        "train_loss_last": r.get("train_loss_last")})
+                res.data.setdefault("items", []).extend(
+                    {**where, **{k: it[k] for k in ("subset", "seed", "test_id", "nll",
+                                                    "distance")}} for it in report.items)
+                res.data["comparisons"] += comparisons(report, test1.ids, rs, where)
+                res.data["timing"]["/".join(map(str, where.values()))] = round(time.time() - t, 1)
+                res.save()
+                log(f"LoRA {where}: {len(report.rows)} runs in {time.time() - t:.0f} s")
+    res.data["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    res.save()
+    write_report(out)
+    return 0
+
+
+def diagonal_stats(raw: Any) -> dict:
+    """Self-utility vs the other stored utilities of the pool kernel."""
+    import scipy.sparse as sp
+
+    coo = raw.tocoo() if sp.issparse(raw) else sp.coo_matrix(np.asarray(raw))
+    d = coo.row == coo.col
+    return {"diag_mean": float(coo.data[d].mean()) if d.any() else None,
+            "offdiag_mean": float(coo.data[~d].mean()), "offdiag_max": float(coo.data[~d].max()),
+            "stored": int(coo.nnz)}
+
+
+# ---------------------------------------------------------------------------------------------
+# tables and chart
+
+
+def _fmt(c: dict) -> str:
+    return (f"{c['mean_diff']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}]"
+            + (f" {c['seeds_beaten']}/{c['n_seeds']}" if c["n_seeds"] > 1 else "")
+            + f" **{c['verdict']}**")
+
+
+def write_report(out: Path = OUT) -> None:
+    """results.md (every comparison, by stage and measure) and chart.{html,png}."""
+    data = json.loads((out / "results.json").read_text())
+    comps = data["comparisons"]
+    lines = ["# Quality benchmark results", "",
+             f"Started {data['started']}, finished {data.get('finished') or 'NOT FINISHED'}; "
+             f"machine: {data['machine']}.", "",
+             "Cells: mean paired difference (method − baseline, NLL/token or DELIFT distance; "
+             "negative = method better) [95 % bootstrap interval over test items and random "
+             "seeds] k/N random seeds beaten on the mean, verdict (wins/loses only when the "
+             "interval excludes zero).", ""]
+    keys = sorted({(c["stage"], c["measure"], c["pool_seed"]) for c in comps})
+    for stage, measure, pseed in keys:
+        rows = [c for c in comps if (c["stage"], c["measure"], c["pool_seed"]) == (stage, measure,
+                                                                                  pseed)]
+        budgets = sorted({c["budget"] for c in rows})
+        lines += [f"## {stage}, {measure}, pool seed {pseed}", ""]
+        for metric in ("nll", "distance"):
+            for versus in ("random", "DELIFT-SE"):
+                sel = [c for c in rows if c["metric"] == metric and c["versus"] == versus]
+                if not sel:
+                    continue
+                lines += [f"{metric} vs {versus}:", "",
+                          "| method | " + " | ".join(f"{b:g}" for b in budgets) + " |",
+                          "|---|" + "---|" * len(budgets)]
+                for m in sorted({c["method"] for c in sel}):
+                    cells = []
+                    for b in budgets:
+                        got = [c for c in sel if c["method"] == m and c["budget"] == b]
+                        cells.append(_fmt(got[0]) if got else "–")
+                    lines.append(f"| {m} | " + " | ".join(cells) + " |")
+                lines.append("")
+        means = [r for r in data["runs"] if (r["stage"], r["measure"], r["pool_seed"]) == (
+            stage, measure, pseed)]
+        agg: dict = {}
+        for r in means:
+            agg.setdefault((r["subset"], r["kind"]), []).append(r["nll"])
+        lines += ["Mean NLL/token per subset (random: mean ± sd over seeds):", "",
+                  "| subset | NLL/token |", "|---|---|"]
+        for (name, kind), v in agg.items():
+            lines.append(f"| {name} | {np.mean(v):.4f}" + (f" ± {np.std(v, ddof=1):.4f}"
+                                                          if len(v) > 1 else "") + " |")
+        lines.append("")
+    tally = Counter((c["versus"], c["verdict"]) for c in comps if c["metric"] == "nll")
+    lines += ["## Tally (NLL/token, every configuration)", "",
+              "| versus | wins | ties | loses |", "|---|---|---|---|"]
+    for versus in ("random", "DELIFT-SE"):
+        lines.append(f"| {versus} | {tally[(versus, 'wins')]} | {tally[(versus, 'ties')]} | "
+                     f"{tally[(versus, 'loses')]} |")
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    write_chart(out, data)
+
+
+def write_chart(out: Path, data: dict) -> Path | None:
+    """One chart: per stage and measure (pool seed 0 if present), the NLL difference vs random
+    of each method at each budget with its 95 % interval; zero = random."""
+    import plotly.graph_objects as go
+
+    comps = [c for c in data["comparisons"] if c["metric"] == "nll" and c["versus"] == "random"]
+    if not comps:
+        return None
+    panels = sorted({(c["stage"], c["measure"]) for c in comps})
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=len(panels), cols=1, shared_xaxes=False, vertical_spacing=0.04,
+                        subplot_titles=[f"{s}, {m}" for s, m in panels])
+    colours = {0.05: "#E45756", 0.1: "#4C78A8", 0.3: "#54A24B"}
+    shown = set()
+    for k, (stage, measure) in enumerate(panels, start=1):
+        for b in sorted({c["budget"] for c in comps}):
+            sel = [c for c in comps if (c["stage"], c["measure"], c["budget"]) == (stage, measure,
+                                                                                  b)]
+            if not sel:
+                continue
+            sel.sort(key=lambda c: (c["method"], c["pool_seed"]))
+            fig.add_trace(go.Scatter(
+                x=[f"{c['method']} (pool {c['pool_seed']})" for c in sel],
+                y=[c["mean_diff"] for c in sel], mode="markers",
+                marker={"color": colours.get(b, "#888"), "size": 7},
+                error_y={"type": "data", "symmetric": False,
+                         "array": [c["high"] - c["mean_diff"] for c in sel],
+                         "arrayminus": [c["mean_diff"] - c["low"] for c in sel]},
+                name=f"budget {b:g}", legendgroup=str(b), showlegend=b not in shown),
+                row=k, col=1)
+            shown.add(b)
+        fig.add_hline(y=0, line_color="#999", row=k, col=1)
+        fig.update_yaxes(title_text="Δ NLL vs random", row=k, col=1)
+    fig.update_layout(title="DELIFT vs random (10 seeds): mean paired Δ NLL/token with 95 % "
+                            "bootstrap interval; below 0 = better than random",
+                      height=260 * len(panels) + 120, width=1400, template="plotly_white",
+                      margin={"b": 60})
+    html = out / "chart.html"
+    fig.write_html(html, include_plotlyjs="cdn")
+    png = out / "chart.png"
+    try:
+        fig.write_image(png)
+        return png
+    except Exception as e:  # kaleido missing or unable: a Chromium screenshot of the HTML
+        log(f"kaleido: {e}; trying Chromium")
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp()) / "chart.html"
+    fig.write_html(tmp, include_plotlyjs=True)
+    try:
+        from playwright.sync_api import sync_playwright
+
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path="/usr/bin/chromium",
+                                         args=["--headless", "--no-sandbox", "--disable-gpu"])
+            page = browser.new_page(viewport={"width": 1420,
+                                              "height": 260 * len(panels) + 140})
+            page.goto(tmp.resolve().as_uri())
+            page.wait_for_selector(".main-svg")
+            page.wait_for_timeout(500)
+            page.locator(".plotly-graph-div").screenshot(path=str(png))
+            browser.close()
+    except Exception as e:
+        log(f"chart.png not written ({e})")
+        return html
+    return png
+
+
+def main() -> int:
+    """Command line."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dry-run", action="store_true", help="tiny sizes, to time the run")
+    ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--profile", choices=sorted(PROFILES), default="small",
+                    help="planned: the sizes designed for a quiet machine; small: what ran")
+    ap.add_argument("--stages", nargs="+", default=["stage1", "stage2", "stage3"])
+    ap.add_argument("--measures", nargs="+", default=["icl", "lora"])
+    ap.add_argument("--out", default=str(OUT))
+    args = ap.parse_args()
+    if args.report_only:
+        write_report(Path(args.out))
+        return 0
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
