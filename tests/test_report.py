@@ -100,13 +100,18 @@ def test_composition_counts_by_label_column(report_html: str) -> None:
     assert all(int(n) == 4 and int(s) + int(r) == 4 for _, s, n, r in rows)
 
 
-def test_report_cli_on_a_select_folder(tmp_path) -> None:
-    ds = pool()
+def select_folder(tmp_path) -> tuple:
+    """The fixture pool as a file and a `delift select` folder of 4 of its rows."""
     data = tmp_path / "pool.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in ds.rows))
+    data.write_text("".join(json.dumps(r) + "\n" for r in pool().rows))
     out = tmp_path / "sel"
     assert main(["select", "--pool", str(data), "--kernel", "embedding", "--objective", "fl",
                  "--budget", "4", "--out", str(out)]) == 0
+    return data, out
+
+
+def test_report_cli_on_a_select_folder(tmp_path) -> None:
+    _, out = select_folder(tmp_path)
     assert main(["report", str(out), "--label-col", "family", "--clusters", "3"]) == 0
     html = (out / "report.html").read_text(encoding="utf-8")
     assert "<b>4</b> of <b>12</b> rows selected" in html
@@ -115,12 +120,7 @@ def test_report_cli_on_a_select_folder(tmp_path) -> None:
 
 
 def test_report_cli_errors_are_plain(tmp_path, capsys) -> None:
-    ds = pool()
-    data = tmp_path / "pool.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in ds.rows))
-    out = tmp_path / "sel"
-    assert main(["select", "--pool", str(data), "--kernel", "embedding", "--objective", "fl",
-                 "--budget", "4", "--out", str(out)]) == 0
+    data, out = select_folder(tmp_path)
     capsys.readouterr()
     assert main(["report", str(out), "--label-col", "nope"]) == 2
     err = capsys.readouterr().err
