@@ -6,6 +6,7 @@ import streamlit as st
 
 from delift_core import objectives as registry
 from delift_core import plan
+from delift_core.kernels import DEFAULT_TARGET_DIRECTION, TARGET_DIRECTIONS
 from delift_core.models import DEFAULT_MODEL, PACKAGED_MODELS
 from delift_core.views import estimate_work, format_seconds, stored_passes, utility_time_guess
 from studio import jobs, state, ui
@@ -71,6 +72,7 @@ limit = st.number_input(f"Use the first N rows of the pool (of {len(pool)})", mi
                         help="The utility kernel scores every pair of rows; on a CPU keep N small.")
 
 neighbours, dtype, backend = None, None, "local"
+target_direction = None
 if kind == "utility":
     dtype = st.radio("Model precision", ["float32", "bfloat16"], key="p_dtype", horizontal=True,
                      format_func={"float32": "float32 (exact, default)",
@@ -92,6 +94,13 @@ if kind == "utility":
         neighbours = int(st.number_input("Neighbours per sample (K)", min_value=1,
                                          max_value=max(1, int(limit)), step=1,
                                          key="p_neighbours"))
+    target_direction = DEFAULT_TARGET_DIRECTION
+    if "target" in plan.stage_needs(stage):
+        target_direction = st.radio(
+            "Target kernel direction", list(TARGET_DIRECTIONS), key="p_target_direction",
+            horizontal=True, help="helps-target (default): UF(q | i), how much pool row i helps "
+                                  "target q; reference: UF(i | q), the official DELIFT code's "
+                                  "direction (how much q helps i), transposed.")
     backend = st.radio("Compute on", ["local", "ray"], key="p_backend", horizontal=True,
                        format_func={"local": "this process (default)",
                                     "ray": "Ray (a local cluster, or RAY_ADDRESS's)"}.get,
@@ -143,7 +152,8 @@ config = {"kind": kind, "stage": stage, "objective": plan.method_objective(kind,
           "model": s["p_model"] if kind == "utility" else None,
           "embedder": s["p_embedder"] if kind != "utility" else None, "limit": int(limit),
           "neighbours": neighbours, "dtype": dtype,
-          "backend": backend if kind == "utility" else "local"}
+          "backend": backend if kind == "utility" else "local",
+          "target_direction": target_direction if kind == "utility" else None}
 job = state.current_job()
 running = job is not None and job.running
 same_as_current = s["kernels"] is not None and s["kernel_config"] == config

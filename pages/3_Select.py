@@ -6,6 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from delift_core import objectives as registry
+from delift_core.diagonal import DIAGONAL_HELP, DIAGONAL_POLICIES
 from delift_core.views import gain_curve
 from studio import charts, state, ui
 
@@ -34,6 +35,11 @@ with c1:
                   key=param_key, help=ui.md_escape(param.help) if param.help else None)
     if spec.baseline:
         st.number_input("Seed", min_value=0, step=1, key="p_seed")
+    elif s["kernels"].kind == "utility":
+        st.radio("Self-utility (diagonal)", list(DIAGONAL_POLICIES), horizontal=True,
+                 key="p_diagonal", format_func=lambda p: p,
+                 help="A row's value for itself in selection: "
+                      + "; ".join(f"{k}: {v}" for k, v in DIAGONAL_HELP.items()) + ".")
     mode = st.radio("Budget as", ["percent", "count"], horizontal=True, key="p_budget_mode",
                     format_func={"percent": "percent of the pool", "count": "number of rows"}.get,
                     on_change=state.keep_budget_across_modes, args=(n,))

@@ -17,6 +17,7 @@ import streamlit as st
 
 from delift_core import (Dataset, DeliftError, Kernels, KernelCancelled, compute_kernels,
                          load_causal_lm, load_embedder)
+from delift_core.kernels import DEFAULT_TARGET_DIRECTION
 from delift_core.plan import engine_kind
 from delift_core.views import WorkEstimate
 
@@ -88,7 +89,9 @@ class KernelJob:
                                       kind=engine_kind(cfg["kind"]),
                                       lm=lm, embedder=embedder, progress=self._progress,
                                       cancel=self.cancel, neighbours=cfg.get("neighbours"),
-                                      backend=cfg.get("backend") or "local")
+                                      backend=cfg.get("backend") or "local",
+                                      target_direction=cfg.get("target_direction")
+                                      or DEFAULT_TARGET_DIRECTION)
             self.result, self.status = kernels, "done"
         except KernelCancelled:
             self.status = "cancelled"

@@ -41,7 +41,9 @@ from delift_core import (ColumnMapping, Dataset, Decisions, Kernels, Selection, 
                          embed_texts, load_dataset, load_dataset_bytes, load_embedder, plan, select)
 from delift_core import objectives as registry
 from delift_core.data import read_records
+from delift_core.diagonal import DEFAULT_DIAGONAL
 from delift_core.embedding import sample_text
+from delift_core.kernels import DEFAULT_TARGET_DIRECTION
 from delift_core.models import resolve_device
 
 from . import jobs
@@ -55,7 +57,8 @@ DEFAULTS: dict[str, Any] = {
     "p_stage": "instruction", "p_model": "gemma-3-270m", "p_embedder": "all-MiniLM-L6-v2",
     "p_model_choice": "gemma-3-270m", "p_model_custom": "",
     "p_budget_mode": "percent", "p_budget_pct": 30, "p_seed": 0, "p_sparse": False,
-    "p_neighbours": 16, "p_dtype": "float32",
+    "p_neighbours": 16, "p_dtype": "float32", "p_diagonal": DEFAULT_DIAGONAL,
+    "p_target_direction": DEFAULT_TARGET_DIRECTION,
 }
 EVAL_DEFAULTS: dict[str, Any] = {
     "ev_subset_src": "demo:existing", "ev_pool_src": "demo:pool", "ev_test_src": "demo:target",
@@ -345,14 +348,15 @@ def current_selection() -> Selection | None:
     pins = [i for i in decisions.pinned if i in ids]
     bans = [i for i in decisions.banned if i in ids]
     params = objective_params(objective)
+    diagonal = s.get("p_diagonal") or DEFAULT_DIAGONAL
     key = (s["kernels_version"], objective, tuple(sorted(params.items())), int(s["p_seed"]),
-           tuple(pins), tuple(bans))
+           tuple(pins), tuple(bans), diagonal)
     try:
         full = s.get("_full")
         if not full or full[0] != key:
             full = (key, select(pool, objective, kernels, len(pool), params=params,
                                 seed=int(s["p_seed"]), pinned=pins, banned=bans,
-                                full_order=True))
+                                full_order=True, diagonal=diagonal))
             s["_full"] = full
         sel: Selection = full[1]
         budget = budget_value()

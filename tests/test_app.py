@@ -506,3 +506,24 @@ def test_sparse_utility_kernel_then_select_and_explore(tmp_path: Path,
     goto(at, "4_Explore")
     heat = json.loads(at.get("plotly_chart")[0].proto.spec)
     assert heat["data"][0]["z"]["shape"] == "12, 12"
+
+
+def test_diagonal_radio_only_for_utility_kernels_and_it_persists() -> None:
+    """The Select page's self-utility radio (p_diagonal) shows for utility kernels only, selects
+    with the chosen policy, and keeps its value across page switches."""
+    from delift_core import Kernels
+
+    at = goto(ready("embedding"), "3_Select")
+    assert not [r for r in at.radio if r.key == "p_diagonal"]
+    emb = at.session_state["kernels"]
+    at.session_state["kernels"] = Kernels("utility", pool=emb.pool, meta=dict(emb.meta))
+    at.session_state["kernels_version"] = at.session_state["kernels_version"] + 1
+    at.run()
+    assert at.radio(key="p_diagonal").value == "reference"
+    at.radio(key="p_diagonal").set_value("max").run()
+    assert not at.exception
+    assert at.session_state["selection"].params["diagonal"] == "max"
+    goto(at, "4_Explore")
+    goto(at, "3_Select")
+    assert at.radio(key="p_diagonal").value == "max"
+    assert at.session_state["selection"].kernels.diagonal == "max"
