@@ -110,7 +110,25 @@ if report is not None:
     st.subheader("Results")
     st.dataframe(summary[cols].rename(columns=METRIC_LABELS), hide_index=True,
                  use_container_width=True)
+    comps = report.comparisons()
+    if comps:
+        st.subheader("Is the edge real? Each subset against random")
+        st.caption("Per test item, the subset's score minus each random seed's on the same item "
+                   "(negative NLL/distance = the subset is better). The 95 % interval is a "
+                   "bootstrap over test items and random seeds; a subset **wins** or **loses** "
+                   "only when the interval excludes zero, otherwise it **ties** with random.")
+        st.dataframe(pd.DataFrame([{
+            "mode": c["mode"], "subset": c["subset"], "metric": METRIC_LABELS[c["metric"]],
+            "mean difference": round(c["mean_diff"], 4), "95 % low": round(c["low"], 4),
+            "95 % high": round(c["high"], 4),
+            "random seeds beaten": f"{c['seeds_beaten']} of {c['n_seeds']}",
+            "verdict": c["verdict"]} for c in comps]), hide_index=True,
+            use_container_width=True)
+    elif any(r["kind"] == "subset" for r in report.rows):
+        st.info("Add the random baseline (several seeds) to see whether the subset's edge over "
+                "random is real: a paired interval and how many random seeds it beats.")
     st.plotly_chart(report.figure(), use_container_width=True)
+    st.caption("Open circles: each random seed's value (the spread a subset has to beat).")
     st.caption("Settings: " + ", ".join(f"{k}={v}" for k, v in report.settings.items())
                + f"; model {report.meta['model']} ({report.meta['model_fingerprint']}).")
     d1, d2 = st.columns(2)

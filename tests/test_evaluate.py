@@ -299,7 +299,16 @@ def test_cli_select_then_evaluate_end_to_end(tiny_model_dir, tmp_path, monkeypat
     assert names == [("fl", 0), ("random-6", 0), ("random-6", 1), ("none", None)]
     assert res["rows"][0]["subset_info"]["objective"] == "fl"
     assert (out / "results.md").exists() and (out / "chart.html").exists()
-    assert "| icl | fl | 6 |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| icl | fl | 6 |" in printed
+    comp = [c for c in res["comparisons"] if c["metric"] == "nll"]
+    assert len(comp) == 1 and comp[0]["subset"] == "fl" and comp[0]["n_seeds"] == 2
+    assert comp[0]["versus"] == "random-6" and comp[0]["n_items"] == 3
+    per_item = {(it["subset"], it["seed"], it["test_id"]): it["nll"] for it in res["items"]}
+    diff = np.mean([per_item[("fl", 0, t)] - per_item[("random-6", s, t)]
+                    for s in (0, 1) for t in {k[2] for k in per_item}])
+    assert comp[0]["mean_diff"] == pytest.approx(diff)
+    assert "Against random" in printed and "of 2 |" in printed
 
 
 def test_cli_errors_exit_2(tiny_model_dir, tmp_path, capsys) -> None:
@@ -377,3 +386,45 @@ def test_real_model_icl_short(tmp_path) -> None:
                    settings=EvalSettings(shots=1, max_new_tokens=8), cache_root=tmp_path)
     r = rep.rows[0]
     assert 0 < r["distance"] < 1 and r["nll"] > 0 and 0 <= r["rouge_l"] <= 1
+
+
+def _report(rows, items):
+    from delift_core.evaluation import EvalReport
+
+    return EvalReport(rows=rows, items=items, settings={"generate": False}, meta={})
+
+
+def test_report_pairs_each_subset_with_the_random_seeds_of_its_size() -> None:
+    """Hand-made scores: the subset is 0.5 better than seed 0 and 0.1 better than seed 1 on every
+    item, 1.0 worse than seed 2; only the random rows of its size and mode are used."""
+    def row(name, kind, seed, size, mode="icl"):
+        return {"subset": name, "kind": kind, "mode": mode, "size": size, "seed": seed,
+                "n_test": 3, "nll": 0.0, "distance": 0.0}
+
+    rows = [row("fl", "subset", 0, 6), row("random-6", "random", 0, 6),
+            row("random-6", "random", 1, 6), row("random-6", "random", 2, 6),
+            row("random-9", "random", 0, 9), row("full", "full", None, 30)]
+    base = {("fl", 0): 2.0, ("random-6", 0): 2.5, ("random-6", 1): 2.1, ("random-6", 2): 1.0,
+            ("random-9", 0): 9.0, ("full", None): 0.0}
+    items = [{"mode": "icl", "subset": n, "seed": sd, "test_id": f"t{k}", "nll": v + 0.01 * k,
+              "distance": v / 10 + 0.001 * k}
+             for (n, sd), v in base.items() for k in range(3)]
+    comps = _report(rows, items).comparisons(n_boot=2000)
+    nll = [c for c in comps if c["metric"] == "nll"]
+    assert len(nll) == 1 and nll[0]["versus"] == "random-6" and nll[0]["random_seeds"] == [0, 1, 2]
+    assert nll[0]["per_seed_diff"] == pytest.approx([-0.5, -0.1, 1.0])
+    assert nll[0]["mean_diff"] == pytest.approx(0.4 / 3)
+    assert nll[0]["seeds_beaten"] == 2 and nll[0]["verdict"] == "ties"
+    assert nll[0]["low"] == pytest.approx(-0.5) and nll[0]["high"] == pytest.approx(1.0)
+    md = _report(rows, items).to_markdown()
+    assert "| icl | fl | NLL/token ↓ | +0.1333 [-0.5000, +1.0000] | 2 of 3 | ties |" in md
+
+
+def test_report_chart_shows_every_random_seed() -> None:
+    pytest.importorskip("plotly")
+    rows = [{"subset": "random-6", "kind": "random", "mode": "icl", "size": 6, "seed": k,
+             "n_test": 3, "nll": 2.0 + k, "distance": 0.5} for k in range(4)]
+    fig = _report(rows, []).figure()
+    seeds = [t for t in fig.data if t.name == "icl: each random seed"]
+    assert len(seeds) == 2  # one per metric panel
+    assert sorted(seeds[0].y) == [2.0, 3.0, 4.0, 5.0]

@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import optional_import
-from .metrics import METRIC_LABELS, METRICS
+from .metrics import LOWER_IS_BETTER, METRIC_LABELS, METRICS
+from .stats import compare_paired
 
 __all__ = ["EvalReport"]
 
@@ -53,10 +54,49 @@ class EvalReport:
         order = {"subset": 0, "random": 1, "full": 2, "none": 3}
         return sorted(out, key=lambda r: (r["mode"], order.get(r["kind"], 9)))
 
+    def comparisons(self, metrics: tuple[str, ...] = ("nll", "distance", "rouge_l", "cosine"),
+                    *, n_boot: int = 10_000, level: float = 0.95) -> list[dict]:
+        """Each named subset against the random baseline of its size, per mode and metric.
+
+        Per test item the subset's score is paired with each random seed's on the same item; the
+        95 % interval is a bootstrap over test items and seeds
+        (:func:`~delift_core.evaluation.stats.compare_paired`), "beats k of N" counts the seeds
+        whose mean the subset beats, and the verdict is "wins"/"loses" only when the interval
+        excludes zero. Needs the per-item scores (``keep_items``) and at least one random seed.
+        """
+        by_run: dict[tuple, dict[str, Any]] = {}
+        for it in self.items:
+            by_run.setdefault((it["mode"], it["subset"], it["seed"]), {})[it["test_id"]] = it
+        out = []
+        for r in self.rows:
+            if r["kind"] != "subset":
+                continue
+            rnd = [x for x in self.rows if x["kind"] == "random" and x["mode"] == r["mode"]
+                   and x["size"] == r["size"]]
+            mine = by_run.get((r["mode"], r["subset"], r["seed"]))
+            if not rnd or not mine:
+                continue
+            ids = list(mine)
+            for m in metrics:
+                if mine[ids[0]].get(m) is None:
+                    continue
+                base = [[by_run[(x["mode"], x["subset"], x["seed"])][t][m] for t in ids]
+                        for x in rnd]
+                c = compare_paired([mine[t][m] for t in ids], base,
+                                   lower_is_better=m in LOWER_IS_BETTER, n_boot=n_boot,
+                                   level=level)
+                out.append({"subset": r["subset"], "mode": r["mode"], "size": r["size"],
+                            "metric": m, "versus": rnd[0]["subset"],
+                            "random_seeds": [x["seed"] for x in rnd], **c.as_dict(),
+                            "summary": c.text(4)})
+        return out
+
     def to_json(self) -> dict:
-        """Everything: settings, model, per-run rows, the summary and per-item scores."""
+        """Everything: settings, model, per-run rows, the summary, the paired comparisons with
+        random, and per-item scores."""
         return {"settings": self.settings, "meta": self.meta, "rows": self.rows,
-                "summary": self.summary(), "items": self.items}
+                "summary": self.summary(), "comparisons": self.comparisons(),
+                "items": self.items}
 
     def to_markdown(self) -> str:
         """A markdown table of the summary; random rows show mean ± sd over seeds."""
@@ -76,6 +116,17 @@ class EvalReport:
             cells.append(str(r["n_test"]) + (f" ({r.get('n_exact', 0)} with a final answer)"
                                              if has_em else ""))
             lines.append("| " + " | ".join(cells) + " |")
+        comps = self.comparisons()
+        if comps:
+            lines += ["", "Against random (subset − random on the same test items; 95 % bootstrap "
+                          "interval over test items and random seeds; wins/loses only when the "
+                          "interval excludes zero):", "",
+                      "| mode | subset | metric | mean difference [95 % interval] | random seeds "
+                      "beaten | verdict |", "|---|---|---|---|---|---|"]
+            for c in comps:
+                lines.append(f"| {c['mode']} | {c['subset']} | {METRIC_LABELS[c['metric']]} | "
+                             f"{c['mean_diff']:+.4f} [{c['low']:+.4f}, {c['high']:+.4f}] | "
+                             f"{c['seeds_beaten']} of {c['n_seeds']} | {c['verdict']} |")
         s = self.settings
         lines.append("")
         lines.append(f"Model {self.meta.get('model')} ({self.meta.get('model_fingerprint')}), "
@@ -84,7 +135,8 @@ class EvalReport:
         return "\n".join(lines) + "\n"
 
     def figure(self, title: str | None = None) -> Any:
-        """A plotly bar chart: one panel per metric, random bars with ± sd error bars."""
+        """A plotly bar chart: one panel per metric, random bars with ± sd error bars and every
+        random seed's value as a point (the spread a subset has to beat)."""
         go = optional_import("plotly.graph_objects", "eval", "the evaluation chart")
         make_subplots = optional_import("plotly.subplots", "eval",
                                         "the evaluation chart").make_subplots
@@ -105,6 +157,15 @@ class EvalReport:
                     marker_color=colours.get(mode),
                     hovertext=[f"seed(s) {r['seed']}, {r['n_test']} test items" for r in rs]),
                     row=1, col=c)
+                seeds = [(f"{x['subset']} (n={x['size']})", x[m], x["seed"]) for x in self.rows
+                         if x["kind"] == "random" and x["mode"] == mode and x.get(m) is not None]
+                if seeds:  # the random spread: every seed, not only mean ± sd
+                    fig.add_trace(go.Scatter(
+                        x=[a for a, _, _ in seeds], y=[v for _, v, _ in seeds], mode="markers",
+                        marker={"color": "#222222", "size": 6, "symbol": "circle-open"},
+                        name=f"{mode}: each random seed", legendgroup=f"{mode}-seeds",
+                        showlegend=c == 1, hovertext=[f"seed {k}" for _, _, k in seeds]),
+                        row=1, col=c)
         fig.update_layout(barmode="group", title=title or "Evaluation of selected subsets",
                           height=420, width=max(600, 330 * len(metrics)))
         return fig
