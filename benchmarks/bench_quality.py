@@ -52,6 +52,9 @@ from delift_core.diagonal import DIAGONAL_POLICIES  # noqa: E402
 from delift_core.evaluation import EvalSettings, Subset, evaluate  # noqa: E402
 from delift_core.evaluation.stats import compare_paired  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from study import _ds, _jsonl, machine as study_machine  # noqa: E402
+
 DATA = ROOT.parent / "shared" / "data"
 OUT = ROOT / "docs" / "quality"
 
@@ -101,17 +104,6 @@ PROFILES = {"planned": {}, "small": SMALL, "dry": DRY}
 def log(msg: str) -> None:
     """A timestamped line on stderr (the benchmark's own progress log)."""
     print(time.strftime("%H:%M:%S ") + msg, file=sys.stderr, flush=True)
-
-
-def _jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line]
-
-
-def _ds(records: list[dict], name: str) -> Dataset:
-    data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
-    ds = load_dataset_bytes(data, f"{name}.jsonl")
-    ds.source = name
-    return ds
 
 
 def _edit(prompt: str, rng: random.Random) -> str:
@@ -194,19 +186,8 @@ def composition(rows: list[dict]) -> dict[str, int]:
 
 
 def machine() -> str:
-    """CPU model, cores, torch threads, load average at the start."""
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} with "
-            f"{torch.get_num_threads()} threads, load average {os.getloadavg()}")
+    """CPU model, cores, torch threads (as benchmarks/study.py says it) and the load average."""
+    return f"{study_machine()}, load average at the start {os.getloadavg()}"
 
 
 def progress_log() -> Any:
