@@ -29,10 +29,14 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 def source_rows(max_chars: int = 400) -> list[tuple[str, str]]:
     """(prompt, response) pairs from the shared data, short ones only."""
     out = []
-    for line in (SHARED / "p3_sample.jsonl").read_text().splitlines():
+    for line in (SHARED / "p3_sample.jsonl").read_text().split("\n"):  # not splitlines():
+        if not line.strip():  # texts hold U+2028 line separators
+            continue
         r = json.loads(line)
         out.append((r["prompt"], r["completion"]))
-    for line in (SHARED / "gsm8k_train.jsonl").read_text().splitlines():
+    for line in (SHARED / "gsm8k_train.jsonl").read_text().split("\n"):
+        if not line.strip():
+            continue
         r = json.loads(line)
         out.append((r["question"], r["answer"]))
     for r in json.loads((SHARED / "code_alpaca_2k.json").read_text()):
