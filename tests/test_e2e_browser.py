@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -135,7 +136,32 @@ def test_demo_flow_in_chromium(server: str) -> None:
             nav(page, "Review")
             page.get_by_text("Override").first.wait_for()
             idle(page)
+            # bulk review: filter, pin every row shown at once, save the decisions, load them
+            search = page.get_by_label("Search prompt, response, id or note")
+            search.fill("sentiment")
+            search.press("Enter")
+            idle(page)
+            pin_all = page.get_by_role("button", name=re.compile(r"Pin all \d+ shown"))
+            n_pinned = int(re.search(r"\d+", pin_all.inner_text()).group())
+            assert 3 <= n_pinned < 240
+            pin_all.click()
+            idle(page)
+            page.get_by_text(f"{n_pinned} rows changed", exact=True).wait_for()
+            page.get_by_text(re.compile(rf"Last bulk step: pin all samples matching "
+                                        rf"'sentiment' \({n_pinned} rows\)")).wait_for()
             shot(page, "5_review")
+            with page.expect_download() as info:
+                page.get_by_role("button", name="Save decisions (decisions.json)").click()
+            decisions_path = ARTIFACTS / "decisions.json"
+            info.value.save_as(str(decisions_path))
+            page.get_by_role("button", name="Undo the last bulk step").click()
+            idle(page)
+            page.get_by_text("0 rows changed", exact=True).wait_for()
+            page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(
+                str(decisions_path))
+            idle(page)
+            page.get_by_text(re.compile(rf"\b{n_pinned} pinned")).first.wait_for()
+            page.get_by_text("0 rows changed", exact=True).wait_for()  # counted from the file
 
             nav(page, "Download")
             button = page.get_by_role("button", name="selected.jsonl")
@@ -145,15 +171,75 @@ def test_demo_flow_in_chromium(server: str) -> None:
                 button.click()
             path = ARTIFACTS / "selected.jsonl"
             info.value.save_as(str(path))
+
+            nav(page, "Audit")
+            page.get_by_role("tab", name="Near-duplicates").click()
+            page.get_by_role("button", name=re.compile(r"Ban the \d+ duplicates")).wait_for()
+            shot(page, "8_audit")
         finally:
             browser.close()
 
+    saved = json.loads(decisions_path.read_text(encoding="utf-8"))
+    assert len(saved["pinned"]) == n_pinned and saved["banned"] == []
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
     pool = load_dataset("demo:pool")
+    assert set(saved["pinned"]) <= set(pool.ids)
     assert len(rows) == 72  # 30 % of 240
     assert all(r in pool.rows for r in rows)  # original rows, all fields, unchanged
     assert len({r["id"] for r in rows}) == 72
     assert {"instruction", "input", "output", "family"} <= set(rows[0])
     for name in ("0_home", "1_data", "2_kernel", "3_select", "4_explore_heatmap", "5_review",
-                 "6_download"):
+                 "6_download", "8_audit"):
         assert (ARTIFACTS / f"{name}.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_report_opens_in_chromium_without_errors(tmp_path: Path) -> None:
+    """`delift report` on a demo selection: Chromium renders every figure with no console error;
+    a row holding <script> (a fixture report) shows as text and runs nothing."""
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's Chromium")
+    from playwright.sync_api import sync_playwright
+
+    from delift_core.cli import main
+
+    out = tmp_path / "sel"
+    assert main(["select", "--pool", "demo:pool", "--kernel", "embedding", "--objective", "fl",
+                 "--budget", "0.3", "--out", str(out)]) == 0
+    assert main(["report", str(out), "--label-col", "family"]) == 0
+    report = out / "report.html"
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    rows = [{"id": f"e{k}", "prompt": f"question {k}", "response": f"answer {k}"} for k in range(8)]
+    rows[3]["prompt"] = "<script>alert('x')</script><img src=x onerror=alert(1)>"
+    (evil / "pool.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["select", "--pool", str(evil / "pool.jsonl"), "--kernel", "embedding",
+                 "--objective", "fl", "--budget", "3", "--out", str(evil / "sel")]) == 0
+    assert main(["report", str(evil / "sel"), "--clusters", "2"]) == 0
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1300, "height": 1000})
+            errors: list[str] = []
+            dialogs: list[str] = []
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+            page.route("**/*", lambda route: route.abort() if not route.request.url.startswith(
+                "file:") else route.continue_())  # no network: the file must need none
+            page.goto(report.as_uri())
+            page.get_by_role("heading", name="Gain curve").wait_for()
+            page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 5")
+            # gain, cluster, family, map and heatmap (no evaluation in this folder)
+            assert page.locator(".js-plotly-plot").count() == 5
+            page.wait_for_timeout(800)
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "report.png"))
+            page.goto((evil / "sel" / "report.html").as_uri())
+            page.get_by_role("heading", name="Sample rows and why").wait_for()
+            page.wait_for_timeout(500)
+            assert page.get_by_text("<script>alert('x')</script>").count() >= 1
+            assert dialogs == []
+            assert errors == [], errors
+        finally:
+            browser.close()
