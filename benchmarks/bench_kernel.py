@@ -1,10 +1,14 @@
 """Utility-kernel engine vs a straightforward per-pair implementation, side by side in one run.
 
     python benchmarks/bench_kernel.py [--source demo:pool] [--rows 6] [--batch 8] [--no-bf16]
+                                      [--model gemma-3-270m,smollm2-135m-instruct]
 
-Prints pairs/s of each and their ratio, the largest absolute difference of the kernels, the
-engine's tokens/s against the transformer body alone on the same tokens, and the bfloat16 error
-against float32. The machine is shared: compare the ratios, not the absolute figures.
+For each model (default: both packaged ones), prints pairs/s of each and their ratio, the largest
+absolute difference of the kernels, the engine's tokens/s against the transformer body alone on
+the same tokens, and the bfloat16 error against float32. Then, side by side, the output layer of
+each model timed alone (full-vocabulary logits and log-softmax for 512 positions): SmolLM2's
+49,152-token vocabulary against Gemma's 262,144. The machine is shared: compare the ratios, not
+the absolute figures.
 """
 
 from __future__ import annotations
@@ -85,25 +89,58 @@ def flops_per_token(lm) -> tuple[float, float]:
     return 2.0 * n_body, 2.0 * head.numel()
 
 
+def head_seconds_per_position(lm, positions: int = 512, reps: int = 5) -> float:
+    """The output layer alone: full-vocabulary logits and log-softmax for ``positions`` hidden
+    states (what every scored position costs on top of the body), seconds per position."""
+    head = lm.model.get_output_embeddings()
+    h = torch.randn(positions, head.weight.shape[1], generator=torch.Generator().manual_seed(0),
+                    dtype=head.weight.dtype)
+    with torch.inference_mode():
+        torch.log_softmax(head(h).float(), dim=-1)  # warm up
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            torch.log_softmax(head(h).float(), dim=-1)
+    return (time.perf_counter() - t0) / (reps * positions)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--source", default="demo:pool")
     ap.add_argument("--rows", type=int, default=6)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--no-bf16", action="store_true")
+    ap.add_argument("--model", default="gemma-3-270m,smollm2-135m-instruct",
+                    help="comma list of causal LMs (packaged aliases, hub ids or folders)")
     args = ap.parse_args()
     ds = load_dataset(args.source)
+    torch.set_num_threads(cpu_threads())  # the same threads for both arms
+    heads = {}
+    for name in [m.strip() for m in args.model.split(",") if m.strip()]:
+        lm = bench_model(name, ds, args)
+        vocab, hidden = lm.model.get_output_embeddings().weight.shape
+        heads[lm.name] = (vocab, hidden, head_seconds_per_position(lm))
+    if len(heads) > 1:
+        print("output layer alone (512 positions, full logits + log-softmax), side by side:")
+        (base, (v0, h0, t0)), *others = heads.items()
+        print(f"  {base}: vocabulary {v0:,} x hidden {h0}: {t0 * 1e3:.3f} ms per position")
+        for name, (v, h, t) in others:
+            print(f"  {name}: vocabulary {v:,} x hidden {h}: {t * 1e3:.3f} ms per position -> "
+                  f"{t0 / t:.2f}x cheaper than {base} (multiply-adds {v0 * h0 / (v * h):.2f}x "
+                  "fewer)")
+
+
+def bench_model(name: str, ds, args) -> object:
+    """The engine against the per-pair way on one model; prints the figures, returns the model."""
     n = args.rows
     tp, tr = ds.prompts[:n], ds.responses[:n]
     rows, first = Texts(tp, tr), Texts(tp[:1], tr[:1])
-    lm = load_causal_lm()
-    torch.set_num_threads(cpu_threads())  # the same threads for both arms
+    lm = load_causal_lm(name)
     s = UtilitySettings(batch_size=16)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"torch {torch.__version__}, threads {torch.get_num_threads()}; model {lm.name} "
           f"{lm.dtype}; data {args.source} first {n} rows -> {n * n} pairs (+{n} plain)")
 
-    # warm up (pages the weights in, including the 262k x 640 head) before anything is timed
+    # warm up (pages the weights in, including the output layer) before anything is timed
     UtilityKernel(lm, s, use_cache=False).compute(first, first)
     eng = UtilityKernel(lm, s, use_cache=False)
     t0 = time.perf_counter()
@@ -128,14 +165,15 @@ def main() -> None:
     print(f"SPEEDUP engine / per-pair: {t_base / t_eng:.2f}x   max |diff| = {diff:.2e}")
     print(f"body-only (32 x 128 tokens, no head): {body_tps:.0f} tokens/s -> engine at "
           f"{eng_tokens / t_eng / body_tps:.0%} of body-only throughput for its {eng_tokens} body "
-          f"tokens (its time also covers the 262k-vocab head at {eng_rows} scored positions)")
+          f"tokens (its time also covers the {lm.model.get_output_embeddings().weight.shape[0]:,}"
+          f"-vocab head at {eng_rows} scored positions)")
     print(f"work (model FLOPs from the counted tokens): per-pair {work_base / 1e12:.2f} TFLOP, engine "
           f"{work_eng / 1e12:.2f} TFLOP -> the engine does {work_base / work_eng:.2f}x less work; "
           f"measured speedup {t_base / t_eng:.2f}x; engine {work_eng / t_eng / 1e9:.0f} GFLOP/s, "
           f"per-pair {work_base / t_base / 1e9:.0f} GFLOP/s, body-only "
           f"{body_tps * f_body / 1e9:.0f} GFLOP/s")
     if not args.no_bf16:
-        lm16 = load_causal_lm(dtype="bfloat16")
+        lm16 = load_causal_lm(name, dtype="bfloat16")
         UtilityKernel(lm16, s, use_cache=False).compute(first, first)
         t0 = time.perf_counter()
         r16 = UtilityKernel(lm16, s, use_cache=False).compute(rows, rows)
@@ -144,6 +182,7 @@ def main() -> None:
         spread = float(res.values.max() - res.values.min())
         print(f"bf16: {pairs / t16:.2f} pairs/s ({t_eng / t16:.2f}x fp32 engine); max |bf16 - fp32| "
               f"= {e16:.3e} (kernel spread {spread:.3e}, {e16 / spread:.1%} of it)")
+    return lm
 
 
 if __name__ == "__main__":
