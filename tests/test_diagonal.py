@@ -178,7 +178,7 @@ def test_cli_refuses_a_bad_diagonal_and_a_direction_the_folder_lacks(tmp_path, c
     with pytest.raises(SystemExit) as e:
         main(["select", "--pool", "demo:pool", "--diagonal", "diag", "--out", str(tmp_path / "o")])
     assert e.value.code == 2 and "invalid choice: 'diag'" in capsys.readouterr().err
-    from delift_core.cli import _check_direction
+    from delift_core.cli.select_cmds import _check_direction
 
     k = Kernels("utility", pool=RAW, meta={"computed": {"target_direction": "helps-target"}})
     _check_direction(k, None, True)

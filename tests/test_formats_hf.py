@@ -88,7 +88,9 @@ def test_cli_select_format_hf(tmp_path, capsys):
 def test_push_to_hub_offline_fails_before_any_work(tmp_path, capsys, monkeypatch, env):
     monkeypatch.setenv(env, "1")
     calls = []
-    monkeypatch.setattr(cli, "load_dataset", lambda *a, **k: calls.append(a))
+    import delift_core.cli.common as cli_common
+
+    monkeypatch.setattr(cli_common, "load_dataset", lambda *a, **k: calls.append(a))
     out = tmp_path / "sel"
     code = cli.main(["select", "--pool", "demo:pool", "--push-to-hub", "me/subset",
                      "--out", str(out)])

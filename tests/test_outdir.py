@@ -59,7 +59,7 @@ def test_a_foreign_non_empty_folder_is_refused_before_work_unless_overwrite(tmp_
 
 @pytest.mark.parametrize("case", ["file", "under_file"])
 def test_bad_out_paths_fail_before_any_work(tmp_path, capsys, case, monkeypatch):
-    import delift_core.cli as cli
+    import delift_core.cli.select_cmds as cli
 
     f = tmp_path / "a_file"
     f.write_text("x")

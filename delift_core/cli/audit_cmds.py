@@ -1,0 +1,143 @@
+"""``delift audit`` and ``delift report``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any
+
+from ..cli_options import model_options
+from ..errors import DeliftError
+from ..kernel_io import load_kernels
+from ..kernels import KERNEL_KINDS, compute_kernels
+from ..outdir import check_output, output_folder
+from ..selection import select
+from .common import _Bars, _add_data_args, _add_model_args, _add_out_args, _load_sets, _models, _report
+
+logger = logging.getLogger(__name__)
+
+
+def _add_audit_parser(sub: Any) -> None:
+    """The ``audit`` subcommand (see :mod:`delift_core.audit`)."""
+    from ..audit import AuditSettings
+
+    p = sub.add_parser("audit", help="what the kernel says about the data: rows already known, "
+                                     "harmful, unhelped, self-copying, near-duplicate, covered worst",
+                       parents=[model_options()])
+    _add_data_args(p, with_target=False)
+    p.add_argument("--kernel", default="embedding",
+                   help="a `delift kernel` folder (utility findings need a utility kernel), or "
+                        "utility / embedding to compute one (default: embedding)")
+    p.add_argument("--selection", metavar="SELECT_DIR",
+                   help="a `delift select` folder whose selection the coverage finding judges "
+                        "(default: facility location at --budget on the kernel)")
+    p.add_argument("--budget", default="0.3", help="without --selection: the FL budget (0.3)")
+    p.add_argument("--clusters", type=int, default=8, help="k-means clusters for coverage (8)")
+    p.add_argument("--no-embeddings", action="store_true",
+                   help="load no sentence embedder: no near-duplicates or clusters unless the "
+                        "kernel is an embedding kernel")
+    defaults = AuditSettings()
+    for flag, name in _AUDIT_FLAGS.items():
+        p.add_argument(f"--{flag}", type=float, default=None, dest=f"audit_{name}",
+                       help=f"{name} (default {getattr(defaults, name):g})")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    _add_model_args(p)
+    _add_out_args(p)
+
+
+_AUDIT_FLAGS = {"known-distance": "known_max_distance", "hurts-mean": "hurts_max_mean",
+                "helped-max": "helped_max", "copy-self": "copy_min_self",
+                "copy-ratio": "copy_max_ratio", "dup-cosine": "duplicate_min_cosine",
+                "coverage-fraction": "coverage_fraction"}
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """Audit a pool from its kernel and write audit.json and audit.csv into --out."""
+    import json
+    import logging
+    from pathlib import Path
+
+    from ..audit import AuditSettings, audit, write_audit
+    from ..report import read_select_folder
+
+    settings = AuditSettings(**{name: getattr(args, f"audit_{name}")
+                                for name in _AUDIT_FLAGS.values()
+                                if getattr(args, f"audit_{name}") is not None})
+    settings.validate()
+    check_output(args.out, overwrite=args.overwrite)
+    if args.kernel not in KERNEL_KINDS and not Path(args.kernel).exists():
+        raise DeliftError(f"--kernel {args.kernel}: no such kernel folder (or give utility or "
+                          "embedding)")
+    pool, _, _ = _load_sets(args)
+    embedder = None
+    if not args.no_embeddings or args.kernel == "embedding":
+        from ..models import load_embedder
+
+        embedder = load_embedder(args.embedder, device=args.device)
+    if args.kernel in KERNEL_KINDS:
+        models = {**_models(args, args.kernel), **({"embedder": embedder} if embedder else {})}
+        kernels = compute_kernels(pool, kind=args.kernel, progress=_Bars(),
+                                  use_cache=not args.no_cache, **models)
+        _report(kernels)
+    else:
+        kernels = load_kernels(args.kernel, pool)
+    if args.selection:
+        selection = read_select_folder(args.selection, pool, kernels)
+    else:
+        selection = select(pool, "fl", kernels, args.budget)
+    emb = clusters = None
+    if embedder is not None and not args.no_embeddings:
+        from ..embedding import embed_texts, sample_text
+
+        emb = embed_texts(embedder, [sample_text(p, r) for p, r in
+                                     zip(pool.prompts, pool.responses)],
+                          use_cache=not args.no_cache)
+        from ..errors import MissingDependencyError
+        from ..maps import cluster_labels
+
+        try:
+            clusters = cluster_labels(emb, args.clusters)
+        except MissingDependencyError as e:
+            logging.getLogger(__name__).warning("coverage is not grouped by cluster: %s", e)
+    result = audit(pool, kernels, selection=selection, embeddings=emb, clusters=clusters,
+                   settings=settings)
+    with output_folder(args.out, command="audit", overwrite=args.overwrite) as tmp:
+        paths = write_audit(result, tmp)
+    if args.json:
+        print(json.dumps(result.summary(), indent=1, default=str))
+    else:
+        for line in result.lines():
+            print(line)
+    logging.getLogger(__name__).info("wrote %s to %s", ", ".join(
+        sorted(p.name for p in paths.values())), args.out)
+    return 0
+
+
+def _add_report_parser(sub: Any) -> None:
+    """The ``report`` subcommand (see :mod:`delift_core.report`)."""
+    p = sub.add_parser("report", help="one self-contained HTML report of a `delift select` folder")
+    p.add_argument("select_dir", metavar="OUT_DIR", help="a `delift select` output folder")
+    p.add_argument("--pool", help="the pool, when the manifest's source cannot be read again")
+    p.add_argument("--kernel", help="the `delift kernel` folder of a utility selection (for the "
+                                    "heatmap, explanations and the utility audit)")
+    p.add_argument("--evaluation", metavar="EVAL_DIR", help="a `delift evaluate` folder")
+    p.add_argument("--label-col", help="a pool column to break the composition down by "
+                                       "(e.g. template for P3)")
+    p.add_argument("--clusters", type=int, default=8, help="k-means clusters (8)")
+    p.add_argument("--sample", type=int, default=10,
+                   help="selected and rejected rows shown with their why (10 each)")
+    p.add_argument("--embedder", help="sentence embedder (default: packaged all-MiniLM-L6-v2)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--html", help="the file to write (default OUT_DIR/report.html)")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write the HTML report of a `delift select` folder."""
+    from ..report import report_from_folder
+
+    path = report_from_folder(args.select_dir, pool=args.pool, kernel=args.kernel,
+                              evaluation=args.evaluation, label_col=args.label_col,
+                              clusters=args.clusters, sample=args.sample,
+                              embedder=args.embedder, device=args.device, html_path=args.html)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    return 0
