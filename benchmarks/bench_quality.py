@@ -370,6 +370,14 @@ def run(args: argparse.Namespace) -> int:
     s["profile"] = "dry" if args.dry_run else args.profile
     out = Path(args.out)
     res = Results(out / "results.json", s, time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    if args.resume:  # a later part of the same run: the same fixed settings, results appended
+        old = json.loads(res.path.read_text())
+        if old["settings"].get("profile") != s["profile"]:
+            raise SystemExit(f"--resume: {res.path} holds profile {old['settings'].get('profile')}")
+        res.data = old
+        res.data.setdefault("parts", []).append({"command": " ".join(sys.argv),
+                                                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        s = dict(old["settings"])
     res.data["dry_run"] = bool(args.dry_run)
     res.save()
     lm = load_causal_lm(dtype=s["dtype"])
@@ -378,14 +386,14 @@ def run(args: argparse.Namespace) -> int:
                                 max_response_tokens=s["kernel_response_tokens"],
                                 batch_size=s["kernel_batch_size"])
     res.data["utility_settings"] = usettings.value_key()
-    for pseed in s["pool_seeds"]:
+    for pseed in args.pool_seeds or s["pool_seeds"]:
         data = build_pool(pseed, s)
         rows_by_id = {r["id"]: r for r in data["pool"]}
         pool, target, existing = (_ds(data[k], f"pool{pseed}-{k}")
                                   for k in ("pool", "target", "existing"))
         test1, test2 = _ds(data["test1"], f"pool{pseed}-test1"), _ds(data["test2"],
                                                                      f"pool{pseed}-test2")
-        res.data["pools"][str(pseed)] = {
+        res.data["pools"][str(pseed)] = res.data["pools"].get(str(pseed)) or {
             "rows": len(pool), "composition": composition(data["pool"]),
             "templates": data["templates"], "near_duplicates": data["near_duplicates"],
             "test1": composition(data["test1"]), "test2": len(test2), "target": len(target),
@@ -436,7 +444,8 @@ def run(args: argparse.Namespace) -> int:
             res.data["pools"][str(pseed)].setdefault("composition_by_subset", {})[stage] = comp
             if ctx:
                 subsets = with_context(subsets, data["existing"], stage)
-            for shots in s["shots"]:
+            for shots in [k for k in s["shots"] if "icl" in args.measures
+                          and (not args.shots or k in args.shots)]:
                 es = EvalSettings(shots=shots, max_field_tokens=s["eval_field_tokens"],
                                   max_reference_tokens=s["eval_reference_tokens"], generate=False,
                                   batch_size=s["eval_batch_size"])
@@ -453,21 +462,37 @@ def run(args: argparse.Namespace) -> int:
                 res.data["settings"].setdefault("lora_steps", {})[f"{budget:g}"] = ls.lora_steps
                 where = {"pool_seed": pseed, "stage": stage, "measure": f"lora@{budget:g}"}
                 t = time.time()
-                report = evaluate(pick, test1, lm=lm, embedder=emb, settings=ls, modes=("lora",),
-                                  progress=progress_log())
-                for r in report.rows:
-                    res.data["runs"].append({**where, **{k: r[k] for k in (
-                        "subset", "kind", "mode", "size", "seed", "n_test", "nll", "distance")},
-                        "info": r.get("subset_info"),
-                        "train_loss_first": r.get("train_loss_first"),
-                        "train_loss_last": r.get("train_loss_last")})
-                res.data.setdefault("items", []).extend(
-                    {**where, **{k: it[k] for k in ("subset", "seed", "test_id", "nll",
-                                                    "distance")}} for it in report.items)
-                res.data["comparisons"] += comparisons(report, test1.ids, rs, where)
-                res.data["timing"]["/".join(map(str, where.values()))] = round(time.time() - t, 1)
-                res.save()
-                log(f"LoRA {where}: {len(report.rows)} runs in {time.time() - t:.0f} s")
+                # one subset at a time, a random seed first, so a stopped run keeps what ran
+                rnd = [x for x in pick if x.kind == "random"]
+                order = rnd[:1] + [x for x in pick if x.kind != "random"] + rnd[1:]
+                rows_done: list[dict] = []
+                items_done: list[dict] = []
+                for sub in order:
+                    report = evaluate([sub], test1, lm=lm, embedder=emb, settings=ls,
+                                      modes=("lora",), progress=progress_log())
+                    rows_done += report.rows
+                    items_done += report.items
+                    for r in report.rows:
+                        res.data["runs"].append({**where, **{k: r[k] for k in (
+                            "subset", "kind", "mode", "size", "seed", "n_test", "nll",
+                            "distance")}, "info": r.get("subset_info"),
+                            "train_loss_first": r.get("train_loss_first"),
+                            "train_loss_last": r.get("train_loss_last")})
+                    res.data.setdefault("items", []).extend(
+                        {**where, **{k: it[k] for k in ("subset", "seed", "test_id", "nll",
+                                                        "distance")}} for it in report.items)
+                    seeds_done = [r["seed"] for r in rows_done if r["kind"] == "random"]
+                    merged = type(report)(rows=rows_done, items=items_done, settings={},
+                                          meta={})
+                    res.data["comparisons"] = [c for c in res.data["comparisons"]
+                                               if any(c.get(k) != v for k, v in where.items())]
+                    res.data["comparisons"] += comparisons(
+                        merged, test1.ids, dict(rs, random_seeds=seeds_done), where)
+                    res.data["timing"]["/".join(map(str, where.values()))] = round(
+                        time.time() - t, 1)
+                    res.save()
+                    log(f"LoRA {where} {sub.name} seed {sub.seed}: NLL "
+                        f"{report.rows[0]['nll']:.4f} ({time.time() - t:.0f} s so far)")
     res.data["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     res.save()
     write_report(out)
@@ -538,6 +563,18 @@ def write_report(out: Path = OUT) -> None:
             lines.append(f"| {name} | {np.mean(v):.4f}" + (f" ± {np.std(v, ddof=1):.4f}"
                                                           if len(v) > 1 else "") + " |")
         lines.append("")
+    diag = diagonal_comparisons(data)
+    data["diagonal_comparisons"] = diag
+    if diag:
+        lines += ["## Diagonal policy vs reference (same objective, kernel and direction; "
+                  "NLL/token, paired per test item)", "",
+                  "| pool seed | stage | measure | subset | policy − reference [95 %] | verdict |",
+                  "|---|---|---|---|---|---|"]
+        for c in diag:
+            lines.append(f"| {c['pool_seed']} | {c['stage']} | {c['measure']} | {c['subset']} | "
+                         f"{c['mean_diff']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}] | "
+                         f"{c['verdict']} |")
+        lines.append("")
     tally = Counter((c["versus"], c["verdict"]) for c in comps if c["metric"] == "nll")
     lines += ["## Tally (NLL/token, every configuration)", "",
               "| versus | wins | ties | loses |", "|---|---|---|---|"]
@@ -546,6 +583,31 @@ def write_report(out: Path = OUT) -> None:
                      f"{tally[(versus, 'loses')]} |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
     write_chart(out, data)
+
+
+def diagonal_comparisons(data: dict) -> list[dict]:
+    """Each [max] / [rowmax] subset against the [reference] subset of the same objective, kernel,
+    direction and budget, paired on the test items (NLL/token)."""
+    bs = data["settings"]["bootstrap"]
+    runs: dict[tuple, dict[str, float]] = {}
+    for it in data.get("items", []):
+        if it["seed"] is None:
+            key = (it["pool_seed"], it["stage"], it["measure"], it["subset"])
+            runs.setdefault(key, {})[it["test_id"]] = it["nll"]
+    out = []
+    for (pseed, stage, measure, name), x in sorted(runs.items()):
+        for policy in ("max", "rowmax"):
+            if f"[{policy}]" not in name:
+                continue
+            ref = runs.get((pseed, stage, measure, name.replace(f"[{policy}]", "[reference]")))
+            if not ref:
+                continue
+            ids = sorted(ref)
+            c = compare_paired([x[t] for t in ids], [ref[t] for t in ids], n_boot=bs["n_boot"],
+                               level=bs["level"], seed=bs["seed"])
+            out.append({"pool_seed": pseed, "stage": stage, "measure": measure, "subset": name,
+                        "policy": policy, **c.as_dict()})
+    return out
 
 
 def write_chart(out: Path, data: dict) -> Path | None:
@@ -626,6 +688,10 @@ def main() -> int:
                     help="planned: the sizes designed for a quiet machine; small: what ran")
     ap.add_argument("--stages", nargs="+", default=["stage1", "stage2", "stage3"])
     ap.add_argument("--measures", nargs="+", default=["icl", "lora"])
+    ap.add_argument("--shots", type=int, nargs="+", help="only these of the fixed ICL shots")
+    ap.add_argument("--pool-seeds", type=int, nargs="+", help="only these of the pool seeds")
+    ap.add_argument("--resume", action="store_true",
+                    help="append to the results.json of the same profile (a later part)")
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args()
     if args.report_only:
