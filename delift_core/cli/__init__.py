@@ -2,7 +2,7 @@
 
 One module per group of commands (``select_cmds``: inspect, kernel, select;
 ``evaluate_cmd``; ``audit_cmds``: audit, report; ``cache_cmd``), the options they
-share in ``common`` and :mod:`delift_core.cli_options`; this module builds the
+share in ``common`` and ``options``; this module builds the
 parser and runs a command (user errors: ``delift: error: ...``, exit 2).
 """
 
@@ -14,7 +14,7 @@ import sys
 import time
 from typing import Sequence
 
-from ..cli_options import JSON_COMMANDS, json_option, model_options, print_summary
+from .options import JSON_COMMANDS, json_option, model_options, print_summary
 from ..errors import DeliftError
 from .. import objectives
 from ..diagonal import DEFAULT_DIAGONAL, DIAGONAL_HELP, DIAGONAL_POLICIES

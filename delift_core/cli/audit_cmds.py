@@ -6,7 +6,7 @@ import argparse
 import logging
 from typing import Any
 
-from ..cli_options import model_options
+from .options import model_options
 from ..errors import DeliftError
 from ..kernel_io import load_kernels
 from ..kernels import KERNEL_KINDS, compute_kernels

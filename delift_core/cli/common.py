@@ -55,7 +55,7 @@ def _add_data_args(p: argparse.ArgumentParser, with_target: bool = True) -> None
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    """The utility kernel's settings (--model, --device ... come from cli_options.model_options)."""
+    """The utility kernel's settings (--model, --device ... come from options.model_options)."""
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-field-tokens", type=int, default=256)
     p.add_argument("--max-response-tokens", type=int, default=256)

@@ -7,7 +7,7 @@ import logging
 import sys
 from typing import Any
 
-from ..cli_options import emit_summary, json_option, model_options
+from .options import emit_summary, json_option, model_options
 from ..data import load_dataset
 from ..outdir import check_output, output_folder
 from .common import _Bars, _add_out_args, _load_lm

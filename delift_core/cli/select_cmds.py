@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..cli_options import emit_summary
+from .options import emit_summary
 from ..data import load_dataset
 from ..errors import DeliftError
 from .. import objectives
