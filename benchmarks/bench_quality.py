@@ -568,7 +568,8 @@ def write_report(out: Path = OUT) -> None:
     if diag:
         lines += ["## Diagonal policy vs reference (same objective, kernel and direction; "
                   "NLL/token, paired per test item)", "",
-                  "| pool seed | stage | measure | subset | policy − reference [95 %] | verdict |",
+                  "| pool seed | stage | measure | subset | policy − reference [95 %] "
+                  "| verdict |",
                   "|---|---|---|---|---|---|"]
         for c in diag:
             lines.append(f"| {c['pool_seed']} | {c['stage']} | {c['measure']} | {c['subset']} | "

@@ -519,11 +519,12 @@ def test_diagonal_radio_only_for_utility_kernels_and_it_persists() -> None:
     at.session_state["kernels"] = Kernels("utility", pool=emb.pool, meta=dict(emb.meta))
     at.session_state["kernels_version"] = at.session_state["kernels_version"] + 1
     at.run()
-    assert at.radio(key="p_diagonal").value == "reference"
-    at.radio(key="p_diagonal").set_value("max").run()
-    assert not at.exception
+    assert at.radio(key="p_diagonal").value == "max"  # the default
     assert at.session_state["selection"].params["diagonal"] == "max"
+    at.radio(key="p_diagonal").set_value("reference").run()
+    assert not at.exception
+    assert at.session_state["selection"].params["diagonal"] == "reference"
     goto(at, "4_Explore")
     goto(at, "3_Select")
-    assert at.radio(key="p_diagonal").value == "max"
-    assert at.session_state["selection"].kernels.diagonal == "max"
+    assert at.radio(key="p_diagonal").value == "reference"
+    assert at.session_state["selection"].kernels.diagonal == "reference"

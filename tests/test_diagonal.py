@@ -81,7 +81,8 @@ def test_exact_duplicates_in_the_pool_are_self_pairs():
 
 
 def test_scaled_follows_the_policy_and_embedding_is_untouched():
-    k = Kernels("utility", pool=RAW)
+    assert Kernels("utility", pool=RAW).diagonal == "max"  # the default (docs/quality)
+    k = Kernels("utility", pool=RAW, diagonal="reference")
     assert np.allclose(k.scaled("pool"), RAW / 0.9)
     km = k.with_diagonal("rowmax")
     assert np.allclose(km.scaled("pool"), OFF + np.diag([0.5, 1.0, 0.75]))
@@ -98,14 +99,15 @@ def test_select_and_manifest_record_the_policy():
     pool = _ds(3)
     raw = RAW.copy()
     raw[np.diag_indices(3)] = [0.95, 0.5, 0.6]  # the same non-self entries as RAW
-    k = Kernels("utility", pool=raw, meta={"pool_hashes": ["a", "b", "c"]})
+    k = Kernels("utility", pool=raw, meta={"pool_hashes": ["a", "b", "c"]}, diagonal="reference")
     sel = select(pool, "fl", k, 1, diagonal="max")
     assert sel.params["diagonal"] == "max" and sel.kernels.diagonal == "max"
     man = build_manifest(sel)
     assert man["diagonal"]["policy"] == "max" and man["diagonal"]["applied"] is True
     # under max, column gains: col0 = 1 + 1 + 0 = 2, col1 = 0.5 + 1 + 0.75 = 2.25, col2 = 1.25
     assert sel.selected_indices.tolist() == [1]
-    ref = select(pool, "fl", k, 1)
+    assert select(pool, "fl", k.with_diagonal("max"), 1).selected_indices.tolist() == [1]
+    ref = select(pool, "fl", k, 1, diagonal="reference")
     # reference, first gain = column sum / 0.95: col0 = 1.35, col1 = 1.0, col2 = 0.7 (x 1/0.95)
     assert ref.selected_indices.tolist() == [0] and ref.params["diagonal"] == "reference"
     assert build_manifest(ref)["diagonal"]["applied"] is False

@@ -118,8 +118,9 @@ class EvalReport:
             lines.append("| " + " | ".join(cells) + " |")
         comps = self.comparisons()
         if comps:
-            lines += ["", "Against random (subset − random on the same test items; 95 % bootstrap "
-                          "interval over test items and random seeds; wins/loses only when the "
+            lines += ["", "Against random (subset − random on the same test items; 95 % "
+                          "bootstrap interval over test items and random seeds; wins/loses only "
+                          "when the "
                           "interval excludes zero):", "",
                       "| mode | subset | metric | mean difference [95 % interval] | random seeds "
                       "beaten | verdict |", "|---|---|---|---|---|---|"]
@@ -171,7 +172,7 @@ class EvalReport:
         return fig
 
     def write(self, out_dir: str | Path, title: str | None = None) -> dict[str, Path]:
-        """Write ``results.json``, ``results.md`` and ``chart.html`` (and ``chart.png`` if kaleido)."""
+        """Write ``results.json``, ``results.md`` and ``chart.html`` (``chart.png`` if kaleido)."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         paths = {"json": out / "results.json", "markdown": out / "results.md",
