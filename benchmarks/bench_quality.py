@@ -622,7 +622,7 @@ def write_chart(out: Path, data: dict) -> Path | None:
     panels = sorted({(c["stage"], c["measure"]) for c in comps})
     from plotly.subplots import make_subplots
 
-    fig = make_subplots(rows=len(panels), cols=1, shared_xaxes=False, vertical_spacing=0.04,
+    fig = make_subplots(rows=len(panels), cols=1, shared_xaxes=False, vertical_spacing=0.09,
                         subplot_titles=[f"{s}, {m}" for s, m in panels])
     colours = {0.05: "#E45756", 0.1: "#4C78A8", 0.3: "#54A24B"}
     shown = set()
@@ -647,7 +647,7 @@ def write_chart(out: Path, data: dict) -> Path | None:
         fig.update_yaxes(title_text="Δ NLL vs random", row=k, col=1)
     fig.update_layout(title="DELIFT vs random (10 seeds): mean paired Δ NLL/token with 95 % "
                             "bootstrap interval; below 0 = better than random",
-                      height=260 * len(panels) + 120, width=1400, template="plotly_white",
+                      height=340 * len(panels) + 120, width=1400, template="plotly_white",
                       margin={"b": 60})
     html = out / "chart.html"
     fig.write_html(html, include_plotlyjs="cdn")
@@ -668,7 +668,7 @@ def write_chart(out: Path, data: dict) -> Path | None:
             browser = pw.chromium.launch(executable_path="/usr/bin/chromium",
                                          args=["--headless", "--no-sandbox", "--disable-gpu"])
             page = browser.new_page(viewport={"width": 1420,
-                                              "height": 260 * len(panels) + 140})
+                                              "height": 340 * len(panels) + 140})
             page.goto(tmp.resolve().as_uri())
             page.wait_for_selector(".main-svg")
             page.wait_for_timeout(500)
