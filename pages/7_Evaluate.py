@@ -109,7 +109,7 @@ if report is not None:
                         "train_loss_last"] if c in summary.columns]
     st.subheader("Results")
     st.dataframe(summary[cols].rename(columns=METRIC_LABELS), hide_index=True,
-                 use_container_width=True)
+                 width="stretch")
     comps = report.comparisons()
     if comps:
         st.subheader("Is the edge real? Each subset against random")
@@ -123,11 +123,11 @@ if report is not None:
             "95 % high": round(c["high"], 4),
             "random seeds beaten": f"{c['seeds_beaten']} of {c['n_seeds']}",
             "verdict": c["verdict"]} for c in comps]), hide_index=True,
-            use_container_width=True)
+            width="stretch")
     elif any(r["kind"] == "subset" for r in report.rows):
         st.info("Add the random baseline (several seeds) to see whether the subset's edge over "
                 "random is real: a paired interval and how many random seeds it beats.")
-    st.plotly_chart(report.figure(), use_container_width=True)
+    st.plotly_chart(report.figure(), width="stretch")
     st.caption("Open circles: each random seed's value (the spread a subset has to beat).")
     st.caption("Settings: " + ", ".join(f"{k}={v}" for k, v in report.settings.items())
                + f"; model {report.meta['model']} ({report.meta['model_fingerprint']}).")
@@ -137,4 +137,4 @@ if report is not None:
                        file_name="results.json")
     if report.items:
         with st.expander("Per test item (generated answers)"):
-            st.dataframe(pd.DataFrame(report.items), hide_index=True, use_container_width=True)
+            st.dataframe(pd.DataFrame(report.items), hide_index=True, width="stretch")
