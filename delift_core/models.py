@@ -332,7 +332,11 @@ def load_embedder(name: str | None = None, *, device: str | torch.device | None 
     except Exception as e:
         raise ModelError(f"could not load the sentence embedder '{name}' ({type(e).__name__}: "
                          f"{str(e)[:300]})") from None
-    model.delift_name = DEFAULT_EMBEDDER if name in _DEFAULT_EMBEDDER_ALIASES else name
+    # the name keys the embedding cache: a local folder is named by its content too, so an edited
+    # or replaced folder at the same path never reuses the old folder's embeddings
+    folder = Path(source)
+    model.delift_name = (DEFAULT_EMBEDDER if name in _DEFAULT_EMBEDDER_ALIASES else
+                         f"{name}@{_fingerprint_folder(folder)}" if folder.is_dir() else name)
     logger.debug("loaded sentence embedder %s from %s on %s", name, source, dev)
     _LOADED[key] = model
     return model

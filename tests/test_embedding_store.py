@@ -107,3 +107,27 @@ def test_kernel_report_says_what_happened():
     again = compute_kernels(pool, kind="embedding", embedder=FakeEmbedder())
     assert kernel_report(again) == ["embedding pool: 0 of 20 texts computed, 20 reused from the "
                                     "cache"]
+
+
+def test_a_local_embedder_folder_is_named_by_its_content(tmp_path, monkeypatch):
+    """The embedding cache is keyed by the embedder's name: a local folder edited in place must
+    not reuse the old folder's embeddings."""
+    import sentence_transformers
+
+    import delift_core.models as models
+
+    folder = tmp_path / "my-embedder"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"v": 1}')
+
+    class Stub:
+        def __init__(self, *a, **k):
+            pass
+
+    monkeypatch.setattr(sentence_transformers, "SentenceTransformer", Stub)
+    monkeypatch.setattr(models, "_LOADED", {})
+    first = models.load_embedder(str(folder)).delift_name
+    (folder / "config.json").write_text('{"v": 2}')
+    monkeypatch.setattr(models, "_LOADED", {})
+    second = models.load_embedder(str(folder)).delift_name
+    assert first.startswith(str(folder) + "@") and first != second
