@@ -91,6 +91,8 @@ class Kernels:
     def with_diagonal(self, policy: str) -> "Kernels":
         """The same raw kernels under another diagonal policy (recorded in ``meta['diagonal']``)."""
         check_diagonal(policy)
+        if policy == self.diagonal and "diagonal" in self.meta:
+            return self  # the same policy: keep the scaled kernels already made
         k = Kernels(self.kind, pool=self.pool, target=self.target, existing=self.existing,
                     meta=dict(self.meta), diagonal=policy)
         k.meta["diagonal"] = k.diagonal_record()

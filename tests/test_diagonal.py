@@ -187,3 +187,18 @@ def test_cli_refuses_a_bad_diagonal_and_a_direction_the_folder_lacks(tmp_path, c
     _check_direction(k, "helps-target", True)
     with pytest.raises(Exception, match="computed with helps-target"):
         _check_direction(k, "reference", True)
+
+
+def test_with_the_same_policy_keeps_the_scaled_kernels():
+    """select(..., diagonal=p) on kernels already under p reuses their scaled copy (no n x n
+    rescale on every studio selection)."""
+    import numpy as np
+
+    from delift_core import Kernels
+
+    k = Kernels("utility", pool=np.random.default_rng(0).random((6, 6)).astype(np.float32))
+    a = k.with_diagonal("max")
+    scaled = a.scaled("pool")
+    b = a.with_diagonal("max")
+    assert b is a and b.scaled("pool") is scaled
+    assert a.with_diagonal("reference") is not a
