@@ -55,9 +55,8 @@ with c2:
     st.text_input("Sentence embedder", key="ev_embedder")
 
 
-def _run() -> Any:
-    from delift_core.models import load_causal_lm, load_embedder
-
+def _request() -> dict[str, Any]:
+    """The evaluation the widgets ask for (data read here, so bad input fails at once)."""
     if use_current:
         sub, pool = current.subset(), current.pool
     else:
@@ -74,31 +73,53 @@ def _run() -> Any:
     settings = EvalSettings(shots=int(s["ev_shots"]), generate=bool(s["ev_generate"]),
                             max_new_tokens=int(s["ev_max_new"]),
                             lora_steps=int(s["ev_lora_steps"]))
+    settings.validate()
     modes = ("icl", "lora") if s["ev_mode"] == "both" else (s["ev_mode"],)
-    status = st.empty()
-    bar = st.progress(0.0)
-    status.write("loading the models …")
-    lm = load_causal_lm(s["ev_model"].strip() or None)
-    embedder = load_embedder(s["ev_embedder"].strip() or None)
-
-    def progress(label: str, done: int, total: int) -> None:
-        status.text(f"{label}: {done}/{total}")
-        bar.progress(min(1.0, done / max(1, total)))
-
-    report = evaluate(subsets, test, lm=lm, embedder=embedder, settings=settings, modes=modes,
-                      progress=progress)
-    bar.progress(1.0)
-    status.text(f"done in {report.meta['seconds']} s")
-    return report
+    return {"subsets": subsets, "test": test, "settings": settings, "modes": modes,
+            "model": s["ev_model"].strip() or None, "embedder": s["ev_embedder"].strip() or None}
 
 
-if st.button("Run the evaluation", type="primary", key="ev_run"):
+job = state.current_eval_job()
+running = job is not None and job.running
+if st.button("Run the evaluation", type="primary", key="ev_run", disabled=running):
     try:
-        s["ev_report"] = _run()
+        job = state.start_eval_job(**_request())
+        running = True
     except DeliftError as e:
         st.error(ui.md_escape(str(e)))
     except Exception as e:  # noqa: BLE001 - shown as a message, never a traceback
-        st.error(ui.md_escape(f"The evaluation failed: {type(e).__name__}: {str(e)[:500]}"))
+        st.error(ui.md_escape(f"The evaluation could not start: {type(e).__name__}: "
+                              f"{str(e)[:500]}"))
+
+
+@st.fragment(run_every=1.0 if running else None)
+def progress_panel() -> None:
+    """Live progress of this session's evaluation, with cancel; reruns the page when it ends."""
+    job = state.current_eval_job()
+    if job is None:
+        return
+    if job.running:
+        ui.job_progress(job)
+        if st.button("Cancel", key="ev_cancel"):
+            job.cancel.set()
+            st.info("Cancelling after the current batch; scored items stay cached, so running "
+                    "again resumes where it stopped.")
+        return
+    if not job.adopted:
+        job.adopted = True
+        if job.status == "done":
+            s["ev_report"] = job.result
+            st.rerun()
+    if job.status == "cancelled":
+        st.warning("The evaluation was cancelled. Scored items are cached: running it again "
+                   "resumes where it stopped.")
+    elif job.status == "error":
+        st.error(ui.md_escape(f"The evaluation failed: {job.error}"[:700]))
+    elif job.status == "done" and job.finished and job.compute_started:
+        st.caption(f"Last run: done in {job.finished - job.created:.0f} s.")
+
+
+progress_panel()
 
 report = s.get("ev_report")
 if report is not None:

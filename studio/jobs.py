@@ -1,9 +1,9 @@
-"""Kernel computations in background threads, one job per browser session.
+"""Background jobs (kernel computations and evaluations) in threads, one of each per session.
 
-A job lives in a process-wide registry (``st.cache_resource``) keyed by the session's id, so it
-keeps running across reruns and page switches, and no session can see another's job. Pages poll
-it (``st.fragment(run_every=...)``); :func:`studio.state.init` adopts a finished job's kernels
-into the session.
+A job lives in a process-wide registry (``st.cache_resource``) keyed by the session's id and the
+job's kind, so it keeps running across reruns and page switches, and no session can see another's
+job. Pages poll it (``st.fragment(run_every=...)``); :func:`studio.state.init` adopts a finished
+kernel job's kernels into the session, the Evaluate page a finished evaluation's report.
 """
 
 from __future__ import annotations
@@ -11,26 +11,26 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, Sequence, TypeVar
 
 import streamlit as st
 
 from delift_core import (Dataset, DeliftError, Kernels, KernelCancelled, compute_kernels,
                          load_causal_lm, load_embedder)
+from delift_core.evaluation import EvalSettings, EvaluationCancelled, Subset, evaluate
 from delift_core.kernels import DEFAULT_TARGET_DIRECTION
 from delift_core.plan import engine_kind
 from delift_core.views import WorkEstimate
 
 
-@dataclass
-class KernelJob:
-    """One kernel computation: inputs, live progress, and the result or error."""
+@dataclass(kw_only=True)
+class Job:
+    """What every background job has: live progress, a cancel event, and the result or error.
 
-    config: dict
-    pool: Dataset
-    target: Dataset | None
-    existing: Dataset | None
-    estimate: WorkEstimate
+    Subclasses say what the work is (:meth:`work`) and how far along it is (:meth:`fraction`).
+    """
+
+    KIND: ClassVar[str] = "job"
     cancel: threading.Event = field(default_factory=threading.Event)
     status: str = "starting"  # starting | running | done | cancelled | error
     stage: str = "starting"
@@ -39,7 +39,7 @@ class KernelJob:
     created: float = field(default_factory=time.time)
     compute_started: float | None = None
     finished: float | None = None
-    result: Kernels | None = None
+    result: Any = None
     error: str | None = None
     adopted: bool = False
     thread: threading.Thread | None = None
@@ -54,6 +54,49 @@ class KernelJob:
         self.status, self.stage, self.done, self.total = "running", label, done, total
 
     def fraction(self) -> float:
+        """Overall share of the work done (0..1)."""
+        raise NotImplementedError
+
+    def work(self) -> Any:
+        """The computation; returns the result (runs in the job's thread)."""
+        raise NotImplementedError
+
+    def seconds_left(self) -> float | None:
+        """Seconds left, from the pace so far (None until there is some progress)."""
+        f = self.fraction()
+        if self.compute_started is None or f <= 0.01:
+            return None
+        spent = time.time() - self.compute_started
+        return spent * (1 - f) / f
+
+    def run(self) -> None:
+        """The thread's body: the work, its outcome as a status, never an exception."""
+        try:
+            self.result = self.work()
+            self.status = "done"
+        except (KernelCancelled, EvaluationCancelled):
+            self.status = "cancelled"
+        except DeliftError as e:
+            self.status, self.error = "error", str(e)
+        except Exception as e:  # shown to the user as one line, not a traceback
+            self.status, self.error = "error", f"{type(e).__name__}: {e}"
+        finally:
+            self.finished = time.time()
+
+
+@dataclass(kw_only=True)
+class KernelJob(Job):
+    """One kernel computation: its inputs and work estimate; the result is :class:`Kernels`."""
+
+    KIND: ClassVar[str] = "kernel"
+    config: dict
+    pool: Dataset
+    target: Dataset | None
+    existing: Dataset | None
+    estimate: WorkEstimate
+    result: Kernels | None = None
+
+    def fraction(self) -> float:
         """Overall share of the work done, weighting stages by their units."""
         plan = self.estimate.stages
         units = sum(u for _, u, _ in plan) or 1
@@ -65,65 +108,101 @@ class KernelJob:
             before += u
         return 0.0 if self.status != "done" else 1.0
 
-    def seconds_left(self) -> float | None:
-        """Seconds left, from the pace so far (None until there is some progress)."""
-        f = self.fraction()
-        if self.compute_started is None or f <= 0.01:
-            return None
-        spent = time.time() - self.compute_started
-        return spent * (1 - f) / f
-
-    def run(self) -> None:
-        """Load the model and compute the kernels (the thread's body)."""
+    def work(self) -> Kernels:
+        """Load the model and compute the kernels."""
         cfg = self.config
-        try:
-            lm = embedder = None
-            if cfg["kind"] == "utility":
-                self.stage = "loading the causal LM"
-                lm = load_causal_lm(cfg.get("model") or None, dtype=cfg.get("dtype") or "float32",
-                                    progress=lambda msg: setattr(self, "stage", msg))
-            else:
-                self.stage = "loading the sentence embedder"
-                embedder = load_embedder(cfg.get("embedder") or None)
-            kernels = compute_kernels(self.pool, target=self.target, existing=self.existing,
-                                      kind=engine_kind(cfg["kind"]),
-                                      lm=lm, embedder=embedder, progress=self._progress,
-                                      cancel=self.cancel, neighbours=cfg.get("neighbours"),
-                                      backend=cfg.get("backend") or "local",
-                                      target_direction=cfg.get("target_direction")
-                                      or DEFAULT_TARGET_DIRECTION)
-            self.result, self.status = kernels, "done"
-        except KernelCancelled:
-            self.status = "cancelled"
-        except DeliftError as e:
-            self.status, self.error = "error", str(e)
-        except Exception as e:  # shown to the user as one line, not a traceback
-            self.status, self.error = "error", f"{type(e).__name__}: {e}"
-        finally:
-            self.finished = time.time()
+        lm = embedder = None
+        if cfg["kind"] == "utility":
+            self.stage = "loading the causal LM"
+            lm = load_causal_lm(cfg.get("model") or None, dtype=cfg.get("dtype") or "float32",
+                                progress=lambda msg: setattr(self, "stage", msg))
+        else:
+            self.stage = "loading the sentence embedder"
+            embedder = load_embedder(cfg.get("embedder") or None)
+        return compute_kernels(self.pool, target=self.target, existing=self.existing,
+                               kind=engine_kind(cfg["kind"]),
+                               lm=lm, embedder=embedder, progress=self._progress,
+                               cancel=self.cancel, neighbours=cfg.get("neighbours"),
+                               backend=cfg.get("backend") or "local",
+                               target_direction=cfg.get("target_direction")
+                               or DEFAULT_TARGET_DIRECTION)
+
+
+@dataclass(kw_only=True)
+class EvalJob(Job):
+    """One evaluation: subsets scored on a test set; the result is an ``EvalReport``.
+
+    Progress is per run (a subset in a mode) and, within it, per scored batch or LoRA step.
+    """
+
+    KIND: ClassVar[str] = "evaluation"
+    subsets: Sequence[Subset]
+    test: Dataset
+    settings: EvalSettings
+    modes: Sequence[str]
+    model: str | None = None
+    embedder: str | None = None
+    run_index: int = -1
+    _run_label: str | None = None
+
+    @property
+    def runs(self) -> int:
+        return len(self.subsets) * len(self.modes)
+
+    def _progress(self, label: str, done: int, total: int) -> None:
+        run = label.removesuffix(": LoRA training")
+        if label != "embedding the test set" and run != self._run_label:
+            self._run_label, self.run_index = run, self.run_index + 1
+        super()._progress(label, done, total)
+
+    def fraction(self) -> float:
+        """Runs finished plus the share of the current one (LoRA training counts as half)."""
+        if self.status == "done":
+            return 1.0
+        if self.run_index < 0 or not self.runs:
+            return 0.0
+        cur = self.done / self.total if self.total else 0.0
+        if self._run_label and self._run_label.startswith("lora "):
+            cur = cur / 2 if self.stage.endswith("LoRA training") else 0.5 + cur / 2
+        return min(1.0, (self.run_index + cur) / self.runs)
+
+    def work(self) -> Any:
+        """Load the models and evaluate every subset."""
+        self.stage = "loading the causal LM"
+        lm = load_causal_lm(self.model or None)
+        self.stage = "loading the sentence embedder"
+        embedder = load_embedder(self.embedder or None)
+        return evaluate(self.subsets, self.test, lm=lm, embedder=embedder,
+                        settings=self.settings, modes=self.modes, progress=self._progress,
+                        cancel=self.cancel)
+
+
+J = TypeVar("J", bound=Job)
 
 
 class JobRegistry:
-    """Jobs by session id, and measured speeds (tokens per second) by kernel kind."""
+    """Jobs by session id and kind, and measured speeds (tokens per second) by kernel kind."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.jobs: dict[str, KernelJob] = {}
+        self.jobs: dict[tuple[str, str], Job] = {}
         self.rates: dict[str, float] = {}
 
-    def get(self, session: str) -> KernelJob | None:
+    def get(self, session: str, kind: str = KernelJob.KIND) -> Any:
+        """The session's job of ``kind`` ("kernel" or "evaluation"), running or finished."""
         with self.lock:
-            return self.jobs.get(session)
+            return self.jobs.get((session, kind))
 
-    def start(self, session: str, job: KernelJob) -> KernelJob:
-        """Start ``job`` for ``session``, cancelling the session's previous job if it runs."""
+    def start(self, session: str, job: J) -> J:
+        """Start ``job`` for ``session``, cancelling the session's previous job of its kind."""
+        key = (session, job.KIND)
         with self.lock:
-            old = self.jobs.get(session)
+            old = self.jobs.get(key)
             if old is not None and old.running:
                 old.cancel.set()
-            self.jobs[session] = job
+            self.jobs[key] = job
             self._prune()
-        job.thread = threading.Thread(target=job.run, name=f"delift-kernel-{session[:8]}",
+        job.thread = threading.Thread(target=job.run, name=f"delift-{job.KIND}-{session[:8]}",
                                       daemon=True)
         job.thread.start()
         return job
@@ -158,13 +237,13 @@ def job_registry() -> JobRegistry:
     return JobRegistry()
 
 
-def wait(job: KernelJob, timeout: float = 600.0) -> None:
+def wait(job: Job, timeout: float = 600.0) -> None:
     """Block until a job ends (tests and scripts)."""
     if job.thread is not None:
         job.thread.join(timeout)
 
 
-def describe(job: KernelJob) -> dict[str, Any]:
+def describe(job: Job) -> dict[str, Any]:
     """A plain summary of a job for display."""
     return {"status": job.status, "stage": job.stage, "done": job.done, "total": job.total,
             "fraction": job.fraction(), "seconds_left": job.seconds_left(),

@@ -23,7 +23,8 @@ Session keys (``st.session_state``); everything is per browser session, nothing 
   ``Param`` of its registry spec.
 - ``"ev_*"``: the Evaluate page's settings (:data:`EVAL_DEFAULTS`, persisted like ``p_*``) and
   ``"ev_report"``, its last report.
-- ``"_sid"``: this session's id (the key of its background job, see :mod:`studio.jobs`).
+- ``"_sid"``: this session's id (the key of its background jobs, a kernel computation and an
+  evaluation, see :mod:`studio.jobs`).
 """
 
 from __future__ import annotations
@@ -248,6 +249,17 @@ def start_kernel_job(config: dict, pool: Dataset, target: Dataset | None,
 def current_job() -> jobs.KernelJob | None:
     """This session's kernel job (running or finished), if any."""
     return jobs.job_registry().get(session_id())
+
+
+def start_eval_job(**request: Any) -> jobs.EvalJob:
+    """Start an evaluation for this session in a background thread (``jobs.EvalJob``'s fields:
+    subsets, test, settings, modes, model, embedder); a running one is cancelled."""
+    return jobs.job_registry().start(session_id(), jobs.EvalJob(**request))
+
+
+def current_eval_job() -> jobs.EvalJob | None:
+    """This session's evaluation job (running or finished), if any."""
+    return jobs.job_registry().get(session_id(), jobs.EvalJob.KIND)
 
 
 def adopt_finished_job() -> None:

@@ -152,7 +152,7 @@ def show_explanation(sel: Selection, row_id: str, top: int = 5) -> None:
 
 
 def job_progress(job: Any) -> None:
-    """Progress bar with stage, counts and time left for a kernel job."""
+    """Progress bar with stage, counts and time left for a background job (kernel or evaluation)."""
     left = job.seconds_left()
     frac = job.fraction()
     if job.total:

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from delift_core import load_dataset
-from delift_core.evaluation import (EvalSettings, EvaluationError, Subset, attach_lora,
+from delift_core.evaluation import (EvalSettings, EvaluationCancelled, EvaluationError, Subset,
+                                    attach_lora,
                                     baseline_subsets, cut_generation, evaluate, exact_match,
                                     extract_final_answer, icl_template, lora_state,
                                     nearest_examples, nll_and_distance, parse_int_list, rouge_l,
@@ -249,6 +250,57 @@ def test_evaluate_lora_and_icl_with_baselines_and_cache(lm, tmp_path) -> None:
     assert all(r.get("adapter_cached") for r in again.rows if r["mode"] == "lora" and r["size"])
 
 
+def test_a_cancelled_evaluation_stops_at_the_next_batch_and_resumes_from_the_cache(
+        lm, tmp_path) -> None:
+    """Setting the cancel event stops the run at the next progress report (a scored batch or a
+    LoRA step); what was scored is cached, so the rerun equals an uninterrupted run."""
+    import threading
+
+    pool = load_dataset("demo:pool")
+    test = load_dataset("demo:target").subset(range(4))
+    subs = [Subset("first", pool.subset(range(6)))] + baseline_subsets(pool, [6], ["random"],
+                                                                      [0, 1])
+    settings = EvalSettings(shots=1, max_new_tokens=2, batch_size=2, lora_steps=3,
+                            lora_max_tokens=48)
+    cancel = threading.Event()
+    seen: list[tuple] = []
+
+    def progress(label: str, done: int, total: int) -> None:
+        seen.append((label, done, total))
+        if label.startswith("icl random-6 seed 0") and done >= 2:
+            cancel.set()  # mid-run: after the first scored batch of the second subset
+
+    with pytest.raises(EvaluationCancelled):
+        evaluate(subs, test, lm=lm, embedder=StubEmbedder(), settings=settings,
+                 modes=("icl", "lora"), cache_root=tmp_path, progress=progress, cancel=cancel)
+    assert seen[-1] == ("icl random-6 seed 0", 2, 4)  # nothing ran past the cancel
+    assert not any(label.startswith("lora") for label, _, _ in seen)
+    resumed: list[tuple] = []
+    rep = evaluate(subs, test, lm=lm, embedder=StubEmbedder(), settings=settings,
+                   modes=("icl", "lora"), cache_root=tmp_path,
+                   progress=lambda *a: resumed.append(a))
+    fresh = evaluate(subs, test, lm=lm, embedder=StubEmbedder(), settings=settings,
+                     modes=("icl", "lora"), use_cache=False)
+    assert [r["nll"] for r in rep.rows] == [r["nll"] for r in fresh.rows]
+    assert len(rep.rows) == 6
+    # LoRA training reports every step, so a cancel stops training too
+    cancel = threading.Event()
+    lora_seen: list[tuple] = []
+
+    def stop_in_training(label: str, done: int, total: int) -> None:
+        lora_seen.append((label, done, total))
+        if label.endswith("LoRA training") and done == 1:
+            cancel.set()
+
+    with pytest.raises(EvaluationCancelled):
+        evaluate(subs[:1], test, lm=lm, embedder=StubEmbedder(),
+                 settings=EvalSettings(shots=1, max_new_tokens=2, lora_steps=3,
+                                       lora_max_tokens=48, lora_lr=2e-3),
+                 modes=("lora",), cache_root=tmp_path / "l", progress=stop_in_training,
+                 cancel=cancel)
+    assert lora_seen[-1] == ("lora first: LoRA training", 1, 3)
+
+
 def test_evaluate_rejects_bad_input(lm) -> None:
     pool = load_dataset("demo:pool")
     with pytest.raises(EvaluationError, match="nothing to evaluate"):
@@ -338,7 +390,16 @@ def _page_app(tiny_model_dir: Path):
     return at
 
 
+def _wait_for_eval_jobs() -> None:
+    import threading
+
+    for t in threading.enumerate():
+        if t.name.startswith("delift-evaluation-"):
+            t.join(300)
+
+
 def test_page_main_path(tiny_model_dir, tmp_path, monkeypatch) -> None:
+    """The evaluation runs as a background job; the page adopts its report when it ends."""
     monkeypatch.setenv("DELIFT_CACHE_DIR", str(tmp_path / "cache"))
     at = _page_app(tiny_model_dir)
     at.run()
@@ -352,8 +413,38 @@ def test_page_main_path(tiny_model_dir, tmp_path, monkeypatch) -> None:
     at.button(key="ev_run").click().run()
     assert not at.exception
     assert not at.error, [e.value for e in at.error]
+    _wait_for_eval_jobs()
+    at.run()
+    assert not at.exception
+    assert not at.error, [e.value for e in at.error]
     assert at.session_state["ev_report"] is not None
+    assert len(at.session_state["ev_report"].rows) == 2  # the subset and "none"
     assert len(at.dataframe) >= 1
+
+
+def test_page_evaluation_can_be_cancelled(tiny_model_dir, tmp_path, monkeypatch) -> None:
+    """Cancel on a running evaluation: the job ends as cancelled, the page says so and keeps no
+    half report; the button works again."""
+    from studio import jobs
+
+    monkeypatch.setenv("DELIFT_CACHE_DIR", str(tmp_path / "cache"))
+    at = _page_app(tiny_model_dir)
+    at.run()
+    at.session_state["ev_subset_src"] = "demo:existing"
+    at.session_state["ev_test_src"] = "demo:target"
+    at.session_state["ev_test_limit"] = 20
+    at.session_state["ev_baselines"] = ["random"]
+    at.session_state["ev_seeds"] = "0,1,2,3,4,5"
+    at.button(key="ev_run").click().run()
+    job = jobs.job_registry().get(at.session_state["_sid"], "evaluation")
+    assert job is not None and job.runs == 7
+    job.cancel.set()
+    _wait_for_eval_jobs()
+    at.run()
+    assert job.status == "cancelled" and job.run_index < 6
+    assert any("cancelled" in w.value for w in at.warning)
+    assert at.session_state["ev_report"] is None
+    assert not at.button(key="ev_run").disabled
 
 
 def test_page_error_path(tiny_model_dir) -> None:

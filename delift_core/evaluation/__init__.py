@@ -42,11 +42,11 @@ from .metrics import (LOWER_IS_BETTER, METRIC_LABELS, METRICS, STOP_MARKERS, cut
 from .report import EvalReport
 from .run import ProgressFn, evaluate
 from .scoring import nll_and_distance
-from .settings import EVAL_VERSION, MODES, EvalSettings, EvaluationError
+from .settings import EVAL_VERSION, MODES, EvalSettings, EvaluationCancelled, EvaluationError
 from .subsets import BASELINES, Subset, baseline_subsets, load_subset, parse_int_list
 
 __all__ = ["EVAL_VERSION", "MODES", "BASELINES", "METRICS", "LOWER_IS_BETTER", "METRIC_LABELS",
-           "STOP_MARKERS", "EvaluationError", "EvalSettings", "Subset", "load_subset",
+           "STOP_MARKERS", "EvaluationCancelled", "EvaluationError", "EvalSettings", "Subset", "load_subset",
            "baseline_subsets", "parse_int_list", "icl_template", "nearest_examples",
            "attach_lora", "lora_state", "train_lora", "nll_and_distance", "extract_final_answer",
            "exact_match", "rouge_l", "cut_generation", "EvalReport", "ProgressFn", "evaluate"]

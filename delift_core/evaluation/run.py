@@ -11,6 +11,7 @@ the dtype, the settings and the exact model input.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -28,7 +29,7 @@ from .lora import train_lora
 from .metrics import STOP_MARKERS, cut_generation, extract_final_answer, rouge_l
 from .report import EvalReport
 from .scoring import Item, score_items
-from .settings import EVAL_VERSION, MODES, EvalSettings, EvaluationError
+from .settings import EVAL_VERSION, MODES, EvalSettings, EvaluationCancelled, EvaluationError
 from .subsets import Subset, dataset_key
 
 __all__ = ["ProgressFn", "evaluate"]
@@ -52,14 +53,16 @@ def _check(subsets: Sequence[Subset], test: Dataset, modes: Sequence[str]) -> No
 
 
 def _lora_inputs(lm: CausalLM, sub: Subset, settings: EvalSettings, base_key: dict, root: Path,
-                 use_cache: bool, progress: ProgressFn | None, label: str
+                 use_cache: bool, progress: ProgressFn, label: str
                  ) -> tuple[Any, str, dict[str, Any]]:
     """(model, adapter key, row extras) for the LoRA mode: the base model for an empty subset."""
     if not sub.size:
         return lm.model, "none", {}
     ad_key = {**base_key, "train": dataset_key(sub.data), "settings": settings.lora_key()}
     ad_store = BlockStore(root / "adapters", content_key(ad_key), ad_key) if use_cache else None
-    cb = (lambda d, t: progress(f"{label}: LoRA training", d, t)) if progress else None
+    def cb(done: int, total: int) -> None:
+        progress(f"{label}: LoRA training", done, total)
+
     model, rec = train_lora(lm, sub.data, settings, progress=cb, store=ad_store)
     losses = rec["losses"]
     extra = {"train_loss_first": float(np.mean(losses[:2])) if losses else None,
@@ -101,11 +104,22 @@ def evaluate(subsets: Sequence[Subset], test: Dataset, *, lm: CausalLM | None = 
              embedder: Any = None, settings: EvalSettings | None = None,
              modes: Sequence[str] = ("icl",), progress: ProgressFn | None = None,
              use_cache: bool = True, cache_root: str | Path | None = None,
-             keep_items: bool = True) -> EvalReport:
-    """Score every subset on ``test`` in each mode; see :mod:`delift_core.evaluation`."""
+             keep_items: bool = True, cancel: threading.Event | None = None) -> EvalReport:
+    """Score every subset on ``test`` in each mode; see :mod:`delift_core.evaluation`.
+
+    ``progress(label, done, total)`` is called per scored batch and LoRA step; setting ``cancel``
+    stops the run at the next one with :class:`EvaluationCancelled` (finished items are cached).
+    """
     settings = settings or EvalSettings()
     settings.validate()
     _check(subsets, test, modes)
+
+    def tell(label: str, done: int, total: int) -> None:  # every report checks cancel
+        if cancel is not None and cancel.is_set():
+            raise EvaluationCancelled("evaluation cancelled")
+        if progress is not None:
+            progress(label, done, total)
+
     if lm is None:
         from ..models import load_causal_lm
 
@@ -118,7 +132,9 @@ def evaluate(subsets: Sequence[Subset], test: Dataset, *, lm: CausalLM | None = 
 
     started = time.time()
     root = Path(cache_root) if cache_root else cache_dir() / "evaluations"
+    tell("embedding the test set", 0, 1)
     test_emb = embed_texts(embedder, test.prompts, use_cache=use_cache)
+    tell("embedding the test set", 1, 1)
     ref_emb = embed_texts(embedder, test.responses, use_cache=use_cache) if settings.generate \
         else None
     tok = SegmentTokens(lm, settings.max_field_tokens, settings.max_reference_tokens)
@@ -132,6 +148,7 @@ def evaluate(subsets: Sequence[Subset], test: Dataset, *, lm: CausalLM | None = 
         for sub in subsets:
             label = f"{mode} {sub.name}" + (f" seed {sub.seed}" if sub.seed is not None else "")
             t0 = time.time()
+            tell(label, 0, len(test))
             extra: dict[str, Any] = {}
             if mode == "icl":
                 model = lm.model
@@ -140,7 +157,7 @@ def evaluate(subsets: Sequence[Subset], test: Dataset, *, lm: CausalLM | None = 
                 run_key = content_key({**base_key, "mode": "icl", "settings": settings.icl_key()})
             else:
                 model, adapter, extra = _lora_inputs(lm, sub, settings, base_key, root, use_cache,
-                                                     progress, label)
+                                                     tell, label)
                 prompts = [tok.prompt_ids(DEFAULT_PLAIN_TEMPLATE, {"prompt": p})
                            for p in test.prompts]
                 run_key = content_key({**base_key, "mode": "lora", "adapter": adapter,
@@ -155,8 +172,7 @@ def evaluate(subsets: Sequence[Subset], test: Dataset, *, lm: CausalLM | None = 
             def tick(k: int, _label: str = label) -> None:
                 nonlocal done
                 done += k
-                if progress:
-                    progress(_label, done, len(items))
+                tell(_label, done, len(items))
 
             score_items(model, lm, items, settings, store, tick)
             if mode == "lora" and model is not lm.model:

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 
 from ..errors import DeliftError
 
-__all__ = ["EVAL_VERSION", "MODES", "EvaluationError", "EvalSettings"]
+__all__ = ["EVAL_VERSION", "MODES", "EvaluationCancelled", "EvaluationError", "EvalSettings"]
 
 EVAL_VERSION = "evaluate-v1"
 MODES = ("icl", "lora")
@@ -18,6 +18,10 @@ MODES = ("icl", "lora")
 
 class EvaluationError(DeliftError, ValueError):
     """An evaluation cannot run as asked (inputs, settings, missing pool for baselines)."""
+
+
+class EvaluationCancelled(RuntimeError):
+    """Raised when the caller's cancel event is set; scored items stay in the on-disk cache."""
 
 
 @dataclass(frozen=True)
