@@ -193,15 +193,15 @@ def machine() -> str:
 def progress_log() -> Any:
     """A progress callback that logs each stage's count and rate at most every 20 s."""
     last: dict[str, float] = {}
-    first: dict[str, float] = {}
+    first: dict[str, tuple[float, int]] = {}
 
     def cb(label: str, done: int, total: int) -> None:
         now = time.time()
-        first.setdefault(label, now)
+        t0, d0 = first.setdefault(label, (now, done))  # the rate counts from the first report
         if done >= total or now - last.get(label, 0) > 20:
             last[label] = now
-            rate = done / max(1e-9, now - first[label])
-            log(f"  {label}: {done}/{total} ({rate:.2f}/s)")
+            rate = f"{(done - d0) / (now - t0):.2f}/s" if now > t0 and done > d0 else "…"
+            log(f"  {label}: {done}/{total} ({rate})")
 
     return cb
 
