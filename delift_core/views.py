@@ -1,5 +1,6 @@
 """Views of a selection that are not tied to any UI: gain curve, heatmap ordering and
-down-sampling, selection comparison, per-sample explanations and work estimates.
+down-sampling, selection comparison and per-sample explanations (work estimates and measured
+speeds are in :mod:`delift_core.estimates`).
 
 The studio draws these; the CLI or a notebook can use them as they are.
 """
@@ -16,7 +17,6 @@ import pandas as pd
 from .cover import best_cover
 from .data import Dataset
 from .matrices import block, is_sparse
-from .utility import DEFAULT_EXAMPLE_TEMPLATE, DEFAULT_PLAIN_TEMPLATE
 
 if TYPE_CHECKING:  # selection imports views' neighbours; the type is only for annotations
     from .selection import Selection
@@ -255,111 +255,3 @@ def explain(selection: "Selection", row_id: str, top: int = 5) -> Explanation:
     return out
 
 
-# ----------------------------------------------------------------------------------------------
-# Work estimates
-
-
-@dataclass
-class WorkEstimate:
-    """What a kernel computation will do: per stage, units (forward passes or texts) and tokens."""
-
-    kind: str
-    stages: list[tuple[str, int, int]]
-
-    @property
-    def units(self) -> int:
-        return sum(u for _, u, _ in self.stages)
-
-    @property
-    def tokens(self) -> int:
-        return sum(t for _, _, t in self.stages)
-
-    def seconds(self, tokens_per_second: float | None) -> float | None:
-        return self.tokens / tokens_per_second if tokens_per_second else None
-
-
-def _chars(ds: Dataset) -> np.ndarray:
-    return np.array([len(p) + len(r) for p, r in zip(ds.prompts, ds.responses)], float)
-
-
-def estimate_work(pool: Dataset, *, target: Dataset | None = None,
-                  existing: Dataset | None = None, kind: str = "utility",
-                  chars_per_token: float = 4.0,
-                  plain_template: str = DEFAULT_PLAIN_TEMPLATE,
-                  example_template: str = DEFAULT_EXAMPLE_TEMPLATE,
-                  neighbours: int | None = None, neighbour_random: int = 4) -> WorkEstimate:
-    """Forward passes (utility: one per pair plus one plain pass per row; embedding: one per
-    text) and approximate tokens (``chars_per_token``), with the labels ``compute_kernels``
-    reports progress under. With ``neighbours`` (a sparse kernel) each row is paired with at most
-    ``neighbours + neighbour_random`` columns (the quick embedding that finds them is left out)."""
-    stages: list[tuple[str, int, int]] = []
-    if kind == "embedding":
-        for label, ds in (("pool", pool), ("target", target), ("existing", existing)):
-            if ds is not None:
-                stages.append((f"embedding {label}", len(ds),
-                               int(_chars(ds).sum() / chars_per_token)))
-        return WorkEstimate(kind, stages)
-    tpl_plain, tpl_ex = len(plain_template) - 8, len(example_template) - 40
-
-    def pairs(label: str, rows: Dataset, cols: Dataset) -> None:
-        cr, cc = _chars(rows), _chars(cols)
-        n_r, n_c = len(rows), len(cols)
-        per_row = n_c if not neighbours else min(n_c, neighbours + neighbour_random)
-        share = per_row / max(n_c, 1)  # pairs kept, spread evenly over rows and columns
-        chars = (share * (n_r * n_c * tpl_ex + n_c * cr.sum() + n_r * cc.sum())
-                 + n_r * tpl_plain + cr.sum())
-        stages.append((f"utility {label}", n_r * per_row + n_r, int(chars / chars_per_token)))
-
-    pairs("pool", pool, pool)
-    if target is not None:
-        pairs("target", target, pool)
-    if existing is not None:
-        pairs("existing", pool, existing)
-    return WorkEstimate(kind, stages)
-
-
-def stored_passes(estimate: WorkEstimate, pool: Dataset, *, target: Dataset | None = None,
-                  existing: Dataset | None = None, model: str | None = None,
-                  dtype: str | None = "float32", sparse: bool = False,
-                  settings: Any = None) -> int:
-    """How many of a utility ``estimate``'s passes the pair store already holds (see
-    :func:`delift_core.utility.stored_pairs`): exact for a dense kernel; for a sparse one an upper
-    bound (the stored pairs among the rows, at most each stage's passes), because which pairs a
-    sparse kernel takes is known only after the embeddings."""
-    from .utility import stored_pairs
-
-    units = {label: u for label, u, _ in estimate.stages}
-    total = 0
-    for label, rows, cols in (("utility pool", pool, pool), ("utility target", target, pool),
-                              ("utility existing", pool, existing)):
-        if rows is None or cols is None or label not in units:
-            continue
-        pairs, plain = stored_pairs(rows, cols, dtype=dtype or "float32", model=model or None,
-                                    settings=settings)
-        total += min(units[label], pairs + plain) if sparse else pairs + plain
-    return total
-
-
-# Estimated tokens per second of the utility kernel on a 2-core CPU (AMD EPYC Zen 4): the demo
-# pool's sparse K = 16 run (estimate_work: 546,778 tokens) took 421 s in float32 and 154 s in
-# bfloat16 (benchmarks/bench_end_to_end.py, benchmarks/README.md). A first guess only, until a
-# machine has measured its own speed.
-CPU_TOKENS_PER_S = {"float32": 1300.0, "bfloat16": 3500.0}
-
-
-def utility_time_guess(estimate: "WorkEstimate", dtype: str | None = "float32") -> float | None:
-    """Seconds a utility kernel of ``estimate`` would take at the benchmark CPU's speed."""
-    rate = CPU_TOKENS_PER_S.get(str(dtype or "float32"))
-    return estimate.seconds(rate) if rate else None
-
-
-def format_seconds(seconds: float | None) -> str:
-    """'42 s', '3 min 5 s', '1 h 20 min' (or 'unknown')."""
-    if seconds is None or not np.isfinite(seconds):
-        return "unknown"
-    s = int(round(seconds))
-    if s < 60:
-        return f"{s} s"
-    if s < 3600:
-        return f"{s // 60} min {s % 60} s"
-    return f"{s // 3600} h {(s % 3600) // 60} min"

@@ -8,8 +8,9 @@ from delift_core import objectives as registry
 from delift_core import plan
 from delift_core.kernels import DEFAULT_TARGET_DIRECTION, TARGET_DIRECTIONS
 from delift_core.models import DEFAULT_MODEL, PACKAGED_MODELS
-from delift_core.views import estimate_work, format_seconds, stored_passes, utility_time_guess
-from studio import jobs, state, ui
+from delift_core.estimates import (estimate_seconds, estimate_work, format_seconds, speed_key,
+                                   stored_passes, utility_time_guess)
+from studio import state, ui
 
 ui.setup("Model & kernel", "🧮")
 s = state.ss()
@@ -116,17 +117,20 @@ m1, m2, m3 = st.columns(3)
 unit = "forward passes" if kind == "utility" else "texts to embed"
 m1.metric(f"{unit.capitalize()}", f"{est.units:,}")
 m2.metric("Tokens (about)", f"{est.tokens:,}")
-rate = (jobs.job_registry().rates.get(jobs.rate_key({"kind": kind, "dtype": dtype,
-                                                     "neighbours": neighbours}))
-        if kind == "utility" else None)
+seconds, speed_source = (estimate_seconds(est, speed_key("utility", dtype, bool(neighbours),
+                                                          state.resolve_device().type), dtype)
+                         if kind == "utility" else (None, "unknown"))
 if kind != "utility":
     m3.metric("Time (about)", "seconds")
-elif rate:
-    m3.metric("Time (about)", format_seconds(est.seconds(rate)),
-              help="From this machine's measured speed on an earlier utility kernel.")
-elif on_cpu:
-    m3.metric("Time (about)", format_seconds(utility_time_guess(est, dtype)),
-              help="From the speed measured on a 2-core CPU (benchmarks/README.md); replaced by "
+elif speed_source == "measured":
+    m3.metric("Time (about)", format_seconds(seconds),
+              help="From this machine's measured speed on its latest utility kernels (CLI or "
+                   "studio) of this precision and kind; the model's loading time is not "
+                   "included.")
+elif speed_source == "guess":
+    m3.metric("Time (about)", format_seconds(seconds),
+              help="A first guess from the speed measured on a quiet 2-core CPU "
+                   "(benchmarks/README.md): a busy or slower machine takes longer. Replaced by "
                    "this machine's own speed after a first utility kernel.")
 else:
     m3.metric("Time (about)", "—",

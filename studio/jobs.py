@@ -20,7 +20,7 @@ from delift_core import (Dataset, DeliftError, Kernels, KernelCancelled, compute
 from delift_core.evaluation import EvalSettings, EvaluationCancelled, Subset, evaluate
 from delift_core.kernels import DEFAULT_TARGET_DIRECTION
 from delift_core.plan import engine_kind
-from delift_core.views import WorkEstimate
+from delift_core.estimates import WorkEstimate
 
 
 @dataclass(kw_only=True)
@@ -181,12 +181,11 @@ J = TypeVar("J", bound=Job)
 
 
 class JobRegistry:
-    """Jobs by session id and kind, and measured speeds (tokens per second) by kernel kind."""
+    """Jobs by session id and kind (measured speeds are kept on disk: delift_core.estimates)."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.jobs: dict[tuple[str, str], Job] = {}
-        self.rates: dict[str, float] = {}
 
     def get(self, session: str, kind: str = KernelJob.KIND) -> Any:
         """The session's job of ``kind`` ("kernel" or "evaluation"), running or finished."""
@@ -212,23 +211,6 @@ class JobRegistry:
         for sid in [s for s, j in self.jobs.items()
                     if not j.running and j.finished and now - j.finished > max_age]:
             del self.jobs[sid]
-
-    def record_rate(self, job: KernelJob) -> None:
-        """Remember how fast this machine computed a fresh kernel, for later estimates."""
-        meta = job.result.meta if job.result is not None else {}
-        pool = meta.get("pool") if isinstance(meta.get("pool"), dict) else None
-        if job.config["kind"] != "utility" or not pool or pool.get("pairs_reused") \
-                or pool.get("backend") == "ray":  # a rate of fresh, single-process work only
-            return
-        secs = float(meta.get("seconds") or 0)
-        if secs > 0.5:
-            self.rates[rate_key(job.config)] = job.estimate.tokens / secs
-
-
-def rate_key(config: dict) -> str:
-    """Measured speeds are kept per kernel kind, model precision and full/sparse kernel."""
-    return (f"{config['kind']}-{config.get('dtype') or 'float32'}-"
-            f"{'sparse' if config.get('neighbours') else 'full'}")
 
 
 @st.cache_resource

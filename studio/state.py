@@ -237,7 +237,7 @@ def kernel_inputs(stage: str, kind: str, limit: int) -> plan.KernelInputs:
 def start_kernel_job(config: dict, pool: Dataset, target: Dataset | None,
                      existing: Dataset | None) -> jobs.KernelJob:
     """Start computing kernels for this session in a background thread."""
-    from delift_core.views import estimate_work
+    from delift_core.estimates import estimate_work
 
     est = estimate_work(pool, target=target, existing=existing,
                         kind=plan.engine_kind(config["kind"]), neighbours=config.get("neighbours"))
@@ -268,7 +268,6 @@ def adopt_finished_job() -> None:
     if job is None or job.status != "done" or job.adopted:
         return
     job.adopted = True
-    jobs.job_registry().record_rate(job)
     set_kernels(job.result, job.config, job.pool, job.target, job.existing)
 
 

@@ -11,7 +11,8 @@ from typing import Any
 import streamlit as st
 
 from delift_core import Dataset, Selection
-from delift_core.views import explain, format_seconds
+from delift_core.estimates import format_seconds
+from delift_core.views import explain
 
 from . import state
 

@@ -186,7 +186,7 @@ def test_the_cli_refuses_ray_options_without_the_ray_backend(capsys, tmp_path):
 
 def test_the_estimate_says_how_many_passes_are_stored(tiny_llama, tmp_path, monkeypatch):
     from delift_core.data import load_dataset
-    from delift_core.views import estimate_work, stored_passes
+    from delift_core.estimates import estimate_work, stored_passes
 
     monkeypatch.setenv("DELIFT_CACHE_DIR", str(tmp_path))
     demo = load_dataset("demo:pool")

@@ -1,0 +1,202 @@
+"""Work estimates of a kernel computation, and the speeds this machine measured, kept on disk.
+
+:func:`estimate_work` counts what a kernel computation does (forward passes or texts, and about
+how many tokens). Every fresh single-process utility kernel, from the CLI, the API or the studio,
+records the speed it ran at (:func:`record_speed`, in ``<cache>/speeds.json``), by model
+precision, full or sparse kernel and device; :func:`estimate_seconds` divides an estimate's tokens
+by the latest measured speeds, and falls back on the benchmark CPU's speed (labelled as a guess)
+before a first run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .data import Dataset
+from .utility_settings import DEFAULT_EXAMPLE_TEMPLATE, DEFAULT_PLAIN_TEMPLATE
+
+__all__ = ["WorkEstimate", "estimate_work", "stored_passes", "CPU_TOKENS_PER_S",
+           "utility_time_guess", "format_seconds", "speed_key", "record_speed",
+           "measured_speed", "estimate_seconds", "SPEEDS_FILE"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkEstimate:
+    """What a kernel computation will do: per stage, units (forward passes or texts) and tokens."""
+
+    kind: str
+    stages: list[tuple[str, int, int]]
+
+    @property
+    def units(self) -> int:
+        return sum(u for _, u, _ in self.stages)
+
+    @property
+    def tokens(self) -> int:
+        return sum(t for _, _, t in self.stages)
+
+    def seconds(self, tokens_per_second: float | None) -> float | None:
+        return self.tokens / tokens_per_second if tokens_per_second else None
+
+
+def _chars(ds: Dataset) -> np.ndarray:
+    return np.array([len(p) + len(r) for p, r in zip(ds.prompts, ds.responses)], float)
+
+
+def estimate_work(pool: Dataset, *, target: Dataset | None = None,
+                  existing: Dataset | None = None, kind: str = "utility",
+                  chars_per_token: float = 4.0,
+                  plain_template: str = DEFAULT_PLAIN_TEMPLATE,
+                  example_template: str = DEFAULT_EXAMPLE_TEMPLATE,
+                  neighbours: int | None = None, neighbour_random: int = 4) -> WorkEstimate:
+    """Forward passes (utility: one per pair plus one plain pass per row; embedding: one per
+    text) and approximate tokens (``chars_per_token``), with the labels ``compute_kernels``
+    reports progress under. With ``neighbours`` (a sparse kernel) each row is paired with at most
+    ``neighbours + neighbour_random`` columns (the quick embedding that finds them is left out)."""
+    stages: list[tuple[str, int, int]] = []
+    if kind == "embedding":
+        for label, ds in (("pool", pool), ("target", target), ("existing", existing)):
+            if ds is not None:
+                stages.append((f"embedding {label}", len(ds),
+                               int(_chars(ds).sum() / chars_per_token)))
+        return WorkEstimate(kind, stages)
+    tpl_plain, tpl_ex = len(plain_template) - 8, len(example_template) - 40
+
+    def pairs(label: str, rows: Dataset, cols: Dataset) -> None:
+        cr, cc = _chars(rows), _chars(cols)
+        n_r, n_c = len(rows), len(cols)
+        per_row = n_c if not neighbours else min(n_c, neighbours + neighbour_random)
+        share = per_row / max(n_c, 1)  # pairs kept, spread evenly over rows and columns
+        chars = (share * (n_r * n_c * tpl_ex + n_c * cr.sum() + n_r * cc.sum())
+                 + n_r * tpl_plain + cr.sum())
+        stages.append((f"utility {label}", n_r * per_row + n_r, int(chars / chars_per_token)))
+
+    pairs("pool", pool, pool)
+    if target is not None:
+        pairs("target", target, pool)
+    if existing is not None:
+        pairs("existing", pool, existing)
+    return WorkEstimate(kind, stages)
+
+
+def stored_passes(estimate: WorkEstimate, pool: Dataset, *, target: Dataset | None = None,
+                  existing: Dataset | None = None, model: str | None = None,
+                  dtype: str | None = "float32", sparse: bool = False,
+                  settings: Any = None) -> int:
+    """How many of a utility ``estimate``'s passes the pair store already holds (see
+    :func:`delift_core.utility.stored_pairs`): exact for a dense kernel; for a sparse one an upper
+    bound (the stored pairs among the rows, at most each stage's passes), because which pairs a
+    sparse kernel takes is known only after the embeddings."""
+    from .utility import stored_pairs
+
+    units = {label: u for label, u, _ in estimate.stages}
+    total = 0
+    for label, rows, cols in (("utility pool", pool, pool), ("utility target", target, pool),
+                              ("utility existing", pool, existing)):
+        if rows is None or cols is None or label not in units:
+            continue
+        pairs, plain = stored_pairs(rows, cols, dtype=dtype or "float32", model=model or None,
+                                    settings=settings)
+        total += min(units[label], pairs + plain) if sparse else pairs + plain
+    return total
+
+
+# Estimated tokens per second of the utility kernel on a 2-core CPU (AMD EPYC Zen 4): the demo
+# pool's sparse K = 16 run (estimate_work: 546,778 tokens) took 421 s in float32 and 154 s in
+# bfloat16 (benchmarks/bench_end_to_end.py, benchmarks/README.md). A first guess only, until a
+# machine has measured its own speed.
+CPU_TOKENS_PER_S = {"float32": 1300.0, "bfloat16": 3500.0}
+
+
+def utility_time_guess(estimate: "WorkEstimate", dtype: str | None = "float32") -> float | None:
+    """Seconds a utility kernel of ``estimate`` would take at the benchmark CPU's speed."""
+    rate = CPU_TOKENS_PER_S.get(str(dtype or "float32"))
+    return estimate.seconds(rate) if rate else None
+
+
+def format_seconds(seconds: float | None) -> str:
+    """'42 s', '3 min 5 s', '1 h 20 min' (or 'unknown')."""
+    if seconds is None or not np.isfinite(seconds):
+        return "unknown"
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60} s"
+    return f"{s // 3600} h {(s % 3600) // 60} min"
+
+
+SPEEDS_FILE = "speeds.json"
+"""Measured speeds, in the DELIFT cache folder: key -> the last few runs' tokens per second."""
+_KEEP = 5
+
+
+def _speeds_path() -> Path:
+    from .models import cache_dir
+
+    return cache_dir() / SPEEDS_FILE
+
+
+def _read_speeds() -> dict[str, list[dict[str, Any]]]:
+    try:
+        data = json.loads(_speeds_path().read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # none yet, or damaged: estimates fall back on the guess
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def speed_key(kind: str, dtype: str | None, sparse: bool, device: str = "cpu") -> str:
+    """Speeds are kept per kernel kind, model precision, full/sparse kernel and device type."""
+    return f"{kind}-{dtype or 'float32'}-{'sparse' if sparse else 'full'}-{device}"
+
+
+def record_speed(key: str, tokens: int, seconds: float) -> float | None:
+    """Record a run of ``tokens`` (its :func:`estimate_work` tokens) in ``seconds``; returns the
+    speed, or None for runs too short to time. Written atomically; a failed write only logs."""
+    if seconds < 0.5 or tokens <= 0:
+        return None
+    speed = tokens / seconds
+    data = _read_speeds()
+    runs = [r for r in data.get(key, []) if isinstance(r, dict)][-(_KEEP - 1):]
+    runs.append({"tokens_per_s": round(speed, 3), "tokens": int(tokens),
+                 "seconds": round(seconds, 3), "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    data[key] = runs
+    path = _speeds_path()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as e:
+        logger.warning("could not record the kernel speed in %s: %s", path, e)
+    return speed
+
+
+def measured_speed(key: str) -> float | None:
+    """Tokens per second this machine measured for ``key``: the median of the last 3 runs."""
+    runs = [r.get("tokens_per_s") for r in _read_speeds().get(key, [])[-3:]
+            if isinstance(r, dict)]
+    runs = [float(x) for x in runs if isinstance(x, (int, float)) and x > 0]
+    return statistics.median(runs) if runs else None
+
+
+def estimate_seconds(estimate: WorkEstimate, key: str, dtype: str | None = "float32"
+                     ) -> tuple[float | None, str]:
+    """(seconds, where the speed comes from): ``"measured"`` on this machine, ``"guess"`` (the
+    benchmark CPU's speed, CPU only) or ``"unknown"``."""
+    speed = measured_speed(key)
+    if speed:
+        return estimate.seconds(speed), "measured"
+    if key.endswith("-cpu"):
+        return utility_time_guess(estimate, dtype), "guess"
+    return None, "unknown"

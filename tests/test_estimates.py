@@ -1,0 +1,76 @@
+"""Time estimates from this machine's measured speeds (delift_core.estimates).
+
+Every fresh single-process utility kernel records its speed in the cache folder; estimates use
+the median of the latest three; a kernel read from the pair store records nothing (it measures
+the store, not the engine); a damaged speeds file falls back on the labelled guess.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from delift_core import compute_kernels, load_dataset
+from delift_core.estimates import (SPEEDS_FILE, estimate_seconds, estimate_work, measured_speed,
+                                   record_speed, speed_key, utility_time_guess)
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("DELIFT_CACHE_DIR", str(tmp_path))
+    return tmp_path
+
+
+def test_the_estimate_uses_the_median_of_the_latest_three_measured_speeds(cache: Path) -> None:
+    pool = load_dataset("demo:pool").subset(range(6))
+    est = estimate_work(pool, kind="utility")
+    key = speed_key("utility", "float32", False, "cpu")
+    seconds, source = estimate_seconds(est, key)
+    assert source == "guess" and seconds == pytest.approx(utility_time_guess(est, "float32"))
+    for speed in (1000.0, 100.0, 400.0, 200.0):  # tokens per second, as 10,000 tokens in t s
+        assert record_speed(key, 10_000, 10_000 / speed) == pytest.approx(speed)
+    assert measured_speed(key) == pytest.approx(200.0)  # median of 100, 400, 200
+    seconds, source = estimate_seconds(est, key)
+    assert source == "measured" and seconds == pytest.approx(est.tokens / 200.0)
+    # other precisions and kinds keep their own speeds; a GPU without a record says unknown
+    assert estimate_seconds(est, speed_key("utility", "bfloat16", False, "cpu"))[1] == "guess"
+    assert estimate_seconds(est, speed_key("utility", "float32", True, "cuda")) == (None,
+                                                                                   "unknown")
+    runs = json.loads((cache / SPEEDS_FILE).read_text())[key]
+    assert len(runs) == 4 and runs[-1]["tokens"] == 10_000
+    assert record_speed(key, 10_000, 0.1) is None  # too short to time
+    for _ in range(6):
+        record_speed(key, 10_000, 20.0)
+    assert len(json.loads((cache / SPEEDS_FILE).read_text())[key]) == 5  # the last five kept
+
+
+def test_a_damaged_speeds_file_falls_back_on_the_guess(cache: Path) -> None:
+    (cache / SPEEDS_FILE).write_text("{not json")
+    est = estimate_work(load_dataset("demo:pool").subset(range(4)), kind="utility")
+    key = speed_key("utility", "float32", False, "cpu")
+    assert estimate_seconds(est, key)[1] == "guess"
+    record_speed(key, 5_000, 5.0)  # and the next record writes a good file
+    assert measured_speed(key) == pytest.approx(1000.0)
+
+
+def test_a_fresh_utility_kernel_records_its_speed_and_a_stored_one_does_not(
+        cache: Path, tiny_llama, monkeypatch: pytest.MonkeyPatch) -> None:
+    import delift_core.estimates as estimates
+
+    calls: list[tuple] = []
+    monkeypatch.setattr(estimates, "record_speed", lambda *a: calls.append(a))
+    pool = load_dataset("demo:pool").subset(range(5))
+    k = compute_kernels(pool, kind="utility", lm=tiny_llama)
+    assert calls == [(speed_key("utility", "float32", False, "cpu"),
+                      estimate_work(pool, kind="utility").tokens, k.meta["seconds"])]
+    again = compute_kernels(pool, kind="utility", lm=tiny_llama)  # from the pair store
+    assert again.meta["pool"]["pairs_computed"] == 0 and len(calls) == 1
+    sparse = compute_kernels(load_dataset("demo:pool").subset(range(5, 12)), kind="utility",
+                             lm=tiny_llama, neighbours=2, neighbour_random=1)
+    assert calls[-1][0] == speed_key("utility", "float32", True, "cpu")
+    assert calls[-1][1] == estimate_work(load_dataset("demo:pool").subset(range(5, 12)),
+                                         kind="utility", neighbours=2,
+                                         neighbour_random=1).tokens
+    assert calls[-1][2] == sparse.meta["seconds"]
