@@ -44,6 +44,23 @@ def map_frame(method: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+# The map's inputs are slow only the first time (the embedder loads, every sample is embedded,
+# UMAP compiles). Tabs render all at once, so a spinner inside the map tab is invisible from the
+# heatmap tab: do that work here, above the tabs, with its steps shown.
+prep_key = (pool.text_sha256, s["p_embedder"], s.get("p_map_method", "umap"),
+            tuple(s[f"kernel_{r}"].text_sha256 for r in ("target", "existing")
+                  if s[f"kernel_{r}"] is not None))
+if s.get("_explore_prepared") != prep_key:
+    with st.status("Preparing the embedding map (first open only) …", expanded=True) as status:
+        st.write(f"Embedding the {len(pool):,} samples with {s['p_embedder']} …")
+        state.embeddings(pool)
+        method0 = s.get("p_map_method", "umap")
+        st.write(f"Projecting with {method0.upper()}"
+                 + (" (the first UMAP run compiles, about 20 s) …" if method0 == "umap" else " …"))
+        map_frame(method0)
+        status.update(label="Embedding map ready", state="complete", expanded=False)
+    s["_explore_prepared"] = prep_key
+
 tab_heat, tab_map, tab_cmp, tab_explain = st.tabs(
     ["Utility heatmap", "Embedding map", "Compare selections", "Explain a sample"])
 

@@ -342,6 +342,15 @@ def test_explore_heatmap_map_compare_and_explain() -> None:
     at = ready()
     at.session_state["p_map_method"] = "umap"
     goto(at, "4_Explore")
+    # the first open prepares the map above the tabs, with its steps shown; later opens do not
+    def statuses() -> list:
+        return [x for x in at.main if type(x).__name__ == "Status"]
+
+    first = statuses()
+    assert first and first[0].label == "Embedding map ready"
+    assert "Embedding the 240 samples" in " ".join(m.value for m in first[0].markdown)
+    at.run()
+    assert not statuses()
     charts = at.get("plotly_chart")
     assert len(charts) >= 2  # heatmap and map
     assert any("Showing 160 of 240 rows" in x for x in texts(at.info))  # sampled, with notice
