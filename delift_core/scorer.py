@@ -96,7 +96,7 @@ class Scorer:
     in a queue, so the vocabulary head runs on many of them at once.
     """
 
-    head_rows = 1024  # scored positions per head call: large enough for an efficient matmul
+    head_rows = 1024  # at most this many scored positions per head matmul
     vocab_chunk = 2048  # logits computed a vocabulary slice at a time, small enough to stay in cache
     prefix_batch = 8  # prefixes run together, their suffixes batched across them by length
 
@@ -282,8 +282,9 @@ class Scorer:
         predicts the first scored token is always in the suffix. Up to ``prefix_batch`` prefixes
         run together (left-padded) and their suffixes are batched across them by length (less
         padding, larger batches); with chunked local attention each prefix runs on its own.
-        ``on_done(n)`` reports sequences whose forward pass is done, batch by batch (the head
-        scores them in fixed batches of ``head_rows`` positions, at the latest when the call ends).
+        ``on_done(n)`` reports sequences once they are scored: the head scores each body batch
+        as soon as it is done (in pieces of at most ``head_rows`` positions), so progress counts
+        finished work, head included, and moves every body batch.
         """
         out = np.empty(len(suffixes))
         pending: list[tuple[torch.Tensor, torch.Tensor, list[int]]] = []
@@ -299,16 +300,17 @@ class Scorer:
                 for k in members:
                     out[k] = response_distance(p[start: start + n_scored[k]])
                     start += n_scored[k]
+            if on_done:  # scored, head included: the bar never waits at 100 % for the head
+                on_done(sum(len(members) for _, _, members in pending))
             pending, n_pending = [], 0
 
         def queue(hidden: torch.Tensor, targets: torch.Tensor, idx: list[int]) -> None:
             nonlocal n_pending
             pending.append((hidden, targets, idx))
             n_pending += hidden.shape[0]
-            if on_done:  # progress per body batch (the bulk of the work), not per head batch,
-                on_done(len(idx))  # so it moves every few seconds; head batches stay fixed-size
-            if n_pending >= self.head_rows:  # (the values' last bits depend on the grouping)
-                flush()
+            # each body batch is scored at once: the grouping (on which the values' last bits
+            # depend) follows the work order only, never the machine's speed
+            flush()
 
         for g0 in range(0, len(groups), self.prefix_batch):
             chunk = groups[g0: g0 + self.prefix_batch]

@@ -232,3 +232,26 @@ def test_a_token_outside_the_output_layer_is_a_clear_error(tiny_llama):
     assert torch.allclose(p, torch.full((2,), 1.0 / vocab))  # zero hidden state: uniform
     with pytest.raises(ValueError, match="outside the model's output layer"):
         scorer.p_true(hidden, torch.tensor([0, vocab]))
+
+
+def test_progress_counts_only_scored_pairs_so_the_bar_never_waits_for_the_head(
+        tiny_llama, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each progress report comes after the head has scored the batch it reports (the bar used
+    to reach 100 % and then wait for the last head batch); every sequence is reported once."""
+    heads: list[int] = []
+    real = Scorer.p_true
+
+    def counted(self, hidden, targets):
+        heads.append(hidden.shape[0])
+        return real(self, hidden, targets)
+
+    monkeypatch.setattr(Scorer, "p_true", counted)
+    reports: list[tuple[int, int]] = []  # (head calls so far, done)
+    rows = Texts([f"question {k} about {'x' * k}" for k in range(6)],
+                 [f"answer {k}" for k in range(6)])
+    uk = UtilityKernel(tiny_llama, UtilitySettings(batch_size=4), use_cache=False)
+    uk.compute(rows, rows, progress=lambda done, total: reports.append((len(heads), done)))
+    assert reports[-1][1] == 6 * 6 + 6
+    calls = [h for h, _ in reports]
+    assert all(c >= 1 for c in calls) and calls == sorted(calls)
+    assert len(set(calls)) == len(calls)  # a head call before each report: scored, not queued
