@@ -6,6 +6,7 @@ checks the downloaded subset, and saves a screenshot of every page to ``test-art
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -15,6 +16,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -37,19 +39,26 @@ def free_port() -> int:
 @pytest.fixture
 def server():
     """A headless Streamlit server on a free localhost port (no usage statistics)."""
+    with streamlit_server(dict(os.environ), "streamlit.log") as url:
+        yield url
+
+
+@contextlib.contextmanager
+def streamlit_server(env: dict[str, str], log_name: str) -> Iterator[str]:
+    """Run ``streamlit run app.py`` with ``env`` until the block ends; yields its URL."""
     port = free_port()
     ARTIFACTS.mkdir(exist_ok=True)
-    log = open(ARTIFACTS / "streamlit.log", "w")
+    log = open(ARTIFACTS / log_name, "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
          "--server.address", "127.0.0.1", "--server.headless", "true",
          "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(240):
             if proc.poll() is not None:
-                pytest.fail(f"streamlit exited early; see {ARTIFACTS / 'streamlit.log'}")
+                pytest.fail(f"streamlit exited early; see {ARTIFACTS / log_name}")
             try:
                 with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
                     if r.read().strip() == b"ok":
@@ -243,3 +252,101 @@ def test_report_opens_in_chromium_without_errors(tmp_path: Path) -> None:
             assert errors == [], errors
         finally:
             browser.close()
+
+
+def _seconds(text: str) -> float:
+    """Seconds from format_seconds' text ('42 s', '3 min 5 s', '1 h 20 min')."""
+    units = {"h": 3600, "min": 60, "s": 1}
+    found = re.findall(r"(\d+) (h|min|s)\b", text)
+    assert found, f"no duration in {text!r}"
+    return float(sum(int(n) * units[u] for n, u in found))
+
+
+@pytest.mark.slow
+@pytest.mark.real_cache
+def test_utility_kernel_estimate_and_progress_in_chromium(tmp_path: Path) -> None:
+    """The Kernel page's time estimate for a small utility kernel is within 2x of the time it
+    then takes, and its progress bar moves every few seconds.
+
+    A first 4-row kernel measures this machine (its speed is recorded in the cache folder, as
+    every fresh utility kernel's is); the estimate for the 8-row kernel comes from that speed and
+    the 8-row kernel's work, and is compared with the 8-row kernel's own measured time."""
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's Chromium")
+    from playwright.sync_api import sync_playwright
+
+    from delift_core.models import cache_dir
+
+    (cache_dir() / "models").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "models").symlink_to(cache_dir() / "models")  # the dequantised model, reused
+    env = dict(os.environ, DELIFT_CACHE_DIR=str(tmp_path))  # a fresh pair store and speeds
+    with streamlit_server(env, "streamlit-utility.log") as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(SLOW_MS)
+            page.goto(url)
+            idle(page)
+            nav(page, "Data")
+            page.get_by_role("button", name="Load the demo data").click()
+            page.get_by_text("Demo data loaded").wait_for()
+            idle(page)
+            nav(page, "Kernel")
+            page.get_by_text("DELIFT (model utility)").first.click()
+            idle(page)
+            rows = page.locator('input[aria-label^="Use the first N rows of the pool"]')
+
+            passes = page.locator('[data-testid="stMetric"]', has_text="Forward passes")
+
+            passes.wait_for()  # the utility kernel's estimate is shown
+
+            def set_rows(n: int) -> None:
+                """Type N, commit it, and wait until the estimate is for N rows (n² + n passes);
+                typed again if a rerun that was still running replaced the input."""
+                want = passes.locator('[data-testid="stMetricValue"]',
+                                      has_text=re.compile(rf"^{n * n + n}$"))
+                for _ in range(5):
+                    idle(page)
+                    rows.fill(str(n))
+                    rows.press("Enter")
+                    try:
+                        want.wait_for(timeout=15_000)
+                        break
+                    except Exception:  # noqa: BLE001 - playwright's TimeoutError: type again
+                        continue
+                want.wait_for(timeout=1_000)
+                idle(page)
+
+            set_rows(4)
+            page.get_by_role("button", name="Compute the kernel").click()
+            try:
+                page.get_by_text(re.compile(r"Kernel ready: .* on 4 rows")).wait_for()
+            finally:
+                page.screenshot(path=str(ARTIFACTS / "2_kernel_utility_first.png"))
+            idle(page)
+            set_rows(8)
+            metric = page.locator('[data-testid="stMetric"]', has_text="Time (about)")
+            estimate = _seconds(metric.locator('[data-testid="stMetricValue"]').inner_text())
+            page.get_by_role("button", name="Compute the kernel").click()
+            ready = page.get_by_text(re.compile(r"Kernel ready: .* on 8 rows"))
+            seen: list[tuple[float, int]] = []
+            t0 = time.time()
+            while not ready.is_visible():
+                bar = page.locator('[data-testid="stProgress"]')
+                if bar.count():
+                    m = re.search(r"utility pool: (\d+) / (\d+)", bar.first.inner_text())
+                    if m and (not seen or int(m.group(1)) != seen[-1][1]):
+                        seen.append((time.time() - t0, int(m.group(1))))
+                assert time.time() - t0 < 900, "the 8-row kernel did not finish in 15 min"
+                page.wait_for_timeout(250)
+            measured = float(re.search(r"\(([\d.]+) s\)", ready.inner_text()).group(1))
+            page.screenshot(path=str(ARTIFACTS / "2_kernel_utility.png"))
+        finally:
+            browser.close()
+    (ARTIFACTS / "utility_estimate.json").write_text(json.dumps(
+        {"estimate_s": estimate, "measured_s": measured, "progress": seen}, indent=1))
+    assert 0.5 <= estimate / measured <= 2.0, (estimate, measured)
+    counts = [d for _, d in seen]
+    assert len(set(counts)) >= 3 and counts == sorted(counts), seen  # it moved, forwards only
+    gaps = [b[0] - a[0] for a, b in zip(seen, seen[1:])]
+    assert max(gaps) <= 10.0, seen  # the bar moves at least every 10 s on a 2-core machine
