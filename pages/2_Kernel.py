@@ -120,6 +120,11 @@ m2.metric("Tokens (about)", f"{est.tokens:,}")
 seconds, speed_source = (estimate_seconds(est, speed_key("utility", dtype, bool(neighbours),
                                                           state.resolve_device().type), dtype)
                          if kind == "utility" else (None, "unknown"))
+stored = (stored_passes(est, run_pool, target=run_target, existing=run_existing,
+                        model=s["p_model"], dtype=dtype, sparse=bool(neighbours))
+          if kind == "utility" else 0)
+if seconds is not None and est.units:  # only the passes the pair store lacks take time
+    seconds *= max(0, est.units - stored) / est.units
 if kind != "utility":
     m3.metric("Time (about)", "seconds")
 elif speed_source == "measured":
@@ -138,12 +143,11 @@ else:
 st.caption(" · ".join(f"{label}: {u:,} {unit}, ~{t:,} tokens" for label, u, t in est.stages)
            + (" · cached results are reused, so the same inputs never compute twice." ))
 if kind == "utility":
-    stored = stored_passes(est, run_pool, target=run_target, existing=run_existing,
-                           model=s["p_model"], dtype=dtype, sparse=bool(neighbours))
     if stored:
         st.caption(f"{'Up to ' if neighbours else ''}{stored:,} of these {est.units:,} passes "
                    "are already in the pair store (earlier kernels of the same rows, model and "
-                   "precision): only the rest is computed.")
+                   "precision): only the rest is computed, and the time above counts only "
+                   "the rest.")
 if kind == "utility" and on_cpu and est.units > 2000:
     cheaper = ("lower N or K, use bfloat16, or use DELIFT-SE" if neighbours else
                "lower N, use a sparse kernel, or use DELIFT-SE")
