@@ -98,7 +98,19 @@ SMALL = {"p3_template_sizes": [8, 6, 4, 2], "gsm8k_pool": 5, "code_pool": 3,
 10-13 on 2 cores; a 8 x 100-token forward of the 270M model took 17 s on one thread, 34 s on
 two), so the planned sizes (SETTINGS) were out of reach; bfloat16 was slower than float32 there."""
 
-PROFILES = {"planned": {}, "small": SMALL, "dry": DRY}
+MEDIUM = {"p3_template_sizes": [16, 10, 6, 4, 2], "gsm8k_pool": 10, "code_pool": 8,
+          "near_duplicates": 4, "p3_test_per_template": 2, "gsm8k_test_stage1": 3,
+          "code_test": 2, "budgets": [0.05, 0.10, 0.30], "dtype": "float32",
+          "stages": ["stage1"], "lora_budgets": [0.30], "lora_random_seeds": [0, 1, 2],
+          "lora_epochs": 2}
+"""Fixed on 2026-12-01 before its run, for a quiet hour of the 2-core machine (the small
+profile's second pool seed ran at 4.2 pairs/s in float32): 60-row pools (five P3 templates of
+16/10/6/4/2 rows, 10 GSM8K, 8 Code Alpaca, 4 near-duplicates), budgets 5 % (3 rows), 10 % and 30 %,
+two pool seeds, stage 1 only (FL: the instruction-tuning claim), 15 test items, LoRA at 30 %
+with 3 random seeds. Stages 2 and 3 stay with the small profile: at these rates the three stages
+at three budgets need about 40 min per pool seed more."""
+
+PROFILES = {"planned": {}, "small": SMALL, "medium": MEDIUM, "dry": DRY}
 
 
 def log(msg: str) -> None:
@@ -438,7 +450,8 @@ def run(args: argparse.Namespace) -> int:
             return out
 
         stages = {"stage1": (test1, None), "stage2": (test2, None), "stage3": (test1, "existing")}
-        for stage in args.stages:
+        stages_run = args.stages or s.get("stages") or ["stage1", "stage2", "stage3"]
+        for stage in stages_run:
             test, ctx = stages[stage]
             subsets, comp = make_subsets(stage, pool, stage_kernels(stage), s, rows_by_id)
             res.data["pools"][str(pseed)].setdefault("composition_by_subset", {})[stage] = comp
@@ -451,7 +464,7 @@ def run(args: argparse.Namespace) -> int:
                                   batch_size=s["eval_batch_size"])
                 run_eval(res, {"pool_seed": pseed, "stage": stage, "measure": f"icl-{shots}shot"},
                          subsets, test, lm, emb, es, ("icl",))
-        if "lora" in args.measures and s["lora_stage"] in args.stages:
+        if "lora" in args.measures and s["lora_stage"] in stages_run:
             stage = s["lora_stage"]
             subsets, _ = make_subsets(stage, pool, stage_kernels(stage), s, rows_by_id)
             for budget in s["lora_budgets"]:
@@ -576,6 +589,38 @@ def write_report(out: Path = OUT) -> None:
                          f"{c['mean_diff']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}] | "
                          f"{c['verdict']} |")
         lines.append("")
+    pooled = pooled_comparisons(data)
+    data["pooled_comparisons"] = pooled
+    if pooled:
+        lines += ["## Both pool seeds together (NLL/token)", "",
+                  "The items of every pool seed in one paired comparison: the method's subset "
+                  "of each pool against random seed k of the same pool, seed k of every pool "
+                  "resampled together (so N is the number of random seeds), and the test "
+                  "items of all pools resampled as one set.", ""]
+        for stage, measure in sorted({(c["stage"], c["measure"]) for c in pooled}):
+            rows = [c for c in pooled if (c["stage"], c["measure"]) == (stage, measure)]
+            budgets = sorted({c["budget"] for c in rows})
+            for versus in ("random", "DELIFT-SE"):
+                sel = [c for c in rows if c["versus"] == versus]
+                if not sel:
+                    continue
+                lines += [f"{stage}, {measure}, vs {versus} (pools "
+                          f"{', '.join(map(str, sel[0]['pool_seeds']))}, "
+                          f"{sel[0]['n_items']} items):", "",
+                          "| method | " + " | ".join(f"{b:g}" for b in budgets) + " |",
+                          "|---|" + "---|" * len(budgets)]
+                for m in sorted({c["method"] for c in sel}):
+                    got = {c["budget"]: c for c in sel if c["method"] == m}
+                    lines.append(f"| {m} | " + " | ".join(_fmt(got[b]) if b in got else "–"
+                                                          for b in budgets) + " |")
+                lines.append("")
+        ptally = Counter((c["versus"], c["verdict"]) for c in pooled)
+        lines += ["Tally, both pool seeds together:", "",
+                  "| versus | wins | ties | loses |", "|---|---|---|---|"]
+        for versus in ("random", "DELIFT-SE"):
+            lines.append(f"| {versus} | {ptally[(versus, 'wins')]} | "
+                         f"{ptally[(versus, 'ties')]} | {ptally[(versus, 'loses')]} |")
+        lines.append("")
     tally = Counter((c["versus"], c["verdict"]) for c in comps if c["metric"] == "nll")
     lines += ["## Tally (NLL/token, every configuration)", "",
               "| versus | wins | ties | loses |", "|---|---|---|---|"]
@@ -584,6 +629,49 @@ def write_report(out: Path = OUT) -> None:
                      f"{tally[(versus, 'loses')]} |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
     write_chart(out, data)
+
+
+def pooled_comparisons(data: dict, metric: str = "nll") -> list[dict]:
+    """Every method against random (and DELIFT against DELIFT-SE) with the test items of all pool
+    seeds that ran it in one paired comparison; only where two or more pool seeds ran it."""
+    bs = data["settings"]["bootstrap"]
+    scores: dict[tuple, dict[str, float]] = {}
+    for it in data.get("items", []):
+        key = (it["stage"], it["measure"], it["pool_seed"], it["subset"], it["seed"])
+        scores.setdefault(key, {})[it["test_id"]] = it[metric]
+    pseeds = sorted({k[2] for k in scores})
+    info = {(r["stage"], r["measure"], r["subset"]): r["info"] for r in data["runs"]
+            if r["kind"] == "subset"}
+    out = []
+    for (stage, measure, name), inf in sorted(info.items()):
+        pools = [p for p in pseeds if (stage, measure, p, name, None) in scores]
+        if len(pools) < 2:
+            continue
+        budget = inf["budget"]
+        rnd_name = f"random @{budget:g}"
+        seeds = sorted({k[4] for k in scores if k[:4] == (stage, measure, pools[0], rnd_name)})
+        seeds = [s for s in seeds if all((stage, measure, p, rnd_name, s) in scores
+                                         for p in pools)]
+
+        def vec(pool: Any, subset: str, seed: Any) -> np.ndarray:
+            got = scores[(stage, measure, pool, subset, seed)]
+            ref = scores[(stage, measure, pool, name, None)]
+            return np.array([got[t] for t in sorted(ref)], dtype=np.float64)
+
+        x = np.concatenate([vec(p, name, None) for p in pools])
+        where = {"stage": stage, "measure": measure, "pool_seeds": pools, "metric": metric,
+                 "budget": budget, "method": inf["method"]}
+        if seeds:
+            rnd = np.stack([np.concatenate([vec(p, rnd_name, s) for p in pools]) for s in seeds])
+            c = compare_paired(x, rnd, n_boot=bs["n_boot"], level=bs["level"], seed=bs["seed"])
+            out.append({**where, "versus": "random", **c.as_dict()})
+        se = f"{inf['objective'].upper()} DELIFT-SE @{budget:g}"
+        if inf.get("kernel") == "utility" and all((stage, measure, p, se, None) in scores
+                                                   for p in pools):
+            y = np.concatenate([vec(p, se, None) for p in pools])
+            c = compare_paired(x, y, n_boot=bs["n_boot"], level=bs["level"], seed=bs["seed"])
+            out.append({**where, "versus": "DELIFT-SE", **c.as_dict()})
+    return out
 
 
 def diagonal_comparisons(data: dict) -> list[dict]:
@@ -686,8 +774,10 @@ def main() -> int:
     ap.add_argument("--dry-run", action="store_true", help="tiny sizes, to time the run")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--profile", choices=sorted(PROFILES), default="small",
-                    help="planned: the sizes designed for a quiet machine; small: what ran")
-    ap.add_argument("--stages", nargs="+", default=["stage1", "stage2", "stage3"])
+                    help="planned: the sizes designed for a quiet machine; small and medium: "
+                         "what ran (docs/quality/ and docs/quality/medium/)")
+    ap.add_argument("--stages", nargs="+", help="only these stages (default: the profile's, "
+                                                  "else all three)")
     ap.add_argument("--measures", nargs="+", default=["icl", "lora"])
     ap.add_argument("--shots", type=int, nargs="+", help="only these of the fixed ICL shots")
     ap.add_argument("--pool-seeds", type=int, nargs="+", help="only these of the pool seeds")
