@@ -116,7 +116,10 @@ def stored_passes(estimate: WorkEstimate, pool: Dataset, *, target: Dataset | No
 # pool's sparse K = 16 run (estimate_work: 546,778 tokens) took 421 s in float32 and 154 s in
 # bfloat16 (benchmarks/bench_end_to_end.py, benchmarks/README.md). A first guess only, until a
 # machine has measured its own speed.
-CPU_TOKENS_PER_S = {"float32": 1300.0, "bfloat16": 3500.0}
+CPU_TOKENS_PER_S = {"float32": 1300.0}
+"""No guess for bfloat16: its CPU speed depends on the CPU and the torch build (2.7x float32 with
+an earlier torch, 0.19x with torch 2.13 on the same 2-core machine), so it is "unknown" until
+this machine has measured it."""
 
 
 def utility_time_guess(estimate: "WorkEstimate", dtype: str | None = "float32") -> float | None:

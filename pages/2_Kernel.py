@@ -9,7 +9,7 @@ from delift_core import plan
 from delift_core.kernels import DEFAULT_TARGET_DIRECTION, TARGET_DIRECTIONS
 from delift_core.models import DEFAULT_MODEL, PACKAGED_MODELS
 from delift_core.estimates import (estimate_seconds, estimate_work, format_seconds, speed_key,
-                                   stored_passes, utility_time_guess)
+                                   stored_passes)
 from studio import state, ui
 
 ui.setup("Model & kernel", "🧮")
@@ -77,12 +77,16 @@ target_direction = None
 if kind == "utility":
     dtype = st.radio("Model precision", ["float32", "bfloat16"], key="p_dtype", horizontal=True,
                      format_func={"float32": "float32 (exact, default)",
-                                  "bfloat16": "bfloat16 (2.7–3.3x faster on a CPU with bfloat16 "
-                                              "support)"}.get,
+                                  "bfloat16": "bfloat16 (reduced precision; speed depends on "
+                                              "the hardware)"}.get,
                      help="bfloat16 runs the model at reduced precision: measured on the demo "
                           "rows, its utility values differ from float32 by at most ~4% of the "
-                          "kernel's range (see benchmarks/README.md). Kernels of each precision "
-                          "are cached separately.")
+                          "kernel's range. Whether it is faster depends on the CPU or GPU and the "
+                          "torch build: on this project's 2-core CPU it was 2.7x faster with an "
+                          "earlier torch and 5x slower (0.19x) with torch 2.13 "
+                          "(benchmarks/README.md), so try it on a small kernel first; the time "
+                          "estimate uses each precision's own measured speed. Kernels of each "
+                          "precision are cached separately.")
     sparse = st.toggle("Sparse kernel: score each sample only with its nearest neighbours",
                        key="p_sparse",
                        help="Every pair costs one model pass, so a full kernel grows with N². A "
@@ -149,12 +153,12 @@ if kind == "utility":
                    "precision): only the rest is computed, and the time above counts only "
                    "the rest.")
 if kind == "utility" and on_cpu and est.units > 2000:
-    cheaper = ("lower N or K, use bfloat16, or use DELIFT-SE" if neighbours else
+    cheaper = ("lower N or K, or use DELIFT-SE" if neighbours else
                "lower N, use a sparse kernel, or use DELIFT-SE")
-    st.warning(f"{est.units:,} forward passes of the model on a CPU take a while: about "
-               f"{format_seconds(utility_time_guess(est, 'float32'))} in float32 or "
-               f"{format_seconds(utility_time_guess(est, 'bfloat16'))} in bfloat16 on a "
-               f"2-core machine; {cheaper}.")
+    when = (f"about {format_seconds(seconds)} by the estimate above" if seconds is not None
+            else "the time is known after a first kernel in this precision")
+    st.warning(f"{est.units:,} forward passes of the model on a CPU take a while ({when}); "
+               f"{cheaper}.")
 
 config = {"kind": kind, "stage": stage, "objective": plan.method_objective(kind, objective),
           "model": s["p_model"] if kind == "utility" else None,
