@@ -57,7 +57,8 @@ def cli_arm(rows: int) -> dict:
 def studio_arm(rows: int) -> dict:
     """The Kernel page in Chromium: demo data, DELIFT kernel of ``rows`` rows, Compute."""
     from playwright.sync_api import sync_playwright
-    from test_e2e_browser import CHROMIUM, CHROMIUM_ARGS, idle, nav, streamlit_server
+    from test_e2e_browser import (CHROMIUM, CHROMIUM_ARGS, open_utility_kernel_page,
+                                  set_first_rows, streamlit_server)
 
     cache = fresh_cache()
     env = dict(os.environ, DELIFT_CACHE_DIR=str(cache))
@@ -66,29 +67,8 @@ def studio_arm(rows: int) -> dict:
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.set_default_timeout(1_800_000)
-            page.goto(url)
-            idle(page)
-            nav(page, "Data")
-            page.get_by_role("button", name="Load the demo data").click()
-            page.get_by_text("Demo data loaded").wait_for()
-            idle(page)
-            nav(page, "Kernel")
-            page.get_by_text("DELIFT (model utility)").first.click()
-            passes = page.locator('[data-testid="stMetric"]', has_text="Forward passes")
-            passes.wait_for()
-            want = passes.locator('[data-testid="stMetricValue"]',
-                                  has_text=re.compile(rf"^{rows * rows + rows:,}$"))
-            box = page.locator('input[aria-label^="Use the first N rows of the pool"]')
-            for _ in range(5):
-                idle(page)
-                box.fill(str(rows))
-                box.press("Enter")
-                try:
-                    want.wait_for(timeout=15_000)
-                    break
-                except Exception:  # noqa: BLE001 - a rerun replaced the input: type again
-                    continue
-            idle(page)
+            open_utility_kernel_page(page, url)
+            set_first_rows(page, rows)
             t = time.time()
             page.get_by_role("button", name="Compute the kernel").click()
             ready = page.get_by_text(re.compile(rf"Kernel ready: .* on {rows} rows"))

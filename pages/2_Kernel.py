@@ -178,23 +178,12 @@ if start:
 
 @st.fragment(run_every=1.0 if running else None)
 def progress_panel() -> None:
-    """Live progress of this session's job; reruns the page when it ends."""
-    job = state.current_job()
-    if job is None:
-        return
-    if job.running:
-        ui.job_progress(job)
-        if st.button("Cancel", key="cancel_kernel"):
-            job.cancel.set()
-            st.info("Cancelling after the current batch; finished pairs stay in the pair store.")
-        return
-    if not job.adopted and job.status == "done":
-        st.rerun()
-    if job.status == "cancelled":
-        st.warning("The computation was cancelled. Finished pairs are in the pair store: "
-                   "starting again resumes where it stopped.")
-    elif job.status == "error":
-        st.error(job.error)
+    """Live progress of this session's kernel job (state.init adopts its kernels)."""
+    ui.job_panel(state.current_job(), cancel_key="cancel_kernel",
+                 cancelling="Cancelling after the current batch; finished pairs stay in the "
+                            "pair store.",
+                 cancelled="The computation was cancelled. Finished pairs are in the pair "
+                           "store: starting again resumes where it stopped.")
 
 
 progress_panel()

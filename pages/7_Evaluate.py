@@ -92,31 +92,18 @@ if st.button("Run the evaluation", type="primary", key="ev_run", disabled=runnin
                               f"{str(e)[:500]}"))
 
 
+def _adopt(job: Any) -> None:
+    s["ev_report"] = job.result
+
+
 @st.fragment(run_every=1.0 if running else None)
 def progress_panel() -> None:
-    """Live progress of this session's evaluation, with cancel; reruns the page when it ends."""
-    job = state.current_eval_job()
-    if job is None:
-        return
-    if job.running:
-        ui.job_progress(job)
-        if st.button("Cancel", key="ev_cancel"):
-            job.cancel.set()
-            st.info("Cancelling after the current batch; scored items stay cached, so running "
-                    "again resumes where it stopped.")
-        return
-    if not job.adopted:
-        job.adopted = True
-        if job.status == "done":
-            s["ev_report"] = job.result
-            st.rerun()
-    if job.status == "cancelled":
-        st.warning("The evaluation was cancelled. Scored items are cached: running it again "
-                   "resumes where it stopped.")
-    elif job.status == "error":
-        st.error(ui.md_escape(f"The evaluation failed: {job.error}"[:700]))
-    elif job.status == "done" and job.finished and job.compute_started:
-        st.caption(f"Last run: done in {job.finished - job.created:.0f} s.")
+    """Live progress of this session's evaluation; its report is adopted when it ends."""
+    ui.job_panel(state.current_eval_job(), cancel_key="ev_cancel", adopt=_adopt,
+                 cancelling="Cancelling after the current batch; scored items stay cached, so "
+                            "running again resumes where it stopped.",
+                 cancelled="The evaluation was cancelled. Scored items are cached: running it "
+                           "again resumes where it stopped.", failed="The evaluation failed: ")
 
 
 progress_panel()

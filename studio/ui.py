@@ -6,7 +6,7 @@ HTML), so untrusted text cannot inject markup.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import streamlit as st
 
@@ -150,6 +150,30 @@ def show_explanation(sel: Selection, row_id: str, top: int = 5) -> None:
                     "coverage": [round(v, 4) for _, v in ex.alternatives],
                     "prompt": [pool.prompts[pool.index_of(i)] for i, _ in ex.alternatives]}),
                     hide_index=True, width="stretch")
+
+
+def job_panel(job: Any, *, cancel_key: str, cancelling: str, cancelled: str,
+              failed: str = "", adopt: Callable[[Any], None] | None = None) -> None:
+    """The live part of a background job (call it in a polling fragment): progress and Cancel
+    while it runs; when it is done, ``adopt`` its result once and rerun the page; else say it
+    was cancelled or failed."""
+    if job is None:
+        return
+    if job.running:
+        job_progress(job)
+        if st.button("Cancel", key=cancel_key):
+            job.cancel.set()
+            st.info(cancelling)
+        return
+    if job.status == "done" and not job.adopted:
+        if adopt is not None:  # (kernel jobs are adopted by state.init on the rerun)
+            job.adopted = True
+            adopt(job)
+        st.rerun()
+    if job.status == "cancelled":
+        st.warning(cancelled)
+    elif job.status == "error":
+        st.error(md_escape(f"{failed}{job.error}"[:700]))
 
 
 def job_progress(job: Any) -> None:

@@ -16,7 +16,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
@@ -254,6 +254,38 @@ def test_report_opens_in_chromium_without_errors(tmp_path: Path) -> None:
             browser.close()
 
 
+def open_utility_kernel_page(page: Any, url: str) -> None:
+    """From a fresh session: load the demo data, open the Kernel page, choose DELIFT."""
+    page.goto(url)
+    idle(page)
+    nav(page, "Data")
+    page.get_by_role("button", name="Load the demo data").click()
+    page.get_by_text("Demo data loaded").wait_for()
+    idle(page)
+    nav(page, "Kernel")
+    page.get_by_text("DELIFT (model utility)").first.click()
+    page.locator('[data-testid="stMetric"]', has_text="Forward passes").wait_for()
+
+
+def set_first_rows(page: Any, n: int) -> None:
+    """Type N into "first N rows", commit it, and wait until the estimate is for N rows of a
+    dense kernel (n² + n passes); typed again if a rerun still running replaced the input."""
+    box = page.locator('input[aria-label^="Use the first N rows of the pool"]')
+    want = page.locator('[data-testid="stMetric"]', has_text="Forward passes").locator(
+        '[data-testid="stMetricValue"]', has_text=re.compile(rf"^{n * n + n:,}$"))
+    for _ in range(5):
+        idle(page)
+        box.fill(str(n))
+        box.press("Enter")
+        try:
+            want.wait_for(timeout=15_000)
+            break
+        except Exception:  # noqa: BLE001 - playwright's TimeoutError: type it again
+            continue
+    want.wait_for(timeout=1_000)
+    idle(page)
+
+
 def _seconds(text: str) -> float:
     """Seconds from format_seconds' text ('42 s', '3 min 5 s', '1 h 20 min')."""
     units = {"h": 3600, "min": 60, "s": 1}
@@ -285,37 +317,10 @@ def test_utility_kernel_estimate_and_progress_in_chromium(tmp_path: Path) -> Non
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.set_default_timeout(SLOW_MS)
-            page.goto(url)
-            idle(page)
-            nav(page, "Data")
-            page.get_by_role("button", name="Load the demo data").click()
-            page.get_by_text("Demo data loaded").wait_for()
-            idle(page)
-            nav(page, "Kernel")
-            page.get_by_text("DELIFT (model utility)").first.click()
-            idle(page)
-            rows = page.locator('input[aria-label^="Use the first N rows of the pool"]')
-
-            passes = page.locator('[data-testid="stMetric"]', has_text="Forward passes")
-
-            passes.wait_for()  # the utility kernel's estimate is shown
+            open_utility_kernel_page(page, url)
 
             def set_rows(n: int) -> None:
-                """Type N, commit it, and wait until the estimate is for N rows (n² + n passes);
-                typed again if a rerun that was still running replaced the input."""
-                want = passes.locator('[data-testid="stMetricValue"]',
-                                      has_text=re.compile(rf"^{n * n + n}$"))
-                for _ in range(5):
-                    idle(page)
-                    rows.fill(str(n))
-                    rows.press("Enter")
-                    try:
-                        want.wait_for(timeout=15_000)
-                        break
-                    except Exception:  # noqa: BLE001 - playwright's TimeoutError: type again
-                        continue
-                want.wait_for(timeout=1_000)
-                idle(page)
+                set_first_rows(page, n)
 
             set_rows(4)
             page.get_by_role("button", name="Compute the kernel").click()
