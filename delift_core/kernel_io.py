@@ -21,7 +21,7 @@ from .errors import KernelError
 from .kernels import ROLES, Kernels, row_hashes
 from .matrices import KernelMatrix, is_sparse
 
-__all__ = ["save_kernels", "load_kernels", "check_kernels"]
+__all__ = ["save_kernels", "load_kernels", "check_kernels", "check_target_direction"]
 
 logger = logging.getLogger(__name__)
 
@@ -193,3 +193,17 @@ def check_kernels(kernels: Kernels, pool_size: int) -> None:
             raise KernelError(f"the {role} kernel has shape {tuple(shape) if shape else '?'}, "
                               f"expected {expect} for a pool of {pool_size} rows")
         _check_finite(m, f"the {role} kernel")
+
+
+def check_target_direction(kernels: Kernels, asked: str | None) -> None:
+    """KernelError when a direction is asked for and loaded kernels' target kernel was computed
+    with another (or none recorded): the direction is fixed when the kernel is computed, so
+    selecting "with" another one would silently use the wrong matrix."""
+    if asked is None or kernels.target is None:
+        return
+    got = (kernels.meta.get("computed") or {}).get("target_direction")
+    if got != asked:
+        raise KernelError(f"target direction {asked} was asked for, but the target kernel was "
+                          f"computed with {got or 'no recorded direction'}; recompute it with "
+                          f"`delift kernel --target-direction {asked}` or leave the direction "
+                          "out")

@@ -180,13 +180,16 @@ def test_cli_refuses_a_bad_diagonal_and_a_direction_the_folder_lacks(tmp_path, c
     with pytest.raises(SystemExit) as e:
         main(["select", "--pool", "demo:pool", "--diagonal", "diag", "--out", str(tmp_path / "o")])
     assert e.value.code == 2 and "invalid choice: 'diag'" in capsys.readouterr().err
-    from delift_core.cli.select_cmds import _check_direction
+    from delift_core.errors import KernelError
+    from delift_core.kernel_io import check_target_direction
 
-    k = Kernels("utility", pool=RAW, meta={"computed": {"target_direction": "helps-target"}})
-    _check_direction(k, None, True)
-    _check_direction(k, "helps-target", True)
-    with pytest.raises(Exception, match="computed with helps-target"):
-        _check_direction(k, "reference", True)
+    k = Kernels("utility", pool=RAW, target=RAW[:2],
+                meta={"computed": {"target_direction": "helps-target"}})
+    check_target_direction(k, None)
+    check_target_direction(k, "helps-target")
+    with pytest.raises(KernelError, match="computed with helps-target"):
+        check_target_direction(k, "reference")
+    check_target_direction(Kernels("utility", pool=RAW, meta={}), "reference")  # no target
 
 
 def test_with_the_same_policy_keeps_the_scaled_kernels():

@@ -13,7 +13,7 @@ from .options import emit_summary
 from ..data import load_dataset
 from ..errors import DeliftError
 from .. import objectives
-from ..kernel_io import load_kernels, save_kernels
+from ..kernel_io import check_target_direction, load_kernels, save_kernels
 from ..kernels import DEFAULT_TARGET_DIRECTION, KERNEL_KINDS, compute_kernels, kernel_report
 from ..outdir import check_output, output_folder
 from ..selection import resolve_budget, select
@@ -63,18 +63,6 @@ def cmd_kernel(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_direction(kernels: Any, asked: str | None, has_target: bool) -> None:
-    """A loaded kernel folder's target direction is what it was computed with: refuse an
-    explicit --target-direction that differs, rather than select with the other one silently."""
-    if asked is None or not has_target:
-        return
-    got = (kernels.meta.get("computed") or {}).get("target_direction")
-    if got != asked:
-        raise DeliftError(f"--target-direction {asked}: the kernel folder's target kernel was "
-                          f"computed with {got or 'no recorded direction'}; recompute it with "
-                          f"`delift kernel --target-direction {asked}` or drop the flag")
-
-
 def cmd_select(args: argparse.Namespace) -> int:
     from ..export import export_selection
 
@@ -113,7 +101,7 @@ def cmd_select(args: argparse.Namespace) -> int:
         kernels = load_kernels(kernel_arg, pool, target=target, existing=existing,
                                target_kernel=args.target_kernel,
                                existing_kernel=args.existing_kernel, trust=args.trust_kernel)
-        _check_direction(kernels, args.target_direction, target is not None)
+        check_target_direction(kernels, args.target_direction)
     selection = select(pool, args.objective, kernels, args.budget,
                        params=_objective_params(args), seed=args.seed, method=args.method,
                        epsilon=args.epsilon, pinned=pins, banned=bans, diagonal=args.diagonal)
