@@ -592,7 +592,7 @@ def write_report(out: Path = OUT) -> None:
     pooled = pooled_comparisons(data)
     data["pooled_comparisons"] = pooled
     if pooled:
-        lines += ["## Both pool seeds together (NLL/token)", "",
+        lines += ["## All pool seeds together (NLL/token)", "",
                   "The items of every pool seed in one paired comparison: the method's subset "
                   "of each pool against random seed k of the same pool, seed k of every pool "
                   "resampled together (so N is the number of random seeds), and the test "
@@ -615,7 +615,7 @@ def write_report(out: Path = OUT) -> None:
                                                           for b in budgets) + " |")
                 lines.append("")
         ptally = Counter((c["versus"], c["verdict"]) for c in pooled)
-        lines += ["Tally, both pool seeds together:", "",
+        lines += ["Tally, all pool seeds together:", "",
                   "| versus | wins | ties | loses |", "|---|---|---|---|"]
         for versus in ("random", "DELIFT-SE"):
             lines.append(f"| {versus} | {ptally[(versus, 'wins')]} | "

@@ -10,19 +10,22 @@ before a first run.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import statistics
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .data import Dataset
-from .utility_settings import DEFAULT_EXAMPLE_TEMPLATE, DEFAULT_PLAIN_TEMPLATE
+from .models import DEFAULT_MODEL
+from .utility_settings import DEFAULT_EXAMPLE_TEMPLATE, DEFAULT_PLAIN_TEMPLATE, UtilitySettings
 
 __all__ = ["WorkEstimate", "estimate_work", "stored_passes", "CPU_TOKENS_PER_S",
            "utility_time_guess", "format_seconds", "speed_key", "record_speed",
@@ -117,9 +120,9 @@ def stored_passes(estimate: WorkEstimate, pool: Dataset, *, target: Dataset | No
 # bfloat16 (benchmarks/bench_end_to_end.py, benchmarks/README.md). A first guess only, until a
 # machine has measured its own speed.
 CPU_TOKENS_PER_S = {"float32": 1300.0}
-"""No guess for bfloat16: its CPU speed depends on the CPU and the torch build (2.7x float32 with
-an earlier torch, 0.19x with torch 2.13 on the same 2-core machine), so it is "unknown" until
-this machine has measured it."""
+"""No guess for bfloat16: its CPU speed depends on the CPU (2.7x float32 on a Zen 4 with
+AVX512-BF16, 0.19x on an AVX2-only VM, same torch 2.13), so it is "unknown" until this machine
+has measured it."""
 
 
 def utility_time_guess(estimate: "WorkEstimate", dtype: str | None = "float32") -> float | None:
@@ -159,9 +162,14 @@ def _read_speeds() -> dict[str, list[dict[str, Any]]]:
     return data if isinstance(data, dict) else {}
 
 
-def speed_key(kind: str, dtype: str | None, sparse: bool, device: str = "cpu") -> str:
-    """Speeds are kept per kernel kind, model precision, full/sparse kernel and device type."""
-    return f"{kind}-{dtype or 'float32'}-{'sparse' if sparse else 'full'}-{device}"
+def speed_key(kind: str, dtype: str | None, sparse: bool, device: str = "cpu",
+              model: str | None = None, settings: Any = None) -> str:
+    """Speeds are kept per kernel kind, model, engine settings (templates, cuts, batch size: a
+    short hash; the defaults when None), precision, full/sparse kernel and device type."""
+    s = json.dumps(asdict(settings or UtilitySettings()), sort_keys=True, default=str)
+    digest = hashlib.sha256(s.encode()).hexdigest()[:8]
+    return (f"{kind}-{model or DEFAULT_MODEL}-{digest}-{dtype or 'float32'}-"
+            f"{'sparse' if sparse else 'full'}-{device}")
 
 
 def record_speed(key: str, tokens: int, seconds: float) -> float | None:
@@ -171,25 +179,33 @@ def record_speed(key: str, tokens: int, seconds: float) -> float | None:
         return None
     speed = tokens / seconds
     data = _read_speeds()
-    runs = [r for r in data.get(key, []) if isinstance(r, dict)][-(_KEEP - 1):]
+    runs = [r for r in _runs(data, key)][-(_KEEP - 1):]
     runs.append({"tokens_per_s": round(speed, 3), "tokens": int(tokens),
                  "seconds": round(seconds, 3), "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     data[key] = runs
     path = _speeds_path()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
         os.replace(tmp, path)
-    except OSError as e:
+    except OSError as e:  # a record is a convenience: never lose the kernel over it
         logger.warning("could not record the kernel speed in %s: %s", path, e)
     return speed
 
 
+def _runs(data: dict, key: str) -> list[dict]:
+    """The well-formed records of ``key`` (anything else in the file is ignored)."""
+    runs = data.get(key)
+    if not isinstance(runs, list):
+        return []
+    return [r for r in runs if isinstance(r, dict) and isinstance(r.get("tokens_per_s"),
+                                                                  (int, float))
+            and r["tokens_per_s"] > 0]
+
+
 def measured_speed(key: str) -> float | None:
     """Tokens per second this machine measured for ``key``: the median of the last 3 runs."""
-    runs = [r.get("tokens_per_s") for r in _read_speeds().get(key, [])[-3:]
-            if isinstance(r, dict)]
-    runs = [float(x) for x in runs if isinstance(x, (int, float)) and x > 0]
+    runs = [float(r["tokens_per_s"]) for r in _runs(_read_speeds(), key)[-3:]]
     return statistics.median(runs) if runs else None
 
 
@@ -200,6 +216,5 @@ def estimate_seconds(estimate: WorkEstimate, key: str, dtype: str | None = "floa
     speed = measured_speed(key)
     if speed:
         return estimate.seconds(speed), "measured"
-    if key.endswith("-cpu"):
-        return utility_time_guess(estimate, dtype), "guess"
-    return None, "unknown"
+    guess = utility_time_guess(estimate, dtype) if key.endswith("-cpu") else None
+    return (guess, "guess") if guess is not None else (None, "unknown")

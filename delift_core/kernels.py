@@ -323,7 +323,7 @@ def compute_kernels(pool: Dataset, *, target: Dataset | None = None,
         meta.update({"similarity": "(cosine + 1) / 2", "text": "prompt + newline + response"})
     meta["seconds"] = round(time.time() - start, 3)
     if kind == "utility" and backend == "local" and builder.lm is not None:
-        _record_speed(kernels, pool, target, existing, builder.lm, sparse)
+        _record_speed(kernels, pool, target, existing, builder.lm, sparse, settings)
     logger.info("%s kernels (%s) in %.1f s", kind, ", ".join(r for r in ROLES
                                                             if getattr(kernels, r) is not None),
                 meta["seconds"])
@@ -331,21 +331,26 @@ def compute_kernels(pool: Dataset, *, target: Dataset | None = None,
 
 
 def _record_speed(kernels: Kernels, pool: Dataset, target: Dataset | None,
-                  existing: Dataset | None, lm: Any, sparse: SparseSpec | None) -> None:
-    """Record this machine's speed for later time estimates: only for fresh work (nothing read
-    from the pair store), so the speed is the engine's and not the store's."""
+                  existing: Dataset | None, lm: Any, sparse: SparseSpec | None,
+                  settings: UtilitySettings | None) -> None:
+    """Record this machine's speed for later time estimates, from the work this call computed:
+    the estimate's tokens times the share of passes computed (not read from the pair store;
+    plain passes one set's kernel reuses from another's in the same call count as read). Runs
+    that computed under half their passes are not recorded: their time is mostly the store's."""
     from .estimates import estimate_work, record_speed, speed_key
 
     roles = [kernels.meta.get(r) for r in ROLES if isinstance(kernels.meta.get(r), dict)]
-    if not roles or any(int(m.get("pairs_reused") or 0) for m in roles):
+    computed = sum(int(m.get("pairs_computed") or 0) for m in roles)
+    total = computed + sum(int(m.get("pairs_reused") or 0) for m in roles)
+    if not total or computed < total / 2:
         return
     est = estimate_work(pool, target=target, existing=existing, kind="utility",
                         neighbours=sparse.k if sparse else None,
                         neighbour_random=sparse.random if sparse else 0)
     dtype = str(getattr(lm, "dtype", "float32")).replace("torch.", "")
     device = getattr(getattr(lm, "device", None), "type", "cpu")
-    record_speed(speed_key("utility", dtype, bool(sparse), device), est.tokens,
-                 float(kernels.meta["seconds"]))
+    key = speed_key("utility", dtype, bool(sparse), device, getattr(lm, "name", None), settings)
+    record_speed(key, round(est.tokens * computed / total), float(kernels.meta["seconds"]))
 
 
 def kernel_report(kernels: Kernels) -> list[str]:

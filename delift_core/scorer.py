@@ -92,8 +92,8 @@ class Scorer:
     once and reuses its key/value cache for batches of suffixes behind it (right-padded;
     positions continue from the prefix, and the causal mask keeps suffix padding out of every
     real token's view; when several prefixes share a batch, they are left-padded and a 2-D
-    attention mask hides each row's prefix padding). The hidden states at scored positions wait
-    in a queue, so the vocabulary head runs on many of them at once.
+    attention mask hides each row's prefix padding). The vocabulary head scores each body
+    batch's scored positions as soon as the batch is done.
     """
 
     head_rows = 1024  # at most this many scored positions per head matmul

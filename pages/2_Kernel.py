@@ -81,10 +81,10 @@ if kind == "utility":
                                               "the hardware)"}.get,
                      help="bfloat16 runs the model at reduced precision: measured on the demo "
                           "rows, its utility values differ from float32 by at most ~4% of the "
-                          "kernel's range. Whether it is faster depends on the CPU or GPU and the "
-                          "torch build: on this project's 2-core CPU it was 2.7x faster with an "
-                          "earlier torch and 5x slower (0.19x) with torch 2.13 "
-                          "(benchmarks/README.md), so try it on a small kernel first; the time "
+                          "kernel's range. Whether it is faster depends on the hardware: on a "
+                          "2-core CPU with AVX512-BF16 it was 2.7x faster, on one without it 5x "
+                          "slower (benchmarks/README.md), so try it on a small kernel first; the "
+                          "time "
                           "estimate uses each precision's own measured speed. Kernels of each "
                           "precision are cached separately.")
     sparse = st.toggle("Sparse kernel: score each sample only with its nearest neighbours",
@@ -121,9 +121,9 @@ m1, m2, m3 = st.columns(3)
 unit = "forward passes" if kind == "utility" else "texts to embed"
 m1.metric(f"{unit.capitalize()}", f"{est.units:,}")
 m2.metric("Tokens (about)", f"{est.tokens:,}")
-seconds, speed_source = (estimate_seconds(est, speed_key("utility", dtype, bool(neighbours),
-                                                          state.resolve_device().type), dtype)
-                         if kind == "utility" else (None, "unknown"))
+seconds, speed_source = (estimate_seconds(est, speed_key(
+    "utility", dtype, bool(neighbours), state.resolve_device().type,
+    s["p_model"] or DEFAULT_MODEL), dtype) if kind == "utility" else (None, "unknown"))
 stored = (stored_passes(est, run_pool, target=run_target, existing=run_existing,
                         model=s["p_model"], dtype=dtype, sparse=bool(neighbours))
           if kind == "utility" else 0)
@@ -143,7 +143,8 @@ elif speed_source == "guess":
                    "this machine's own speed after a first utility kernel.")
 else:
     m3.metric("Time (about)", "—",
-              help="Known after a first utility kernel on this machine (its speed is reused).")
+              help="Known after a first utility kernel of this model and precision on this "
+                   "machine (its measured speed is reused).")
 st.caption(" · ".join(f"{label}: {u:,} {unit}, ~{t:,} tokens" for label, u, t in est.stages)
            + (" · cached results are reused, so the same inputs never compute twice." ))
 if kind == "utility":
@@ -152,13 +153,13 @@ if kind == "utility":
                    "are already in the pair store (earlier kernels of the same rows, model and "
                    "precision): only the rest is computed, and the time above counts only "
                    "the rest.")
-if kind == "utility" and on_cpu and est.units > 2000:
+if kind == "utility" and on_cpu and est.units - stored > 2000:
     cheaper = ("lower N or K, or use DELIFT-SE" if neighbours else
                "lower N, use a sparse kernel, or use DELIFT-SE")
     when = (f"about {format_seconds(seconds)} by the estimate above" if seconds is not None
             else "the time is known after a first kernel in this precision")
-    st.warning(f"{est.units:,} forward passes of the model on a CPU take a while ({when}); "
-               f"{cheaper}.")
+    st.warning(f"{est.units - stored:,} forward passes of the model on a CPU take a while "
+               f"({when}); {cheaper}.")
 
 config = {"kind": kind, "stage": stage, "objective": plan.method_objective(kind, objective),
           "model": s["p_model"] if kind == "utility" else None,

@@ -52,14 +52,19 @@ prep_key = (pool.text_sha256, s["p_embedder"], s.get("p_map_method", "umap"),
                   if s[f"kernel_{r}"] is not None))
 if s.get("_explore_prepared") != prep_key:
     with st.status("Preparing the embedding map (first open only) …", expanded=True) as status:
-        st.write(f"Embedding the {len(pool):,} samples with {s['p_embedder']} …")
-        state.embeddings(pool)
-        method0 = s.get("p_map_method", "umap")
-        st.write(f"Projecting with {method0.upper()}"
-                 + (" (the first UMAP run compiles, about 20 s) …" if method0 == "umap" else " …"))
-        map_frame(method0)
-        status.update(label="Embedding map ready", state="complete", expanded=False)
-    s["_explore_prepared"] = prep_key
+        try:
+            st.write(f"Embedding the {len(pool):,} samples with {s['p_embedder']} …")
+            state.embeddings(pool)
+            method0 = s.get("p_map_method", "umap")
+            st.write(f"Projecting with {method0.upper()}"
+                     + (" (the first UMAP run compiles, about 20 s) …" if method0 == "umap"
+                        else " …"))
+            map_frame(method0)
+            status.update(label="Embedding map ready", state="complete", expanded=False)
+            s["_explore_prepared"] = prep_key
+        except Exception as e:  # noqa: BLE001 - the heatmap still renders; said in one line
+            status.update(label="The embedding map could not be prepared", state="error")
+            st.error(ui.md_escape(f"{type(e).__name__}: {str(e)[:400]}"))
 
 tab_heat, tab_map, tab_cmp, tab_explain = st.tabs(
     ["Utility heatmap", "Embedding map", "Compare selections", "Explain a sample"])
@@ -103,43 +108,49 @@ with tab_map:
                           .get(c, f"column '{c}'"))
     s.setdefault("p_clusters", 8)
     k = c3.slider("Clusters", 2, 20, key="p_clusters", disabled=colour != "cluster")
-    frame = map_frame(method)
-    if colour == "cluster":
-        labels = state.clusters(pool_embeddings(), int(k))
-        frame.loc[frame["set"] == "pool", "cluster"] = [f"cluster {c + 1}" for c in labels]
-        frame["cluster"] = frame["cluster"].fillna(frame["set"])
-    elif colour not in ("status",):
-        values = {rid: str(r.get(colour)) for rid, r in zip(pool.ids, pool.rows)}
-        frame[colour] = [values.get(i, "") if st_ == "pool" else st_
-                         for i, st_ in zip(frame["id"], frame["set"])]
-    fig = charts.map_figure(frame, colour, colours=charts.STATUS_COLOURS if colour == "status"
-                            else None,
-                            title=f"{len(selected)} selected of {len(pool)} · lasso or box to list")
-    event = st.plotly_chart(fig, key="map", on_select="rerun",
-                            selection_mode=("points", "box", "lasso"))
-    picked = []
-    for p in (event.selection.points if event and event.selection else []):
-        cd = p.get("customdata")
-        picked.append(cd[0] if isinstance(cd, list) else cd)
-    if picked:
-        by_id = frame.drop_duplicates("id").set_index("id")
-        st.write(f"{len(picked)} samples in the selection on the map:")
-        table = pd.DataFrame({"id": picked, "set": [by_id.at[i, "set"] for i in picked],
-                              "decision": [by_id.at[i, "status"] for i in picked]})
-        ann = sel.annotate().set_index("id")
-        ranks = [ann.at[i, "rank"] if i in ann.index else pd.NA for i in picked]
-        table["rank"] = [str(int(r)) if pd.notna(r) else "–" for r in ranks]  # "–": not selected
-        texts = {}
-        for role in ("pool", "target", "existing"):
-            ds = pool if role == "pool" else s[f"kernel_{role}"]
-            if ds is not None:
-                texts.update({(role, i): (p_, r_) for i, p_, r_ in
-                              zip(ds.ids, ds.prompts, ds.responses)})
-        table["prompt"] = [texts.get((r, i), ("", ""))[0] for r, i in zip(table["set"], picked)]
-        table["response"] = [texts.get((r, i), ("", ""))[1] for r, i in zip(table["set"], picked)]
-        st.dataframe(table, hide_index=True, width="stretch")
+    if s.get("_explore_prepared") != prep_key:  # preparing it failed: said above the tabs
+        st.warning("The embedding map is not available: see the message above the tabs.")
     else:
-        st.caption("Draw a lasso or a box on the map (or click a point) to list those samples.")
+        frame = map_frame(method)
+        if colour == "cluster":
+            labels = state.clusters(pool_embeddings(), int(k))
+            frame.loc[frame["set"] == "pool", "cluster"] = [f"cluster {c + 1}" for c in labels]
+            frame["cluster"] = frame["cluster"].fillna(frame["set"])
+        elif colour not in ("status",):
+            values = {rid: str(r.get(colour)) for rid, r in zip(pool.ids, pool.rows)}
+            frame[colour] = [values.get(i, "") if st_ == "pool" else st_
+                             for i, st_ in zip(frame["id"], frame["set"])]
+        fig = charts.map_figure(frame, colour,
+                                colours=charts.STATUS_COLOURS if colour == "status" else None,
+                                title=f"{len(selected)} selected of {len(pool)} · "
+                                      "lasso or box to list")
+        event = st.plotly_chart(fig, key="map", on_select="rerun",
+                                selection_mode=("points", "box", "lasso"))
+        picked = []
+        for p in (event.selection.points if event and event.selection else []):
+            cd = p.get("customdata")
+            picked.append(cd[0] if isinstance(cd, list) else cd)
+        if picked:
+            by_id = frame.drop_duplicates("id").set_index("id")
+            st.write(f"{len(picked)} samples in the selection on the map:")
+            table = pd.DataFrame({"id": picked, "set": [by_id.at[i, "set"] for i in picked],
+                                  "decision": [by_id.at[i, "status"] for i in picked]})
+            ann = sel.annotate().set_index("id")
+            ranks = [ann.at[i, "rank"] if i in ann.index else pd.NA for i in picked]
+            # "–": not selected
+            table["rank"] = [str(int(r)) if pd.notna(r) else "–" for r in ranks]
+            texts = {}
+            for role in ("pool", "target", "existing"):
+                ds = pool if role == "pool" else s[f"kernel_{role}"]
+                if ds is not None:
+                    texts.update({(role, i): (p_, r_) for i, p_, r_ in
+                                  zip(ds.ids, ds.prompts, ds.responses)})
+            table["prompt"] = [texts.get((r, i), ("", ""))[0] for r, i in zip(table["set"], picked)]
+            table["response"] = [texts.get((r, i), ("", ""))[1]
+                                 for r, i in zip(table["set"], picked)]
+            st.dataframe(table, hide_index=True, width="stretch")
+        else:
+            st.caption("Draw a lasso or a box on the map (or click a point) to list those samples.")
 
 with tab_cmp:
     snaps = s["snapshots"]

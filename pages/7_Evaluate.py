@@ -84,6 +84,7 @@ running = job is not None and job.running
 if st.button("Run the evaluation", type="primary", key="ev_run", disabled=running):
     try:
         job = state.start_eval_job(**_request())
+        s["ev_report"] = None  # the last report is not shown under a new run
         running = True
     except DeliftError as e:
         st.error(ui.md_escape(str(e)))

@@ -41,7 +41,8 @@ class Job:
     finished: float | None = None
     result: Any = None
     error: str | None = None
-    adopted: bool = False
+    adopted: bool = False  # its result was taken into the session
+    acknowledged: bool = False  # the page has rerun once since it ended
     thread: threading.Thread | None = None
 
     @property
@@ -144,6 +145,7 @@ class EvalJob(Job):
     embedder: str | None = None
     run_index: int = -1
     _run_label: str | None = None
+    _trained: bool = False  # the current LoRA run has reported a training step
 
     @property
     def runs(self) -> int:
@@ -152,18 +154,24 @@ class EvalJob(Job):
     def _progress(self, label: str, done: int, total: int) -> None:
         run = label.removesuffix(": LoRA training")
         if label != "embedding the test set" and run != self._run_label:
-            self._run_label, self.run_index = run, self.run_index + 1
+            self._run_label, self.run_index, self._trained = run, self.run_index + 1, False
+        if label.endswith(": LoRA training"):
+            self._trained = True
         super()._progress(label, done, total)
 
     def fraction(self) -> float:
-        """Runs finished plus the share of the current one (LoRA training counts as half)."""
+        """Runs finished plus the share of the current one (a LoRA run: training is its first
+        half, scoring the second; it never moves back)."""
         if self.status == "done":
             return 1.0
         if self.run_index < 0 or not self.runs:
             return 0.0
         cur = self.done / self.total if self.total else 0.0
         if self._run_label and self._run_label.startswith("lora "):
-            cur = cur / 2 if self.stage.endswith("LoRA training") else 0.5 + cur / 2
+            if self.stage.endswith("LoRA training"):
+                cur = cur / 2
+            else:  # scoring: after training, or at once for an empty subset / cached adapter
+                cur = 0.5 + cur / 2 if self._trained or self.done else 0.0
         return min(1.0, (self.run_index + cur) / self.runs)
 
     def work(self) -> Any:

@@ -155,8 +155,8 @@ def show_explanation(sel: Selection, row_id: str, top: int = 5) -> None:
 def job_panel(job: Any, *, cancel_key: str, cancelling: str, cancelled: str,
               failed: str = "", adopt: Callable[[Any], None] | None = None) -> None:
     """The live part of a background job (call it in a polling fragment): progress and Cancel
-    while it runs; when it is done, ``adopt`` its result once and rerun the page; else say it
-    was cancelled or failed."""
+    while it runs; when it ends, rerun the page once (``adopt`` a done job's result first), then
+    say whether it was cancelled or failed."""
     if job is None:
         return
     if job.running:
@@ -165,8 +165,9 @@ def job_panel(job: Any, *, cancel_key: str, cancelling: str, cancelled: str,
             job.cancel.set()
             st.info(cancelling)
         return
-    if job.status == "done" and not job.adopted:
-        if adopt is not None:  # (kernel jobs are adopted by state.init on the rerun)
+    if not job.acknowledged:  # the job just ended: rerun the page once, so its buttons and
+        job.acknowledged = True  # results follow (kernel jobs are adopted by state.init)
+        if job.status == "done" and adopt is not None:
             job.adopted = True
             adopt(job)
         st.rerun()

@@ -175,7 +175,7 @@ def test_kernel_estimate_and_first_n_rows() -> None:
     first_guess = texts(at.metric)[2]
     assert first_guess.endswith(" s") or " min" in first_guess, first_guess
     at.radio(key="p_dtype").set_value("bfloat16").run()
-    assert texts(at.metric)[2] == "unknown"  # bfloat16's CPU speed is measured, never guessed
+    assert texts(at.metric)[2] == "—"  # bfloat16's CPU speed is measured, never guessed
     at.radio(key="p_dtype").set_value("float32").run()
     # sparse: K nearest + 4 random per row; K never exceeds N (and stays there when N grows)
     at.toggle(key="p_sparse").set_value(True).run()

@@ -34,8 +34,17 @@ def test_the_estimate_uses_the_median_of_the_latest_three_measured_speeds(cache:
     assert measured_speed(key) == pytest.approx(200.0)  # median of 100, 400, 200
     seconds, source = estimate_seconds(est, key)
     assert source == "measured" and seconds == pytest.approx(est.tokens / 200.0)
-    # other precisions and kinds keep their own speeds; a GPU without a record says unknown
-    assert estimate_seconds(est, speed_key("utility", "bfloat16", False, "cpu"))[1] == "guess"
+    # other precisions, models, settings and kinds keep their own speeds; no record and no
+    # guess (bfloat16, or a GPU) is "unknown"
+    assert estimate_seconds(est, speed_key("utility", "bfloat16", False, "cpu"),
+                            "bfloat16") == (None, "unknown")
+    assert estimate_seconds(est, speed_key("utility", "float32", False, "cpu",
+                                           "smollm2-135m-instruct"))[1] == "guess"
+    from delift_core import UtilitySettings
+
+    assert speed_key("utility", "float32", False, "cpu", settings=UtilitySettings(
+        batch_size=4)) != key
+    assert speed_key("utility", "float32", False, "cpu", settings=UtilitySettings()) == key
     assert estimate_seconds(est, speed_key("utility", "float32", True, "cuda")) == (None,
                                                                                    "unknown")
     runs = json.loads((cache / SPEEDS_FILE).read_text())[key]
@@ -47,10 +56,12 @@ def test_the_estimate_uses_the_median_of_the_latest_three_measured_speeds(cache:
 
 
 def test_a_damaged_speeds_file_falls_back_on_the_guess(cache: Path) -> None:
-    (cache / SPEEDS_FILE).write_text("{not json")
     est = estimate_work(load_dataset("demo:pool").subset(range(4)), kind="utility")
     key = speed_key("utility", "float32", False, "cpu")
-    assert estimate_seconds(est, key)[1] == "guess"
+    for bad in ("{not json", json.dumps({key: {"tokens_per_s": 5}}), json.dumps([1, 2]),
+                json.dumps({key: [{"tokens_per_s": "fast"}, 7, {"tokens_per_s": -1}]})):
+        (cache / SPEEDS_FILE).write_text(bad)
+        assert estimate_seconds(est, key)[1] == "guess", bad
     record_speed(key, 5_000, 5.0)  # and the next record writes a good file
     assert measured_speed(key) == pytest.approx(1000.0)
 
@@ -63,13 +74,13 @@ def test_a_fresh_utility_kernel_records_its_speed_and_a_stored_one_does_not(
     monkeypatch.setattr(estimates, "record_speed", lambda *a: calls.append(a))
     pool = load_dataset("demo:pool").subset(range(5))
     k = compute_kernels(pool, kind="utility", lm=tiny_llama)
-    assert calls == [(speed_key("utility", "float32", False, "cpu"),
+    assert calls == [(speed_key("utility", "float32", False, "cpu", tiny_llama.name),
                       estimate_work(pool, kind="utility").tokens, k.meta["seconds"])]
     again = compute_kernels(pool, kind="utility", lm=tiny_llama)  # from the pair store
     assert again.meta["pool"]["pairs_computed"] == 0 and len(calls) == 1
     sparse = compute_kernels(load_dataset("demo:pool").subset(range(5, 12)), kind="utility",
                              lm=tiny_llama, neighbours=2, neighbour_random=1)
-    assert calls[-1][0] == speed_key("utility", "float32", True, "cpu")
+    assert calls[-1][0] == speed_key("utility", "float32", True, "cpu", tiny_llama.name)
     assert calls[-1][1] == estimate_work(load_dataset("demo:pool").subset(range(5, 12)),
                                          kind="utility", neighbours=2,
                                          neighbour_random=1).tokens

@@ -202,7 +202,7 @@ def test_estimate_work_counts_pairs_and_texts() -> None:
     demo = estimate_work(load_dataset("demo:pool"), kind="utility", neighbours=16)
     assert demo.units == 240 * 20 + 240
     # the benchmark's sparse demo run took 421 s (fp32) for this estimate; bfloat16's CPU speed
-    # differs by torch build (2.7x faster, then 5x slower) so it is never guessed
+    # differs by CPU (2.7x faster with AVX512-BF16, 5x slower without) so it is never guessed
     assert 380 < utility_time_guess(demo, "float32") < 460
     assert utility_time_guess(demo, "bfloat16") is None
     assert utility_time_guess(demo, "float16") is None

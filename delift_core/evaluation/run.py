@@ -107,8 +107,8 @@ def evaluate(subsets: Sequence[Subset], test: Dataset, *, lm: CausalLM | None = 
              keep_items: bool = True, cancel: threading.Event | None = None) -> EvalReport:
     """Score every subset on ``test`` in each mode; see :mod:`delift_core.evaluation`.
 
-    ``progress(label, done, total)`` is called per scored batch and LoRA step; setting ``cancel``
-    stops the run at the next one with :class:`EvaluationCancelled` (finished items are cached).
+    ``progress(label, done, total)`` is called per scored item and LoRA step; setting ``cancel``
+    stops the run at the next one with :class:`EvaluationCancelled` (scored items are cached).
     """
     settings = settings or EvalSettings()
     settings.validate()
