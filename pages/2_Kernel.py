@@ -178,16 +178,17 @@ if start:
 
 
 @st.fragment(run_every=1.0 if running else None)
-def progress_panel() -> None:
+def progress_panel(page_saw_running: bool) -> None:
     """Live progress of this session's kernel job (state.init adopts its kernels)."""
-    ui.job_panel(state.current_job(), cancel_key="cancel_kernel",
+    ui.job_panel(state.current_job(), page_saw_running=page_saw_running,
+                 cancel_key="cancel_kernel",
                  cancelling="Cancelling after the current batch; finished pairs stay in the "
                             "pair store.",
                  cancelled="The computation was cancelled. Finished pairs are in the pair "
                            "store: starting again resumes where it stopped.")
 
 
-progress_panel()
+progress_panel(running)
 
 if s["kernels"] is not None:
     cfg, k = s["kernel_config"], s["kernels"]

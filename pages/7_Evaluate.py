@@ -98,16 +98,17 @@ def _adopt(job: Any) -> None:
 
 
 @st.fragment(run_every=1.0 if running else None)
-def progress_panel() -> None:
+def progress_panel(page_saw_running: bool) -> None:
     """Live progress of this session's evaluation; its report is adopted when it ends."""
-    ui.job_panel(state.current_eval_job(), cancel_key="ev_cancel", adopt=_adopt,
+    ui.job_panel(state.current_eval_job(), page_saw_running=page_saw_running,
+                 cancel_key="ev_cancel", adopt=_adopt,
                  cancelling="Cancelling after the current batch; scored items stay cached, so "
                             "running again resumes where it stopped.",
                  cancelled="The evaluation was cancelled. Scored items are cached: running it "
                            "again resumes where it stopped.", failed="The evaluation failed: ")
 
 
-progress_panel()
+progress_panel(running)
 
 report = s.get("ev_report")
 if report is not None:

@@ -42,7 +42,6 @@ class Job:
     result: Any = None
     error: str | None = None
     adopted: bool = False  # its result was taken into the session
-    acknowledged: bool = False  # the page has rerun once since it ended
     thread: threading.Thread | None = None
 
     @property

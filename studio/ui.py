@@ -152,11 +152,17 @@ def show_explanation(sel: Selection, row_id: str, top: int = 5) -> None:
                     hide_index=True, width="stretch")
 
 
-def job_panel(job: Any, *, cancel_key: str, cancelling: str, cancelled: str,
-              failed: str = "", adopt: Callable[[Any], None] | None = None) -> None:
+def job_panel(job: Any, *, page_saw_running: bool, cancel_key: str, cancelling: str,
+              cancelled: str, failed: str = "",
+              adopt: Callable[[Any], None] | None = None) -> None:
     """The live part of a background job (call it in a polling fragment): progress and Cancel
-    while it runs; when it ends, rerun the page once (``adopt`` a done job's result first), then
-    say whether it was cancelled or failed."""
+    while it runs; when it ends, rerun the whole page (``adopt`` a done job's result first), then
+    say whether it was cancelled or failed.
+
+    ``page_saw_running`` is whether the page's last full run saw the job running (a fragment's
+    reruns keep the arguments of the last full run): while it is true and the job has ended,
+    every poll asks for a full rerun again, so a rerun request that Streamlit drops (one made
+    while another run is starting) cannot leave the page showing a job that has ended."""
     if job is None:
         return
     if job.running:
@@ -165,12 +171,11 @@ def job_panel(job: Any, *, cancel_key: str, cancelling: str, cancelled: str,
             job.cancel.set()
             st.info(cancelling)
         return
-    if not job.acknowledged:  # the job just ended: rerun the page once, so its buttons and
-        job.acknowledged = True  # results follow (kernel jobs are adopted by state.init)
-        if job.status == "done" and adopt is not None:
-            job.adopted = True
-            adopt(job)
-        st.rerun()
+    if job.status == "done" and adopt is not None and not job.adopted:
+        job.adopted = True
+        adopt(job)
+    if page_saw_running:  # the page still shows it running: its buttons and results must follow
+        st.rerun()  # (kernel jobs are adopted by state.init at the top of the rerun)
     if job.status == "cancelled":
         st.warning(cancelled)
     elif job.status == "error":

@@ -537,3 +537,25 @@ def test_diagonal_radio_only_for_utility_kernels_and_it_persists() -> None:
     goto(at, "3_Select")
     assert at.radio(key="p_diagonal").value == "reference"
     assert at.session_state["selection"].kernels.diagonal == "reference"
+
+
+def test_an_ended_job_asks_for_a_page_rerun_on_every_poll_until_the_page_has_seen_it_end(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full rerun asked for from the polling fragment can be dropped by Streamlit (one asked for
+    while another run starts); the panel must ask again on the next poll, or the page shows a
+    finished kernel as still computing for ever (the hang seen in fresh-clone CI). The result is
+    adopted once, however many polls there are."""
+    from types import SimpleNamespace
+
+    from studio import ui
+
+    reruns: list[int] = []
+    adopted: list[object] = []
+    monkeypatch.setattr(ui.st, "rerun", lambda: reruns.append(1))
+    job = SimpleNamespace(running=False, status="done", adopted=False, error=None, result="r")
+    kw = dict(cancel_key="c", cancelling="", cancelled="", adopt=lambda j: adopted.append(j.result))
+    for _ in range(3):  # three polls with the page still showing the job as running
+        ui.job_panel(job, page_saw_running=True, **kw)
+    assert reruns == [1, 1, 1] and adopted == ["r"]
+    ui.job_panel(job, page_saw_running=False, **kw)  # the full run that shows the result
+    assert reruns == [1, 1, 1] and adopted == ["r"]
