@@ -18,10 +18,9 @@ import streamlit as st
 from delift_core import (Dataset, DeliftError, Kernels, KernelCancelled, compute_kernels,
                          load_causal_lm, load_embedder)
 from delift_core.evaluation import EvalSettings, EvaluationCancelled, Subset, evaluate
+from delift_core.kernels import DEFAULT_TARGET_DIRECTION
 from delift_core.plan import engine_kind
 from delift_core.estimates import WorkEstimate
-
-from .worker import shared_worker
 
 
 @dataclass(kw_only=True)
@@ -110,18 +109,23 @@ class KernelJob(Job):
         return 0.0 if self.status != "done" else 1.0
 
     def work(self) -> Kernels:
-        """Compute the kernels: a utility kernel in the model-holding worker process
-        (:mod:`studio.worker`: the server's own Python would slow it down), the others here."""
+        """Load the model and compute the kernels."""
         cfg = self.config
+        lm = embedder = None
         if cfg["kind"] == "utility":
-            return shared_worker().run(cfg, self.pool, self.target, self.existing,
-                                       cancel=self.cancel, progress=self._progress,
-                                       stage=lambda msg: setattr(self, "stage", msg))
-        self.stage = "loading the sentence embedder"
-        embedder = load_embedder(cfg.get("embedder") or None)
+            self.stage = "loading the causal LM"
+            lm = load_causal_lm(cfg.get("model") or None, dtype=cfg.get("dtype") or "float32",
+                                progress=lambda msg: setattr(self, "stage", msg))
+        else:
+            self.stage = "loading the sentence embedder"
+            embedder = load_embedder(cfg.get("embedder") or None)
         return compute_kernels(self.pool, target=self.target, existing=self.existing,
-                               kind=engine_kind(cfg["kind"]), embedder=embedder,
-                               progress=self._progress, cancel=self.cancel)
+                               kind=engine_kind(cfg["kind"]),
+                               lm=lm, embedder=embedder, progress=self._progress,
+                               cancel=self.cancel, neighbours=cfg.get("neighbours"),
+                               backend=cfg.get("backend") or "local",
+                               target_direction=cfg.get("target_direction")
+                               or DEFAULT_TARGET_DIRECTION)
 
 
 @dataclass(kw_only=True)
