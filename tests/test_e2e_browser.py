@@ -318,10 +318,6 @@ def _seconds(text: str) -> float:
 
 @pytest.mark.slow
 @pytest.mark.real_cache
-@pytest.mark.skipif(os.environ.get("DELIFT_TIMING_BROWSER_TEST") != "1",
-                    reason="run by hand (DELIFT_TIMING_BROWSER_TEST=1): in two fresh-clone CI "
-                           "runs it hung after the first kernel for a reason not yet found, "
-                           "while it passes when run on its own")
 def test_utility_kernel_estimate_and_progress_in_chromium(tmp_path: Path) -> None:
     """The Kernel page's time estimate for a small utility kernel is within 2x of the time it
     then takes, and its progress bar moves every few seconds.
