@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from .data import Dataset
-from .models import DEFAULT_MODEL
+from .models import DEFAULT_MODEL, packaged_model
 from .utility_settings import DEFAULT_EXAMPLE_TEMPLATE, DEFAULT_PLAIN_TEMPLATE, UtilitySettings
 
 __all__ = ["WorkEstimate", "estimate_work", "stored_passes", "CPU_TOKENS_PER_S",
@@ -165,7 +165,14 @@ def _read_speeds() -> dict[str, list[dict[str, Any]]]:
 def speed_key(kind: str, dtype: str | None, sparse: bool, device: str = "cpu",
               model: str | None = None, settings: Any = None) -> str:
     """Speeds are kept per kernel kind, model, engine settings (templates, cuts, batch size: a
-    short hash; the defaults when None), precision, full/sparse kernel and device type."""
+    short hash; the defaults when None), precision, full/sparse kernel and device type.
+
+    A packaged model is keyed by its alias however it was named ("Gemma-3-270M", a hub id it
+    is known by), as :func:`delift_core.models.load_causal_lm` names the model it loads, so an
+    estimate finds the speed its kernel recorded."""
+    spec = packaged_model(model)
+    if spec is not None and not (model and Path(model).expanduser().is_dir()):
+        model = spec.alias
     s = json.dumps(asdict(settings or UtilitySettings()), sort_keys=True, default=str)
     digest = hashlib.sha256(s.encode()).hexdigest()[:8]
     return (f"{kind}-{model or DEFAULT_MODEL}-{digest}-{dtype or 'float32'}-"

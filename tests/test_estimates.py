@@ -85,3 +85,22 @@ def test_a_fresh_utility_kernel_records_its_speed_and_a_stored_one_does_not(
                                          kind="utility", neighbours=2,
                                          neighbour_random=1).tokens
     assert calls[-1][2] == sparse.meta["seconds"]
+
+
+def test_a_packaged_model_has_one_speed_key_however_it_is_named(tmp_path: Path) -> None:
+    """The Kernel page keys its estimate by the name the user typed; a kernel records its speed
+    under the name load_causal_lm gave the model (the packaged alias). Both must be the same key,
+    or a measured speed is never found for "Gemma-3-270M"; a folder or hub id keeps its name."""
+    from delift_core.models import PACKAGED_MODELS
+
+    for spec in PACKAGED_MODELS.values():
+        want = speed_key("utility", "float32", False, "cpu", spec.alias)
+        for name in (spec.alias.upper(), f" {spec.alias} ", *spec.aliases):
+            assert speed_key("utility", "float32", False, "cpu", name) == want, name
+    assert speed_key("utility", "float32", False, "cpu", None) == speed_key(
+        "utility", "float32", False, "cpu", "gemma-3-270m")
+    other = speed_key("utility", "float32", False, "cpu", "HuggingFaceTB/SmolLM2-360M-Instruct")
+    assert "SmolLM2-360M-Instruct" in other
+    folder = tmp_path / "gemma-3-270m"  # a local folder that happens to bear an alias's name
+    folder.mkdir()
+    assert str(folder) in speed_key("utility", "float32", False, "cpu", str(folder))
