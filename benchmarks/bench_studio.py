@@ -6,7 +6,9 @@ Each arm starts from its own fresh cache folder (the dequantised default model i
 neither pays for dequantising; no pairs are reused): the CLI arm runs ``delift kernel`` in a new
 process; the studio arm runs ``streamlit run app.py`` and drives Chromium through Data -> Kernel ->
 Compute (the "studio-unwatched" arm closes the browser once the job has started, to tell
-the cost of a watching browser and its progress polling from the server's own). Printed per arm: wall time from the command (CLI) or the click (studio) to the kernel,
+the cost of a watching browser and its progress polling from the server's own; "studio-gc-on"
+turns Streamlit's full garbage collection after every script run back on, which the project's
+config turns off, to show what that setting is worth). Printed per arm: wall time from the command (CLI) or the click (studio) to the kernel,
 the kernel's own compute seconds (``meta["seconds"]``, model loading excluded), and the
 studio/CLI ratios. The arms alternate (CLI, studio, CLI, studio, ...) so slow drift in the
 machine's load hits both.
@@ -55,7 +57,7 @@ def cli_arm(rows: int) -> dict:
     return {"wall_s": wall, "compute_s": float(meta["seconds"])}
 
 
-def studio_arm(rows: int, watch: bool = True) -> dict:
+def studio_arm(rows: int, watch: bool = True, options: tuple[str, ...] = ()) -> dict:
     """The Kernel page in Chromium: demo data, DELIFT kernel of ``rows`` rows, Compute.
 
     ``watch=False`` closes the browser once the job has started (its progress bar is shown), so
@@ -67,7 +69,7 @@ def studio_arm(rows: int, watch: bool = True) -> dict:
 
     cache = fresh_cache()
     env = dict(os.environ, DELIFT_CACHE_DIR=str(cache))
-    with streamlit_server(env, "streamlit-bench.log") as url, sync_playwright() as p:
+    with streamlit_server(env, "streamlit-bench.log", options) as url, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -111,7 +113,11 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args()
     arms = {"cli": cli_arm, "studio": studio_arm,
-            "studio-unwatched": lambda rows: studio_arm(rows, watch=False)}
+            "studio-unwatched": lambda rows: studio_arm(rows, watch=False),
+            # Streamlit's default: a full garbage collection after every script run (the
+            # project's .streamlit/config.toml turns it off; this arm turns it back on)
+            "studio-gc-on": lambda rows: studio_arm(rows, options=("--runner.postScriptGC",
+                                                                   "true"))}
     runs: dict[str, list[dict]] = {arm: [] for arm in arms}
     for k in range(args.repeats):
         for arm, fn in arms.items():
@@ -127,7 +133,9 @@ def main() -> int:
         print(f"  {label}: CLI {med['cli'][m]:.1f} s, studio {med['studio'][m]:.1f} s, "
               f"studio/CLI = {med['studio'][m] / med['cli'][m]:.2f}x; studio with the browser "
               f"closed {med['studio-unwatched'][m]:.1f} s = "
-              f"{med['studio-unwatched'][m] / med['cli'][m]:.2f}x")
+              f"{med['studio-unwatched'][m] / med['cli'][m]:.2f}x; studio with Streamlit's "
+              f"post-run GC on {med['studio-gc-on'][m]:.1f} s = "
+              f"{med['studio-gc-on'][m] / med['cli'][m]:.2f}x")
     return 0
 
 

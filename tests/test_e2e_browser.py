@@ -44,15 +44,17 @@ def server():
 
 
 @contextlib.contextmanager
-def streamlit_server(env: dict[str, str], log_name: str) -> Iterator[str]:
-    """Run ``streamlit run app.py`` with ``env`` until the block ends; yields its URL."""
+def streamlit_server(env: dict[str, str], log_name: str,
+                     options: tuple[str, ...] = ()) -> Iterator[str]:
+    """Run ``streamlit run app.py`` with ``env`` (and extra command-line ``options``, e.g.
+    ``("--runner.postScriptGC", "true")``) until the block ends; yields its URL."""
     port = free_port()
     ARTIFACTS.mkdir(exist_ok=True)
     log = open(ARTIFACTS / log_name, "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
          "--server.address", "127.0.0.1", "--server.headless", "true",
-         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
+         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none", *options],
         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
