@@ -151,8 +151,8 @@ def test_upload_size_limit_message() -> None:
 
 
 def test_server_config_turns_off_the_gc_after_every_script_run() -> None:
-    """Streamlit's forced full GC after each run (each 1 s progress poll included) took ~0.25 s of
-    the GIL and a core with torch loaded, and made a studio kernel 2x slower than the CLI's
+    """Streamlit's forced full GC after each run (each 1 s progress poll included) holds the GIL
+    over a heap with torch loaded, and made a studio kernel 2x slower than the CLI's
     (benchmarks/README.md). The option must exist under this name, or the line does nothing."""
     import tomllib
 
