@@ -216,12 +216,17 @@ def measured_speed(key: str) -> float | None:
     return statistics.median(runs) if runs else None
 
 
-def estimate_seconds(estimate: WorkEstimate, key: str, dtype: str | None = "float32"
-                     ) -> tuple[float | None, str]:
+def estimate_seconds(estimate: WorkEstimate, key: str, dtype: str | None = "float32",
+                     stored: int = 0) -> tuple[float | None, str]:
     """(seconds, where the speed comes from): ``"measured"`` on this machine, ``"guess"`` (the
-    benchmark CPU's speed, CPU only) or ``"unknown"``."""
+    benchmark CPU's speed, CPU only) or ``"unknown"``. ``stored`` passes (:func:`stored_passes`)
+    are read from the pair store, not computed, so only the rest's share of the tokens counts."""
     speed = measured_speed(key)
     if speed:
-        return estimate.seconds(speed), "measured"
-    guess = utility_time_guess(estimate, dtype) if key.endswith("-cpu") else None
-    return (guess, "guess") if guess is not None else (None, "unknown")
+        seconds, source = estimate.seconds(speed), "measured"
+    else:
+        guess = utility_time_guess(estimate, dtype) if key.endswith("-cpu") else None
+        seconds, source = (guess, "guess") if guess is not None else (None, "unknown")
+    if seconds is not None and estimate.units:
+        seconds *= max(0, estimate.units - stored) / estimate.units
+    return seconds, source

@@ -121,14 +121,13 @@ m1, m2, m3 = st.columns(3)
 unit = "forward passes" if kind == "utility" else "texts to embed"
 m1.metric(f"{unit.capitalize()}", f"{est.units:,}")
 m2.metric("Tokens (about)", f"{est.tokens:,}")
-seconds, speed_source = (estimate_seconds(est, speed_key(
-    "utility", dtype, bool(neighbours), state.resolve_device().type,
-    s["p_model"] or DEFAULT_MODEL), dtype) if kind == "utility" else (None, "unknown"))
 stored = (stored_passes(est, run_pool, target=run_target, existing=run_existing,
                         model=s["p_model"], dtype=dtype, sparse=bool(neighbours))
           if kind == "utility" else 0)
-if seconds is not None and est.units:  # only the passes the pair store lacks take time
-    seconds *= max(0, est.units - stored) / est.units
+seconds, speed_source = (estimate_seconds(est, speed_key(
+    "utility", dtype, bool(neighbours), state.resolve_device().type,
+    s["p_model"] or DEFAULT_MODEL), dtype, stored=stored) if kind == "utility"
+    else (None, "unknown"))
 if kind != "utility":
     m3.metric("Time (about)", "seconds")
 elif speed_source == "measured":

@@ -104,3 +104,15 @@ def test_a_packaged_model_has_one_speed_key_however_it_is_named(tmp_path: Path) 
     folder = tmp_path / "gemma-3-270m"  # a local folder that happens to bear an alias's name
     folder.mkdir()
     assert str(folder) in speed_key("utility", "float32", False, "cpu", str(folder))
+
+
+def test_passes_in_the_pair_store_take_no_time_in_the_estimate(cache: Path) -> None:
+    est = estimate_work(load_dataset("demo:pool").subset(range(4)), kind="utility")  # 20 passes
+    key = speed_key("utility", "float32", False, "cpu")
+    record_speed(key, 1_000, 1.0)
+    full, source = estimate_seconds(est, key)
+    assert source == "measured" and full == pytest.approx(est.tokens / 1_000)
+    assert estimate_seconds(est, key, stored=5)[0] == pytest.approx(full * 15 / 20)
+    assert estimate_seconds(est, key, stored=20)[0] == 0.0
+    guess = estimate_seconds(est, speed_key("utility", "float32", True, "cpu"), stored=10)
+    assert guess == (pytest.approx(utility_time_guess(est) / 2), "guess")
