@@ -68,8 +68,8 @@ def main() -> None:
         write_pool(args.write_pool, args.pool_rows)
         return
     os.environ["DELIFT_CACHE_DIR"] = tempfile.mkdtemp(prefix="bench_emb_")
-    from delift_core.embedding import EmbedStats, embed_texts, sample_text
-    from delift_core.models import load_embedder
+    from delift_core.kernels.embedding import EmbedStats, embed_texts, sample_text
+    from delift_core.lm.models import load_embedder
 
     rows = source_rows()
     random.Random(0).shuffle(rows)

@@ -24,9 +24,9 @@ import time
 
 import numpy as np
 
-from delift_core.data import load_dataset
-from delift_core.kernels import compute_kernels, kernel_report
-from delift_core.models import load_causal_lm, load_embedder
+from delift_core.data.dataset import load_dataset
+from delift_core.kernels.builder import compute_kernels, kernel_report
+from delift_core.lm.models import load_causal_lm, load_embedder
 
 
 def main() -> None:

@@ -46,11 +46,11 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from delift_core import (Dataset, UtilitySettings, compute_kernels, load_causal_lm,  # noqa: E402
+from delift_core import (Dataset, UtilitySettings, compute_kernels, load_causal_lm,
                          load_dataset_bytes, load_embedder, select)
-from delift_core.diagonal import DIAGONAL_POLICIES  # noqa: E402
-from delift_core.evaluation import EvalSettings, Subset, evaluate  # noqa: E402
-from delift_core.evaluation.stats import compare_paired  # noqa: E402
+from delift_core.kernels.diagonal import DIAGONAL_POLICIES
+from delift_core.evaluation import EvalSettings, Subset, evaluate
+from delift_core.evaluation.stats import compare_paired
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from study import _ds, _jsonl, machine as study_machine  # noqa: E402

@@ -23,11 +23,11 @@ import time
 
 import numpy as np
 
-from delift_core.data import load_dataset
-from delift_core.embedding import embed_texts, sample_text
-from delift_core.models import load_causal_lm, load_embedder
-from delift_core.sparse import neighbour_pairs
-from delift_core.utility import UtilityKernel, UtilitySettings
+from delift_core.data.dataset import load_dataset
+from delift_core.kernels.embedding import embed_texts, sample_text
+from delift_core.lm.models import load_causal_lm, load_embedder
+from delift_core.kernels.sparse import neighbour_pairs
+from delift_core.kernels.utility import UtilityKernel, UtilitySettings
 
 
 def main() -> None:
@@ -40,7 +40,7 @@ def main() -> None:
     args = ap.parse_args()
     import ray
 
-    from delift_core import ray_backend
+    from delift_core.kernels import ray_backend
 
     pool = load_dataset("demo:pool").subset(range(args.rows))
     lm, emb = load_causal_lm(dtype=args.dtype), load_embedder()

@@ -3,7 +3,7 @@
     python benchmarks/bench_scale.py [--n 50000] [--k 32] [--budget 5000] [--fidelity-n 5000]
 
 The kernel is (cos + 1) / 2 between random clustered unit vectors, kept for each row's k nearest
-columns plus 4 seeded random ones (delift_core.sparse.neighbour_pairs), as scipy CSR float32.
+columns plus 4 seeded random ones (delift_core.kernels.sparse.neighbour_pairs), as scipy CSR float32.
 Peak memory: Python-traced allocations (tracemalloc, numpy included) of the selection step, and
 the process's maximum resident set. Also reports sparse-vs-dense fidelity at --fidelity-n.
 """
@@ -18,9 +18,9 @@ import tracemalloc
 import numpy as np
 import scipy.sparse as sp
 
-from delift_core.greedy import greedy_maximize
-from delift_core.objectives import FacilityLocation, FacilityLocationConditionalGain
-from delift_core.sparse import fidelity, neighbour_pairs
+from delift_core.selection.greedy import greedy_maximize
+from delift_core.selection.objectives import FacilityLocation, FacilityLocationConditionalGain
+from delift_core.kernels.sparse import fidelity, neighbour_pairs
 
 
 def embeddings(rng, n: int, d: int = 32, clusters: int = 200) -> np.ndarray:

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from delift_core.models import cache_dir  # noqa: E402
+from delift_core.lm.models import cache_dir
 
 
 def fresh_cache() -> Path:

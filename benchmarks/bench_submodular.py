@@ -15,9 +15,9 @@ import time
 
 import numpy as np
 
-from delift_core.greedy import greedy_maximize
-from delift_core.objectives import (FacilityLocation, FacilityLocationConditionalGain,
-                                    FacilityLocationMutualInformation)
+from delift_core.selection.greedy import greedy_maximize
+from delift_core.selection.objectives import (FacilityLocation, FacilityLocationConditionalGain,
+                                              FacilityLocationMutualInformation)
 
 
 def kernel(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -124,7 +124,7 @@ def main() -> None:
                 privacyHardness=1.0))
     # GC: f(A) = sum_{i in V, j in A} s_ij - lam sum_{i, j in A} s_ij (generic lazy greedy path;
     # the pool kernel is symmetric here, the form submodlib assumes)
-    from delift_core.objectives.graph_cut import GraphCut
+    from delift_core.selection.objectives.graph_cut import GraphCut
 
     compare("GC", lambda: GraphCut(pool, lam=0.4),
             lambda sm: sm.GraphCutFunction(n=n, mode="dense", lambdaVal=0.4, ggsijs=pool,

@@ -6,10 +6,10 @@ import sys
 import time
 import numpy as np
 from delift_core import load_dataset, select
-from delift_core.audit import audit
-from delift_core.kernels import Kernels
-from delift_core.report import build_report
-from delift_core.maps import cluster_labels
+from delift_core.outputs.audit import audit
+from delift_core.kernels.builder import Kernels
+from delift_core.outputs.report import build_report
+from delift_core.outputs.maps import cluster_labels
 ds = load_dataset(sys.argv[1] if len(sys.argv) > 1 else "../shared/data/gsm8k_train.jsonl")
 ds = ds.subset(range(5000))
 rng = np.random.default_rng(0)

@@ -46,11 +46,10 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
 
-from delift_core import (Dataset, UtilitySettings, compute_kernels, load_causal_lm,  # noqa: E402
+from delift_core import (Dataset, UtilitySettings, compute_kernels, load_causal_lm,
                          load_dataset_bytes, load_embedder, select)
-from delift_core.selection import Kernels  # noqa: E402
-from delift_core.evaluation import (EvalReport, EvalSettings, Subset,  # noqa: E402
-                                    baseline_subsets, evaluate)
+from delift_core.selection.select import Kernels
+from delift_core.evaluation import EvalReport, EvalSettings, Subset, baseline_subsets, evaluate
 
 DATA = ROOT.parent / "shared" / "data"
 OUT = ROOT / "docs" / "study"

@@ -7,31 +7,35 @@
     export_selection(selection, "out/")
 
 Subpackages and modules not re-exported here (``objectives``, ``plan``, ``views``, ``evaluation``,
-``sparse``, ``cover``) are imported by name: ``from delift_core.objectives import OBJECTIVES``.
+``sparse``, ``cover``) are imported by name: ``from delift_core.selection.objectives import OBJECTIVES``.
 """
 
 from importlib import metadata as _metadata
 
-from . import objectives, plan
-from .cover import best_cover
-from .data import ColumnMapping, Dataset, SkippedRow, detect_layout, load_dataset, load_dataset_bytes
-from .embedding import embed_texts, embedding_kernel
-from .errors import (DataError, DeliftError, KernelError, MissingDependencyError, ModelError,
-                     SelectionError)
-from .export import export_selection, rows_to_bytes, selection_artifacts
-from .greedy import GreedyResult, greedy_maximize, random_order
-from .kernel_io import load_kernels, save_kernels
-from .kernels import Kernels, SparseSpec, compute_kernels, kernel_report
-from .matrices import minmax_scale, scale_to_unit
-from .models import (DEFAULT_EMBEDDER, DEFAULT_MODEL, CausalLM, load_causal_lm, load_embedder,
-                     resolve_device)
-from .objectives import (OBJECTIVES, CoverageObjective, FacilityLocation,
-                         FacilityLocationConditionalGain, FacilityLocationMutualInformation,
-                         FacilityLocationQueryMutualInformation, Objective, ObjectiveSpec)
-from .review import Decisions, load_decisions
-from .selection import Selection, build_objective, resolve_budget, select
-from .utility import (DEFAULT_EXAMPLE_TEMPLATE, DEFAULT_PLAIN_TEMPLATE, KernelCancelled,
-                      KernelResult, Texts, UtilityKernel, UtilitySettings)
+from delift_core.selection import objectives, plan
+from delift_core.selection.cover import best_cover
+from delift_core.data.dataset import (ColumnMapping, Dataset, SkippedRow, detect_layout,
+                                      load_dataset, load_dataset_bytes)
+from delift_core.kernels.embedding import embed_texts, embedding_kernel
+from delift_core.errors import (DataError, DeliftError, KernelError, MissingDependencyError,
+                                ModelError, SelectionError)
+from delift_core.outputs.export import export_selection, rows_to_bytes, selection_artifacts
+from delift_core.selection.greedy import GreedyResult, greedy_maximize, random_order
+from delift_core.kernels.files import load_kernels, save_kernels
+from delift_core.kernels.builder import Kernels, SparseSpec, compute_kernels, kernel_report
+from delift_core.kernels.matrices import minmax_scale, scale_to_unit
+from delift_core.lm.models import (DEFAULT_EMBEDDER, DEFAULT_MODEL, CausalLM, load_causal_lm,
+                                   load_embedder, resolve_device)
+from delift_core.selection.objectives import (OBJECTIVES, CoverageObjective, FacilityLocation,
+                                              FacilityLocationConditionalGain,
+                                              FacilityLocationMutualInformation,
+                                              FacilityLocationQueryMutualInformation, Objective,
+                                              ObjectiveSpec)
+from delift_core.outputs.review import Decisions, load_decisions
+from delift_core.selection.select import Selection, build_objective, resolve_budget, select
+from delift_core.kernels.utility import (DEFAULT_EXAMPLE_TEMPLATE, DEFAULT_PLAIN_TEMPLATE,
+                                         KernelCancelled, KernelResult, Texts, UtilityKernel,
+                                         UtilitySettings)
 
 try:
     __version__ = _metadata.version("delift-studio")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from delift_core import objectives as registry
-from delift_core import plan
+from delift_core.selection import objectives as registry
+from delift_core.selection import plan
 from studio import state, ui
 
 ui.setup("Home", "🎯", heading="DELIFT Studio")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import streamlit as st
 
-from delift_core import objectives as registry
-from delift_core import plan
-from delift_core.kernels import DEFAULT_TARGET_DIRECTION, TARGET_DIRECTIONS
-from delift_core.models import DEFAULT_MODEL, PACKAGED_MODELS
-from delift_core.estimates import (estimate_seconds, estimate_work, format_seconds, speed_key,
-                                   stored_passes)
+from delift_core.selection import objectives as registry
+from delift_core.selection import plan
+from delift_core.kernels.builder import DEFAULT_TARGET_DIRECTION, TARGET_DIRECTIONS
+from delift_core.lm.models import DEFAULT_MODEL, PACKAGED_MODELS
+from delift_core.kernels.estimates import (estimate_seconds, estimate_work, format_seconds,
+                                           speed_key, stored_passes)
 from studio import state, ui
 
 ui.setup("Model & kernel", "🧮")

@@ -1,13 +1,13 @@
 """Selection: objective and its parameters, the budget (instant re-cut of the greedy order), gain
-curve. The objectives and their sliders come from the registry (delift_core.objectives)."""
+curve. The objectives and their sliders come from the registry (delift_core.selection.objectives)."""
 
 from __future__ import annotations
 
 import streamlit as st
 
-from delift_core import objectives as registry
-from delift_core.diagonal import DIAGONAL_HELP, DIAGONAL_POLICIES
-from delift_core.views import gain_curve
+from delift_core.selection import objectives as registry
+from delift_core.kernels.diagonal import DIAGONAL_HELP, DIAGONAL_POLICIES
+from delift_core.outputs.views import gain_curve
 from studio import charts, state, ui
 
 ui.setup("Selection", "🎯")

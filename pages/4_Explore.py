@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from delift_core.views import (cluster_order, compare_selections, decision_status, heatmap_view,
-                               hover_safe, rank_order)
+from delift_core.outputs.views import (cluster_order, compare_selections, decision_status,
+                                       heatmap_view, hover_safe, rank_order)
 from studio import charts, state, ui
 
 ui.setup("Explore & explain", "🗺️")

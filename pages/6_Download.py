@@ -8,10 +8,10 @@ import zipfile
 
 import streamlit as st
 
-from delift_core.audit import audit
+from delift_core.outputs.audit import audit
 from delift_core.errors import DeliftError, MissingDependencyError
-from delift_core.export import EXPORT_FORMATS, default_format, selection_artifacts
-from delift_core.report import build_report
+from delift_core.outputs.export import EXPORT_FORMATS, default_format, selection_artifacts
+from delift_core.outputs.report import build_report
 from studio import state, ui
 
 ui.setup("Download", "⬇️")

@@ -6,7 +6,7 @@ from dataclasses import asdict
 
 import streamlit as st
 
-from delift_core.audit import FINDINGS, AuditSettings, audit
+from delift_core.outputs.audit import FINDINGS, AuditSettings, audit
 from delift_core.errors import DeliftError, MissingDependencyError
 from studio import decisions as bulk
 from studio import state, ui

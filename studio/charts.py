@@ -1,6 +1,6 @@
-"""Plotly figures for the studio (built from :mod:`delift_core.views` results).
+"""Plotly figures for the studio (built from :mod:`delift_core.outputs.views` results).
 
-Dataset text in hover labels always goes through :func:`delift_core.views.hover_safe`, which
+Dataset text in hover labels always goes through :func:`delift_core.outputs.views.hover_safe`, which
 escapes HTML: Plotly renders a subset of HTML in hover labels.
 """
 
@@ -13,7 +13,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from delift_core import Dataset
-from delift_core.views import HeatmapView, hover_safe
+from delift_core.outputs.views import HeatmapView, hover_safe
 
 STATUS_COLOURS = {"selected": "#d62728", "rejected": "#9ecae1", "pinned": "#ff7f0e",
                   "banned": "#555555", "target": "#2ca02c", "existing": "#9467bd",

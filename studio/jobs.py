@@ -18,9 +18,9 @@ import streamlit as st
 from delift_core import (Dataset, DeliftError, Kernels, KernelCancelled, compute_kernels,
                          load_causal_lm, load_embedder)
 from delift_core.evaluation import EvalSettings, EvaluationCancelled, Subset, evaluate
-from delift_core.kernels import DEFAULT_TARGET_DIRECTION
-from delift_core.plan import engine_kind
-from delift_core.estimates import WorkEstimate
+from delift_core.kernels.builder import DEFAULT_TARGET_DIRECTION
+from delift_core.selection.plan import engine_kind
+from delift_core.kernels.estimates import WorkEstimate
 
 
 @dataclass(kw_only=True)
@@ -188,7 +188,7 @@ J = TypeVar("J", bound=Job)
 
 
 class JobRegistry:
-    """Jobs by session id and kind (measured speeds are kept on disk: delift_core.estimates)."""
+    """Jobs by session id and kind (measured speeds are kept on disk: delift_core.kernels.estimates)."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()

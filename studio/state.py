@@ -39,13 +39,14 @@ import numpy as np
 import streamlit as st
 
 from delift_core import (ColumnMapping, Dataset, Decisions, Kernels, Selection, SelectionError,
-                         embed_texts, load_dataset, load_dataset_bytes, load_embedder, plan, select)
-from delift_core import objectives as registry
-from delift_core.data import read_records
-from delift_core.diagonal import DEFAULT_DIAGONAL
-from delift_core.embedding import sample_text
-from delift_core.kernels import DEFAULT_TARGET_DIRECTION
-from delift_core.models import resolve_device
+                         embed_texts, load_dataset, load_dataset_bytes, load_embedder, select)
+from delift_core.selection import plan
+from delift_core.selection import objectives as registry
+from delift_core.data.dataset import read_records
+from delift_core.kernels.diagonal import DEFAULT_DIAGONAL
+from delift_core.kernels.embedding import sample_text
+from delift_core.kernels.builder import DEFAULT_TARGET_DIRECTION
+from delift_core.lm.models import resolve_device
 
 from . import jobs
 
@@ -228,7 +229,7 @@ def rows_preview(ds: Dataset, limit: int = 200) -> "Any":
 
 def kernel_inputs(stage: str, kind: str, limit: int) -> plan.KernelInputs:
     """The session's pool cut to its first ``limit`` rows and the loaded extra sets this stage
-    and kernel use (the rule is :func:`delift_core.plan.kernel_inputs`)."""
+    and kernel use (the rule is :func:`delift_core.selection.plan.kernel_inputs`)."""
     s = ss()
     return plan.kernel_inputs(s["pool"], stage, kind, limit, target=s["target"],
                               existing=s["existing"])
@@ -237,7 +238,7 @@ def kernel_inputs(stage: str, kind: str, limit: int) -> plan.KernelInputs:
 def start_kernel_job(config: dict, pool: Dataset, target: Dataset | None,
                      existing: Dataset | None) -> jobs.KernelJob:
     """Start computing kernels for this session in a background thread."""
-    from delift_core.estimates import estimate_work
+    from delift_core.kernels.estimates import estimate_work
 
     est = estimate_work(pool, target=target, existing=existing,
                         kind=plan.engine_kind(config["kind"]), neighbours=config.get("neighbours"))
@@ -284,7 +285,7 @@ def set_kernels(kernels: Kernels, config: dict, pool: Dataset, target: Dataset |
 
 
 def available_objectives() -> list[str]:
-    """Objectives the current kernels can serve (:func:`delift_core.plan.available_objectives`)."""
+    """Objectives the current kernels can serve (:func:`delift_core.selection.plan.available_objectives`)."""
     return plan.available_objectives(ss()["kernels"])
 
 
@@ -414,7 +415,7 @@ def embeddings(ds: Dataset, embedder: str | None = None) -> np.ndarray:
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def _project(key: str, _emb: np.ndarray, method: str, seed: int) -> np.ndarray:
-    from delift_core.maps import project_2d
+    from delift_core.outputs.maps import project_2d
 
     return project_2d(_emb, method=method, seed=seed)
 
@@ -427,7 +428,7 @@ def projection(emb: np.ndarray, method: str, seed: int = 0) -> np.ndarray:
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def _clusters(key: str, _emb: np.ndarray, k: int, seed: int) -> np.ndarray:
-    from delift_core.maps import cluster_labels
+    from delift_core.outputs.maps import cluster_labels
 
     return cluster_labels(_emb, k, seed=seed)
 

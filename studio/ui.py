@@ -11,8 +11,8 @@ from typing import Any, Callable
 import streamlit as st
 
 from delift_core import Dataset, Selection
-from delift_core.estimates import format_seconds
-from delift_core.views import explain
+from delift_core.kernels.estimates import format_seconds
+from delift_core.outputs.views import explain
 
 from . import state
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from delift_core.models import CausalLM
+from delift_core.lm.models import CausalLM
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CHARS = sorted(set(string.printable))

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from delift_core import load_dataset, plan, selection_artifacts
-from delift_core import objectives as registry
-from delift_core.objectives import FacilityLocation, ObjectiveSpec, Param
+from delift_core import load_dataset, selection_artifacts
+from delift_core.selection import plan
+from delift_core.selection import objectives as registry
+from delift_core.selection.objectives import FacilityLocation, ObjectiveSpec, Param
 from studio.state import param_key
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -456,7 +457,7 @@ def test_sessions_do_not_share_data_jobs_or_decisions() -> None:
 @pytest.mark.slow
 @pytest.mark.real_cache
 def test_utility_kernel_on_six_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from delift_core.models import cache_dir
+    from delift_core.lm.models import cache_dir
 
     real = cache_dir()  # the user's cache, where the dequantised model is kept
     (real / "models").mkdir(exist_ok=True)
@@ -498,7 +499,7 @@ def test_utility_kernel_on_six_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 @pytest.mark.real_cache
 def test_sparse_utility_kernel_then_select_and_explore(tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    from delift_core.models import cache_dir
+    from delift_core.lm.models import cache_dir
 
     real = cache_dir()
     (real / "models").mkdir(exist_ok=True)

@@ -12,10 +12,10 @@ import pytest
 import scipy.sparse as sp
 
 from delift_core import load_dataset, select
-from delift_core.audit import FINDINGS, AuditError, AuditSettings, audit
+from delift_core.outputs.audit import FINDINGS, AuditError, AuditSettings, audit
 from delift_core.cli import main
-from delift_core.data import Dataset
-from delift_core.kernels import Kernels, row_hashes
+from delift_core.data.dataset import Dataset
+from delift_core.kernels.builder import Kernels, row_hashes
 
 ROWS = [  # (id, prompt, response)
     ("easy", "What is 2 + 2?", "4"),
@@ -166,7 +166,7 @@ def test_audit_cli_writes_json_and_csv(tmp_path, capsys) -> None:
     data = tmp_path / "bad.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     ds = load_dataset(data)
-    from delift_core.selection import save_kernels
+    from delift_core.selection.select import save_kernels
 
     save_kernels(utility_kernels(bad_rows_kernel(), ds), tmp_path / "kernel")
     out = tmp_path / "audit"

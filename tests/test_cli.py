@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from delift_core.cli import main
-from delift_core.review import Decisions
+from delift_core.outputs.review import Decisions
 
 TARGET = ["--target", "demo:target"]
 EXISTING = ["--existing", "demo:existing"]
@@ -22,12 +22,12 @@ EXTRA = {"fl": [], "flmi": TARGET, "flqmi": TARGET, "flcg": EXISTING, "random": 
 @pytest.fixture(autouse=True)
 def _no_causal_lm(monkeypatch):
     """These tests use the embedding kernel or none: loading the causal LM would be a bug here."""
-    import delift_core.models
+    import delift_core.lm.models
 
     def refuse(*args, **kwargs):
         raise AssertionError("the CLI loaded the causal LM although no utility kernel was asked")
 
-    monkeypatch.setattr(delift_core.models, "load_causal_lm", refuse)
+    monkeypatch.setattr(delift_core.lm.models, "load_causal_lm", refuse)
 
 
 def lines(path: Path) -> list[dict]:
@@ -153,16 +153,16 @@ def test_other_user_errors_exit_2(tmp_path, capsys):
     assert "budget" in err
     user_error(capsys, ["select", "--pool", "demo:pool", "--objective", "random",
                         "--budget", "lots", *out])
-    import delift_core.models
+    import delift_core.lm.models
 
     loaded = []
-    real = delift_core.models.load_embedder
+    real = delift_core.lm.models.load_embedder
     try:
-        delift_core.models.load_embedder = lambda *a, **k: loaded.append(1) or real(*a, **k)
+        delift_core.lm.models.load_embedder = lambda *a, **k: loaded.append(1) or real(*a, **k)
         err = user_error(capsys, ["select", "--pool", "demo:pool", "--kernel", "embedding",
                                   "--budget", "0", *out])
     finally:
-        delift_core.models.load_embedder = real
+        delift_core.lm.models.load_embedder = real
     assert "selects nothing" in err and not loaded, "the budget is checked before the kernels"
     user_error(capsys, ["select", "--pool", "demo:pool", "--objective", "random",
                         "--budget", "500", *out])
@@ -240,7 +240,7 @@ def test_real_data_all_three_stages(shared_data, tmp_path, capsys):
 
 def test_review_decisions_file(tmp_path):
     from delift_core.errors import DataError
-    from delift_core.review import load_decisions
+    from delift_core.outputs.review import load_decisions
 
     d = Decisions()
     d.pin("a")

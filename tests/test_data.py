@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from delift_core.data import ColumnMapping, detect_layout, load_dataset, load_dataset_bytes
+from delift_core.data.dataset import ColumnMapping, detect_layout, load_dataset, load_dataset_bytes
 from delift_core.errors import DataError
 
 

@@ -9,16 +9,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from delift_core.data import load_dataset
-from delift_core.utility import (DEFAULT_EXAMPLE_TEMPLATE, DEFAULT_PLAIN_TEMPLATE, UtilityKernel,
-                                 UtilitySettings)
+from delift_core.data.dataset import load_dataset
+from delift_core.kernels.utility import (DEFAULT_EXAMPLE_TEMPLATE, DEFAULT_PLAIN_TEMPLATE,
+                                         UtilityKernel, UtilitySettings)
 
 pytestmark = [pytest.mark.slow, pytest.mark.real_cache]
 
 
 @pytest.fixture(scope="module")
 def default_lm():
-    from delift_core.models import load_causal_lm
+    from delift_core.lm.models import load_causal_lm
 
     return load_causal_lm()
 

@@ -12,12 +12,12 @@ import pytest
 import scipy.sparse as sp
 
 from delift_core import load_dataset_bytes
-from delift_core.diagonal import scale_with_diagonal, self_pairs
+from delift_core.kernels.diagonal import scale_with_diagonal, self_pairs
 from delift_core.errors import SelectionError
-from delift_core.export import build_manifest
-from delift_core.kernels import Kernels, compute_kernels
-from delift_core.selection import select
-from delift_core.utility import Texts, UtilityKernel, UtilitySettings
+from delift_core.outputs.export import build_manifest
+from delift_core.kernels.builder import Kernels, compute_kernels
+from delift_core.selection.select import select
+from delift_core.kernels.utility import Texts, UtilityKernel, UtilitySettings
 
 RAW = np.array([[0.9, 0.2, 0.0],
                 [0.4, 0.8, 0.1],
@@ -144,8 +144,8 @@ def test_target_direction_reference_is_the_transpose(tiny):
 
 
 def _kernel_folder(tmp_path, pool, direction=None):
-    from delift_core.kernel_io import save_kernels
-    from delift_core.kernels import row_hashes
+    from delift_core.kernels.files import save_kernels
+    from delift_core.kernels.builder import row_hashes
 
     raw = RAW.copy()
     raw[np.diag_indices(3)] = [0.95, 0.5, 0.6]
@@ -181,7 +181,7 @@ def test_cli_refuses_a_bad_diagonal_and_a_direction_the_folder_lacks(tmp_path, c
         main(["select", "--pool", "demo:pool", "--diagonal", "diag", "--out", str(tmp_path / "o")])
     assert e.value.code == 2 and "invalid choice: 'diag'" in capsys.readouterr().err
     from delift_core.errors import KernelError
-    from delift_core.kernel_io import check_target_direction
+    from delift_core.kernels.files import check_target_direction
 
     k = Kernels("utility", pool=RAW, target=RAW[:2],
                 meta={"computed": {"target_direction": "helps-target"}})

@@ -331,7 +331,7 @@ def test_utility_kernel_estimate_and_progress_in_chromium(tmp_path: Path) -> Non
         pytest.fail(f"{CHROMIUM} is missing: install Debian's Chromium")
     from playwright.sync_api import sync_playwright
 
-    from delift_core.models import cache_dir
+    from delift_core.lm.models import cache_dir
 
     (cache_dir() / "models").mkdir(parents=True, exist_ok=True)
     (tmp_path / "models").symlink_to(cache_dir() / "models")  # the dequantised model, reused

@@ -10,7 +10,7 @@ import zlib
 import numpy as np
 import pytest
 
-from delift_core.embedding import EmbedStats, embed_texts
+from delift_core.kernels.embedding import EmbedStats, embed_texts
 from delift_core.errors import SelectionError
 
 
@@ -98,7 +98,7 @@ def test_dense_kernels_above_the_limit_are_refused_before_work():
 
 def test_kernel_report_says_what_happened():
     from delift_core import compute_kernels, load_dataset
-    from delift_core.kernels import kernel_report
+    from delift_core.kernels.builder import kernel_report
 
     pool = load_dataset("demo:pool").subset(range(20))
     first = compute_kernels(pool, kind="embedding", embedder=FakeEmbedder())
@@ -114,7 +114,7 @@ def test_a_local_embedder_folder_is_named_by_its_content(tmp_path, monkeypatch):
     not reuse the old folder's embeddings."""
     import sentence_transformers
 
-    import delift_core.models as models
+    import delift_core.lm.models as models
 
     folder = tmp_path / "my-embedder"
     folder.mkdir()

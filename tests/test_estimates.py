@@ -1,4 +1,4 @@
-"""Time estimates from this machine's measured speeds (delift_core.estimates).
+"""Time estimates from this machine's measured speeds (delift_core.kernels.estimates).
 
 Every fresh single-process utility kernel records its speed in the cache folder; estimates use
 the median of the latest three; a kernel read from the pair store records nothing (it measures
@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from delift_core import compute_kernels, load_dataset
-from delift_core.estimates import (SPEEDS_FILE, estimate_seconds, estimate_work, measured_speed,
-                                   record_speed, speed_key, utility_time_guess)
+from delift_core.kernels.estimates import (SPEEDS_FILE, estimate_seconds, estimate_work,
+                                           measured_speed, record_speed, speed_key,
+                                           utility_time_guess)
 
 
 @pytest.fixture
@@ -68,7 +69,7 @@ def test_a_damaged_speeds_file_falls_back_on_the_guess(cache: Path) -> None:
 
 def test_a_fresh_utility_kernel_records_its_speed_and_a_stored_one_does_not(
         cache: Path, tiny_llama, monkeypatch: pytest.MonkeyPatch) -> None:
-    import delift_core.estimates as estimates
+    import delift_core.kernels.estimates as estimates
 
     calls: list[tuple] = []
     monkeypatch.setattr(estimates, "record_speed", lambda *a: calls.append(a))
@@ -91,7 +92,7 @@ def test_a_packaged_model_has_one_speed_key_however_it_is_named(tmp_path: Path) 
     """The Kernel page keys its estimate by the name the user typed; a kernel records its speed
     under the name load_causal_lm gave the model (the packaged alias). Both must be the same key,
     or a measured speed is never found for "Gemma-3-270M"; a folder or hub id keeps its name."""
-    from delift_core.models import PACKAGED_MODELS
+    from delift_core.lm.models import PACKAGED_MODELS
 
     for spec in PACKAGED_MODELS.values():
         want = speed_key("utility", "float32", False, "cpu", spec.alias)

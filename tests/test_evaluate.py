@@ -17,14 +17,13 @@ import torch
 
 from delift_core import load_dataset
 from delift_core.evaluation import (EvalSettings, EvaluationCancelled, EvaluationError, Subset,
-                                    attach_lora,
-                                    baseline_subsets, cut_generation, evaluate, exact_match,
-                                    extract_final_answer, icl_template, lora_state,
+                                    attach_lora, baseline_subsets, cut_generation, evaluate,
+                                    exact_match, extract_final_answer, icl_template, lora_state,
                                     nearest_examples, nll_and_distance, parse_int_list, rouge_l,
                                     train_lora)
-from delift_core.models import CausalLM
-from delift_core.scorer import Scorer
-from delift_core.utility import DEFAULT_EXAMPLE_TEMPLATE, DEFAULT_PLAIN_TEMPLATE
+from delift_core.lm.models import CausalLM
+from delift_core.lm.scorer import Scorer
+from delift_core.kernels.utility import DEFAULT_EXAMPLE_TEMPLATE, DEFAULT_PLAIN_TEMPLATE
 
 ROOT = Path(__file__).resolve().parents[1]
 CHARS = [chr(c) for c in range(32, 127)] + ["\n"]
@@ -469,7 +468,7 @@ def test_page_error_path(tiny_model_dir) -> None:
 @pytest.mark.slow
 @pytest.mark.real_cache
 def test_real_model_icl_short(tmp_path) -> None:
-    from delift_core.models import load_causal_lm, load_embedder
+    from delift_core.lm.models import load_causal_lm, load_embedder
 
     pool = load_dataset("demo:pool")
     rep = evaluate([Subset("s", pool.subset(range(10)))], load_dataset("demo:target").subset([0]),

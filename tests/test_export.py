@@ -11,11 +11,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from delift_core.data import load_dataset, load_dataset_bytes
+from delift_core.data.dataset import load_dataset, load_dataset_bytes
 from delift_core.errors import SelectionError
-from delift_core.export import default_format, export_selection, rows_to_bytes, selection_artifacts
-from delift_core.kernels import row_hashes
-from delift_core.selection import (Kernels, load_kernels, parse_budget, resolve_budget, select)
+from delift_core.outputs.export import (default_format, export_selection, rows_to_bytes,
+                                        selection_artifacts)
+from delift_core.kernels.builder import row_hashes
+from delift_core.selection.select import Kernels, load_kernels, parse_budget, resolve_budget, select
 
 FORMATS = ["jsonl", "json", "csv", "parquet"]
 
@@ -262,7 +263,7 @@ def test_load_kernels_checks_shapes_and_ids(tmp_path):
 def test_save_kernels_round_trips_dense_and_sparse_through_load_kernels(tmp_path):
     import scipy.sparse as sp
 
-    from delift_core.selection import save_kernels
+    from delift_core.selection.select import save_kernels
 
     pool = load_dataset("demo:pool").subset(range(10))
     target = load_dataset("demo:target").subset(range(3))

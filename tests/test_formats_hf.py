@@ -9,10 +9,10 @@ import datasets
 import pytest
 
 from delift_core import cli
-from delift_core.data import load_dataset
+from delift_core.data.dataset import load_dataset
 from delift_core.errors import DeliftError
-from delift_core.export import export_selection
-from delift_core.selection import select
+from delift_core.outputs.export import export_selection
+from delift_core.selection.select import select
 
 ROWS = [{"id": k, "prompt": f"question {k}", "completion": f"answer {k}", "score": k / 4,
          "tags": ["a"] * (k % 3), "meta": {"src": "s", "n": k}, "note": None if k % 2 else "x"}
@@ -104,7 +104,7 @@ def test_push_to_hub_offline_fails_before_any_work(tmp_path, capsys, monkeypatch
 def test_push_to_hub_without_network_fails_fast(tmp_path, capsys, monkeypatch):
     import socket
 
-    from delift_core import hf_export
+    from delift_core.outputs import hf_export
 
     for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
         monkeypatch.delenv(var, raising=False)
@@ -120,14 +120,14 @@ def test_push_to_hub_without_network_fails_fast(tmp_path, capsys, monkeypatch):
 
 @pytest.mark.parametrize("repo", ["subset", "a/b/c", "/x", "me/ "])
 def test_push_to_hub_needs_owner_and_name(repo):
-    from delift_core.hf_export import check_push
+    from delift_core.outputs.hf_export import check_push
 
     with pytest.raises(DeliftError, match="give a dataset repository as OWNER/NAME"):
         check_push(repo)
 
 
 def test_push_selection_uploads_the_selected_rows_as_train(pool, monkeypatch):
-    from delift_core import hf_export
+    from delift_core.outputs import hf_export
 
     pushed = {}
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from delift_core.greedy import greedy_maximize
-from delift_core.objectives.graph_cut import GraphCut
+from delift_core.selection.greedy import greedy_maximize
+from delift_core.selection.objectives.graph_cut import GraphCut
 
 
 def gc_brute(S, lam, A):

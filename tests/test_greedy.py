@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from delift_core.greedy import greedy_maximize, random_order
-from delift_core.objectives import (FacilityLocation, FacilityLocationConditionalGain,
-                                    FacilityLocationMutualInformation,
-                                    FacilityLocationQueryMutualInformation)
+from delift_core.selection.greedy import greedy_maximize, random_order
+from delift_core.selection.objectives import (FacilityLocation, FacilityLocationConditionalGain,
+                                              FacilityLocationMutualInformation,
+                                              FacilityLocationQueryMutualInformation)
 
 from test_objectives import cases
 

@@ -12,8 +12,8 @@ import pytest
 from delift_core import Kernels, load_dataset, select
 from delift_core.cli import main
 from delift_core.errors import DataError, KernelError, SelectionError
-from delift_core.kernel_io import load_kernels, save_kernels
-from delift_core.kernels import row_hashes
+from delift_core.kernels.files import load_kernels, save_kernels
+from delift_core.kernels.builder import row_hashes
 
 
 def _pool(tmp_path, n=20, edit=()):

@@ -1,4 +1,4 @@
-"""delift_core.maps and delift_core.views: projections, clusters, heatmap ordering, comparisons,
+"""delift_core.outputs.maps and delift_core.outputs.views: projections, clusters, heatmap ordering, comparisons,
 explanations and work estimates."""
 
 from __future__ import annotations
@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from delift_core import Kernels, load_dataset, select
-from delift_core.maps import cluster_labels, pca_2d, project_2d
-from delift_core.estimates import estimate_work, format_seconds
-from delift_core.views import (compare_selections, cluster_order, explain, gain_curve,
-                               heatmap_view, hover_safe, rank_order)
+from delift_core.outputs.maps import cluster_labels, pca_2d, project_2d
+from delift_core.kernels.estimates import estimate_work, format_seconds
+from delift_core.outputs.views import (compare_selections, cluster_order, explain, gain_curve,
+                                       heatmap_view, hover_safe, rank_order)
 
 
 def blobs(n_per: int = 12, k: int = 3, dim: int = 8, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -197,7 +197,7 @@ def test_estimate_work_counts_pairs_and_texts() -> None:
     sparse = estimate_work(pool, target=target, kind="utility", neighbours=5, neighbour_random=2)
     assert sparse.stages[0][1] == 24 * 7 + 24 and sparse.stages[1][1] == 40 * 7 + 40
     assert sparse.tokens < est.tokens / 2
-    from delift_core.estimates import utility_time_guess
+    from delift_core.kernels.estimates import utility_time_guess
 
     demo = estimate_work(load_dataset("demo:pool"), kind="utility", neighbours=16)
     assert demo.units == 240 * 20 + 240

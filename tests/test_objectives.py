@@ -7,12 +7,12 @@ import itertools
 import numpy as np
 import pytest
 
-from delift_core.cover import best_cover
-from delift_core.kernels import Kernels
-from delift_core.objectives import (OBJECTIVES, FacilityLocation,
-                                    FacilityLocationConditionalGain,
-                                    FacilityLocationMutualInformation,
-                                    FacilityLocationQueryMutualInformation)
+from delift_core.selection.cover import best_cover
+from delift_core.kernels.builder import Kernels
+from delift_core.selection.objectives import (OBJECTIVES, FacilityLocation,
+                                              FacilityLocationConditionalGain,
+                                              FacilityLocationMutualInformation,
+                                              FacilityLocationQueryMutualInformation)
 
 N, M, P = 7, 4, 3  # pool rows, target rows, existing rows
 

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from delift_core.cli import main
-from delift_core.outdir import MARKER, OutputError, check_output, output_folder
+from delift_core.outputs.outdir import MARKER, OutputError, check_output, output_folder
 
 
 def _pool(tmp_path, n=30, empty=0):

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from delift_core.cli import main
-from delift_core.pairstore import PairStore, row_key
-from delift_core.utility import Texts, UtilityKernel, UtilitySettings, store_path
+from delift_core.stores.pairstore import PairStore, row_key
+from delift_core.kernels.utility import Texts, UtilityKernel, UtilitySettings, store_path
 
 PROMPTS = [f"Task {k}: say the number {k} twice." for k in range(9)]
 RESPS = [f"{k} {k}" for k in range(9)]
@@ -124,7 +124,7 @@ KILLED_RUN = textwrap.dedent("""
     import os, signal, sys
     sys.path.insert(0, {tests!r})
     from test_engine_equivalence import tiny_lm
-    from delift_core.utility import Texts, UtilityKernel, UtilitySettings
+    from delift_core.kernels.utility import Texts, UtilityKernel, UtilitySettings
     from test_pairstore import SETTINGS, rows
 
     def progress(done, total):
@@ -185,8 +185,8 @@ def test_the_cli_refuses_ray_options_without_the_ray_backend(capsys, tmp_path):
 
 
 def test_the_estimate_says_how_many_passes_are_stored(tiny_llama, tmp_path, monkeypatch):
-    from delift_core.data import load_dataset
-    from delift_core.estimates import estimate_work, stored_passes
+    from delift_core.data.dataset import load_dataset
+    from delift_core.kernels.estimates import estimate_work, stored_passes
 
     monkeypatch.setenv("DELIFT_CACHE_DIR", str(tmp_path))
     demo = load_dataset("demo:pool")

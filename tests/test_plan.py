@@ -1,6 +1,6 @@
-"""Rules that moved out of the studio into delift_core: delift_core.plan (stage objectives,
+"""Rules that moved out of the studio into delift_core: delift_core.selection.plan (stage objectives,
 methods, the first-N cut and which sets a kernel job computes, the objectives kernels can serve),
-delift_core.views.decision_status (each row's decision on the map) and Selection.subset (the
+delift_core.outputs.views.decision_status (each row's decision on the map) and Selection.subset (the
 current selection as an evaluation subset)."""
 
 from __future__ import annotations
@@ -8,9 +8,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from delift_core import Kernels, load_dataset, plan, select
-from delift_core import objectives as registry
-from delift_core.views import DECISION_STATUSES, decision_status
+from delift_core import Kernels, load_dataset, select
+from delift_core.selection import plan
+from delift_core.selection import objectives as registry
+from delift_core.outputs.views import DECISION_STATUSES, decision_status
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,14 @@ import numpy as np
 import pytest
 
 from delift_core.errors import MissingDependencyError
-from delift_core.utility import KernelCancelled, Texts, UtilityKernel, UtilitySettings, store_path
+from delift_core.kernels.utility import (KernelCancelled, Texts, UtilityKernel, UtilitySettings,
+                                         store_path)
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_engine_equivalence import tiny_lm  # noqa: E402
 
 ray = pytest.importorskip("ray")
-from delift_core import ray_backend  # noqa: E402
+from delift_core.kernels import ray_backend
 
 PROMPTS = [f"Question {k}: what is {k} plus {k + 1}?" for k in range(8)]
 RESPS = [f"It is {2 * k + 1}." for k in range(8)]
@@ -109,8 +110,8 @@ def test_an_interrupted_driver_resumes_with_only_the_missing_pairs(cluster, lm, 
 
 
 def test_compute_kernels_on_ray(cluster, lm, tmp_path, monkeypatch):
-    from delift_core.data import Dataset
-    from delift_core.kernels import compute_kernels, kernel_report
+    from delift_core.data.dataset import Dataset
+    from delift_core.kernels.builder import compute_kernels, kernel_report
 
     monkeypatch.setenv("DELIFT_CACHE_DIR", str(tmp_path))
     pool = Dataset(rows=[{"prompt": p, "response": r} for p, r in zip(PROMPTS[:5], RESPS[:5])],

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from delift_core import select
-from delift_core.audit import audit
+from delift_core.outputs.audit import audit
 from delift_core.cli import main
-from delift_core.data import Dataset
-from delift_core.kernels import Kernels
-from delift_core.report import build_report
+from delift_core.data.dataset import Dataset
+from delift_core.kernels.builder import Kernels
+from delift_core.outputs.report import build_report
 
 EVIL = "<script>alert('x')</script>"
 

@@ -11,7 +11,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from delift_core import Kernels, load_dataset_bytes, select
-from delift_core.export import csv_safe, rows_to_bytes, selection_artifacts
+from delift_core.outputs.export import csv_safe, rows_to_bytes, selection_artifacts
 
 
 def _pool():

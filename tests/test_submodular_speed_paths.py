@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-import delift_core.greedy as greedy
-from delift_core.greedy import greedy_maximize
-from delift_core.objectives import (FacilityLocation, FacilityLocationConditionalGain,
-                                    FacilityLocationMutualInformation,
-                                    FacilityLocationQueryMutualInformation)
+import delift_core.selection.greedy as greedy
+from delift_core.selection.greedy import greedy_maximize
+from delift_core.selection.objectives import (FacilityLocation, FacilityLocationConditionalGain,
+                                              FacilityLocationMutualInformation,
+                                              FacilityLocationQueryMutualInformation)
 
 
 def _objectives(rng, k, n):

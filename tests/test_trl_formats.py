@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from conftest import make_char_tokenizer
-from delift_core.data import load_dataset
+from delift_core.data.dataset import load_dataset
 from delift_core.errors import DataError
-from delift_core.export import export_selection
-from delift_core.selection import select
+from delift_core.outputs.export import export_selection
+from delift_core.selection.select import select
 
 CONVERSATIONAL = [
     {"id": f"c{k}",

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from delift_core.scorer import Scorer, response_distance
-from delift_core.tokens import template_segments
-from delift_core.utility import (DEFAULT_EXAMPLE_TEMPLATE, DEFAULT_PLAIN_TEMPLATE, Texts,
-                                 UtilityKernel, UtilitySettings)
-from delift_core.matrices import minmax_scale
+from delift_core.lm.scorer import Scorer, response_distance
+from delift_core.lm.tokens import template_segments
+from delift_core.kernels.utility import (DEFAULT_EXAMPLE_TEMPLATE, DEFAULT_PLAIN_TEMPLATE, Texts,
+                                         UtilityKernel, UtilitySettings)
+from delift_core.kernels.matrices import minmax_scale
 
 from conftest import BigramLM, bigram_table, make_char_tokenizer, make_tiny_lm, tid, wrap_lm
 

@@ -14,16 +14,17 @@ import sys
 import time
 from typing import Sequence
 
-from .options import JSON_COMMANDS, json_option, model_options, print_summary
-from ..errors import DeliftError
-from .. import objectives
-from ..diagonal import DEFAULT_DIAGONAL, DIAGONAL_HELP, DIAGONAL_POLICIES
-from ..kernels import KERNEL_KINDS
-from .audit_cmds import _add_audit_parser, _add_report_parser, cmd_audit, cmd_report
-from .cache_cmd import _add_cache_parser, cmd_cache
-from .common import _add_data_args, _add_model_args, _add_objective_params, _add_out_args
-from .evaluate_cmd import _add_evaluate_parser, cmd_evaluate
-from .select_cmds import cmd_inspect, cmd_kernel, cmd_select
+from delift_core.cli.options import JSON_COMMANDS, json_option, model_options, print_summary
+from delift_core.errors import DeliftError
+from delift_core.selection import objectives
+from delift_core.kernels.diagonal import DEFAULT_DIAGONAL, DIAGONAL_HELP, DIAGONAL_POLICIES
+from delift_core.kernels.builder import KERNEL_KINDS
+from delift_core.cli.audit_cmds import _add_audit_parser, _add_report_parser, cmd_audit, cmd_report
+from delift_core.cli.cache_cmd import _add_cache_parser, cmd_cache
+from delift_core.cli.common import (_add_data_args, _add_model_args, _add_objective_params,
+                                    _add_out_args)
+from delift_core.cli.evaluate_cmd import _add_evaluate_parser, cmd_evaluate
+from delift_core.cli.select_cmds import cmd_inspect, cmd_kernel, cmd_select
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ def _version() -> str:
     try:
         return metadata.version("delift-studio")
     except metadata.PackageNotFoundError:
-        from .. import __version__
+        from delift_core import __version__
 
         return __version__
 

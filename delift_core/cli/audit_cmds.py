@@ -6,20 +6,21 @@ import argparse
 import logging
 from typing import Any
 
-from .options import model_options
-from ..errors import DeliftError
-from ..kernel_io import load_kernels
-from ..kernels import KERNEL_KINDS, compute_kernels
-from ..outdir import check_output, output_folder
-from ..selection import select
-from .common import _Bars, _add_data_args, _add_model_args, _add_out_args, _load_sets, _models, _report
+from delift_core.cli.options import model_options
+from delift_core.errors import DeliftError
+from delift_core.kernels.files import load_kernels
+from delift_core.kernels.builder import KERNEL_KINDS, compute_kernels
+from delift_core.outputs.outdir import check_output, output_folder
+from delift_core.selection.select import select
+from delift_core.cli.common import (_Bars, _add_data_args, _add_model_args, _add_out_args,
+                                    _load_sets, _models, _report)
 
 logger = logging.getLogger(__name__)
 
 
 def _add_audit_parser(sub: Any) -> None:
-    """The ``audit`` subcommand (see :mod:`delift_core.audit`)."""
-    from ..audit import AuditSettings
+    """The ``audit`` subcommand (see :mod:`delift_core.outputs.audit`)."""
+    from delift_core.outputs.audit import AuditSettings
 
     p = sub.add_parser("audit", help="what the kernel says about the data: rows already known, "
                                      "harmful, unhelped, self-copying, near-duplicate, covered worst",
@@ -57,8 +58,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
     import logging
     from pathlib import Path
 
-    from ..audit import AuditSettings, audit, write_audit
-    from ..report import read_select_folder
+    from delift_core.outputs.audit import AuditSettings, audit, write_audit
+    from delift_core.outputs.report import read_select_folder
 
     settings = AuditSettings(**{name: getattr(args, f"audit_{name}")
                                 for name in _AUDIT_FLAGS.values()
@@ -71,7 +72,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     pool, _, _ = _load_sets(args)
     embedder = None
     if not args.no_embeddings or args.kernel == "embedding":
-        from ..models import load_embedder
+        from delift_core.lm.models import load_embedder
 
         embedder = load_embedder(args.embedder, device=args.device)
     if args.kernel in KERNEL_KINDS:
@@ -87,13 +88,13 @@ def cmd_audit(args: argparse.Namespace) -> int:
         selection = select(pool, "fl", kernels, args.budget)
     emb = clusters = None
     if embedder is not None and not args.no_embeddings:
-        from ..embedding import embed_texts, sample_text
+        from delift_core.kernels.embedding import embed_texts, sample_text
 
         emb = embed_texts(embedder, [sample_text(p, r) for p, r in
                                      zip(pool.prompts, pool.responses)],
                           use_cache=not args.no_cache)
-        from ..errors import MissingDependencyError
-        from ..maps import cluster_labels
+        from delift_core.errors import MissingDependencyError
+        from delift_core.outputs.maps import cluster_labels
 
         try:
             clusters = cluster_labels(emb, args.clusters)
@@ -114,7 +115,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def _add_report_parser(sub: Any) -> None:
-    """The ``report`` subcommand (see :mod:`delift_core.report`)."""
+    """The ``report`` subcommand (see :mod:`delift_core.outputs.report`)."""
     p = sub.add_parser("report", help="one self-contained HTML report of a `delift select` folder")
     p.add_argument("select_dir", metavar="OUT_DIR", help="a `delift select` output folder")
     p.add_argument("--pool", help="the pool, when the manifest's source cannot be read again")
@@ -133,7 +134,7 @@ def _add_report_parser(sub: Any) -> None:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Write the HTML report of a `delift select` folder."""
-    from ..report import report_from_folder
+    from delift_core.outputs.report import report_from_folder
 
     path = report_from_folder(args.select_dir, pool=args.pool, kernel=args.kernel,
                               evaluation=args.evaluation, label_col=args.label_col,

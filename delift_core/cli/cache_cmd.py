@@ -6,7 +6,7 @@ import argparse
 import logging
 from typing import Any
 
-from ..errors import DeliftError
+from delift_core.errors import DeliftError
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ def _add_cache_parser(sub: Any) -> None:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    from .. import cache
+    from delift_core.stores import cache
 
     if args.cache_action == "info":
         print("\n".join(cache.info_lines(cache.cache_info())))

@@ -7,11 +7,12 @@ import logging
 import sys
 from typing import Any
 
-from ..data import ColumnMapping, Dataset, load_dataset
-from ..errors import DeliftError
-from .. import objectives
-from ..kernels import TARGET_DIRECTIONS, kernel_report
-from ..utility import DEFAULT_EXAMPLE_TEMPLATE, DEFAULT_PLAIN_TEMPLATE, UtilitySettings
+from delift_core.data.dataset import ColumnMapping, Dataset, load_dataset
+from delift_core.errors import DeliftError
+from delift_core.selection import objectives
+from delift_core.kernels.builder import TARGET_DIRECTIONS, kernel_report
+from delift_core.kernels.utility import (DEFAULT_EXAMPLE_TEMPLATE, DEFAULT_PLAIN_TEMPLATE,
+                                         UtilitySettings)
 
 logger = logging.getLogger(__name__)
 
@@ -154,7 +155,7 @@ def _models(args: argparse.Namespace, kind: str) -> dict:
     backend = _backend_args(args)  # a bad --backend combination fails before any model loads
     extra = _sparse_args(args)
     if extra and kind != "embedding":
-        from ..models import load_embedder
+        from delift_core.lm.models import load_embedder
 
         extra["embedder"] = load_embedder(args.embedder, device=args.device)
     return {**_models_dense(args, kind), **extra, **backend}
@@ -185,7 +186,7 @@ def _sparse_args(args: argparse.Namespace) -> dict:
 
 def _load_lm(args: argparse.Namespace) -> Any:
     """The causal LM the options name (default: the packaged Gemma 3 270M), loading said."""
-    from ..models import load_causal_lm
+    from delift_core.lm.models import load_causal_lm
 
     logger.info("loading %s ...", args.model or "the packaged Gemma 3 270M")
     return load_causal_lm(args.model, device=args.device, dtype=args.dtype,
@@ -193,7 +194,7 @@ def _load_lm(args: argparse.Namespace) -> Any:
 
 
 def _models_dense(args: argparse.Namespace, kind: str) -> dict:
-    from ..models import load_embedder
+    from delift_core.lm.models import load_embedder
 
     if kind == "embedding":
         return {"embedder": load_embedder(args.embedder, device=args.device)}
@@ -208,7 +209,7 @@ def _models_dense(args: argparse.Namespace, kind: str) -> dict:
     try:
         settings.validate()
         if settings.chat_template:  # a model without a chat template fails now, clearly
-            from ..tokens import chat_wrapped_template
+            from delift_core.lm.tokens import chat_wrapped_template
 
             chat_wrapped_template(lm, settings.plain_template)
     except ValueError as e:

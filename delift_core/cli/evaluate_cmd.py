@@ -7,17 +7,17 @@ import logging
 import sys
 from typing import Any
 
-from .options import emit_summary, json_option, model_options
-from ..data import load_dataset
-from ..outdir import check_output, output_folder
-from .common import _Bars, _add_out_args, _load_lm
+from delift_core.cli.options import emit_summary, json_option, model_options
+from delift_core.data.dataset import load_dataset
+from delift_core.outputs.outdir import check_output, output_folder
+from delift_core.cli.common import _Bars, _add_out_args, _load_lm
 
 logger = logging.getLogger(__name__)
 
 
 def _add_evaluate_parser(sub: Any) -> None:
     """The ``evaluate`` subcommand (see :mod:`delift_core.evaluation`)."""
-    from ..evaluation import EvalSettings
+    from delift_core.evaluation import EvalSettings
 
     p = sub.add_parser("evaluate", help="score subsets (and baselines) by in-context learning "
                                         "or LoRA on a held-out test set",
@@ -54,9 +54,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """Run ``delift evaluate`` with tqdm progress bars; user errors raise :class:`DeliftError`."""
     from pathlib import Path
 
-    from ..evaluation import (EvalSettings, EvaluationError, Subset, baseline_subsets, evaluate,
-                             load_subset, parse_int_list)
-    from ..models import load_embedder
+    from delift_core.evaluation import (EvalSettings, EvaluationError, Subset, baseline_subsets,
+                                        evaluate, load_subset, parse_int_list)
+    from delift_core.lm.models import load_embedder
 
     check_output(args.out, overwrite=args.overwrite)  # a bad --out fails now, not after the work
     settings = EvalSettings(

@@ -13,7 +13,7 @@ import json
 import sys
 from typing import Any
 
-from ..models import DEFAULT_MODEL, PACKAGED_MODELS
+from delift_core.lm.models import DEFAULT_MODEL, PACKAGED_MODELS
 
 __all__ = ["JSON_COMMANDS", "MODEL_HELP", "emit_summary", "json_option", "model_options",
            "print_summary"]

@@ -9,15 +9,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .options import emit_summary
-from ..data import load_dataset
-from ..errors import DeliftError
-from .. import objectives
-from ..kernel_io import check_target_direction, load_kernels, save_kernels
-from ..kernels import DEFAULT_TARGET_DIRECTION, KERNEL_KINDS, compute_kernels, kernel_report
-from ..outdir import check_output, output_folder
-from ..selection import resolve_budget, select
-from .common import _Bars, _load_sets, _mapping, _models, _objective_params, _report
+from delift_core.cli.options import emit_summary
+from delift_core.data.dataset import load_dataset
+from delift_core.errors import DeliftError
+from delift_core.selection import objectives
+from delift_core.kernels.files import check_target_direction, load_kernels, save_kernels
+from delift_core.kernels.builder import (DEFAULT_TARGET_DIRECTION, KERNEL_KINDS, compute_kernels,
+                                         kernel_report)
+from delift_core.outputs.outdir import check_output, output_folder
+from delift_core.selection.select import resolve_budget, select
+from delift_core.cli.common import _Bars, _load_sets, _mapping, _models, _objective_params, _report
 
 logger = logging.getLogger(__name__)
 
@@ -64,12 +65,12 @@ def cmd_kernel(args: argparse.Namespace) -> int:
 
 
 def cmd_select(args: argparse.Namespace) -> int:
-    from ..export import export_selection
+    from delift_core.outputs.export import export_selection
 
     started = time.time()
     check_output(args.out, overwrite=args.overwrite)  # a bad --out fails now, not after the work
     if args.push_to_hub:  # offline, or no token: fail now, not after the kernels
-        from ..hf_export import check_push
+        from delift_core.outputs.hf_export import check_push
 
         check_push(args.push_to_hub)
     pool, target, existing = _load_sets(args)
@@ -83,7 +84,7 @@ def cmd_select(args: argparse.Namespace) -> int:
         raise DeliftError(str(e)) from None
     pins, bans = list(args.pin), list(args.ban)
     if args.decisions:
-        from ..review import load_decisions
+        from delift_core.outputs.review import load_decisions
 
         d = load_decisions(args.decisions)
         pins += d.pinned
@@ -116,7 +117,7 @@ def cmd_select(args: argparse.Namespace) -> int:
     for note in selection.notes:
         print(f"note: {note}", file=sys.stderr)
     if args.push_to_hub:
-        from ..hf_export import push_selection
+        from delift_core.outputs.hf_export import push_selection
 
         emit_summary(args, pushed_to=push_selection(selection, args.push_to_hub))
     emit_summary(args, out=args.out,

@@ -6,10 +6,10 @@ pool and no examples at all) each test item is scored with the same causal LM an
 - ``icl``: the ``shots`` subset items whose *prompts* are most similar to the test prompt (cosine
   of sentence embeddings, ties broken by subset order) become the in-context examples, the most
   similar one last, nearest to the query. With one shot the prompt is exactly the engine's
-  :data:`~delift_core.utility.DEFAULT_EXAMPLE_TEMPLATE`; with none it is
-  :data:`~delift_core.utility.DEFAULT_PLAIN_TEMPLATE`; with k shots the example block repeats
+  :data:`~delift_core.kernels.utility.DEFAULT_EXAMPLE_TEMPLATE`; with none it is
+  :data:`~delift_core.kernels.utility.DEFAULT_PLAIN_TEMPLATE`; with k shots the example block repeats
   (see :func:`~delift_core.evaluation.icl.icl_template`). Prompts are tokenised in template
-  segments as the utility kernel does (:class:`delift_core.tokens.SegmentTokens`: each literal
+  segments as the utility kernel does (:class:`delift_core.lm.tokens.SegmentTokens`: each literal
   and each field value on its own, fields cut at ``max_field_tokens``).
 - ``lora``: LoRA adapters (``peft``) are trained on the subset (plain template, loss on the
   response tokens only) with the same settings for every subset, then scored zero-shot.
@@ -28,22 +28,25 @@ LoRA adapters are cached under the subset content, the model and the training se
 
 Modules: ``settings`` (EvalSettings, EvaluationError), ``subsets`` (the subset and baselines),
 ``icl`` (example choice and prompts), ``lora`` (adapter training), ``scoring`` (teacher-forced
-scores through :class:`delift_core.scorer.Scorer` and generation), ``metrics`` (text metrics),
+scores through :class:`delift_core.lm.scorer.Scorer` and generation), ``metrics`` (text metrics),
 ``report`` (EvalReport) and ``run`` (:func:`evaluate`). The ``delift evaluate`` command lives in
 :mod:`delift_core.cli`; this package logs (``logging``) and never prints.
 """
 
 from __future__ import annotations
 
-from .icl import icl_template, nearest_examples
-from .lora import attach_lora, lora_state, train_lora
-from .metrics import (LOWER_IS_BETTER, METRIC_LABELS, METRICS, STOP_MARKERS, cut_generation,
-                      exact_match, extract_final_answer, rouge_l)
-from .report import EvalReport
-from .run import ProgressFn, evaluate
-from .scoring import nll_and_distance
-from .settings import EVAL_VERSION, MODES, EvalSettings, EvaluationCancelled, EvaluationError
-from .subsets import BASELINES, Subset, baseline_subsets, load_subset, parse_int_list
+from delift_core.evaluation.icl import icl_template, nearest_examples
+from delift_core.evaluation.lora import attach_lora, lora_state, train_lora
+from delift_core.evaluation.metrics import (LOWER_IS_BETTER, METRIC_LABELS, METRICS, STOP_MARKERS,
+                                            cut_generation, exact_match, extract_final_answer,
+                                            rouge_l)
+from delift_core.evaluation.report import EvalReport
+from delift_core.evaluation.run import ProgressFn, evaluate
+from delift_core.evaluation.scoring import nll_and_distance
+from delift_core.evaluation.settings import (EVAL_VERSION, MODES, EvalSettings,
+                                             EvaluationCancelled, EvaluationError)
+from delift_core.evaluation.subsets import (BASELINES, Subset, baseline_subsets, load_subset,
+                                            parse_int_list)
 
 __all__ = ["EVAL_VERSION", "MODES", "BASELINES", "METRICS", "LOWER_IS_BETTER", "METRIC_LABELS",
            "STOP_MARKERS", "EvaluationCancelled", "EvaluationError", "EvalSettings", "Subset", "load_subset",

@@ -3,8 +3,8 @@
 The ``shots`` subset items whose *prompts* are most similar to the test prompt (cosine of
 sentence embeddings, ties broken by subset order) become the examples, the most similar one
 last, nearest to the query. With one shot the prompt is exactly the utility kernel's
-:data:`~delift_core.utility.DEFAULT_EXAMPLE_TEMPLATE`, with none its
-:data:`~delift_core.utility.DEFAULT_PLAIN_TEMPLATE`; with k shots the example block repeats.
+:data:`~delift_core.kernels.utility.DEFAULT_EXAMPLE_TEMPLATE`, with none its
+:data:`~delift_core.kernels.utility.DEFAULT_PLAIN_TEMPLATE`; with k shots the example block repeats.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from ..data import Dataset
-from ..tokens import SegmentTokens
-from ..utility import DEFAULT_PLAIN_TEMPLATE
-from .subsets import Subset
+from delift_core.data.dataset import Dataset
+from delift_core.lm.tokens import SegmentTokens
+from delift_core.kernels.utility import DEFAULT_PLAIN_TEMPLATE
+from delift_core.evaluation.subsets import Subset
 
 __all__ = ["ICL_HEADER", "ICL_EXAMPLE", "ICL_QUERY", "icl_template", "nearest_examples",
            "icl_prompts"]
@@ -54,7 +54,7 @@ def icl_prompts(tok: SegmentTokens, sub: Subset, test: Dataset, test_emb: np.nda
                 embedder: Any, shots: int, use_cache: bool = True
                 ) -> tuple[list[list[int]], list[list[str]]]:
     """Each test item's prompt tokens with its nearest subset examples, and those examples' ids."""
-    from ..embedding import embed_texts
+    from delift_core.kernels.embedding import embed_texts
 
     shots = shots if sub.size else 0
     template = icl_template(min(shots, sub.size))

@@ -3,7 +3,7 @@
 A copy of the LM gets LoRA adapters, trained on the subset with the plain template and the loss
 on the response tokens only, with the same settings for every subset; the trained adapter
 tensors are cached under the subset content, the model and the training settings. The loss is
-the true-token log-probability of :class:`delift_core.scorer.Scorer`, the head the kernel and
+the true-token log-probability of :class:`delift_core.lm.scorer.Scorer`, the head the kernel and
 the scoring use, run with gradients.
 """
 
@@ -16,14 +16,14 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..cache import BlockStore
-from ..data import Dataset
-from ..errors import optional_import
-from ..models import CausalLM
-from ..scorer import Scorer
-from ..tokens import SegmentTokens
-from ..utility import DEFAULT_PLAIN_TEMPLATE
-from .settings import EvalSettings, EvaluationError
+from delift_core.stores.cache import BlockStore
+from delift_core.data.dataset import Dataset
+from delift_core.errors import optional_import
+from delift_core.lm.models import CausalLM
+from delift_core.lm.scorer import Scorer
+from delift_core.lm.tokens import SegmentTokens
+from delift_core.kernels.utility import DEFAULT_PLAIN_TEMPLATE
+from delift_core.evaluation.settings import EvalSettings, EvaluationError
 
 __all__ = ["attach_lora", "lora_state", "train_lora", "trainable_params"]
 

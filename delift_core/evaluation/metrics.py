@@ -9,7 +9,7 @@ import math
 import re
 from typing import Any
 
-from ..errors import optional_import
+from delift_core.errors import optional_import
 
 __all__ = ["METRICS", "LOWER_IS_BETTER", "METRIC_LABELS", "STOP_MARKERS", "extract_final_answer",
            "exact_match", "rouge_l", "cut_generation"]

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import optional_import
-from .metrics import LOWER_IS_BETTER, METRIC_LABELS, METRICS
-from .stats import compare_paired
+from delift_core.errors import optional_import
+from delift_core.evaluation.metrics import LOWER_IS_BETTER, METRIC_LABELS, METRICS
+from delift_core.evaluation.stats import compare_paired
 
 __all__ = ["EvalReport"]
 

@@ -19,18 +19,20 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..cache import BlockStore, content_key
-from ..data import Dataset
-from ..models import CausalLM, cache_dir
-from ..tokens import SegmentTokens
-from ..utility import DEFAULT_PLAIN_TEMPLATE
-from .icl import icl_prompts, icl_template
-from .lora import train_lora
-from .metrics import STOP_MARKERS, cut_generation, extract_final_answer, rouge_l
-from .report import EvalReport
-from .scoring import Item, score_items
-from .settings import EVAL_VERSION, MODES, EvalSettings, EvaluationCancelled, EvaluationError
-from .subsets import Subset, dataset_key
+from delift_core.stores.cache import BlockStore, content_key
+from delift_core.data.dataset import Dataset
+from delift_core.lm.models import CausalLM, cache_dir
+from delift_core.lm.tokens import SegmentTokens
+from delift_core.kernels.utility import DEFAULT_PLAIN_TEMPLATE
+from delift_core.evaluation.icl import icl_prompts, icl_template
+from delift_core.evaluation.lora import train_lora
+from delift_core.evaluation.metrics import (STOP_MARKERS, cut_generation, extract_final_answer,
+                                            rouge_l)
+from delift_core.evaluation.report import EvalReport
+from delift_core.evaluation.scoring import Item, score_items
+from delift_core.evaluation.settings import (EVAL_VERSION, MODES, EvalSettings,
+                                             EvaluationCancelled, EvaluationError)
+from delift_core.evaluation.subsets import Subset, dataset_key
 
 __all__ = ["ProgressFn", "evaluate"]
 
@@ -75,7 +77,7 @@ def _row(sub: Subset, mode: str, test: Dataset, items: list[Item], gens: list[st
          gold: list[str | None], embedder: Any, ref_emb: np.ndarray | None,
          settings: EvalSettings) -> tuple[dict[str, Any], dict[str, list]]:
     """The run's row of means and its per-item scores (by metric)."""
-    from ..embedding import embed_texts
+    from delift_core.kernels.embedding import embed_texts
 
     nll = [float(it.result[0]) for it in items]
     dist = [float(it.result[1]) for it in items]
@@ -121,14 +123,14 @@ def evaluate(subsets: Sequence[Subset], test: Dataset, *, lm: CausalLM | None = 
             progress(label, done, total)
 
     if lm is None:
-        from ..models import load_causal_lm
+        from delift_core.lm.models import load_causal_lm
 
         lm = load_causal_lm()
     if embedder is None:
-        from ..models import load_embedder
+        from delift_core.lm.models import load_embedder
 
         embedder = load_embedder()
-    from ..embedding import embed_texts
+    from delift_core.kernels.embedding import embed_texts
 
     started = time.time()
     root = Path(cache_root) if cache_root else cache_dir() / "evaluations"

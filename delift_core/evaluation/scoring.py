@@ -1,7 +1,7 @@
 """Scoring test items with a model (the base LM for ICL, a LoRA copy for LoRA): teacher-forced
 NLL and DELIFT distance of the reference, then a greedy generation.
 
-The true-token log-probabilities come from :class:`delift_core.scorer.Scorer`, the same
+The true-token log-probabilities come from :class:`delift_core.lm.scorer.Scorer`, the same
 vocabulary-sliced head the utility kernel uses, so evaluation and kernels cannot disagree on
 how a token is scored. Results are cached per exact model input in a ``BlockStore``.
 """
@@ -15,11 +15,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from ..cache import BlockStore
-from ..models import CausalLM
-from ..scorer import Scorer, response_distance
-from ..tokens import padded_batch
-from .settings import EvalSettings
+from delift_core.stores.cache import BlockStore
+from delift_core.lm.models import CausalLM
+from delift_core.lm.scorer import Scorer, response_distance
+from delift_core.lm.tokens import padded_batch
+from delift_core.evaluation.settings import EvalSettings
 
 __all__ = ["Item", "nll_and_distance", "pad_id", "greedy_continuations", "score_items"]
 

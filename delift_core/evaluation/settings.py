@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from ..errors import DeliftError
+from delift_core.errors import DeliftError
 
 __all__ = ["EVAL_VERSION", "MODES", "EvaluationCancelled", "EvaluationError", "EvalSettings"]
 

@@ -12,10 +12,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..cache import content_key
-from ..data import Dataset, load_dataset
-from ..errors import DeliftError
-from .settings import EvaluationError
+from delift_core.stores.cache import content_key
+from delift_core.data.dataset import Dataset, load_dataset
+from delift_core.errors import DeliftError
+from delift_core.evaluation.settings import EvaluationError
 
 __all__ = ["BASELINES", "Subset", "load_subset", "baseline_subsets", "parse_int_list",
            "dataset_key"]

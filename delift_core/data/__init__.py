@@ -1,0 +1,1 @@
+"""Data in: rows, file formats, record layouts, the demo sets."""

@@ -1,0 +1,386 @@
+"""Kernels for a pool (and a target or existing set), computed by one builder (files:
+:mod:`delift_core.kernels.files`).
+
+One builder serves every kernel kind (utility, embedding) in both forms (dense; sparse with
+``neighbours``) and every role (:data:`ROLES`): what differs between them is only which pairs are
+computed and how a pair's value is found. :class:`Kernels` holds the raw matrices and gives the
+selection kernel in [0, 1] (:meth:`Kernels.scaled`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import scipy.sparse as sp
+
+from delift_core.data.dataset import Dataset
+from delift_core.kernels.diagonal import (DEFAULT_DIAGONAL, check_diagonal, diagonal_record,
+                                          scale_with_diagonal, self_pairs)
+from delift_core.kernels.embedding import EmbedStats, embed_texts, embedding_kernel, sample_text
+from delift_core.errors import SelectionError
+from delift_core.kernels.matrices import KernelMatrix, is_sparse, scale_to_unit
+from delift_core.kernels.sparse import DEFAULT_RANDOM, neighbour_pairs
+from delift_core.kernels.utility import BACKENDS, UtilityKernel, UtilitySettings
+
+__all__ = ["KERNEL_KINDS", "ROLES", "TARGET_DIRECTIONS", "DEFAULT_TARGET_DIRECTION", "Kernels",
+           "SparseSpec", "StageProgress", "compute_kernels",
+           "kernel_report", "row_hashes", "MAX_DENSE_BYTES"]
+
+logger = logging.getLogger(__name__)
+
+KERNEL_KINDS = ("utility", "embedding")
+ROLES: dict[str, tuple[str, str]] = {"pool": ("pool", "pool"), "target": ("target", "pool"),
+                                     "existing": ("pool", "existing")}
+"""Each kernel's (row set, column set): rows are the items helped, columns the examples."""
+
+TARGET_DIRECTIONS = {
+    "helps-target": "UF(query q | pool item i): how much pool item i helps target q (ours: rows "
+                    "that help the target task)",
+    "reference": "UF(pool item i | query q): how much query q helps pool item i (official DELIFT "
+                 "code), computed as pool rows x target columns and transposed",
+}
+"""How the target kernel (m targets x n pool items) of a utility kernel is valued; embedding
+kernels are symmetric, so both directions give the same matrix."""
+DEFAULT_TARGET_DIRECTION = "helps-target"
+
+StageProgress = Callable[[str, int, int], None]
+"""``progress(stage label, done, total)``: what the pipeline reports (the engine's per-stage
+``PairProgress`` is ``(done, total)``)."""
+
+
+@dataclass(frozen=True)
+class SparseSpec:
+    """A sparse kernel: each row's ``k`` nearest columns by sentence embedding plus ``random``
+    seeded random ones (``seed``); pairs not computed count as similarity 0."""
+
+    k: int
+    random: int = DEFAULT_RANDOM
+    seed: int = 0
+
+    def meta(self) -> dict:
+        return {"sparse": True, "neighbours": int(self.k), "random_neighbours": int(self.random),
+                "neighbour_seed": int(self.seed)}
+
+
+@dataclass
+class Kernels:
+    """Raw kernels: pool (n x n, row = item helped), target (m x n), existing (n x p); each a dense
+    float32 array or a scipy CSR float32 matrix."""
+
+    kind: str
+    pool: KernelMatrix | None = None
+    target: KernelMatrix | None = None
+    existing: KernelMatrix | None = None
+    meta: dict = field(default_factory=dict)
+    diagonal: str = DEFAULT_DIAGONAL
+    """Self-pair policy of utility kernels in selection (:mod:`delift_core.kernels.diagonal`)."""
+    _scaled: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def sparse(self) -> bool:
+        """Whether the pool kernel is sparse (computed with ``neighbours``)."""
+        return is_sparse(self.pool)
+
+    def with_diagonal(self, policy: str) -> "Kernels":
+        """The same raw kernels under another diagonal policy (recorded in ``meta['diagonal']``)."""
+        check_diagonal(policy)
+        if policy == self.diagonal and "diagonal" in self.meta:
+            return self  # the same policy: keep the scaled kernels already made
+        k = Kernels(self.kind, pool=self.pool, target=self.target, existing=self.existing,
+                    meta=dict(self.meta), diagonal=policy)
+        k.meta["diagonal"] = k.diagonal_record()
+        return k
+
+    def diagonal_record(self) -> dict:
+        """The diagonal policy, whether it applies, and each kernel's number of self pairs."""
+        return diagonal_record(self.kind, self.diagonal, self.meta,
+                               {w: getattr(getattr(self, w), "shape", None) for w in ROLES})
+
+    def scaled(self, which: str) -> KernelMatrix:
+        """The selection kernel in [0, 1]: min-max of the raw utility matrix with its self pairs
+        set by :attr:`diagonal` (:func:`delift_core.kernels.diagonal.scale_with_diagonal`); embedding
+        as is.
+
+        Made once per kernel and kept (read-only for callers): selection, the heatmap and the
+        explanations all ask for it, on every rerun of a studio page.
+        """
+        raw = getattr(self, which)
+        if raw is None:
+            raise SelectionError(f"no {which} kernel was computed")
+        cached = self._scaled.get(which)
+        if cached is not None and cached[0] is raw and cached[2] == self.diagonal:
+            return cached[1]
+        if self.kind == "embedding":
+            out = raw.tocsr().astype(np.float32) if is_sparse(raw) else np.asarray(raw, np.float32)
+        elif self.diagonal == "reference":
+            out = scale_to_unit(raw)
+        else:
+            out = scale_with_diagonal(raw, check_diagonal(self.diagonal),
+                                      self_pairs(which, self.meta, raw.shape))
+        self._scaled[which] = (raw, out, self.diagonal)
+        return out
+
+
+ROW_HASH = "sha256 of the JSON [prompt, response] (UTF-8), first 16 hex digits"
+
+
+def row_hashes(ds: Dataset) -> list[str]:
+    """Each row's content hash (what the models see: prompt and response), recorded with a
+    kernel so that a kernel is never used for rows whose text has changed since."""
+    return [hashlib.sha256(json.dumps([p, r], ensure_ascii=False).encode("utf-8")).hexdigest()[:16]
+            for p, r in zip(ds.prompts, ds.responses)]
+
+
+class _Builder:
+    """Computes one role's kernel: which pairs (all, or each row's neighbours) and their values
+    (utility engine or embedding similarity); models and embeddings are loaded once, when needed."""
+
+    def __init__(self, kind: str, lm: Any, embedder: Any, settings: UtilitySettings | None,
+                 progress: StageProgress | None, cancel: threading.Event | None, use_cache: bool,
+                 sparse: SparseSpec | None) -> None:
+        self.kind, self.lm, self.embedder, self.settings = kind, lm, embedder, settings
+        self.progress, self.cancel, self.use_cache, self.sparse = progress, cancel, use_cache, sparse
+        self._emb: dict[int, np.ndarray] = {}
+        self._engine: UtilityKernel | None = None
+        self.embed_stats: dict[str, dict] = {}
+        self.engine_options: dict[str, Any] = {}  # backend and ray_options of UtilityKernel
+
+    def _stage(self, label: str) -> Callable[[int, int], None] | None:
+        progress = self.progress
+        return (lambda done, total: progress(label, done, total)) if progress else None
+
+    def embeddings(self, ds: Dataset, role: str) -> np.ndarray:
+        if id(ds) not in self._emb:
+            if self.embedder is None:
+                from delift_core.lm.models import load_embedder
+
+                self.embedder = load_embedder()
+            texts = [sample_text(p, r) for p, r in zip(ds.prompts, ds.responses)]
+            stats = EmbedStats()
+            self._emb[id(ds)] = embed_texts(self.embedder, texts, use_cache=self.use_cache,
+                                            progress=self._stage(f"embedding {role}"),
+                                            stats=stats)
+            self.embed_stats[role] = stats.as_dict()
+        return self._emb[id(ds)]
+
+    def engine(self) -> UtilityKernel:
+        if self._engine is None:
+            if self.lm is None:
+                from delift_core.lm.models import load_causal_lm
+
+                self.lm = load_causal_lm()
+            self._engine = UtilityKernel(self.lm, self.settings, use_cache=self.use_cache,
+                                         **self.engine_options)
+        return self._engine
+
+    def build(self, role: str, rows: Dataset, cols: Dataset, row_role: str, col_role: str,
+              transpose: bool = False) -> tuple[KernelMatrix, dict | None]:
+        """The raw kernel of ``role`` (rows helped by columns) and the engine's meta, if any.
+
+        With ``transpose`` (a utility kernel only) the same pairs are valued the other way, the
+        columns helped by the rows, and returned in the rows x columns orientation.
+        """
+        pairs = None
+        if self.sparse is not None:
+            pairs = neighbour_pairs(self.embeddings(rows, row_role), self.embeddings(cols, col_role),
+                                    self.sparse.k, n_random=self.sparse.random, seed=self.sparse.seed)
+        if self.kind == "embedding":
+            e_rows, e_cols = self.embeddings(rows, row_role), self.embeddings(cols, col_role)
+            return _embedding_values(e_rows, e_cols, pairs), None
+        if transpose:
+            flipped = None if pairs is None else (pairs[1], pairs[0])
+            res = self.engine().compute(cols, rows, pairs=flipped,
+                                        progress=self._stage(f"utility {role}"), cancel=self.cancel)
+            res.values = res.values.T.tocsr() if is_sparse(res.values) else \
+                np.ascontiguousarray(np.asarray(res.values).T)
+            res.meta["computed_as"] = f"{col_role} rows x {row_role} columns, transposed"
+        else:
+            res = self.engine().compute(rows, cols, pairs=pairs,
+                                        progress=self._stage(f"utility {role}"), cancel=self.cancel)
+        if self.sparse is not None:
+            res.meta.update({**self.sparse.meta(),
+                             "neighbour_rule": "k most cosine-similar examples by sentence "
+                                               "embedding (ties to the lower index) plus seeded "
+                                               "random examples"})
+        return res.values, res.meta
+
+
+def _embedding_values(e_rows: np.ndarray, e_cols: np.ndarray,
+                      pairs: tuple[np.ndarray, np.ndarray] | None) -> KernelMatrix:
+    """(cos + 1) / 2 for every pair (dense) or for the given pairs only (CSR float32)."""
+    if pairs is None:
+        return embedding_kernel(e_rows, e_cols)
+    r, c = pairs
+    vals = np.empty(len(r), np.float32)
+    step = 1 << 16
+    for s in range(0, len(r), step):
+        vals[s: s + step] = np.einsum("ij,ij->i", e_rows[r[s: s + step]], e_cols[c[s: s + step]])
+    vals = np.clip((vals + 1.0) / 2.0, 0.0, 1.0).astype(np.float32)
+    return sp.csr_matrix((vals, (r, c)), shape=(len(e_rows), len(e_cols)), dtype=np.float32)
+
+
+MAX_DENSE_BYTES = 4 << 30
+"""The largest dense kernel set computed (raw values plus the scaled copy selection makes);
+above it ``neighbours`` is required: 4 GiB, a dense pool kernel of about 23,000 rows."""
+
+
+def _check_dense_size(pool: Dataset, target: Dataset | None, existing: Dataset | None,
+                      limit: int | None) -> None:
+    """SelectionError, before any work, when dense kernels would not fit the stated limit."""
+    limit = MAX_DENSE_BYTES if limit is None else int(limit)
+    n = len(pool)
+    entries = n * n + (len(target) * n if target is not None else 0) + \
+        (n * len(existing) if existing is not None else 0)
+    need = entries * 4 * 2  # float32 raw kernel and its scaled copy
+    if need > limit:
+        raise SelectionError(f"dense kernels for {n:,} pool rows need about {need / 2**30:.1f} GiB "
+                             f"(limit {limit / 2**30:.1f} GiB); compute a sparse kernel instead "
+                             "with --neighbours 32 (neighbours=32 in the API): each row then keeps "
+                             "only its 32 nearest rows by sentence embedding plus 4 random ones")
+
+
+def compute_kernels(pool: Dataset, *, target: Dataset | None = None,
+                    existing: Dataset | None = None, kind: str = "utility", lm: Any = None,
+                    embedder: Any = None, settings: UtilitySettings | None = None,
+                    progress: StageProgress | None = None, cancel: threading.Event | None = None,
+                    use_cache: bool = True, neighbours: int | SparseSpec | None = None,
+                    neighbour_random: int = DEFAULT_RANDOM, neighbour_seed: int = 0,
+                    max_dense_bytes: int | None = None,
+                    target_direction: str = DEFAULT_TARGET_DIRECTION, backend: str = "local",
+                    ray_address: str | None = None, workers: int | None = None) -> Kernels:
+    """Compute the pool kernel and, when given, the target and existing kernels.
+
+    Dense kernels larger than ``max_dense_bytes`` (default :data:`MAX_DENSE_BYTES`) are refused
+    before any work, with the memory they would need and the sparse alternative.
+
+    With ``neighbours=K`` (or a :class:`SparseSpec`) each kernel is sparse (scipy CSR float32):
+    every row gets values only for its K nearest columns by sentence embedding plus
+    ``neighbour_random`` seeded random ones.
+
+    ``target_direction`` (:data:`TARGET_DIRECTIONS`) says how a utility target kernel is valued:
+    ``helps-target`` (default) UF(q | i), ``reference`` UF(i | q) transposed; a sparse kernel
+    values the same (q, i) pairs in both directions.
+
+    ``backend="ray"`` computes the utility pairs the pair store lacks on Ray workers
+    (``workers`` actors of one thread each; ``ray_address`` "auto" or "HOST:PORT" joins a running
+    cluster, none starts a local one): see :mod:`delift_core.kernels.ray_backend`.
+    """
+    if kind not in KERNEL_KINDS:
+        raise SelectionError(f"unknown kernel '{kind}'; use one of {KERNEL_KINDS} or a .npy file")
+    sparse = (neighbours if isinstance(neighbours, SparseSpec) or not neighbours
+              else SparseSpec(int(neighbours), int(neighbour_random), int(neighbour_seed)))
+    if target_direction not in TARGET_DIRECTIONS:
+        raise SelectionError(f"unknown target direction '{target_direction}'; use one of "
+                             f"{', '.join(TARGET_DIRECTIONS)}")
+    if sparse and sparse.k < 1:
+        raise SelectionError("neighbours must be at least 1")
+    if not sparse:
+        _check_dense_size(pool, target, existing, max_dense_bytes)
+    start = time.time()
+    sets = {"pool": pool, "target": target, "existing": existing}
+    meta: dict[str, Any] = {"kind": kind, **{f"{r}_ids": ds.ids for r, ds in sets.items()
+                                             if ds is not None},
+                            **{f"{r}_hashes": row_hashes(ds) for r, ds in sets.items()
+                               if ds is not None},
+                            "row_hash": ROW_HASH}
+    builder = _Builder(kind, lm, embedder, settings, progress, cancel, use_cache, sparse or None)
+    if backend not in BACKENDS:
+        raise SelectionError(f"unknown backend '{backend}'; use one of {', '.join(BACKENDS)}")
+    if backend == "ray" and kind == "utility":
+        from delift_core.kernels.ray_backend import ensure_ray
+
+        ensure_ray(ray_address, workers)  # says how to install Ray, or joins the cluster, first
+        builder.engine_options = {"backend": "ray", "ray_options": {
+            "address": ray_address, "workers": workers, "threads": 1}}
+    kernels = Kernels(kind, meta=meta)
+    for role, (row_role, col_role) in ROLES.items():
+        rows, cols = sets[row_role], sets[col_role]
+        if rows is None or cols is None:
+            continue
+        values, role_meta = builder.build(role, rows, cols, row_role, col_role,
+                                          transpose=role == "target" and kind == "utility"
+                                          and target_direction == "reference")
+        setattr(kernels, role, values)
+        if role_meta is not None:
+            meta[role] = role_meta
+    if sparse:
+        meta.update(sparse.meta())
+    if builder.embedder is not None:
+        meta["embedder"] = getattr(builder.embedder, "delift_name", str(builder.embedder))
+        meta["embeddings"] = builder.embed_stats
+    if target is not None:
+        meta["target_direction"] = target_direction
+        meta["target_direction_rule"] = TARGET_DIRECTIONS[target_direction] if kind == "utility" \
+            else "embedding kernels are symmetric: both directions are the same matrix"
+    if kind == "embedding":
+        meta.update({"similarity": "(cosine + 1) / 2", "text": "prompt + newline + response"})
+    meta["seconds"] = round(time.time() - start, 3)
+    if kind == "utility" and backend == "local" and builder.lm is not None:
+        _record_speed(kernels, pool, target, existing, builder.lm, sparse, settings)
+    logger.info("%s kernels (%s) in %.1f s", kind, ", ".join(r for r in ROLES
+                                                            if getattr(kernels, r) is not None),
+                meta["seconds"])
+    return kernels
+
+
+def _record_speed(kernels: Kernels, pool: Dataset, target: Dataset | None,
+                  existing: Dataset | None, lm: Any, sparse: SparseSpec | None,
+                  settings: UtilitySettings | None) -> None:
+    """Record this machine's speed for later time estimates, from the work this call computed:
+    the estimate's tokens times the share of passes computed (not read from the pair store;
+    plain passes one set's kernel reuses from another's in the same call count as read). Runs
+    that computed under half their passes are not recorded: their time is mostly the store's."""
+    from delift_core.kernels.estimates import estimate_work, record_speed, speed_key
+
+    roles = [kernels.meta.get(r) for r in ROLES if isinstance(kernels.meta.get(r), dict)]
+    computed = sum(int(m.get("pairs_computed") or 0) for m in roles)
+    total = computed + sum(int(m.get("pairs_reused") or 0) for m in roles)
+    if not total or computed < total / 2:
+        return
+    est = estimate_work(pool, target=target, existing=existing, kind="utility",
+                        neighbours=sparse.k if sparse else None,
+                        neighbour_random=sparse.random if sparse else 0)
+    dtype = str(getattr(lm, "dtype", "float32")).replace("torch.", "")
+    device = getattr(getattr(lm, "device", None), "type", "cpu")
+    key = speed_key("utility", dtype, bool(sparse), device, getattr(lm, "name", None), settings)
+    record_speed(key, round(est.tokens * computed / total), float(kernels.meta["seconds"]))
+
+
+def kernel_report(kernels: Kernels) -> list[str]:
+    """What a kernel computation actually did, one line per stage: texts embedded or reused,
+    utility pairs computed or reused from the cache, damaged cache entries recomputed (for the
+    CLI's console and the studio, so neither guesses "from the cache")."""
+    meta = kernels.meta
+    lines = []
+    for role, st in (meta.get("embeddings") or {}).items():
+        line = f"embedding {role}: {st['computed']} of {st['total']} texts computed, {st['reused']} " \
+               "reused from the cache"
+        if st.get("damaged_recomputed"):
+            line += f", {st['damaged_recomputed']} damaged cache entries recomputed"
+        lines.append(line)
+    for role in ROLES:
+        m = meta.get(role)
+        if not isinstance(m, dict) or "pairs_computed" not in m:
+            continue
+        n_t, n_e = m.get("shape", [0, 0])
+        computed = int(m["pairs_computed"])
+        reused = int(m.get("pairs_reused", int(m.get("nnz", n_t * n_e)) + n_t - computed))
+        line = (f"utility {role}: {computed} of {computed + reused} passes computed, {reused} "
+                f"reused from the pair store")
+        if m.get("backend") == "ray":
+            line += " (computed on Ray)"
+        damaged = int(m.get("entries_damaged_recomputed") or 0)
+        if damaged:
+            line += f"; {damaged} damaged store entries recomputed"
+        if m.get("store_file_damaged"):
+            line += f"; the store file was damaged ({m['store_file_damaged']}), set aside and " \
+                    "started anew"
+        lines.append(line)
+    return lines

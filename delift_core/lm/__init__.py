@@ -1,0 +1,1 @@
+"""The causal LM: loading, tokenisation, the teacher-forced scorer."""

@@ -1,0 +1,1 @@
+"""Selection: objectives, greedy, select(), cover, the plan of a run."""
