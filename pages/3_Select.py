@@ -8,7 +8,8 @@ import streamlit as st
 from delift_core.selection import objectives as registry
 from delift_core.kernels.diagonal import DIAGONAL_HELP, DIAGONAL_POLICIES
 from delift_core.outputs.views import gain_curve
-from studio import charts, state, ui
+from delift_core.outputs import figures
+from studio import state, ui
 
 ui.setup("Selection", "🎯")
 s = state.ss()
@@ -71,7 +72,7 @@ with c2:
         if spec.baseline and sel.kernels is None:
             st.info("The random baseline has no objective curve.")
         else:
-            st.plotly_chart(charts.gain_curve_figure(gain_curve(sel), sel.budget),
+            st.plotly_chart(figures.gain_curve_figure(gain_curve(sel), sel.budget),
                             key="gain_curve")
             st.caption("Objective value after each greedy pick: the curve flattens where "
                        "extra rows add little." + (f" {spec.help}" if spec.baseline else ""))

@@ -8,7 +8,8 @@ import streamlit as st
 
 from delift_core.outputs.views import (cluster_order, compare_selections, decision_status,
                                        heatmap_view, hover_safe, rank_order)
-from studio import charts, state, ui
+from delift_core.outputs import figures
+from studio import state, ui
 
 ui.setup("Explore & explain", "🗺️")
 s = state.ss()
@@ -90,8 +91,8 @@ with tab_heat:
     if by == "rank" and view.mode == "full":
         n_sel = sel.budget
     kind = state.SHORT_KERNEL[s["kernel_config"]["kind"]]
-    st.plotly_chart(charts.heatmap_figure(view, pool, n_sel,
-                                          f"{kind} pool kernel (scaled to [0, 1])"),
+    st.plotly_chart(figures.heatmap_figure(view, pool, n_sel,
+                                           f"{kind} pool kernel (scaled to [0, 1])"),
                     key="heatmap")
     st.caption("Cell (i, j): how much sample j helps sample i as an in-context example (DELIFT) "
                "or their similarity (DELIFT-SE). The dotted lines separate the selected rows.")
@@ -120,10 +121,10 @@ with tab_map:
             values = {rid: str(r.get(colour)) for rid, r in zip(pool.ids, pool.rows)}
             frame[colour] = [values.get(i, "") if st_ == "pool" else st_
                              for i, st_ in zip(frame["id"], frame["set"])]
-        fig = charts.map_figure(frame, colour,
-                                colours=charts.STATUS_COLOURS if colour == "status" else None,
-                                title=f"{len(selected)} selected of {len(pool)} · "
-                                      "lasso or box to list")
+        fig = figures.map_figure(frame, colour,
+                                 colours=figures.STATUS_COLOURS if colour == "status" else None,
+                                 title=f"{len(selected)} selected of {len(pool)} · "
+                                       "lasso or box to list")
         event = st.plotly_chart(fig, key="map", on_select="rerun",
                                 selection_mode=("points", "box", "lasso"))
         picked = []
@@ -183,10 +184,9 @@ with tab_cmp:
             status = dict(zip(cmp.ids, cmp.status))
             cf = cf[cf["set"] == "pool"].copy()
             cf["comparison"] = [status.get(i, "neither") for i in cf["id"]]
-            st.plotly_chart(charts.map_figure(
+            st.plotly_chart(figures.map_figure(
                 cf, "comparison", title="Where the two selections differ",
-                colours={"both": "#d62728", "only A": "#1f77b4", "only B": "#ff7f0e",
-                         "neither": "#d9d9d9"}), key="cmp_map")
+                colours=figures.STATUS_COLOURS), key="cmp_map")
         diff = cmp.frame()
         diff = diff[diff["status"].str.startswith("only")]
         diff["prompt"] = [base.prompts[base.index_of(i)] for i in diff["id"]]

@@ -27,7 +27,9 @@ import pandas as pd
 from delift_core.data.dataset import Dataset, load_dataset
 from delift_core.errors import DeliftError, MissingDependencyError, optional_import
 from delift_core.kernels.builder import Kernels
-from delift_core.outputs.views import explain, gain_curve, heatmap_view, hover_safe, rank_order
+from delift_core.outputs.figures import (STATUS_COLOURS, composition_figure, gain_curve_figure,
+                                         heatmap_figure, map_figure, row_label)
+from delift_core.outputs.views import explain, gain_curve, heatmap_view, rank_order
 
 if TYPE_CHECKING:
     from delift_core.outputs.audit import Audit
@@ -36,8 +38,6 @@ if TYPE_CHECKING:
 __all__ = ["ReportError", "build_report", "read_select_folder", "report_from_folder"]
 
 logger = logging.getLogger(__name__)
-
-SELECTED, REJECTED = "#d62728", "#9ecae1"
 
 
 class ReportError(DeliftError):
@@ -130,12 +130,11 @@ def _fmt(v: Any) -> str:
 
 
 class _Figures:
-    """Plotly figures as divs; plotly.js goes into the page once (no network needed)."""
+    """Plotly figures (from :mod:`delift_core.outputs.figures`) as divs; plotly.js goes into the
+    page once (no network needed)."""
 
     def __init__(self) -> None:
         self.pio = optional_import("plotly.io", "studio", "the HTML report", package="plotly")
-        self.go = optional_import("plotly.graph_objects", "studio", "the HTML report",
-                                  package="plotly")
         self.count = 0
 
     def script(self) -> str:
@@ -143,9 +142,11 @@ class _Figures:
 
         return f"<script>{get_plotlyjs()}</script>"
 
-    def div(self, fig: Any, height: int = 380) -> str:
+    def div(self, fig: Any, height: int | None = None) -> str:
+        """The figure in a div ``height`` px high (else as high as its layout says, else 380)."""
         self.count += 1
         fid = f"fig{self.count}"
+        height = height or fig.layout.height or 380
         # '<' and '>' as JSON escapes: no text in a figure can close the script element
         spec = self.pio.to_json(fig, validate=False).replace("<", "\\u003c").replace(">",
                                                                                       "\\u003e")
@@ -154,23 +155,7 @@ class _Figures:
                 '{responsive:true,displaylogo:false});})();</script>')
 
 
-def _gain_figure(F: _Figures, selection: "Selection") -> Any:
-    curve = gain_curve(selection)
-    go = F.go
-    fig = go.Figure(go.Scatter(x=curve["budget"], y=curve["value"], mode="lines",
-                               name="objective value",
-                               hovertemplate="budget %{x}<br>value %{y:.3f}<extra></extra>"))
-    b = selection.budget
-    if 1 <= b <= len(curve):
-        fig.add_vline(x=b, line=dict(color=SELECTED, dash="dash"))
-        fig.add_trace(go.Scatter(x=[b], y=[float(curve["value"].iat[b - 1])], mode="markers",
-                                 marker=dict(color=SELECTED, size=10), name=f"budget {b}"))
-    fig.update_layout(margin=dict(l=10, r=10, t=30, b=10), showlegend=False,
-                      xaxis_title="rows selected (greedy order)", yaxis_title="objective value")
-    return fig
-
-
-def _composition(F: _Figures, groups: Sequence[Any], chosen: np.ndarray, what: str
+def _composition(groups: Sequence[Any], chosen: np.ndarray, what: str, height: int
                  ) -> tuple[Any, pd.DataFrame]:
     """Selected and rejected counts per group: a stacked bar chart and its table."""
     frame = pd.DataFrame({"group": [str(g) for g in groups], "selected": chosen})
@@ -179,46 +164,25 @@ def _composition(F: _Figures, groups: Sequence[Any], chosen: np.ndarray, what: s
     table["rejected"] = table["rows"] - table["selected"]
     table["selected %"] = (100 * table["selected"] / table["rows"]).round(1)
     table = table.sort_values("rows", ascending=False, kind="stable")
-    names = [hover_safe(g, 40) for g in table["group"]]
-    go = F.go
-    fig = go.Figure([go.Bar(x=names, y=table["selected"], name="selected", marker_color=SELECTED),
-                     go.Bar(x=names, y=table["rejected"], name="rejected", marker_color=REJECTED)])
-    fig.update_layout(barmode="stack", margin=dict(l=10, r=10, t=30, b=10), xaxis_title=what,
-                      yaxis_title="rows")
-    return fig, table.rename(columns={"group": what})
+    return composition_figure(table, what, height), table.rename(columns={"group": what})
 
 
-def _map_figure(F: _Figures, xy: np.ndarray, pool: Dataset, chosen: np.ndarray) -> Any:
-    go = F.go
-    fig = go.Figure()
-    for name, mask, colour in (("rejected", ~chosen, REJECTED), ("selected", chosen, SELECTED)):
-        idx = np.flatnonzero(mask)
-        fig.add_trace(go.Scatter(
-            x=xy[idx, 0], y=xy[idx, 1], mode="markers", name=name,
-            marker=dict(color=colour, size=6 if len(pool) > 1000 else 8, opacity=0.85),
-            text=[f"{hover_safe(pool.ids[k], 40)}: {hover_safe(pool.prompts[k], 120)}"
-                  for k in idx], hovertemplate="%{text}<extra></extra>"))
-    fig.update_layout(margin=dict(l=10, r=10, t=30, b=10))
-    fig.update_xaxes(showticklabels=False)
-    fig.update_yaxes(showticklabels=False)
-    return fig
+def _map_figure(xy: np.ndarray, pool: Dataset, chosen: np.ndarray) -> Any:
+    """The embedding map: rejected rows, then selected rows drawn over them."""
+    idx = np.concatenate([np.flatnonzero(~chosen), np.flatnonzero(chosen)])
+    frame = pd.DataFrame({"x": xy[idx, 0], "y": xy[idx, 1],
+                          "id": [pool.ids[k] for k in idx],
+                          "hover": [row_label(pool, [k]) for k in idx],
+                          "status": np.where(chosen[idx], "selected", "rejected")})
+    return map_figure(frame, "status", colours=STATUS_COLOURS, height=520, dragmode="zoom")
 
 
-def _heatmap_figure(F: _Figures, selection: "Selection") -> tuple[Any, str]:
+def _heatmap_figure(selection: "Selection") -> tuple[Any, str]:
+    """The pool kernel in greedy rank order (block averages above 120 rows) and its note."""
     kernel = selection.kernels.scaled("pool")
     view = heatmap_view(kernel, rank_order(selection), max_size=120, mode="aggregate")
-    pool = selection.pool
-    labels = [(hover_safe(pool.ids[g[0]], 40) if len(g) == 1 else
-               f"{hover_safe(pool.ids[g[0]], 30)} … ({len(g)} rows)") for g in view.rows]
-    labels = [f"{a}. {t}" for a, t in enumerate(labels, start=1)]
-    go = F.go
-    fig = go.Figure(go.Heatmap(z=np.asarray(view.values, float), x=labels, y=labels,
-                               colorscale="Viridis",
-                               hovertemplate="helped: %{y}<br>example: %{x}<br>value %{z:.3f}"
-                                             "<extra></extra>"))
-    fig.update_xaxes(showticklabels=False, title="in-context example (greedy rank order)")
-    fig.update_yaxes(showticklabels=False, autorange="reversed", title="row helped")
-    fig.update_layout(margin=dict(l=10, r=10, t=30, b=10))
+    n_selected = len(selection.selected_indices) if view.mode == "full" else None
+    fig = heatmap_figure(view, selection.pool, n_selected, height=620)
     note = view.notice or f"All {len(view.rows)} rows, in greedy rank order (selected first)."
     return fig, note
 
@@ -336,18 +300,18 @@ def build_report(selection: "Selection", *, manifest: dict | None = None,
 
     section("gain", "Gain curve", "<p>The objective value as rows are added in greedy order; "
             "the dashed line is the budget. A flat curve past the budget means more rows add "
-            "little.</p>" + F.div(_gain_figure(F, selection), 340))
+            "little.</p>" + F.div(gain_curve_figure(gain_curve(selection), selection.budget)))
 
     comp = []
     if clusters is not None:
-        fig, table = _composition(F, np.asarray(clusters), chosen, "cluster")
-        comp.append("<h3>By cluster (k-means of the sentence embeddings)</h3>" + F.div(fig, 320)
+        fig, table = _composition(np.asarray(clusters), chosen, "cluster", 320)
+        comp.append("<h3>By cluster (k-means of the sentence embeddings)</h3>" + F.div(fig)
                     + _table(table))
     if label_col:
         _check_label(pool, label_col)
         labels = [r.get(label_col, "(none)") for r in pool.rows]
-        fig, table = _composition(F, labels, chosen, label_col)
-        comp.append(f"<h3>By {_e(label_col)}</h3>" + F.div(fig, 340) + _table(table))
+        fig, table = _composition(labels, chosen, label_col, 340)
+        comp.append(f"<h3>By {_e(label_col)}</h3>" + F.div(fig) + _table(table))
     section("composition", "Composition: selected vs rejected",
             "".join(comp) or '<p class="note">No embeddings or label column were given.</p>')
 
@@ -361,13 +325,13 @@ def build_report(selection: "Selection", *, manifest: dict | None = None,
             xy, how = project_2d(embeddings, method="pca"), "PCA (umap-learn is not installed)"
         section("map", "Embedding map", f'<p class="note">{_e(how)} of the sentence embeddings; '
                 "red: selected, blue: rejected. Hover a point for its prompt.</p>"
-                + F.div(_map_figure(F, np.asarray(xy), pool, chosen), 520))
+                + F.div(_map_figure(np.asarray(xy), pool, chosen)))
 
     if selection.kernels is not None and selection.kernels.pool is not None:
-        fig, note = _heatmap_figure(F, selection)
+        fig, note = _heatmap_figure(selection)
         section("heatmap", "Kernel heatmap", f'<p class="note">{_e(note)} Rows are the rows '
                 "helped, columns the in-context examples; selected rows come first.</p>"
-                + F.div(fig, 620))
+                + F.div(fig))
     else:
         section("heatmap", "Kernel heatmap", '<p class="note">Not shown: the selection folder '
                 "does not hold its kernel; pass the `delift kernel` folder with --kernel.</p>")
