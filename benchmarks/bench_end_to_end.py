@@ -19,8 +19,9 @@ import numpy as np
 from bench_kernel import body_only_tokens_per_s, flops_per_token
 from delift_core.data.dataset import load_dataset
 from delift_core.lm.models import load_causal_lm, load_embedder
-from delift_core.selection.objectives import FacilityLocation
-from delift_core.selection.select import compute_kernels, select
+from delift_core.selection.objectives.facility_location import FacilityLocation
+from delift_core.kernels.builder import compute_kernels
+from delift_core.selection.select import select
 from delift_core.kernels.sparse import fidelity
 from delift_core.kernels.matrices import minmax_scale
 

@@ -25,7 +25,8 @@ from delift_core.data.dataset import load_dataset
 from delift_core.lm.models import load_causal_lm
 from delift_core.lm.scorer import Scorer, cpu_threads
 from delift_core.lm.tokens import SegmentTokens
-from delift_core.kernels.utility import Texts, UtilityKernel, UtilitySettings
+from delift_core.kernels.utility_settings import Texts, UtilitySettings
+from delift_core.kernels.utility import UtilityKernel
 
 
 def per_pair_kernel(lm, s: UtilitySettings, tp, tr, ep, er, batch: int) -> tuple[np.ndarray, int]:

@@ -46,10 +46,15 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from delift_core import (Dataset, UtilitySettings, compute_kernels, load_causal_lm,
-                         load_dataset_bytes, load_embedder, select)
+from delift_core.data.dataset import Dataset, load_dataset_bytes
+from delift_core.kernels.utility_settings import UtilitySettings
+from delift_core.kernels.builder import compute_kernels
+from delift_core.lm.models import load_causal_lm, load_embedder
+from delift_core.selection.select import select
 from delift_core.kernels.diagonal import DIAGONAL_POLICIES
-from delift_core.evaluation import EvalSettings, Subset, evaluate
+from delift_core.evaluation.settings import EvalSettings
+from delift_core.evaluation.subsets import Subset
+from delift_core.evaluation.run import evaluate
 from delift_core.evaluation.stats import compare_paired
 
 sys.path.insert(0, str(ROOT / "benchmarks"))

@@ -27,7 +27,8 @@ from delift_core.data.dataset import load_dataset
 from delift_core.kernels.embedding import embed_texts, sample_text
 from delift_core.lm.models import load_causal_lm, load_embedder
 from delift_core.kernels.sparse import neighbour_pairs
-from delift_core.kernels.utility import UtilityKernel, UtilitySettings
+from delift_core.kernels.utility import UtilityKernel
+from delift_core.kernels.utility_settings import UtilitySettings
 
 
 def main() -> None:

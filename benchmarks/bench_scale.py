@@ -19,7 +19,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from delift_core.selection.greedy import greedy_maximize
-from delift_core.selection.objectives import FacilityLocation, FacilityLocationConditionalGain
+from delift_core.selection.objectives.facility_location import FacilityLocation
+from delift_core.selection.objectives.flcg import FacilityLocationConditionalGain
 from delift_core.kernels.sparse import fidelity, neighbour_pairs
 
 

@@ -16,8 +16,9 @@ import time
 import numpy as np
 
 from delift_core.selection.greedy import greedy_maximize
-from delift_core.selection.objectives import (FacilityLocation, FacilityLocationConditionalGain,
-                                              FacilityLocationMutualInformation)
+from delift_core.selection.objectives.facility_location import FacilityLocation
+from delift_core.selection.objectives.flcg import FacilityLocationConditionalGain
+from delift_core.selection.objectives.flmi import FacilityLocationMutualInformation
 
 
 def kernel(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:

@@ -5,7 +5,8 @@ the embedder: the file size depends on the rows' text and count, not the embeddi
 import sys
 import time
 import numpy as np
-from delift_core import load_dataset, select
+from delift_core.data.dataset import load_dataset
+from delift_core.selection.select import select
 from delift_core.outputs.audit import audit
 from delift_core.kernels.builder import Kernels
 from delift_core.outputs.report import build_report

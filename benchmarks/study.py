@@ -46,10 +46,16 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
 
-from delift_core import (Dataset, UtilitySettings, compute_kernels, load_causal_lm,
-                         load_dataset_bytes, load_embedder, select)
-from delift_core.selection.select import Kernels
-from delift_core.evaluation import EvalReport, EvalSettings, Subset, baseline_subsets, evaluate
+from delift_core.data.dataset import Dataset, load_dataset_bytes
+from delift_core.kernels.utility_settings import UtilitySettings
+from delift_core.kernels.builder import compute_kernels
+from delift_core.lm.models import load_causal_lm, load_embedder
+from delift_core.selection.select import select
+from delift_core.kernels.builder import Kernels
+from delift_core.evaluation.report import EvalReport
+from delift_core.evaluation.settings import EvalSettings
+from delift_core.evaluation.subsets import Subset, baseline_subsets
+from delift_core.evaluation.run import evaluate
 
 DATA = ROOT.parent / "shared" / "data"
 OUT = ROOT / "docs" / "study"

@@ -14,8 +14,8 @@ from importlib import metadata as _metadata
 
 from delift_core.selection import objectives, plan
 from delift_core.selection.cover import best_cover
-from delift_core.data.dataset import (ColumnMapping, Dataset, SkippedRow, detect_layout,
-                                      load_dataset, load_dataset_bytes)
+from delift_core.data.layouts import ColumnMapping, detect_layout
+from delift_core.data.dataset import Dataset, SkippedRow, load_dataset, load_dataset_bytes
 from delift_core.kernels.embedding import embed_texts, embedding_kernel
 from delift_core.errors import (DataError, DeliftError, KernelError, MissingDependencyError,
                                 ModelError, SelectionError)
@@ -26,16 +26,19 @@ from delift_core.kernels.builder import Kernels, SparseSpec, compute_kernels, ke
 from delift_core.kernels.matrices import minmax_scale, scale_to_unit
 from delift_core.lm.models import (DEFAULT_EMBEDDER, DEFAULT_MODEL, CausalLM, load_causal_lm,
                                    load_embedder, resolve_device)
-from delift_core.selection.objectives import (OBJECTIVES, CoverageObjective, FacilityLocation,
-                                              FacilityLocationConditionalGain,
-                                              FacilityLocationMutualInformation,
-                                              FacilityLocationQueryMutualInformation, Objective,
-                                              ObjectiveSpec)
+from delift_core.selection.objectives.registry import OBJECTIVES
+from delift_core.selection.objectives.base import CoverageObjective, Objective
+from delift_core.selection.objectives.facility_location import FacilityLocation
+from delift_core.selection.objectives.flcg import FacilityLocationConditionalGain
+from delift_core.selection.objectives.flmi import FacilityLocationMutualInformation
+from delift_core.selection.objectives.flqmi import FacilityLocationQueryMutualInformation
+from delift_core.selection.objectives.spec import ObjectiveSpec
 from delift_core.outputs.review import Decisions, load_decisions
 from delift_core.selection.select import Selection, build_objective, resolve_budget, select
-from delift_core.kernels.utility import (DEFAULT_EXAMPLE_TEMPLATE, DEFAULT_PLAIN_TEMPLATE,
-                                         KernelCancelled, KernelResult, Texts, UtilityKernel,
-                                         UtilitySettings)
+from delift_core.kernels.utility_settings import (DEFAULT_EXAMPLE_TEMPLATE, DEFAULT_PLAIN_TEMPLATE,
+                                                  KernelCancelled, KernelResult, Texts,
+                                                  UtilitySettings)
+from delift_core.kernels.utility import UtilityKernel
 
 try:
     __version__ = _metadata.version("delift-studio")

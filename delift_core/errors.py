@@ -6,7 +6,7 @@ import importlib
 from types import ModuleType
 
 __all__ = ["DataError", "DeliftError", "KernelError", "MissingDependencyError", "ModelError",
-           "SelectionError", "optional_import"]
+           "SelectionError", "SettingError", "optional_import"]
 
 
 class DeliftError(Exception):
@@ -28,6 +28,12 @@ class SelectionError(DeliftError, ValueError):
 class KernelError(SelectionError):
     """A kernel does not fit the data (shape, rows, content) or holds bad values; the message
     names the kernel (its file where there is one) and the problem."""
+
+
+class SettingError(SelectionError):
+    """An engine setting (:mod:`delift_core.settings`) has a value it does not allow; the message
+    names the setting, its CLI option and the allowed values. A SelectionError (and so a
+    ValueError) for the callers that caught the checks it replaces."""
 
 
 class MissingDependencyError(DeliftError, ImportError):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from delift_core import DataError, Dataset, DeliftError
+from delift_core.errors import DataError, DeliftError
+from delift_core.data.dataset import Dataset
 from studio import state, ui
 
 ui.setup("Data", "📂")

@@ -6,8 +6,8 @@ import streamlit as st
 
 from delift_core.selection import objectives as registry
 from delift_core.selection import plan
-from delift_core.kernels.builder import DEFAULT_TARGET_DIRECTION, TARGET_DIRECTIONS
-from delift_core.lm.models import DEFAULT_MODEL, PACKAGED_MODELS
+from delift_core import settings as spec
+from delift_core.lm.models import PACKAGED_MODELS
 from delift_core.kernels.estimates import (estimate_seconds, estimate_work, format_seconds,
                                            speed_key, stored_passes)
 from studio import state, ui
@@ -32,7 +32,7 @@ with c1:
         objective = plan.stage_objective(stage)
 with c2:
     kind = st.radio("Kernel", list(state.KERNEL_LABELS), format_func=state.KERNEL_LABELS.get,
-                    key="p_kind",
+                    key="p_kernel",
                     help="DELIFT: how much each sample helps the causal LM answer another as an "
                          "in-context example (slow: every pair). DELIFT-SE: cosine similarity "
                          "of sentence embeddings (fast). Random: a random order (the baseline; "
@@ -50,7 +50,8 @@ with c2:
                           placeholder="e.g. HuggingFaceTB/SmolLM2-360M-Instruct or ./my-model")
             s["p_model"] = s["p_model_custom"].strip()
             if not s["p_model"]:
-                st.info(f"No model given yet: {PACKAGED_MODELS[DEFAULT_MODEL].label} is used.")
+                st.info(f"No model given yet: {PACKAGED_MODELS[spec.default('model')].label} "
+                        "is used.")
         else:
             s["p_model"] = choice
     else:
@@ -72,50 +73,45 @@ limit = st.number_input(f"Use the first N rows of the pool (of {len(pool)})", mi
                         max_value=len(pool), step=1, key=limit_key,
                         help="The utility kernel scores every pair of rows; on a CPU keep N small.")
 
-neighbours, dtype, backend = None, None, "local"
+neighbours, dtype, backend, engine = None, None, "local", {}
 target_direction = None
 if kind == "utility":
-    dtype = st.radio("Model precision", ["float32", "bfloat16"], key="p_dtype", horizontal=True,
-                     format_func={"float32": "float32 (exact, default)",
-                                  "bfloat16": "bfloat16 (reduced precision; speed depends on "
-                                              "the hardware)"}.get,
-                     help="bfloat16 runs the model at reduced precision: measured on the demo "
-                          "rows, its utility values differ from float32 by at most ~4% of the "
-                          "kernel's range. Whether it is faster depends on the hardware: on a "
-                          "2-core CPU with AVX512-BF16 it was 2.7x faster, on one without it 5x "
-                          "slower (benchmarks/README.md), so try it on a small kernel first; the "
-                          "time "
-                          "estimate uses each precision's own measured speed. Kernels of each "
-                          "precision are cached separately.")
+    dtype = ui.setting_widget(
+        "dtype", options=["float32", "bfloat16"],
+        format_func={"float32": "float32 (exact, default)",
+                     "bfloat16": "bfloat16 (reduced precision; speed depends on the hardware)"}.get,
+        help="bfloat16 runs the model at reduced precision: measured on the demo rows, its "
+             "utility values differ from float32 by at most ~4% of the kernel's range. Whether it "
+             "is faster depends on the hardware: on a 2-core CPU with AVX512-BF16 it was 2.7x "
+             "faster, on one without it 5x slower (benchmarks/README.md), so try it on a small "
+             "kernel first; the time estimate uses each precision's own measured speed. Kernels "
+             "of each precision are cached separately.")
     sparse = st.toggle("Sparse kernel: score each sample only with its nearest neighbours",
                        key="p_sparse",
                        help="Every pair costs one model pass, so a full kernel grows with N². A "
                             "sparse kernel scores each row only with its K most similar samples "
-                            "by sentence embedding (plus 4 random ones); pairs not scored count as "
-                            "0. It makes the whole pool affordable: the demo pool at K = 16 is "
-                            "~5,000 passes instead of ~58,000.")
+                            f"by sentence embedding (plus {s['p_neighbour_random']} random ones, "
+                            "see Advanced settings); pairs not scored count as 0. It makes the "
+                            "whole pool affordable: the demo pool at K = 16 is ~5,000 passes "
+                            "instead of ~58,000.")
     if sparse:
         s["p_neighbours"] = min(int(s["p_neighbours"]), int(limit))  # K cannot exceed N
-        neighbours = int(st.number_input("Neighbours per sample (K)", min_value=1,
-                                         max_value=max(1, int(limit)), step=1,
-                                         key="p_neighbours"))
-    target_direction = DEFAULT_TARGET_DIRECTION
+        neighbours = int(ui.setting_widget("neighbours", max_value=max(1, int(limit))))
+    target_direction = spec.default("target_direction")
     if "target" in plan.stage_needs(stage):
-        target_direction = st.radio(
-            "Target kernel direction", list(TARGET_DIRECTIONS), key="p_target_direction",
-            horizontal=True, help="helps-target (default): UF(q | i), how much pool row i helps "
-                                  "target q; reference: UF(i | q), the official DELIFT code's "
-                                  "direction (how much q helps i), transposed.")
-    backend = st.radio("Compute on", ["local", "ray"], key="p_backend", horizontal=True,
-                       format_func={"local": "this process (default)",
-                                    "ray": "Ray (a local cluster, or RAY_ADDRESS's)"}.get,
-                       help="Ray runs the missing pairs on worker processes, one thread each; "
-                            "it needs `pip install \"delift-studio[ray]\"`. Either way every "
-                            "value goes to the same pair store.")
+        target_direction = ui.setting_widget("target_direction")
+    backend = ui.setting_widget("backend",
+                                format_func={"local": "this process (default)",
+                                             "ray": "Ray (a local cluster, or RAY_ADDRESS's)"}.get,
+                                help="Ray runs the missing pairs on worker processes, one thread "
+                                     "each; it needs `pip install \"delift-studio[ray]\"`. Either "
+                                     "way every value goes to the same pair store.")
+    engine = ui.advanced_settings("kernel")
 
 run_pool, run_target, run_existing = state.kernel_inputs(stage, kind, int(limit))
 est = estimate_work(run_pool, target=run_target, existing=run_existing,
-                    kind=plan.engine_kind(kind), neighbours=neighbours)
+                    kind=plan.engine_kind(kind), neighbours=neighbours,
+                    neighbour_random=engine.get("neighbour_random"))
 st.subheader("Estimate")
 m1, m2, m3 = st.columns(3)
 unit = "forward passes" if kind == "utility" else "texts to embed"
@@ -126,7 +122,7 @@ stored = (stored_passes(est, run_pool, target=run_target, existing=run_existing,
           if kind == "utility" else 0)
 seconds, speed_source = (estimate_seconds(est, speed_key(
     "utility", dtype, bool(neighbours), state.resolve_device().type,
-    s["p_model"] or DEFAULT_MODEL), dtype, stored=stored) if kind == "utility"
+    s["p_model"] or spec.default("model")), dtype, stored=stored) if kind == "utility"
     else (None, "unknown"))
 if kind != "utility":
     m3.metric("Time (about)", "seconds")
@@ -165,14 +161,15 @@ config = {"kind": kind, "stage": stage, "objective": plan.method_objective(kind,
           "embedder": s["p_embedder"] if kind != "utility" else None, "limit": int(limit),
           "neighbours": neighbours, "dtype": dtype,
           "backend": backend if kind == "utility" else "local",
-          "target_direction": target_direction if kind == "utility" else None}
+          "target_direction": target_direction if kind == "utility" else None,
+          "engine": engine if kind == "utility" else {}}
 job = state.current_job()
 running = job is not None and job.running
 same_as_current = s["kernels"] is not None and s["kernel_config"] == config
 start = st.button("Recompute" if same_as_current else "Compute the kernel", type="primary",
                   disabled=missing or running, key="start_kernel")
 if start:
-    job = state.start_kernel_job(config, run_pool, run_target, run_existing)
+    job = state.start_kernel_job(config, run_pool, run_target, run_existing, est)
     running = True
 
 

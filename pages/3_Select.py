@@ -6,7 +6,6 @@ from __future__ import annotations
 import streamlit as st
 
 from delift_core.selection import objectives as registry
-from delift_core.kernels.diagonal import DIAGONAL_HELP, DIAGONAL_POLICIES
 from delift_core.outputs.views import gain_curve
 from delift_core.outputs import figures
 from studio import state, ui
@@ -35,12 +34,9 @@ with c1:
         st.slider(param.label, float(param.low), float(param.high), step=float(param.step),
                   key=param_key, help=ui.md_escape(param.help) if param.help else None)
     if spec.baseline:
-        st.number_input("Seed", min_value=0, step=1, key="p_seed")
+        ui.setting_widget("seed")
     elif s["kernels"].kind == "utility":
-        st.radio("Self-utility (diagonal)", list(DIAGONAL_POLICIES), horizontal=True,
-                 key="p_diagonal", format_func=lambda p: p,
-                 help="A row's value for itself in selection: "
-                      + "; ".join(f"{k}: {v}" for k, v in DIAGONAL_HELP.items()) + ".")
+        ui.setting_widget("diagonal", format_func=lambda p: p)
     mode = st.radio("Budget as", ["percent", "count"], horizontal=True, key="p_budget_mode",
                     format_func={"percent": "percent of the pool", "count": "number of rows"}.get,
                     on_change=state.keep_budget_across_modes, args=(n,))
@@ -52,6 +48,7 @@ with c1:
             s["p_budget_count"] = n
         st.number_input(f"Budget (rows, of {n})", min_value=0, max_value=n, step=1,
                         key="p_budget_count")
+    ui.advanced_settings("select")
 
 sel = state.current_selection()
 with c1:

@@ -7,7 +7,8 @@ import hashlib
 
 import streamlit as st
 
-from delift_core import DataError, Decisions
+from delift_core.errors import DataError
+from delift_core.outputs.review import Decisions
 from studio import decisions as bulk
 from studio import state, ui
 

@@ -20,23 +20,26 @@ sel = ui.need("pool", "kernels", "selection")
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def artifacts(_sel, key: tuple, fmt: str, _target, _existing, _full_pool, _decisions
+def artifacts(_sel, key: tuple, fmt: str, escape_csv: bool, _target, _existing, _full_pool,
+              _decisions
               ) -> dict[str, bytes]:
     """The export files (the same bytes `delift select` writes), cached per selection."""
     return selection_artifacts(_sel, fmt, target=_target, existing=_existing,
-                               full_pool=_full_pool, decisions=_decisions)
+                               full_pool=_full_pool, decisions=_decisions, escape_csv=escape_csv)
 
 
 own = default_format(sel.pool)
-s.setdefault("p_export_fmt", own)
-fmt = st.selectbox("Format of the row files", list(EXPORT_FORMATS), key="p_export_fmt",
-                   format_func=lambda f: f + (" (the input's own)" if f == own else ""))
+s.setdefault("p_format", own)
+fmt = ui.setting_widget("format", options=list(EXPORT_FORMATS),
+                        format_func=lambda f: f + (" (the input's own)" if f == own else ""),
+                        help="The row files' format (hf folders: `delift select --format hf`).")
+escape_csv = bool(ui.setting_widget("csv_escape")) if fmt == "csv" else False
 full_pool = s["pool"] if s["pool"] is not None and len(s["pool"]) > len(sel.pool) else None
 decisions = s["decisions"]
 key = (s["kernels_version"], s["_sid"], sel.objective, sel.budget, tuple(sel.selected_ids),
        tuple(sel.pinned), tuple(sel.banned), str(sel.params), decisions.to_json(),
        len(full_pool) if full_pool is not None else 0)
-files = artifacts(sel, key, fmt, **{f"_{k}": v for k, v in state.extra_sets().items()},
+files = artifacts(sel, key, fmt, escape_csv, **{f"_{k}": v for k, v in state.extra_sets().items()},
                   _full_pool=full_pool, _decisions=decisions)
 
 st.write(f"**{sel.budget}** of {len(sel.pool)} rows selected with {sel.objective.upper()}; the "

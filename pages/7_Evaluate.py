@@ -8,9 +8,12 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from delift_core import DeliftError, load_dataset
-from delift_core.evaluation import (BASELINES, METRIC_LABELS, EvalSettings, baseline_subsets,
-                                    evaluate, load_subset, parse_int_list)
+from delift_core.errors import DeliftError
+from delift_core.data.dataset import load_dataset
+from delift_core.evaluation.subsets import BASELINES, baseline_subsets, load_subset, parse_int_list
+from delift_core.evaluation.metrics import METRIC_LABELS
+from delift_core.evaluation.settings import EvalSettings
+from delift_core.evaluation.run import evaluate
 from studio import state, ui
 
 ui.setup("Evaluate", "🎯", heading="Evaluate a selection")

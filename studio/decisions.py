@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from delift_core import Decisions
+from delift_core.outputs.review import Decisions
 
 from . import state
 

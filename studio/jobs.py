@@ -15,10 +15,15 @@ from typing import Any, ClassVar, Sequence, TypeVar
 
 import streamlit as st
 
-from delift_core import (Dataset, DeliftError, Kernels, KernelCancelled, compute_kernels,
-                         load_causal_lm, load_embedder)
-from delift_core.evaluation import EvalSettings, EvaluationCancelled, Subset, evaluate
-from delift_core.kernels.builder import DEFAULT_TARGET_DIRECTION
+from delift_core.data.dataset import Dataset
+from delift_core.errors import DeliftError
+from delift_core.kernels.builder import Kernels
+from delift_core.kernels.utility_settings import KernelCancelled
+from delift_core.lm.models import load_causal_lm, load_embedder
+from delift_core.evaluation.settings import EvalSettings, EvaluationCancelled
+from delift_core.evaluation.subsets import Subset
+from delift_core.evaluation.run import evaluate
+from delift_core.kernels.request import kernels_from_settings
 from delift_core.selection.plan import engine_kind
 from delift_core.kernels.estimates import WorkEstimate
 
@@ -109,23 +114,18 @@ class KernelJob(Job):
         return 0.0 if self.status != "done" else 1.0
 
     def work(self) -> Kernels:
-        """Load the model and compute the kernels."""
+        """Load the model and compute the kernels the page's settings describe."""
         cfg = self.config
-        lm = embedder = None
-        if cfg["kind"] == "utility":
-            self.stage = "loading the causal LM"
-            lm = load_causal_lm(cfg.get("model") or None, dtype=cfg.get("dtype") or "float32",
-                                progress=lambda msg: setattr(self, "stage", msg))
-        else:
-            self.stage = "loading the sentence embedder"
-            embedder = load_embedder(cfg.get("embedder") or None)
-        return compute_kernels(self.pool, target=self.target, existing=self.existing,
-                               kind=engine_kind(cfg["kind"]),
-                               lm=lm, embedder=embedder, progress=self._progress,
-                               cancel=self.cancel, neighbours=cfg.get("neighbours"),
-                               backend=cfg.get("backend") or "local",
-                               target_direction=cfg.get("target_direction")
-                               or DEFAULT_TARGET_DIRECTION)
+        kind = engine_kind(cfg["kind"])
+        self.stage = ("loading the causal LM" if kind == "utility" else
+                      "loading the sentence embedder")
+        values = {**cfg.get("engine", {}), "kernel": kind,
+                  **{k: cfg[k] for k in ("model", "embedder", "dtype", "neighbours",
+                                         "target_direction", "backend") if cfg.get(k)}}
+        return kernels_from_settings(self.pool, values, target=self.target,
+                                     existing=self.existing, progress=self._progress,
+                                     cancel=self.cancel,
+                                     model_progress=lambda msg: setattr(self, "stage", msg))
 
 
 @dataclass(kw_only=True)

@@ -38,14 +38,19 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
-from delift_core import (ColumnMapping, Dataset, Decisions, Kernels, Selection, SelectionError,
-                         embed_texts, load_dataset, load_dataset_bytes, load_embedder, select)
+from delift_core.data.layouts import ColumnMapping
+from delift_core.data.dataset import Dataset, load_dataset, load_dataset_bytes
+from delift_core.outputs.review import Decisions
+from delift_core.kernels.builder import Kernels
+from delift_core.selection.select import Selection, select
+from delift_core.errors import SelectionError
+from delift_core.kernels.embedding import embed_texts
+from delift_core.lm.models import load_embedder
 from delift_core.selection import plan
 from delift_core.selection import objectives as registry
-from delift_core.data.dataset import read_records
-from delift_core.kernels.diagonal import DEFAULT_DIAGONAL
+from delift_core.data.formats import read_records
 from delift_core.kernels.embedding import sample_text
-from delift_core.kernels.builder import DEFAULT_TARGET_DIRECTION
+from delift_core import settings as spec
 from delift_core.lm.models import resolve_device
 
 from . import jobs
@@ -55,13 +60,20 @@ ROLE_LABELS = {"pool": "Pool", "target": "Target set", "existing": "Existing set
 KERNEL_LABELS = {"utility": "DELIFT (model utility)", "embedding": "DELIFT-SE (sentence embedding)",
                  "random": "Random baseline"}
 SHORT_KERNEL = {"utility": "DELIFT", "embedding": "DELIFT-SE", "random": "Random"}
+def setting_key(name: str) -> str:
+    """The session key of an engine setting's widget value."""
+    return f"p_{name}"
+
+
 DEFAULTS: dict[str, Any] = {
-    "p_stage": "instruction", "p_model": "gemma-3-270m", "p_embedder": "all-MiniLM-L6-v2",
-    "p_model_choice": "gemma-3-270m", "p_model_custom": "",
-    "p_budget_mode": "percent", "p_budget_pct": 30, "p_seed": 0, "p_sparse": False,
-    "p_neighbours": 16, "p_dtype": "float32", "p_diagonal": DEFAULT_DIAGONAL,
-    "p_target_direction": DEFAULT_TARGET_DIRECTION,
+    **{setting_key(s.name): s.default for s in spec.SETTINGS.values()
+       if s.widget and s.default is not None},
+    "p_stage": "instruction", "p_model_choice": spec.default("model"), "p_model_custom": "",
+    "p_budget_mode": "percent", "p_budget_pct": 30, "p_sparse": False,
+    "p_neighbours": spec.get("neighbours").suggested,
 }
+"""Widget values a new session starts with: the engine settings' defaults from the spec, and the
+studio's own choices (stage, budget; K offered when the sparse kernel is switched on)."""
 EVAL_DEFAULTS: dict[str, Any] = {
     "ev_subset_src": "demo:existing", "ev_pool_src": "demo:pool", "ev_test_src": "demo:target",
     "ev_test_limit": 10, "ev_baselines": ["none"], "ev_seeds": "0,1,2", "ev_mode": "icl",
@@ -103,7 +115,7 @@ def init() -> None:
     s.setdefault("kernels_version", 0)
     s.setdefault("decisions", Decisions())
     s.setdefault("snapshots", {})
-    s.setdefault("p_kind", default_kind())
+    s.setdefault("p_kernel", default_kind())
     for key, value in {**DEFAULTS, **EVAL_DEFAULTS}.items():
         s.setdefault(key, value)
     # Streamlit forgets a widget's value when a page without it runs; re-setting keeps it.
@@ -236,12 +248,9 @@ def kernel_inputs(stage: str, kind: str, limit: int) -> plan.KernelInputs:
 
 
 def start_kernel_job(config: dict, pool: Dataset, target: Dataset | None,
-                     existing: Dataset | None) -> jobs.KernelJob:
-    """Start computing kernels for this session in a background thread."""
-    from delift_core.kernels.estimates import estimate_work
-
-    est = estimate_work(pool, target=target, existing=existing,
-                        kind=plan.engine_kind(config["kind"]), neighbours=config.get("neighbours"))
+                     existing: Dataset | None, est: Any) -> jobs.KernelJob:
+    """Start computing kernels for this session in a background thread (``est``: the page's
+    work estimate of exactly this computation, which the job's progress is weighted by)."""
     job = jobs.KernelJob(config=dict(config), pool=pool, target=target, existing=existing,
                          estimate=est)
     return jobs.job_registry().start(session_id(), job)
@@ -309,7 +318,7 @@ def objective_params(objective: str) -> dict[str, float]:
 def keep_budget_across_modes(n: int) -> None:
     """When the budget switches between percent and count, carry the same budget over (6 of 12
     rows stays 6 rows, not the count last set): called as the mode radio's on_change."""
-    from delift_core import resolve_budget
+    from delift_core.selection.select import resolve_budget
 
     s = ss()
     if s["p_budget_mode"] == "count":
@@ -360,19 +369,20 @@ def current_selection() -> Selection | None:
     pins = [i for i in decisions.pinned if i in ids]
     bans = [i for i in decisions.banned if i in ids]
     params = objective_params(objective)
-    diagonal = s.get("p_diagonal") or DEFAULT_DIAGONAL
+    diagonal, method, epsilon = s["p_diagonal"], s["p_method"], float(s["p_epsilon"])
     key = (s["kernels_version"], objective, tuple(sorted(params.items())), int(s["p_seed"]),
-           tuple(pins), tuple(bans), diagonal)
+           tuple(pins), tuple(bans), diagonal, method, epsilon)
     try:
         full = s.get("_full")
         if not full or full[0] != key:
             full = (key, select(pool, objective, kernels, len(pool), params=params,
                                 seed=int(s["p_seed"]), pinned=pins, banned=bans,
-                                full_order=True, diagonal=diagonal))
+                                full_order=True, diagonal=diagonal, method=method,
+                                epsilon=epsilon))
             s["_full"] = full
         sel: Selection = full[1]
         budget = budget_value()
-        from delift_core import resolve_budget
+        from delift_core.selection.select import resolve_budget
 
         b = resolve_budget(budget, len(pool))
         sel = sel.at_budget(min(b, sel.max_budget))

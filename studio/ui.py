@@ -10,7 +10,8 @@ from typing import Any, Callable
 
 import streamlit as st
 
-from delift_core import Dataset, Selection
+from delift_core.data.dataset import Dataset
+from delift_core.selection.select import Selection
 from delift_core.kernels.estimates import format_seconds
 from delift_core.outputs.views import explain
 
@@ -193,3 +194,62 @@ def job_progress(job: Any) -> None:
     else:
         text = f"{job.stage} …"
     st.progress(frac, text=text)
+
+
+def setting_widget(name: str, **overrides: Any) -> Any:
+    """The widget of an engine setting (:mod:`delift_core.settings`), built from its spec: a radio
+    for a few choices, a select box for more, a toggle, a number or a text box; the value is kept
+    in ``st.session_state["p_<name>"]`` (its default from the spec, see :func:`state.init`).
+    ``overrides`` go to the widget (label, help, format_func, horizontal, ...)."""
+    from delift_core import settings as spec
+
+    s = spec.get(name)
+    key = state.setting_key(name)
+    kw: dict[str, Any] = {"label": s.label or name, "key": key,
+                          "help": md_escape(s.cli_help()).replace("%%", "%")}
+    if s.optional and key not in state.ss():
+        kw["value"] = None  # "off" / "automatic" until the user sets it
+    if s.choices:
+        options = list(s.choices)
+        labels = {k: f"{k}: {v}" if v else k for k, v in s.choices.items()}
+        kw.update(options=options, format_func=lambda v: labels.get(v, str(v)))
+        kw.update(overrides)
+        if len(options) <= 3:
+            kw.setdefault("horizontal", True)
+            return st.radio(**kw)
+        kw.pop("horizontal", None)
+        return st.selectbox(**kw)
+    kw.update(overrides)
+    if s.type is bool:
+        return st.toggle(**kw)
+    if s.type in (int, float):
+        if s.low is not None:
+            kw.setdefault("min_value", s.type(s.low))
+        if s.high is not None:
+            kw.setdefault("max_value", s.type(s.high))
+        kw.setdefault("step", 1 if s.type is int else float(s.low or 0.01))
+        if s.type is float:
+            kw.setdefault("format", "%g")
+        return st.number_input(**kw)
+    if "\n" in str(s.default):
+        return st.text_area(**kw)
+    return st.text_input(**kw)
+
+
+ADVANCED_GROUPS = {"kernel": ("kernel", "utility"), "select": ("selection",)}
+"""Which setting groups each page's "Advanced settings" shows (those marked ``advanced``)."""
+
+
+def advanced_settings(page: str) -> dict[str, Any]:
+    """Every ``advanced`` setting of a page's groups in one expander, built from the spec; their
+    values by setting name (what the page passes on to the engine)."""
+    from delift_core import settings as spec
+
+    found = [s for s in spec.in_group(*ADVANCED_GROUPS[page]) if s.widget == "advanced"]
+    with st.expander("Advanced settings"):
+        st.caption("Defaults and ranges come from the engine's settings; the CLI takes the same "
+                   "settings as options (`delift " + ("select" if page == "select" else "kernel")
+                   + " --help`).")
+        for s in found:
+            setting_widget(s.name)
+    return {s.name: state.ss()[state.setting_key(s.name)] for s in found}

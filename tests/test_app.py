@@ -14,10 +14,12 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from delift_core import load_dataset, selection_artifacts
+from delift_core.data.dataset import load_dataset
+from delift_core.outputs.export import selection_artifacts
 from delift_core.selection import plan
 from delift_core.selection import objectives as registry
-from delift_core.selection.objectives import FacilityLocation, ObjectiveSpec, Param
+from delift_core.selection.objectives.facility_location import FacilityLocation
+from delift_core.selection.objectives.spec import ObjectiveSpec, Param
 from studio.state import param_key
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,7 +59,7 @@ def compute(at: AppTest, kind: str = "embedding", stage: str = "instruction",
             limit: int | None = None) -> AppTest:
     goto(at, "2_Kernel")
     at.radio(key="p_stage").set_value(stage).run()
-    at.radio(key="p_kind").set_value(kind).run()
+    at.radio(key="p_kernel").set_value(kind).run()
     if limit is not None:
         n = len(at.session_state["pool"])
         at.number_input(key=f"p_limit_{kind}_{n}").set_value(limit).run()
@@ -182,7 +184,7 @@ def test_task_specific_without_target_is_refused() -> None:
 def test_kernel_estimate_and_first_n_rows() -> None:
     at = load_demo(new_app())
     goto(at, "2_Kernel")
-    at.radio(key="p_kind").set_value("utility").run()
+    at.radio(key="p_kernel").set_value("utility").run()
     # utility on CPU defaults to the first 24 rows: 24*24 pairs + 24 plain passes
     assert at.number_input(key="p_limit_utility_240").value == 24
     assert texts(at.metric)[0] == f"{24 * 24 + 24:,}"
@@ -202,7 +204,7 @@ def test_kernel_estimate_and_first_n_rows() -> None:
     assert at.number_input(key="p_neighbours").value == 5
     assert texts(at.metric)[0] == f"{24 * 9 + 24:,}"
     at.toggle(key="p_sparse").set_value(False).run()
-    at.radio(key="p_kind").set_value("embedding").run()
+    at.radio(key="p_kernel").set_value("embedding").run()
     assert at.number_input(key="p_limit_embedding_240").value == 240
     assert texts(at.metric)[0] == f"{240 + 40 + 60:,}"  # every loaded set is embedded
 
@@ -334,7 +336,7 @@ def test_kernel_results_survive_page_switches_and_reruns() -> None:
     for page in ("1_Data", "3_Select", "2_Kernel", "4_Explore"):
         goto(at, page)
     assert at.session_state["kernels_version"] == version
-    assert at.session_state["p_kind"] == "embedding"  # the widget value persisted
+    assert at.session_state["p_kernel"] == "embedding"  # the widget value persisted
 
 
 def test_evaluate_settings_survive_page_switches() -> None:
@@ -428,7 +430,7 @@ def test_download_offers_every_artifact() -> None:
     rows = [json.loads(x) for x in files["selected.jsonl"].decode().splitlines()]
     pool = load_dataset("demo:pool")
     assert len(rows) == 72 and all(r in pool.rows for r in rows)
-    at.selectbox(key="p_export_fmt").set_value("csv").run()
+    at.selectbox(key="p_format").set_value("csv").run()
     assert any("selected.csv" in b.label for b in at.get("download_button"))
 
 
@@ -507,7 +509,7 @@ def test_sparse_utility_kernel_then_select_and_explore(tmp_path: Path,
     monkeypatch.setenv("DELIFT_CACHE_DIR", str(tmp_path))
     at = load_demo(new_app())
     goto(at, "2_Kernel")
-    at.radio(key="p_kind").set_value("utility").run()
+    at.radio(key="p_kernel").set_value("utility").run()
     at.toggle(key="p_sparse").set_value(True).run()
     at.number_input(key="p_neighbours").set_value(2).run()
     at.radio(key="p_dtype").set_value("bfloat16").run()
@@ -535,7 +537,7 @@ def test_sparse_utility_kernel_then_select_and_explore(tmp_path: Path,
 def test_diagonal_radio_only_for_utility_kernels_and_it_persists() -> None:
     """The Select page's self-utility radio (p_diagonal) shows for utility kernels only, selects
     with the chosen policy, and keeps its value across page switches."""
-    from delift_core import Kernels
+    from delift_core.kernels.builder import Kernels
 
     at = goto(ready("embedding"), "3_Select")
     assert not [r for r in at.radio if r.key == "p_diagonal"]

@@ -8,7 +8,7 @@ from test_app import goto, load_demo, new_app
 def test_kernel_page_offers_the_packaged_models_then_a_hub_id() -> None:
     at = load_demo(new_app())
     goto(at, "2_Kernel")
-    at.radio(key="p_kind").set_value("utility").run()
+    at.radio(key="p_kernel").set_value("utility").run()
     box = at.selectbox(key="p_model_choice")
     assert box.options == ["Gemma 3 270M (packaged, default)", "SmolLM2 135M Instruct (packaged)",
                            "hub id or local folder"]

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from delift_core import load_dataset, select
+from delift_core.data.dataset import load_dataset
+from delift_core.selection.select import select
 from delift_core.outputs.audit import FINDINGS, AuditError, AuditSettings, audit
 from delift_core.cli import main
 from delift_core.data.dataset import Dataset
@@ -166,7 +167,7 @@ def test_audit_cli_writes_json_and_csv(tmp_path, capsys) -> None:
     data = tmp_path / "bad.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     ds = load_dataset(data)
-    from delift_core.selection.select import save_kernels
+    from delift_core.kernels.files import save_kernels
 
     save_kernels(utility_kernels(bad_rows_kernel(), ds), tmp_path / "kernel")
     out = tmp_path / "audit"

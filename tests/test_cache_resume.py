@@ -12,9 +12,10 @@ import pytest
 
 from delift_core.stores.cache import BlockStore, content_key
 from delift_core.data.dataset import load_dataset
-from delift_core.selection.select import compute_kernels, select
-from delift_core.kernels.utility import (KernelCancelled, Texts, UtilityKernel, UtilitySettings,
-                                         store_path)
+from delift_core.kernels.builder import compute_kernels
+from delift_core.selection.select import select
+from delift_core.kernels.utility_settings import KernelCancelled, Texts, UtilitySettings
+from delift_core.kernels.utility import UtilityKernel, store_path
 
 T = Texts(["What is 2+2?", "Name a colour.", "Sort: 3 1 2"], ["4", "Blue.", "1 2 3"])
 E = Texts(["What is 3+5?", "Name a fruit.", "Spell cat.", "Sort: 9 8", "Say hi.", "Add 1 and 1."],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 import logging
 import subprocess
 import sys
@@ -29,7 +30,7 @@ def _noisy(args: object) -> int:
     (["--verbose"], ["debug line", "info line", "warning line"], []),
 ])
 def test_verbosity_flags_set_the_log_level(monkeypatch, capsys, flags, shown, hidden):
-    monkeypatch.setattr(cli, "cmd_inspect", _noisy)
+    monkeypatch.setitem(cli.COMMANDS, "inspect", replace(cli.COMMANDS["inspect"], run=_noisy))
     assert cli.main([*flags, "inspect", "demo:pool"]) == 0
     err = capsys.readouterr().err
     for line in shown:
@@ -41,7 +42,7 @@ def test_verbosity_flags_set_the_log_level(monkeypatch, capsys, flags, shown, hi
 def test_main_leaves_logging_as_it_found_it(monkeypatch, capsys):
     log = logging.getLogger("delift_core")
     before = (list(log.handlers), log.level)
-    monkeypatch.setattr(cli, "cmd_inspect", _noisy)
+    monkeypatch.setitem(cli.COMMANDS, "inspect", replace(cli.COMMANDS["inspect"], run=_noisy))
     cli.main(["-v", "inspect", "demo:pool"])
     cli.main(["inspect", "demo:pool"])
     assert (list(log.handlers), log.level) == before

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from delift_core.data.dataset import ColumnMapping, detect_layout, load_dataset, load_dataset_bytes
+from delift_core.data.layouts import ColumnMapping, detect_layout
+from delift_core.data.dataset import load_dataset, load_dataset_bytes
 from delift_core.errors import DataError
 
 

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from delift_core.data.dataset import load_dataset
-from delift_core.kernels.utility import (DEFAULT_EXAMPLE_TEMPLATE, DEFAULT_PLAIN_TEMPLATE,
-                                         UtilityKernel, UtilitySettings)
+from delift_core.kernels.utility_settings import (DEFAULT_EXAMPLE_TEMPLATE, DEFAULT_PLAIN_TEMPLATE,
+                                                  UtilitySettings)
+from delift_core.kernels.utility import UtilityKernel
 
 pytestmark = [pytest.mark.slow, pytest.mark.real_cache]
 

@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from delift_core import load_dataset_bytes
+from delift_core.data.dataset import load_dataset_bytes
 from delift_core.kernels.diagonal import scale_with_diagonal, self_pairs
 from delift_core.errors import SelectionError
 from delift_core.outputs.export import build_manifest
 from delift_core.kernels.builder import Kernels, compute_kernels
 from delift_core.selection.select import select
-from delift_core.kernels.utility import Texts, UtilityKernel, UtilitySettings
+from delift_core.kernels.utility_settings import Texts, UtilitySettings
+from delift_core.kernels.utility import UtilityKernel
 
 RAW = np.array([[0.9, 0.2, 0.0],
                 [0.4, 0.8, 0.1],
@@ -91,7 +92,7 @@ def test_scaled_follows_the_policy_and_embedding_is_untouched():
         "pool": 3}
     e = Kernels("embedding", pool=RAW).with_diagonal("max")
     assert np.allclose(e.scaled("pool"), RAW) and e.diagonal_record()["applied"] is False
-    with pytest.raises(SelectionError, match="unknown diagonal policy 'diag'"):
+    with pytest.raises(SelectionError, match=r"diagonal \(--diagonal\): unknown value 'diag'"):
         k.with_diagonal("diag")
 
 
@@ -139,7 +140,7 @@ def test_target_direction_reference_is_the_transpose(tiny):
     assert theirs.meta["target_direction"] == "reference"
     assert ours.meta["target_direction"] == "helps-target"
     assert np.allclose(ours.pool, theirs.pool)
-    with pytest.raises(SelectionError, match="unknown target direction"):
+    with pytest.raises(SelectionError, match=r"target_direction \(--target-direction\): unknown value"):
         compute_kernels(pool, target=target, lm=tiny, settings=s, target_direction="up")
 
 
@@ -177,14 +178,16 @@ def test_cli_select_diagonal_is_recorded(tmp_path):
 def test_cli_refuses_a_bad_diagonal_and_a_direction_the_folder_lacks(tmp_path, capsys):
     from delift_core.cli import main
 
-    with pytest.raises(SystemExit) as e:
-        main(["select", "--pool", "demo:pool", "--diagonal", "diag", "--out", str(tmp_path / "o")])
-    assert e.value.code == 2 and "invalid choice: 'diag'" in capsys.readouterr().err
+    # checked by the core (the settings spec), before any kernel is computed
+    assert main(["select", "--pool", "demo:pool", "--diagonal", "diag",
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "diagonal (--diagonal): unknown value 'diag'" in capsys.readouterr().err
     from delift_core.errors import KernelError
     from delift_core.kernels.files import check_target_direction
 
     k = Kernels("utility", pool=RAW, target=RAW[:2],
-                meta={"computed": {"target_direction": "helps-target"}})
+                meta={"kind": "utility", "target_direction": "helps-target",
+                      "source": {"file": "k", "trusted": False}})
     check_target_direction(k, None)
     check_target_direction(k, "helps-target")
     with pytest.raises(KernelError, match="computed with helps-target"):
@@ -197,7 +200,7 @@ def test_with_the_same_policy_keeps_the_scaled_kernels():
     rescale on every studio selection)."""
     import numpy as np
 
-    from delift_core import Kernels
+    from delift_core.kernels.builder import Kernels
 
     k = Kernels("utility", pool=np.random.default_rng(0).random((6, 6)).astype(np.float32))
     a = k.with_diagonal("max")

@@ -20,7 +20,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from delift_core import load_dataset
+from delift_core.data.dataset import load_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"

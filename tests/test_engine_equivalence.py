@@ -13,7 +13,8 @@ import torch
 from delift_core.lm.models import CausalLM
 from delift_core.lm.scorer import Scorer
 from delift_core.lm.tokens import SegmentTokens
-from delift_core.kernels.utility import Texts, UtilityKernel, UtilitySettings
+from delift_core.kernels.utility_settings import Texts, UtilitySettings
+from delift_core.kernels.utility import UtilityKernel
 
 CHARS = [chr(c) for c in range(32, 127)] + ["\n"]
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from delift_core import compute_kernels, load_dataset
+from delift_core.kernels.builder import compute_kernels
+from delift_core.data.dataset import load_dataset
 from delift_core.kernels.estimates import (SPEEDS_FILE, estimate_seconds, estimate_work,
                                            measured_speed, record_speed, speed_key,
                                            utility_time_guess)
@@ -41,7 +42,7 @@ def test_the_estimate_uses_the_median_of_the_latest_three_measured_speeds(cache:
                             "bfloat16") == (None, "unknown")
     assert estimate_seconds(est, speed_key("utility", "float32", False, "cpu",
                                            "smollm2-135m-instruct"))[1] == "guess"
-    from delift_core import UtilitySettings
+    from delift_core.kernels.utility_settings import UtilitySettings
 
     assert speed_key("utility", "float32", False, "cpu", settings=UtilitySettings(
         batch_size=4)) != key

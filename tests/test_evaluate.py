@@ -15,15 +15,18 @@ import numpy as np
 import pytest
 import torch
 
-from delift_core import load_dataset
-from delift_core.evaluation import (EvalSettings, EvaluationCancelled, EvaluationError, Subset,
-                                    attach_lora, baseline_subsets, cut_generation, evaluate,
-                                    exact_match, extract_final_answer, icl_template, lora_state,
-                                    nearest_examples, nll_and_distance, parse_int_list, rouge_l,
-                                    train_lora)
+from delift_core.data.dataset import load_dataset
+from delift_core.evaluation.settings import EvalSettings, EvaluationCancelled, EvaluationError
+from delift_core.evaluation.subsets import Subset, baseline_subsets, parse_int_list
+from delift_core.evaluation.lora import attach_lora, lora_state, train_lora
+from delift_core.evaluation.metrics import (cut_generation, exact_match, extract_final_answer,
+                                            rouge_l)
+from delift_core.evaluation.run import evaluate
+from delift_core.evaluation.icl import icl_template, nearest_examples
+from delift_core.evaluation.scoring import nll_and_distance
 from delift_core.lm.models import CausalLM
 from delift_core.lm.scorer import Scorer
-from delift_core.kernels.utility import DEFAULT_EXAMPLE_TEMPLATE, DEFAULT_PLAIN_TEMPLATE
+from delift_core.kernels.utility_settings import DEFAULT_EXAMPLE_TEMPLATE, DEFAULT_PLAIN_TEMPLATE
 
 ROOT = Path(__file__).resolve().parents[1]
 CHARS = [chr(c) for c in range(32, 127)] + ["\n"]
@@ -479,7 +482,7 @@ def test_real_model_icl_short(tmp_path) -> None:
 
 
 def _report(rows, items):
-    from delift_core.evaluation import EvalReport
+    from delift_core.evaluation.report import EvalReport
 
     return EvalReport(rows=rows, items=items, settings={"generate": False}, meta={})
 

@@ -16,7 +16,9 @@ from delift_core.errors import SelectionError
 from delift_core.outputs.export import (default_format, export_selection, rows_to_bytes,
                                         selection_artifacts)
 from delift_core.kernels.builder import row_hashes
-from delift_core.selection.select import Kernels, load_kernels, parse_budget, resolve_budget, select
+from delift_core.kernels.builder import Kernels
+from delift_core.kernels.files import load_kernels
+from delift_core.selection.select import parse_budget, resolve_budget, select
 
 FORMATS = ["jsonl", "json", "csv", "parquet"]
 
@@ -263,7 +265,7 @@ def test_load_kernels_checks_shapes_and_ids(tmp_path):
 def test_save_kernels_round_trips_dense_and_sparse_through_load_kernels(tmp_path):
     import scipy.sparse as sp
 
-    from delift_core.selection.select import save_kernels
+    from delift_core.kernels.files import save_kernels
 
     pool = load_dataset("demo:pool").subset(range(10))
     target = load_dataset("demo:target").subset(range(3))
@@ -288,4 +290,4 @@ def test_save_kernels_round_trips_dense_and_sparse_through_load_kernels(tmp_path
             a = a.toarray() if hasattr(a, "toarray") else a
             b = b.toarray() if hasattr(b, "toarray") else b
             assert np.array_equal(a, b)
-        assert back.meta["computed"]["pool_ids"] == pool.ids
+        assert back.meta["pool_ids"] == pool.ids and back.meta.ids["pool"] == pool.ids

@@ -48,7 +48,7 @@ def test_hf_export_round_trips_columns_types_and_rows(pool, tmp_path):
 
 
 def test_hf_folder_reads_back_as_a_pool_and_as_an_evaluate_subset(pool, tmp_path):
-    from delift_core.evaluation import load_subset
+    from delift_core.evaluation.subsets import load_subset
 
     sel = select(pool, "random", None, 4, seed=0)
     export_selection(sel, tmp_path / "out", "hf")

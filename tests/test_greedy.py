@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 from delift_core.selection.greedy import greedy_maximize, random_order
-from delift_core.selection.objectives import (FacilityLocation, FacilityLocationConditionalGain,
-                                              FacilityLocationMutualInformation,
-                                              FacilityLocationQueryMutualInformation)
+from delift_core.selection.objectives.facility_location import FacilityLocation
+from delift_core.selection.objectives.flcg import FacilityLocationConditionalGain
+from delift_core.selection.objectives.flmi import FacilityLocationMutualInformation
+from delift_core.selection.objectives.flqmi import FacilityLocationQueryMutualInformation
 
 from test_objectives import cases
 
@@ -110,7 +111,7 @@ def test_pins_and_bans_are_checked():
         greedy_maximize(obj, 5, pinned=[1], banned=[1])
     with pytest.raises(ValueError, match="out of range"):
         greedy_maximize(obj, 5, pinned=[99])
-    with pytest.raises(ValueError, match="unknown greedy method"):
+    with pytest.raises(ValueError, match=r"method \(--method\): unknown value"):
         greedy_maximize(obj, 5, method="magic")
     res = greedy_maximize(obj, 2, pinned=[4, 5, 6])
     assert res.order.tolist() == [4, 5, 6] and res.notes

@@ -9,7 +9,9 @@ import pickle
 import numpy as np
 import pytest
 
-from delift_core import Kernels, load_dataset, select
+from delift_core.kernels.builder import Kernels
+from delift_core.data.dataset import load_dataset
+from delift_core.selection.select import select
 from delift_core.cli import main
 from delift_core.errors import DataError, KernelError, SelectionError
 from delift_core.kernels.files import load_kernels, save_kernels
@@ -109,7 +111,7 @@ def test_row_hashes_follow_content_not_ids():
 
 
 def test_load_dataset_bytes_rejects_text():
-    from delift_core import load_dataset_bytes
+    from delift_core.data.dataset import load_dataset_bytes
 
     with pytest.raises(DataError, match="takes the file's bytes, got str"):
         load_dataset_bytes('{"prompt": "a", "response": "b"}\n', "x.jsonl")

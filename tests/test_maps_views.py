@@ -6,7 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from delift_core import Kernels, load_dataset, select
+from delift_core.kernels.builder import Kernels
+from delift_core.data.dataset import load_dataset
+from delift_core.selection.select import select
 from delift_core.outputs.maps import cluster_labels, pca_2d, project_2d
 from delift_core.kernels.estimates import estimate_work, format_seconds
 from delift_core.outputs.views import (compare_selections, cluster_order, explain, gain_curve,

@@ -94,7 +94,7 @@ def test_chat_template_escapes_braces_and_refuses_a_tokenizer_without_one():
 
 
 def test_utility_settings_chat_template_is_off_by_default():
-    from delift_core.kernels.utility import UtilitySettings
+    from delift_core.kernels.utility_settings import UtilitySettings
 
     assert UtilitySettings().chat_template is False
     assert UtilitySettings(chat_template=True).value_key()["chat_template"] is True
@@ -104,8 +104,8 @@ def test_cli_lists_the_packaged_models_in_model_help(capsys):
     with pytest.raises(SystemExit):
         cli.main(["kernel", "--help"])
     out = " ".join(capsys.readouterr().out.split())
-    assert "gemma-3-270m (packaged, default)" in out
-    assert "smollm2-135m-instruct (packaged)" in out and "--chat-template" in out
+    assert "gemma-3-270m, the default" in out
+    assert "smollm2-135m-instruct" in out and "--chat-template" in out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -117,7 +117,8 @@ def test_cli_lists_the_packaged_models_in_model_help(capsys):
 def test_smollm2_loads_and_computes_a_kernel_with_and_without_chat_template(tmp_path):
     from delift_core.data.dataset import load_dataset
     from delift_core.lm.models import load_causal_lm
-    from delift_core.kernels.utility import UtilityKernel, UtilitySettings
+    from delift_core.kernels.utility import UtilityKernel
+    from delift_core.kernels.utility_settings import UtilitySettings
 
     lm = load_causal_lm("smollm2-135m-instruct")
     assert lm.name == "smollm2-135m-instruct"

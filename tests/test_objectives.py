@@ -9,10 +9,11 @@ import pytest
 
 from delift_core.selection.cover import best_cover
 from delift_core.kernels.builder import Kernels
-from delift_core.selection.objectives import (OBJECTIVES, FacilityLocation,
-                                              FacilityLocationConditionalGain,
-                                              FacilityLocationMutualInformation,
-                                              FacilityLocationQueryMutualInformation)
+from delift_core.selection.objectives.registry import OBJECTIVES
+from delift_core.selection.objectives.facility_location import FacilityLocation
+from delift_core.selection.objectives.flcg import FacilityLocationConditionalGain
+from delift_core.selection.objectives.flmi import FacilityLocationMutualInformation
+from delift_core.selection.objectives.flqmi import FacilityLocationQueryMutualInformation
 
 N, M, P = 7, 4, 3  # pool rows, target rows, existing rows
 
@@ -203,7 +204,9 @@ def test_best_cover_names_the_closest_selected_candidate(sparse):
 
 
 def test_scaled_kernels_are_made_once_and_selection_leaves_them_untouched():
-    from delift_core import Kernels, load_dataset, select
+    from delift_core.kernels.builder import Kernels
+    from delift_core.data.dataset import load_dataset
+    from delift_core.selection.select import select
 
     pool = load_dataset("demo:pool").subset(range(12))
     raw = np.random.default_rng(4).normal(size=(12, 12)).astype(np.float32)

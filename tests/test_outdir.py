@@ -59,12 +59,15 @@ def test_a_foreign_non_empty_folder_is_refused_before_work_unless_overwrite(tmp_
 
 @pytest.mark.parametrize("case", ["file", "under_file"])
 def test_bad_out_paths_fail_before_any_work(tmp_path, capsys, case, monkeypatch):
+    import delift_core.cli.common as common
     import delift_core.cli.select_cmds as cli
 
     f = tmp_path / "a_file"
     f.write_text("x")
     out = f if case == "file" else f / "sub" / "out"
-    monkeypatch.setattr(cli, "compute_kernels", lambda *a, **k: pytest.fail("work was done"))
+    monkeypatch.setattr(cli, "selection_kernels", lambda *a, **k: pytest.fail("work was done"))
+    monkeypatch.setattr(common, "kernels_from_settings",
+                        lambda *a, **k: pytest.fail("work was done"))
     assert _select(_pool(tmp_path), out) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("delift: error: --out") and "file" in err[-1]

@@ -17,7 +17,8 @@ import pytest
 
 from delift_core.cli import main
 from delift_core.stores.pairstore import PairStore, row_key
-from delift_core.kernels.utility import Texts, UtilityKernel, UtilitySettings, store_path
+from delift_core.kernels.utility_settings import Texts, UtilitySettings
+from delift_core.kernels.utility import UtilityKernel, store_path
 
 PROMPTS = [f"Task {k}: say the number {k} twice." for k in range(9)]
 RESPS = [f"{k} {k}" for k in range(9)]
@@ -124,7 +125,8 @@ KILLED_RUN = textwrap.dedent("""
     import os, signal, sys
     sys.path.insert(0, {tests!r})
     from test_engine_equivalence import tiny_lm
-    from delift_core.kernels.utility import Texts, UtilityKernel, UtilitySettings
+    from delift_core.kernels.utility import UtilityKernel
+    from delift_core.kernels.utility_settings import Texts, UtilitySettings
     from test_pairstore import SETTINGS, rows
 
     def progress(done, total):

@@ -8,7 +8,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from delift_core import Kernels, load_dataset, select
+from delift_core.kernels.builder import Kernels
+from delift_core.data.dataset import load_dataset
+from delift_core.selection.select import select
 from delift_core.selection import plan
 from delift_core.selection import objectives as registry
 from delift_core.outputs.views import DECISION_STATUSES, decision_status

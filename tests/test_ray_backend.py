@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from delift_core.errors import MissingDependencyError
-from delift_core.kernels.utility import (KernelCancelled, Texts, UtilityKernel, UtilitySettings,
-                                         store_path)
+from delift_core.kernels.utility_settings import KernelCancelled, Texts, UtilitySettings
+from delift_core.kernels.utility import UtilityKernel, store_path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_engine_equivalence import tiny_lm  # noqa: E402

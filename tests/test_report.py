@@ -10,7 +10,7 @@ import re
 import numpy as np
 import pytest
 
-from delift_core import select
+from delift_core.selection.select import select
 from delift_core.outputs.audit import audit
 from delift_core.cli import main
 from delift_core.data.dataset import Dataset

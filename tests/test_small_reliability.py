@@ -10,7 +10,9 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from delift_core import Kernels, load_dataset_bytes, select
+from delift_core.kernels.builder import Kernels
+from delift_core.data.dataset import load_dataset_bytes
+from delift_core.selection.select import select
 from delift_core.outputs.export import csv_safe, rows_to_bytes, selection_artifacts
 
 
@@ -59,7 +61,8 @@ def test_csv_rows_of_only_commas_are_blank_lines():
 
 
 def test_first_n_selection_writes_the_left_out_rows_and_counts_in_the_manifest():
-    from delift_core import Decisions, load_dataset
+    from delift_core.outputs.review import Decisions
+    from delift_core.data.dataset import load_dataset
 
     full = load_dataset("demo:pool")
     pool = full.subset(range(12))

@@ -12,12 +12,14 @@ import scipy.sparse as sp
 
 from delift_core.selection.cover import best_cover
 from delift_core.selection.greedy import greedy_maximize
-from delift_core.selection.objectives import (FacilityLocation, FacilityLocationConditionalGain,
-                                              FacilityLocationMutualInformation,
-                                              FacilityLocationQueryMutualInformation)
+from delift_core.selection.objectives.facility_location import FacilityLocation
+from delift_core.selection.objectives.flcg import FacilityLocationConditionalGain
+from delift_core.selection.objectives.flmi import FacilityLocationMutualInformation
+from delift_core.selection.objectives.flqmi import FacilityLocationQueryMutualInformation
 from delift_core.kernels.sparse import fidelity, neighbour_pairs, topk_sparse
 from delift_core.kernels.matrices import minmax_scale
-from delift_core.kernels.utility import Texts, UtilityKernel, UtilitySettings
+from delift_core.kernels.utility_settings import Texts, UtilitySettings
+from delift_core.kernels.utility import UtilityKernel
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_engine_equivalence import (EXAMPLES_P, EXAMPLES_R, TARGETS_P,  # noqa: E402
@@ -140,7 +142,8 @@ def test_topk_sparse_and_fidelity():
 
 def test_compute_kernels_and_select_with_neighbours(tmp_path):
     from delift_core.data.dataset import load_dataset
-    from delift_core.selection.select import compute_kernels, select
+    from delift_core.kernels.builder import compute_kernels
+    from delift_core.selection.select import select
 
     pool = load_dataset("demo:pool").subset(range(12))
     lm = tiny_lm("llama")

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import json
 
-from delift_core import Decisions, load_dataset
+from delift_core.outputs.review import Decisions
+from delift_core.data.dataset import load_dataset
 from delift_core.cli import main
 from test_app import goto, ready
 

@@ -8,9 +8,10 @@ import scipy.sparse as sp
 
 import delift_core.selection.greedy as greedy
 from delift_core.selection.greedy import greedy_maximize
-from delift_core.selection.objectives import (FacilityLocation, FacilityLocationConditionalGain,
-                                              FacilityLocationMutualInformation,
-                                              FacilityLocationQueryMutualInformation)
+from delift_core.selection.objectives.facility_location import FacilityLocation
+from delift_core.selection.objectives.flcg import FacilityLocationConditionalGain
+from delift_core.selection.objectives.flmi import FacilityLocationMutualInformation
+from delift_core.selection.objectives.flqmi import FacilityLocationQueryMutualInformation
 
 
 def _objectives(rng, k, n):

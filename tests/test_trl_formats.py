@@ -128,7 +128,7 @@ def test_exported_conversational_subset_trains_the_packaged_smollm2(tmp_path):
     import copy
 
     trl = pytest.importorskip("trl")
-    from delift_core import load_causal_lm
+    from delift_core.lm.models import load_causal_lm
 
     pool = load_dataset(_jsonl(tmp_path, CONVERSATIONAL))
     paths = export_selection(select(pool, "random", None, 2, seed=0), tmp_path / "out", "jsonl")

@@ -12,8 +12,9 @@ import torch
 
 from delift_core.lm.scorer import Scorer, response_distance
 from delift_core.lm.tokens import template_segments
-from delift_core.kernels.utility import (DEFAULT_EXAMPLE_TEMPLATE, DEFAULT_PLAIN_TEMPLATE, Texts,
-                                         UtilityKernel, UtilitySettings)
+from delift_core.kernels.utility_settings import (DEFAULT_EXAMPLE_TEMPLATE, DEFAULT_PLAIN_TEMPLATE,
+                                                  Texts, UtilitySettings)
+from delift_core.kernels.utility import UtilityKernel
 from delift_core.kernels.matrices import minmax_scale
 
 from conftest import BigramLM, bigram_table, make_char_tokenizer, make_tiny_lm, tid, wrap_lm
@@ -151,9 +152,9 @@ def test_context_free_model_gives_zero_utility_with_default_templates(stub):
 
 
 def test_settings_are_validated(stub):
-    with pytest.raises(ValueError, match="plain template"):
+    with pytest.raises(ValueError, match="plain_template"):
         UtilityKernel(stub, UtilitySettings(plain_template="no field"))
-    with pytest.raises(ValueError, match="example template"):
+    with pytest.raises(ValueError, match="example_template"):
         UtilityKernel(stub, UtilitySettings(example_template="{prompt} {example_prompt}"))
     with pytest.raises(ValueError):
         UtilityKernel(stub, UtilitySettings(batch_size=0))

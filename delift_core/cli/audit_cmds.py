@@ -4,27 +4,23 @@ from __future__ import annotations
 
 import argparse
 import logging
-from typing import Any
 
-from delift_core.cli.options import model_options
+from delift_core import settings as spec
+from delift_core.cli.common import (_add_data_args, _add_kernel_args, _add_out_args, _compute,
+                                    _load_sets)
+from delift_core.cli.options import Command, emit_summary
 from delift_core.errors import DeliftError
 from delift_core.kernels.files import load_kernels
-from delift_core.kernels.builder import KERNEL_KINDS, compute_kernels
 from delift_core.outputs.outdir import check_output, output_folder
 from delift_core.selection.select import select
-from delift_core.cli.common import (_Bars, _add_data_args, _add_model_args, _add_out_args,
-                                    _load_sets, _models, _report)
 
 logger = logging.getLogger(__name__)
 
 
-def _add_audit_parser(sub: Any) -> None:
-    """The ``audit`` subcommand (see :mod:`delift_core.outputs.audit`)."""
+def _audit_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``audit`` command's arguments (see :mod:`delift_core.outputs.audit`)."""
     from delift_core.outputs.audit import AuditSettings
 
-    p = sub.add_parser("audit", help="what the kernel says about the data: rows already known, "
-                                     "harmful, unhelped, self-copying, near-duplicate, covered worst",
-                       parents=[model_options()])
     _add_data_args(p, with_target=False)
     p.add_argument("--kernel", default="embedding",
                    help="a `delift kernel` folder (utility findings need a utility kernel), or "
@@ -41,8 +37,7 @@ def _add_audit_parser(sub: Any) -> None:
     for flag, name in _AUDIT_FLAGS.items():
         p.add_argument(f"--{flag}", type=float, default=None, dest=f"audit_{name}",
                        help=f"{name} (default {getattr(defaults, name):g})")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
-    _add_model_args(p)
+    _add_kernel_args(p)
     _add_out_args(p)
 
 
@@ -66,7 +61,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
                                 if getattr(args, f"audit_{name}") is not None})
     settings.validate()
     check_output(args.out, overwrite=args.overwrite)
-    if args.kernel not in KERNEL_KINDS and not Path(args.kernel).exists():
+    kinds = spec.choices("kernel")
+    if args.kernel not in kinds and not Path(args.kernel).exists():
         raise DeliftError(f"--kernel {args.kernel}: no such kernel folder (or give utility or "
                           "embedding)")
     pool, _, _ = _load_sets(args)
@@ -74,12 +70,11 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if not args.no_embeddings or args.kernel == "embedding":
         from delift_core.lm.models import load_embedder
 
-        embedder = load_embedder(args.embedder, device=args.device)
-    if args.kernel in KERNEL_KINDS:
-        models = {**_models(args, args.kernel), **({"embedder": embedder} if embedder else {})}
-        kernels = compute_kernels(pool, kind=args.kernel, progress=_Bars(),
-                                  use_cache=not args.no_cache, **models)
-        _report(kernels)
+        model = spec.from_args(args, "model")
+        embedder = load_embedder(model.get("embedder"), device=model.get("device"))
+    if args.kernel in kinds:
+        kernels = _compute(args, args.kernel, pool,
+                           models={"embedder": embedder} if embedder else None)
     else:
         kernels = load_kernels(args.kernel, pool)
     if args.selection:
@@ -92,7 +87,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
         emb = embed_texts(embedder, [sample_text(p, r) for p, r in
                                      zip(pool.prompts, pool.responses)],
-                          use_cache=not args.no_cache)
+                          use_cache=args.use_cache)
         from delift_core.errors import MissingDependencyError
         from delift_core.outputs.maps import cluster_labels
 
@@ -104,19 +99,17 @@ def cmd_audit(args: argparse.Namespace) -> int:
                    settings=settings)
     with output_folder(args.out, command="audit", overwrite=args.overwrite) as tmp:
         paths = write_audit(result, tmp)
-    if args.json:
-        print(json.dumps(result.summary(), indent=1, default=str))
-    else:
-        for line in result.lines():
-            print(line)
+    for line in result.lines():
+        print(line)
+    emit_summary(args, out=args.out, files={n: str(p) for n, p in sorted(paths.items())},
+                 **json.loads(json.dumps(result.summary(), default=str)))
     logging.getLogger(__name__).info("wrote %s to %s", ", ".join(
         sorted(p.name for p in paths.values())), args.out)
     return 0
 
 
-def _add_report_parser(sub: Any) -> None:
-    """The ``report`` subcommand (see :mod:`delift_core.outputs.report`)."""
-    p = sub.add_parser("report", help="one self-contained HTML report of a `delift select` folder")
+def _report_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``report`` command's arguments (see :mod:`delift_core.outputs.report`)."""
     p.add_argument("select_dir", metavar="OUT_DIR", help="a `delift select` output folder")
     p.add_argument("--pool", help="the pool, when the manifest's source cannot be read again")
     p.add_argument("--kernel", help="the `delift kernel` folder of a utility selection (for the "
@@ -142,3 +135,12 @@ def cmd_report(args: argparse.Namespace) -> int:
                               embedder=args.embedder, device=args.device, html_path=args.html)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return 0
+
+
+COMMANDS = [
+    Command("audit", "what the kernel says about the data: rows already known, harmful, "
+                     "unhelped, self-copying, near-duplicate, covered worst", _audit_arguments,
+            cmd_audit, models=True),
+    Command("report", "one self-contained HTML report of a `delift select` folder",
+            _report_arguments, cmd_report, json=False),
+]

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import argparse
 import logging
-from typing import Any
 
+from delift_core.cli.options import Command
 from delift_core.errors import DeliftError
 
 logger = logging.getLogger(__name__)
 
 
-def _add_cache_parser(sub: Any) -> None:
-    p = sub.add_parser("cache", help="the pair store of utility values: info, prune, clear")
+def _cache_arguments(p: argparse.ArgumentParser) -> None:
+    """``cache info|prune|clear``."""
     act = p.add_subparsers(dest="cache_action", required=True)
     act.add_parser("info", help="size, entries per model, last used")
     pr = act.add_parser("prune", help="delete the values of one model, or those not used lately")
@@ -40,3 +40,9 @@ def cmd_cache(args: argparse.Namespace) -> int:
         removed = cache.clear()
         print("removed " + (", ".join(removed) if removed else "nothing (the cache was empty)"))
     return 0
+
+
+COMMANDS = [
+    Command("cache", "the pair store of utility values: info, prune, clear", _cache_arguments,
+            cmd_cache, json=False),
+]

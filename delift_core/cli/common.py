@@ -7,12 +7,13 @@ import logging
 import sys
 from typing import Any
 
-from delift_core.data.dataset import ColumnMapping, Dataset, load_dataset
+from delift_core import settings as spec
+from delift_core.data.layouts import ColumnMapping
+from delift_core.data.dataset import Dataset, load_dataset
 from delift_core.errors import DeliftError
 from delift_core.selection import objectives
-from delift_core.kernels.builder import TARGET_DIRECTIONS, kernel_report
-from delift_core.kernels.utility import (DEFAULT_EXAMPLE_TEMPLATE, DEFAULT_PLAIN_TEMPLATE,
-                                         UtilitySettings)
+from delift_core.kernels.builder import kernel_report
+from delift_core.kernels.request import kernels_from_settings
 
 logger = logging.getLogger(__name__)
 
@@ -55,38 +56,20 @@ def _add_data_args(p: argparse.ArgumentParser, with_target: bool = True) -> None
     p.add_argument("--limit", type=int, help="use only the first N pool rows (reported)")
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    """The utility kernel's settings (--model, --device ... come from options.model_options)."""
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-field-tokens", type=int, default=256)
-    p.add_argument("--max-response-tokens", type=int, default=256)
-    p.add_argument("--plain-template", default=DEFAULT_PLAIN_TEMPLATE)
-    p.add_argument("--example-template", default=DEFAULT_EXAMPLE_TEMPLATE)
-    p.add_argument("--no-score-eos", action="store_true", help="do not score an EOS after the "
-                                                               "response")
-    p.add_argument("--chat-template", action="store_true",
-                   help="wrap each prompt in the model's chat template (a user turn and the "
-                        "assistant prompt): for chat-tuned models such as smollm2-135m-instruct")
-    p.add_argument("--no-cache", action="store_true", help="neither read nor write the kernel "
-                                                           "cache")
-    p.add_argument("--neighbours", type=int, default=None, metavar="K",
-                   help="sparse kernel: compute each row only for its K nearest columns by "
-                        "sentence embedding (plus --neighbour-random random ones)")
-    p.add_argument("--neighbour-random", type=int, default=4,
-                   help="with --neighbours: seeded random columns added per row (default 4)")
-    p.add_argument("--target-direction", choices=TARGET_DIRECTIONS, default=None,
-                   help="utility target kernel: helps-target (default; UF(q | i), how much pool "
-                        "item i helps target q) or reference (UF(i | q), the official DELIFT "
-                        "code); embedding kernels are symmetric")
-    p.add_argument("--backend", choices=["local", "ray"], default="local",
-                   help="where the utility pairs the pair store lacks are computed: this process "
-                        "(default) or Ray workers (pip install \"delift-studio[ray]\")")
-    p.add_argument("--ray-address", default=None, metavar="auto|HOST:PORT",
-                   help="with --backend ray: join a running cluster (`ray start --head`); "
-                        "without it a local cluster is started")
-    p.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="with --backend ray: worker actors of one thread each (default: one per "
-                        "CPU of the cluster)")
+def _add_engine_args(p: argparse.ArgumentParser, *groups: str, skip: tuple[str, ...] = ()) -> None:
+    """One option per engine setting of ``groups`` (:mod:`delift_core.settings`)."""
+    spec.add_cli_options(p, *groups, skip=skip)
+
+
+def _add_kernel_args(p: argparse.ArgumentParser) -> None:
+    """The options of every command that computes kernels: the kernel and utility settings but
+    ``--kernel`` (each command says what its ``--kernel`` takes)."""
+    _add_engine_args(p, "kernel", "utility", skip=("kernel",))
+
+
+def _engine_values(args: argparse.Namespace, kind: str) -> dict[str, Any]:
+    """The engine settings the command line gives (checked), with the kernel kind."""
+    return {**spec.from_args(args, "model", "kernel", "utility", skip=("kernel",)), "kernel": kind}
 
 
 def _report(kernels: Any) -> None:
@@ -151,67 +134,10 @@ def _load_sets(args: argparse.Namespace) -> tuple[Dataset, Dataset | None, Datas
     return pool, target, existing
 
 
-def _models(args: argparse.Namespace, kind: str) -> dict:
-    backend = _backend_args(args)  # a bad --backend combination fails before any model loads
-    extra = _sparse_args(args)
-    if extra and kind != "embedding":
-        from delift_core.lm.models import load_embedder
-
-        extra["embedder"] = load_embedder(args.embedder, device=args.device)
-    return {**_models_dense(args, kind), **extra, **backend}
-
-
-def _backend_args(args: argparse.Namespace) -> dict:
-    """compute_kernels arguments for --backend ray (none for the local default)."""
-    backend = getattr(args, "backend", "local")
-    if backend == "local":
-        if getattr(args, "ray_address", None) or getattr(args, "workers", None):
-            raise DeliftError("--ray-address and --workers need --backend ray")
-        return {}
-    if args.workers is not None and args.workers < 1:
-        raise DeliftError(f"--workers must be at least 1, got {args.workers}")
-    return {"backend": backend, "ray_address": args.ray_address, "workers": args.workers}
-
-
-def _sparse_args(args: argparse.Namespace) -> dict:
-    """compute_kernels arguments for --neighbours (none without it)."""
-    k = getattr(args, "neighbours", None)
-    if not k:
-        return {}
-    if k < 1:
-        raise DeliftError("--neighbours must be at least 1")
-    return {"neighbours": k, "neighbour_random": max(0, getattr(args, "neighbour_random", 4)),
-            "neighbour_seed": getattr(args, "seed", 0) or 0}
-
-
-def _load_lm(args: argparse.Namespace) -> Any:
-    """The causal LM the options name (default: the packaged Gemma 3 270M), loading said."""
-    from delift_core.lm.models import load_causal_lm
-
-    logger.info("loading %s ...", args.model or "the packaged Gemma 3 270M")
-    return load_causal_lm(args.model, device=args.device, dtype=args.dtype,
-                          progress=lambda msg: logger.info("  %s", msg))
-
-
-def _models_dense(args: argparse.Namespace, kind: str) -> dict:
-    from delift_core.lm.models import load_embedder
-
-    if kind == "embedding":
-        return {"embedder": load_embedder(args.embedder, device=args.device)}
-    lm = _load_lm(args)
-    settings = UtilitySettings(plain_template=args.plain_template,
-                               example_template=args.example_template,
-                               score_eos=not args.no_score_eos,
-                               max_field_tokens=args.max_field_tokens,
-                               max_response_tokens=args.max_response_tokens,
-                               batch_size=args.batch_size,
-                               chat_template=args.chat_template)
-    try:
-        settings.validate()
-        if settings.chat_template:  # a model without a chat template fails now, clearly
-            from delift_core.lm.tokens import chat_wrapped_template
-
-            chat_wrapped_template(lm, settings.plain_template)
-    except ValueError as e:
-        raise DeliftError(f"--chat-template: {e}" if settings.chat_template else str(e)) from None
-    return {"lm": lm, "settings": settings}
+def _compute(args: argparse.Namespace, kind: str, pool: Dataset, target: Dataset | None = None,
+             existing: Dataset | None = None, models: dict | None = None) -> Any:
+    """Compute the kernels the options describe, with progress bars, and say what was done."""
+    kernels = kernels_from_settings(pool, _engine_values(args, kind), target=target,
+                                    existing=existing, progress=_Bars(), models=models)
+    _report(kernels)
+    return kernels

@@ -5,23 +5,21 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Any
 
-from delift_core.cli.options import emit_summary, json_option, model_options
+from delift_core import settings as spec
+from delift_core.cli.common import _Bars, _add_out_args
+from delift_core.cli.options import Command, emit_summary
 from delift_core.data.dataset import load_dataset
+from delift_core.kernels.request import engine_values, load_models
 from delift_core.outputs.outdir import check_output, output_folder
-from delift_core.cli.common import _Bars, _add_out_args, _load_lm
 
 logger = logging.getLogger(__name__)
 
 
-def _add_evaluate_parser(sub: Any) -> None:
-    """The ``evaluate`` subcommand (see :mod:`delift_core.evaluation`)."""
-    from delift_core.evaluation import EvalSettings
+def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    """The ``evaluate`` command's arguments (see :mod:`delift_core.evaluation`)."""
+    from delift_core.evaluation.settings import EvalSettings
 
-    p = sub.add_parser("evaluate", help="score subsets (and baselines) by in-context learning "
-                                        "or LoRA on a held-out test set",
-                       parents=[model_options(), json_option()])
     p.add_argument("subsets", nargs="*", metavar="SUBSET",
                    help="subset file or `delift select` output folder; NAME=PATH names it")
     p.add_argument("--test", required=True, help="held-out test set (file, hub id or demo:...)")
@@ -54,8 +52,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """Run ``delift evaluate`` with tqdm progress bars; user errors raise :class:`DeliftError`."""
     from pathlib import Path
 
-    from delift_core.evaluation import (EvalSettings, EvaluationError, Subset, baseline_subsets,
-                                        evaluate, load_subset, parse_int_list)
+    from delift_core.evaluation.settings import EvalSettings, EvaluationError
+    from delift_core.evaluation.subsets import Subset, baseline_subsets, load_subset, parse_int_list
+    from delift_core.evaluation.run import evaluate
     from delift_core.lm.models import load_embedder
 
     check_output(args.out, overwrite=args.overwrite)  # a bad --out fails now, not after the work
@@ -71,9 +70,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     seeds = parse_int_list(args.seeds, "--seeds")
     subsets: list[Subset] = []
     pool = None
-    for spec in args.subsets:
-        name, _, path = spec.partition("=") if "=" in spec and not Path(spec).exists() else (
-            None, "", spec)
+    for arg in args.subsets:
+        name, _, path = arg.partition("=") if "=" in arg and not Path(arg).exists() else (
+            None, "", arg)
         sub, sub_pool = load_subset(path, name)
         subsets.append(sub)
         pool = pool or sub_pool
@@ -91,8 +90,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if not subsets:
         raise EvaluationError("nothing to evaluate: give a subset or --baselines")
     modes = ("icl", "lora") if args.mode == "both" else (args.mode,)
-    lm = _load_lm(args)
-    embedder = load_embedder(args.embedder, device=args.device)
+    model = engine_values(spec.from_args(args, "model"))
+    lm = load_models(model, "utility")["lm"]
+    embedder = load_embedder(model["embedder"], device=model["device"])
     report = evaluate(subsets, test, lm=lm, embedder=embedder, settings=settings, modes=modes,
                       progress=_Bars(), use_cache=not args.no_cache)
     report.meta["command"] = list(sys.argv)
@@ -105,3 +105,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                  subsets=len(subsets), test_rows=len(test), modes=list(modes),
                  results=report.summary())
     return 0
+
+
+COMMANDS = [
+    Command("evaluate", "score subsets (and baselines) by in-context learning or LoRA on a "
+                        "held-out test set", _evaluate_arguments, cmd_evaluate, models=True),
+]

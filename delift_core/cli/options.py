@@ -1,8 +1,10 @@
-"""Options the ``delift`` commands share, defined once as argparse parent parsers.
+"""The command table's entry type, and the options the ``delift`` commands share.
 
-Every command that loads a causal LM takes the same ``--model``, ``--embedder``, ``--dtype`` and
-``--device`` (:func:`model_options`); the commands with a machine-readable summary take the same
-``--json`` (:func:`json_option`). :func:`emit_summary` is how a command hands that summary to
+Each command module lists its commands as :class:`Command` entries (its parser, its handler,
+whether it has ``--json``); :mod:`delift_core.cli` builds the parser from them. Every command that
+loads a causal LM takes the same ``--model``, ``--embedder``, ``--dtype`` and ``--device``
+(:func:`model_options`, from :mod:`delift_core.settings`); the commands with a machine-readable
+summary take the same ``--json``. :func:`emit_summary` is how a command hands that summary to
 :func:`delift_core.cli.main`, which prints it as the only thing on stdout.
 """
 
@@ -11,29 +13,32 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
-from delift_core.lm.models import DEFAULT_MODEL, PACKAGED_MODELS
+from delift_core import settings as spec
 
-__all__ = ["JSON_COMMANDS", "MODEL_HELP", "emit_summary", "json_option", "model_options",
-           "print_summary"]
+__all__ = ["Command", "emit_summary", "json_option", "model_options", "print_summary"]
 
-#: the commands whose ``--json`` summary :func:`delift_core.cli.main` prints
-JSON_COMMANDS = ("inspect", "kernel", "select", "evaluate")
 
-MODEL_HELP = ("causal LM: " + ", ".join(
-    f"{alias} ({'packaged, default' if alias == DEFAULT_MODEL else 'packaged'})"
-    for alias in PACKAGED_MODELS) + ", a Hugging Face hub id (online) or a local folder")
+@dataclass(frozen=True)
+class Command:
+    """One ``delift`` command: its name and help, the function that adds its arguments, the
+    function that runs it (returns the exit code), and whether it prints a ``--json`` summary."""
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+    json: bool = True
+    models: bool = False
+    """Whether it takes the model options (:func:`model_options`)."""
 
 
 def model_options() -> argparse.ArgumentParser:
     """The model options of every command that loads a causal LM or an embedder."""
     p = argparse.ArgumentParser(add_help=False)
-    g = p.add_argument_group("model")
-    g.add_argument("--model", help=MODEL_HELP)
-    g.add_argument("--embedder", help="sentence embedder (default: packaged all-MiniLM-L6-v2)")
-    g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    g.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
+    spec.add_cli_options(p.add_argument_group("model"), "model")
     return p
 
 

@@ -7,18 +7,20 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
-from delift_core.cli.options import emit_summary
+from delift_core import settings as spec
+from delift_core.cli.common import (_Bars, _add_data_args, _add_engine_args, _add_kernel_args,
+                                    _add_objective_params, _add_out_args, _compute,
+                                    _engine_values, _load_sets, _mapping, _objective_params,
+                                    _report)
+from delift_core.cli.options import Command, emit_summary
 from delift_core.data.dataset import load_dataset
-from delift_core.errors import DeliftError
-from delift_core.selection import objectives
-from delift_core.kernels.files import check_target_direction, load_kernels, save_kernels
-from delift_core.kernels.builder import (DEFAULT_TARGET_DIRECTION, KERNEL_KINDS, compute_kernels,
-                                         kernel_report)
+from delift_core.kernels.builder import kernel_report
+from delift_core.kernels.files import save_kernels
 from delift_core.outputs.outdir import check_output, output_folder
-from delift_core.selection.select import resolve_budget, select
-from delift_core.cli.common import _Bars, _load_sets, _mapping, _models, _objective_params, _report
+from delift_core.selection import objectives
+from delift_core.selection.prepare import check_request, selection_kernels
+from delift_core.selection.select import select
 
 logger = logging.getLogger(__name__)
 
@@ -43,24 +45,21 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_kernel(args: argparse.Namespace) -> int:
     check_output(args.out, overwrite=args.overwrite)  # a bad --out fails now, not after the work
     pool, target, existing = _load_sets(args)
-    kernels = compute_kernels(pool, target=target, existing=existing, kind=args.kernel,
-                              progress=_Bars(), use_cache=not args.no_cache,
-                              target_direction=args.target_direction or DEFAULT_TARGET_DIRECTION,
-                              **_models(args, args.kernel))
-    _report(kernels)
+    kernels = _compute(args, args.kernel, pool, target, existing)
     with output_folder(args.out, command="kernel", overwrite=args.overwrite) as tmp:
         paths = save_kernels(kernels, tmp)
     print(f"wrote to {args.out}: " + ", ".join(f"{paths[w].name} {getattr(kernels, w).shape}"
                                               for w in ("pool", "target", "existing")
                                               if w in paths)
-          + f" and {paths['meta'].name} in {kernels.meta.get('seconds')} s")
+          + f" and {paths['meta'].name} in {kernels.meta.seconds} s")
     emit_summary(args, out=args.out, kind=kernels.kind,
                  files={w: str(Path(args.out) / p.name) for w, p in paths.items()},
                  shapes={w: list(getattr(kernels, w).shape) for w in ("pool", "target",
                                                                       "existing") if w in paths},
                  rows={"pool": len(pool), "target": len(target) if target else None,
                        "existing": len(existing) if existing else None},
-                 kernel_seconds=kernels.meta.get("seconds"), report=list(kernel_report(kernels)))
+                 kernel_seconds=kernels.meta.seconds, settings=kernels.meta.settings,
+                 report=list(kernel_report(kernels)))
     return 0
 
 
@@ -73,15 +72,10 @@ def cmd_select(args: argparse.Namespace) -> int:
         from delift_core.outputs.hf_export import check_push
 
         check_push(args.push_to_hub)
+    chosen = spec.from_args(args, "selection", "export")  # bad values fail before any work
     pool, target, existing = _load_sets(args)
-    spec = objectives.get(args.objective)
-    if spec.needs and {"target": target, "existing": existing}[spec.needs] is None:
-        raise DeliftError(f"objective '{args.objective}' needs --{spec.needs} FILE")
-    resolve_budget(args.budget, len(pool))  # a bad budget fails now, not after the kernels
-    try:
-        spec.resolve(_objective_params(args))  # so do objective parameters out of range
-    except ValueError as e:
-        raise DeliftError(str(e)) from None
+    check_request(pool, args.objective, args.budget, params=_objective_params(args),
+                  target=target, existing=existing)
     pins, bans = list(args.pin), list(args.ban)
     if args.decisions:
         from delift_core.outputs.review import load_decisions
@@ -89,26 +83,19 @@ def cmd_select(args: argparse.Namespace) -> int:
         d = load_decisions(args.decisions)
         pins += d.pinned
         bans += d.banned
-    kernel_arg = args.kernel
-    if kernel_arg == "none" or (spec.baseline and kernel_arg == "utility"):
-        kernels = None  # a baseline needs no kernel: not even the default utility one
-    elif kernel_arg in KERNEL_KINDS:
-        kernels = compute_kernels(pool, target=target, existing=existing, kind=kernel_arg,
-                                  progress=_Bars(), use_cache=not args.no_cache,
-                                  target_direction=args.target_direction
-                                  or DEFAULT_TARGET_DIRECTION, **_models(args, kernel_arg))
+    kernels = selection_kernels(pool, args.objective, args.kernel, _engine_values(args, "utility"),
+                                target=target, existing=existing, trust=args.trust_kernel,
+                                target_kernel=args.target_kernel,
+                                existing_kernel=args.existing_kernel, progress=_Bars())
+    if kernels is not None and not kernels.meta.loaded:
         _report(kernels)
-    else:
-        kernels = load_kernels(kernel_arg, pool, target=target, existing=existing,
-                               target_kernel=args.target_kernel,
-                               existing_kernel=args.existing_kernel, trust=args.trust_kernel)
-        check_target_direction(kernels, args.target_direction)
     selection = select(pool, args.objective, kernels, args.budget,
-                       params=_objective_params(args), seed=args.seed, method=args.method,
-                       epsilon=args.epsilon, pinned=pins, banned=bans, diagonal=args.diagonal)
+                       params=_objective_params(args), seed=chosen["seed"],
+                       method=chosen["method"], epsilon=chosen["epsilon"], pinned=pins,
+                       banned=bans, diagonal=args.diagonal)
     with output_folder(args.out, command="select", overwrite=args.overwrite) as tmp:
-        paths = export_selection(selection, tmp, args.format, target=target, existing=existing,
-                                 escape_csv=args.csv_escape,
+        paths = export_selection(selection, tmp, chosen["format"], target=target,
+                                 existing=existing, escape_csv=chosen["csv_escape"],
                                  extra={"command": sys.argv, "total_seconds":
                                         round(time.time() - started, 3)})
     print(f"selected {len(selection.selected_indices)} of {len(pool)} rows "
@@ -125,7 +112,65 @@ def cmd_select(args: argparse.Namespace) -> int:
                  objective=args.objective, objective_value=selection.objective_value,
                  selected=len(selection.selected_indices), pool_rows=len(pool),
                  rejected=len(pool) - len(selection.selected_indices), skipped=len(pool.skipped),
-                 format=args.format, kernel_seconds=(kernels.meta.get("seconds")
-                                                     if kernels is not None else None),
+                 format=chosen["format"], kernel_seconds=(kernels.meta.seconds
+                                                          if kernels is not None else None),
                  selection_seconds=selection.seconds, notes=list(selection.notes))
     return 0
+
+
+def _inspect_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path")
+    p.add_argument("--prompt-col", action="append")
+    p.add_argument("--response-col")
+    p.add_argument("--id-col")
+    p.add_argument("--split")
+    p.add_argument("--rows", type=int, default=3)
+
+
+def _kernel_arguments(p: argparse.ArgumentParser) -> None:
+    _add_data_args(p)
+    k = spec.get("kernel")
+    p.add_argument("--kernel", default=k.default, metavar="{" + ",".join(k.choices) + "}",
+                   help=k.cli_help())
+    _add_kernel_args(p)
+    _add_out_args(p)
+
+
+def _select_arguments(s: argparse.ArgumentParser) -> None:
+    _add_data_args(s)
+    s.add_argument("--objective", choices=objectives.names(), default="fl",
+                   help="; ".join(f"{o.name}: {o.label}, {o.help}"
+                                  + (f" (needs --{o.needs})" if o.needs else "")
+                                  for o in objectives.OBJECTIVES.values()))
+    kinds = ", ".join(spec.choices("kernel"))
+    s.add_argument("--kernel", default=spec.default("kernel"),
+                   help=f"{kinds} (computed), none (a baseline), a .npy pool kernel, or a "
+                        f"`delift kernel` folder (default {spec.default('kernel')})")
+    s.add_argument("--target-kernel", help="with a .npy --kernel: the target kernel file")
+    s.add_argument("--existing-kernel", help="with a .npy --kernel: the existing kernel file")
+    s.add_argument("--trust-kernel", action="store_true",
+                   help="accept a kernel file with no kernel_meta.json recording its rows (a bare "
+                        ".npy): without this, a kernel is used only when its recorded row ids and "
+                        "content hashes match the pool (and target/existing) given")
+    s.add_argument("--budget", default="0.3", help="fraction (0.3, 30%%) or count (90)")
+    _add_objective_params(s)
+    _add_engine_args(s, "selection", "export")
+    s.add_argument("--pin", action="append", default=[], help="id to keep (repeatable)")
+    s.add_argument("--ban", action="append", default=[], help="id never to pick (repeatable)")
+    s.add_argument("--decisions", help="review decisions JSON from the app (pins and bans)")
+    s.add_argument("--push-to-hub", metavar="REPO",
+                   help="also upload the selected rows as the train split of the (private) "
+                        "dataset repository OWNER/NAME; needs the network and a token, checked "
+                        "before any work")
+    _add_kernel_args(s)
+    _add_out_args(s)
+
+
+COMMANDS = [
+    Command("inspect", "show how a data file is read: layout, counts, a preview",
+            _inspect_arguments, cmd_inspect),
+    Command("kernel", "compute and save the raw kernels", _kernel_arguments, cmd_kernel,
+            models=True),
+    Command("select", "select a subset and write it with its annotations", _select_arguments,
+            cmd_select, models=True),
+]

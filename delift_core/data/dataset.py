@@ -18,13 +18,11 @@ from typing import Any, Iterable
 
 from delift_core.data.demo import demo_path
 from delift_core.errors import DataError
-from delift_core.data.formats import EXTENSIONS, FORMATS, detect_format, read_records
-from delift_core.data.layouts import (LAYOUTS, ColumnMapping, column_value, detect_layout,
-                                      record_pair)
+from delift_core.data.formats import EXTENSIONS, detect_format, read_records
+from delift_core.data.layouts import ColumnMapping, column_value, detect_layout, record_pair
 
-__all__ = ["FORMATS", "LAYOUTS", "ColumnMapping", "DataError", "Dataset", "SkippedRow",
-           "detect_format", "detect_layout", "load_dataset", "load_dataset_bytes",
-           "load_hub_dataset", "normalise", "read_records"]
+__all__ = ["Dataset", "SkippedRow", "load_dataset", "load_dataset_bytes", "load_hub_dataset",
+           "normalise"]
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from delift_core.data.dataset import Dataset
 from delift_core.lm.tokens import SegmentTokens
-from delift_core.kernels.utility import DEFAULT_PLAIN_TEMPLATE
+from delift_core.kernels.utility_settings import DEFAULT_PLAIN_TEMPLATE
 from delift_core.evaluation.subsets import Subset
 
 __all__ = ["ICL_HEADER", "ICL_EXAMPLE", "ICL_QUERY", "icl_template", "nearest_examples",

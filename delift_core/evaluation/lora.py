@@ -22,7 +22,7 @@ from delift_core.errors import optional_import
 from delift_core.lm.models import CausalLM
 from delift_core.lm.scorer import Scorer
 from delift_core.lm.tokens import SegmentTokens
-from delift_core.kernels.utility import DEFAULT_PLAIN_TEMPLATE
+from delift_core.kernels.utility_settings import DEFAULT_PLAIN_TEMPLATE
 from delift_core.evaluation.settings import EvalSettings, EvaluationError
 
 __all__ = ["attach_lora", "lora_state", "train_lora", "trainable_params"]

@@ -23,7 +23,7 @@ from delift_core.stores.cache import BlockStore, content_key
 from delift_core.data.dataset import Dataset
 from delift_core.lm.models import CausalLM, cache_dir
 from delift_core.lm.tokens import SegmentTokens
-from delift_core.kernels.utility import DEFAULT_PLAIN_TEMPLATE
+from delift_core.kernels.utility_settings import DEFAULT_PLAIN_TEMPLATE
 from delift_core.evaluation.icl import icl_prompts, icl_template
 from delift_core.evaluation.lora import train_lora
 from delift_core.evaluation.metrics import (STOP_MARKERS, cut_generation, extract_final_answer,

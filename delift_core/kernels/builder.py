@@ -20,35 +20,25 @@ from typing import Any, Callable
 import numpy as np
 import scipy.sparse as sp
 
+from delift_core import settings as spec
 from delift_core.data.dataset import Dataset
-from delift_core.kernels.diagonal import (DEFAULT_DIAGONAL, check_diagonal, diagonal_record,
-                                          scale_with_diagonal, self_pairs)
-from delift_core.kernels.embedding import EmbedStats, embed_texts, embedding_kernel, sample_text
+from delift_core.kernels.diagonal import diagonal_record, scale_with_diagonal, self_pairs
+from delift_core.kernels.embedding import EmbedStats, embed_rows, embedding_kernel
 from delift_core.errors import SelectionError
-from delift_core.kernels.matrices import KernelMatrix, is_sparse, scale_to_unit
-from delift_core.kernels.sparse import DEFAULT_RANDOM, neighbour_pairs
-from delift_core.kernels.utility import BACKENDS, UtilityKernel, UtilitySettings
+from delift_core.kernels.matrices import KernelMatrix, is_sparse
+from delift_core.kernels.meta import KernelMeta
+from delift_core.kernels.sparse import neighbour_pairs
+from delift_core.kernels.utility import UtilityKernel
+from delift_core.kernels.utility_settings import UtilitySettings
 
-__all__ = ["KERNEL_KINDS", "ROLES", "TARGET_DIRECTIONS", "DEFAULT_TARGET_DIRECTION", "Kernels",
-           "SparseSpec", "StageProgress", "compute_kernels",
-           "kernel_report", "row_hashes", "MAX_DENSE_BYTES"]
+__all__ = ["ROLES", "Kernels", "SparseSpec", "StageProgress", "compute_kernels", "kernel_report",
+           "row_hashes", "MAX_DENSE_BYTES"]
 
 logger = logging.getLogger(__name__)
 
-KERNEL_KINDS = ("utility", "embedding")
 ROLES: dict[str, tuple[str, str]] = {"pool": ("pool", "pool"), "target": ("target", "pool"),
                                      "existing": ("pool", "existing")}
 """Each kernel's (row set, column set): rows are the items helped, columns the examples."""
-
-TARGET_DIRECTIONS = {
-    "helps-target": "UF(query q | pool item i): how much pool item i helps target q (ours: rows "
-                    "that help the target task)",
-    "reference": "UF(pool item i | query q): how much query q helps pool item i (official DELIFT "
-                 "code), computed as pool rows x target columns and transposed",
-}
-"""How the target kernel (m targets x n pool items) of a utility kernel is valued; embedding
-kernels are symmetric, so both directions give the same matrix."""
-DEFAULT_TARGET_DIRECTION = "helps-target"
 
 StageProgress = Callable[[str, int, int], None]
 """``progress(stage label, done, total)``: what the pipeline reports (the engine's per-stage
@@ -61,11 +51,16 @@ class SparseSpec:
     seeded random ones (``seed``); pairs not computed count as similarity 0."""
 
     k: int
-    random: int = DEFAULT_RANDOM
-    seed: int = 0
+    random: int = spec.default("neighbour_random")
+    seed: int = spec.default("neighbour_seed")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "k", spec.check("neighbours", self.k))
+        object.__setattr__(self, "random", spec.check("neighbour_random", self.random))
+        object.__setattr__(self, "seed", spec.check("neighbour_seed", self.seed))
 
     def meta(self) -> dict:
-        return {"sparse": True, "neighbours": int(self.k), "random_neighbours": int(self.random),
+        return {"neighbours": int(self.k), "random_neighbours": int(self.random),
                 "neighbour_seed": int(self.seed)}
 
 
@@ -78,10 +73,16 @@ class Kernels:
     pool: KernelMatrix | None = None
     target: KernelMatrix | None = None
     existing: KernelMatrix | None = None
-    meta: dict = field(default_factory=dict)
-    diagonal: str = DEFAULT_DIAGONAL
+    meta: KernelMeta = None  # type: ignore[assignment]
+    """How they were made (:class:`~delift_core.kernels.meta.KernelMeta`; a dict is read as one)."""
+    diagonal: str = spec.default("diagonal")
     """Self-pair policy of utility kernels in selection (:mod:`delift_core.kernels.diagonal`)."""
     _scaled: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.meta = KernelMeta.from_json(self.meta if self.meta is not None else
+                                         {"kind": self.kind})
+        self.diagonal = spec.check("diagonal", self.diagonal)
 
     @property
     def sparse(self) -> bool:
@@ -90,12 +91,12 @@ class Kernels:
 
     def with_diagonal(self, policy: str) -> "Kernels":
         """The same raw kernels under another diagonal policy (recorded in ``meta['diagonal']``)."""
-        check_diagonal(policy)
-        if policy == self.diagonal and "diagonal" in self.meta:
+        policy = spec.check("diagonal", policy)
+        if policy == self.diagonal and self.meta.diagonal is not None:
             return self  # the same policy: keep the scaled kernels already made
         k = Kernels(self.kind, pool=self.pool, target=self.target, existing=self.existing,
-                    meta=dict(self.meta), diagonal=policy)
-        k.meta["diagonal"] = k.diagonal_record()
+                    meta=self.meta, diagonal=policy)
+        k.meta = k.meta.with_(diagonal=k.diagonal_record())
         return k
 
     def diagonal_record(self) -> dict:
@@ -119,11 +120,8 @@ class Kernels:
             return cached[1]
         if self.kind == "embedding":
             out = raw.tocsr().astype(np.float32) if is_sparse(raw) else np.asarray(raw, np.float32)
-        elif self.diagonal == "reference":
-            out = scale_to_unit(raw)
         else:
-            out = scale_with_diagonal(raw, check_diagonal(self.diagonal),
-                                      self_pairs(which, self.meta, raw.shape))
+            out = scale_with_diagonal(raw, self.diagonal, self_pairs(which, self.meta, raw.shape))
         self._scaled[which] = (raw, out, self.diagonal)
         return out
 
@@ -162,11 +160,10 @@ class _Builder:
                 from delift_core.lm.models import load_embedder
 
                 self.embedder = load_embedder()
-            texts = [sample_text(p, r) for p, r in zip(ds.prompts, ds.responses)]
             stats = EmbedStats()
-            self._emb[id(ds)] = embed_texts(self.embedder, texts, use_cache=self.use_cache,
-                                            progress=self._stage(f"embedding {role}"),
-                                            stats=stats)
+            self._emb[id(ds)] = embed_rows(self.embedder, ds, use_cache=self.use_cache,
+                                           progress=self._stage(f"embedding {role}"),
+                                           stats=stats)
             self.embed_stats[role] = stats.as_dict()
         return self._emb[id(ds)]
 
@@ -205,7 +202,7 @@ class _Builder:
             res = self.engine().compute(rows, cols, pairs=pairs,
                                         progress=self._stage(f"utility {role}"), cancel=self.cancel)
         if self.sparse is not None:
-            res.meta.update({**self.sparse.meta(),
+            res.meta.update({"sparse": True, **self.sparse.meta(),
                              "neighbour_rule": "k most cosine-similar examples by sentence "
                                                "embedding (ties to the lower index) plus seeded "
                                                "random examples"})
@@ -240,10 +237,12 @@ def _check_dense_size(pool: Dataset, target: Dataset | None, existing: Dataset |
         (n * len(existing) if existing is not None else 0)
     need = entries * 4 * 2  # float32 raw kernel and its scaled copy
     if need > limit:
+        k = spec.get("neighbours").suggested
         raise SelectionError(f"dense kernels for {n:,} pool rows need about {need / 2**30:.1f} GiB "
                              f"(limit {limit / 2**30:.1f} GiB); compute a sparse kernel instead "
-                             "with --neighbours 32 (neighbours=32 in the API): each row then keeps "
-                             "only its 32 nearest rows by sentence embedding plus 4 random ones")
+                             f"with --neighbours {k} (neighbours={k} in the API): each row then "
+                             f"keeps only its {k} nearest rows by sentence embedding plus "
+                             f"{spec.default('neighbour_random')} random ones")
 
 
 def compute_kernels(pool: Dataset, *, target: Dataset | None = None,
@@ -251,10 +250,12 @@ def compute_kernels(pool: Dataset, *, target: Dataset | None = None,
                     embedder: Any = None, settings: UtilitySettings | None = None,
                     progress: StageProgress | None = None, cancel: threading.Event | None = None,
                     use_cache: bool = True, neighbours: int | SparseSpec | None = None,
-                    neighbour_random: int = DEFAULT_RANDOM, neighbour_seed: int = 0,
+                    neighbour_random: int = spec.default("neighbour_random"),
+                    neighbour_seed: int = spec.default("neighbour_seed"),
                     max_dense_bytes: int | None = None,
-                    target_direction: str = DEFAULT_TARGET_DIRECTION, backend: str = "local",
-                    ray_address: str | None = None, workers: int | None = None) -> Kernels:
+                    target_direction: str = spec.default("target_direction"),
+                    backend: str = spec.default("backend"), ray_address: str | None = None,
+                    workers: int | None = None) -> Kernels:
     """Compute the pool kernel and, when given, the target and existing kernels.
 
     Dense kernels larger than ``max_dense_bytes`` (default :data:`MAX_DENSE_BYTES`) are refused
@@ -264,7 +265,9 @@ def compute_kernels(pool: Dataset, *, target: Dataset | None = None,
     every row gets values only for its K nearest columns by sentence embedding plus
     ``neighbour_random`` seeded random ones.
 
-    ``target_direction`` (:data:`TARGET_DIRECTIONS`) says how a utility target kernel is valued:
+    Every setting is checked against :mod:`delift_core.settings` (a SettingError names it).
+
+    ``target_direction`` says how a utility target kernel is valued:
     ``helps-target`` (default) UF(q | i), ``reference`` UF(i | q) transposed; a sparse kernel
     values the same (q, i) pairs in both directions.
 
@@ -272,15 +275,15 @@ def compute_kernels(pool: Dataset, *, target: Dataset | None = None,
     (``workers`` actors of one thread each; ``ray_address`` "auto" or "HOST:PORT" joins a running
     cluster, none starts a local one): see :mod:`delift_core.kernels.ray_backend`.
     """
-    if kind not in KERNEL_KINDS:
-        raise SelectionError(f"unknown kernel '{kind}'; use one of {KERNEL_KINDS} or a .npy file")
-    sparse = (neighbours if isinstance(neighbours, SparseSpec) or not neighbours
-              else SparseSpec(int(neighbours), int(neighbour_random), int(neighbour_seed)))
-    if target_direction not in TARGET_DIRECTIONS:
-        raise SelectionError(f"unknown target direction '{target_direction}'; use one of "
-                             f"{', '.join(TARGET_DIRECTIONS)}")
-    if sparse and sparse.k < 1:
-        raise SelectionError("neighbours must be at least 1")
+    kind = spec.check("kernel", kind)
+    target_direction = spec.check("target_direction", target_direction)
+    backend = spec.check("backend", backend)
+    workers = spec.check("workers", workers)
+    spec.check_together({"backend": backend, "ray_address": ray_address, "workers": workers})
+    if settings is not None:
+        settings.validate()
+    sparse = (neighbours if isinstance(neighbours, SparseSpec) or neighbours is None
+              else SparseSpec(neighbours, neighbour_random, neighbour_seed))
     if not sparse:
         _check_dense_size(pool, target, existing, max_dense_bytes)
     start = time.time()
@@ -291,8 +294,6 @@ def compute_kernels(pool: Dataset, *, target: Dataset | None = None,
                                if ds is not None},
                             "row_hash": ROW_HASH}
     builder = _Builder(kind, lm, embedder, settings, progress, cancel, use_cache, sparse or None)
-    if backend not in BACKENDS:
-        raise SelectionError(f"unknown backend '{backend}'; use one of {', '.join(BACKENDS)}")
     if backend == "ray" and kind == "utility":
         from delift_core.kernels.ray_backend import ensure_ray
 
@@ -311,23 +312,46 @@ def compute_kernels(pool: Dataset, *, target: Dataset | None = None,
         if role_meta is not None:
             meta[role] = role_meta
     if sparse:
-        meta.update(sparse.meta())
+        meta.update({"sparse": True, **sparse.meta()})
     if builder.embedder is not None:
         meta["embedder"] = getattr(builder.embedder, "delift_name", str(builder.embedder))
         meta["embeddings"] = builder.embed_stats
     if target is not None:
         meta["target_direction"] = target_direction
-        meta["target_direction_rule"] = TARGET_DIRECTIONS[target_direction] if kind == "utility" \
+        meta["target_direction_rule"] = spec.get("target_direction").choices[target_direction] \
+            if kind == "utility" \
             else "embedding kernels are symmetric: both directions are the same matrix"
     if kind == "embedding":
         meta.update({"similarity": "(cosine + 1) / 2", "text": "prompt + newline + response"})
     meta["seconds"] = round(time.time() - start, 3)
+    meta["settings"] = _recorded_settings(kind, sparse or None, target_direction if target is not
+                                          None else None, settings, builder)
+    kernels.meta = KernelMeta.from_json(meta)
     if kind == "utility" and backend == "local" and builder.lm is not None:
         _record_speed(kernels, pool, target, existing, builder.lm, sparse, settings)
     logger.info("%s kernels (%s) in %.1f s", kind, ", ".join(r for r in ROLES
                                                             if getattr(kernels, r) is not None),
                 meta["seconds"])
     return kernels
+
+
+def _recorded_settings(kind: str, sparse: SparseSpec | None, target_direction: str | None,
+                       settings: UtilitySettings | None, builder: _Builder) -> dict[str, Any]:
+    """The settings that made these values, as :mod:`delift_core.settings` names them."""
+    values: dict[str, Any] = {"kernel": kind}
+    if sparse is not None:
+        values.update(neighbours=sparse.k, neighbour_random=sparse.random,
+                      neighbour_seed=sparse.seed)
+    if target_direction is not None:
+        values["target_direction"] = target_direction
+    if kind == "utility":
+        values.update((settings or UtilitySettings()).value_key())
+        if builder.lm is not None:
+            values["model"] = getattr(builder.lm, "name", None)
+            values["dtype"] = str(getattr(builder.lm, "dtype", "float32")).replace("torch.", "")
+    if builder.embedder is not None:
+        values["embedder"] = getattr(builder.embedder, "delift_name", str(builder.embedder))
+    return spec.record(values)
 
 
 def _record_speed(kernels: Kernels, pool: Dataset, target: Dataset | None,

@@ -27,42 +27,22 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from delift_core.errors import SelectionError
+from delift_core import settings as spec
 from delift_core.kernels.matrices import KernelMatrix, is_sparse, scale_to_unit
 
-__all__ = ["DIAGONAL_POLICIES", "DEFAULT_DIAGONAL", "DIAGONAL_HELP", "check_diagonal",
-           "self_pairs", "scale_with_diagonal", "diagonal_record"]
+__all__ = ["self_pairs", "scale_with_diagonal", "diagonal_record"]
 
 logger = logging.getLogger(__name__)
-
-DIAGONAL_POLICIES = ("reference", "max", "rowmax")
-DEFAULT_DIAGONAL = "max"
-"""The default policy: in the quality benchmark (docs/quality/README.md) ``max`` never did worse
-than ``reference`` and beat it in stage-1 3-shot ICL and LoRA; ``reference`` is one flag away."""
-
-DIAGONAL_HELP = {
-    "reference": "keep the self-utility UF(i, i) (official DELIFT code; the earlier default)",
-    "max": "each row covers itself fully: s_ii = 1, the kernel's maximum",
-    "rowmax": "s_ii = the row's best helper's value (largest off-diagonal)",
-}
 
 _ROWS_COLS = {"pool": ("pool", "pool"), "target": ("target", "pool"),
               "existing": ("pool", "existing")}
 
 
-def check_diagonal(policy: str) -> str:
-    """The policy name, or a SelectionError naming the choices."""
-    if policy not in DIAGONAL_POLICIES:
-        raise SelectionError(f"unknown diagonal policy '{policy}'; use one of "
-                             f"{', '.join(DIAGONAL_POLICIES)}")
-    return policy
+def _hashes(meta: Any, role: str) -> list[str] | None:
+    """A set's row content hashes from a kernel's :class:`~delift_core.kernels.meta.KernelMeta`."""
+    from delift_core.kernels.meta import KernelMeta
 
-
-def _hashes(meta: dict, role: str) -> list[str] | None:
-    """A set's row content hashes from kernel meta (computed, or loaded: under 'computed')."""
-    got = meta.get(f"{role}_hashes")
-    if got is None and isinstance(meta.get("computed"), dict):
-        got = meta["computed"].get(f"{role}_hashes")
+    got = KernelMeta.from_json(meta).hashes.get(role)
     return list(got) if got is not None else None
 
 
@@ -100,7 +80,6 @@ def _unit(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
 def scale_with_diagonal(raw: KernelMatrix, policy: str,
                         pairs: tuple[np.ndarray, np.ndarray]) -> KernelMatrix:
     """The raw utility kernel in [0, 1] with its self pairs (``pairs``) set by ``policy``."""
-    check_diagonal(policy)
     r, c = pairs
     if policy == "reference" or len(r) == 0:
         return scale_to_unit(raw)
@@ -150,4 +129,4 @@ def diagonal_record(kind: str, policy: str, meta: dict, shapes: dict[str, Any]) 
                 "note": "embedding kernels: s_ii = (cos + 1) / 2 = 1 already; policy not applied"}
     counts = {w: int(len(self_pairs(w, meta, s)[0])) for w, s in shapes.items() if s is not None}
     return {"policy": policy, "applied": policy != "reference", "self_pairs": counts,
-            "rule": DIAGONAL_HELP[policy]}
+            "rule": spec.get("diagonal").choices[policy]}

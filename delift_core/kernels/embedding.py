@@ -15,7 +15,7 @@ import numpy as np
 from delift_core.stores.embedding_store import EmbeddingStore, text_key
 from delift_core.lm.models import cache_dir
 
-__all__ = ["EmbedStats", "embed_texts", "embedding_kernel", "sample_text"]
+__all__ = ["EmbedStats", "embed_texts", "embed_rows", "embedding_kernel", "sample_text"]
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +86,13 @@ def embed_texts(embedder: Any, texts: Sequence[str], *, batch_size: int = 64,
     out = np.stack([found[k] for k in keys]).astype(np.float32, copy=False)
     logger.debug("embeddings with %s: %d reused, %d computed", name, stats.reused, stats.computed)
     return out
+
+
+def embed_rows(embedder: Any, rows: Any, **options: Any) -> np.ndarray:
+    """Unit embeddings of a data set's samples (each prompt + newline + response, as every kernel,
+    map and audit sees a row); ``options`` go to :func:`embed_texts` (cache, progress, stats)."""
+    return embed_texts(embedder, [sample_text(p, r) for p, r in zip(rows.prompts, rows.responses)],
+                       **options)
 
 
 def embedding_kernel(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:

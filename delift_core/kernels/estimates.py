@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from delift_core import settings
 from delift_core.data.dataset import Dataset
 from delift_core.lm.models import DEFAULT_MODEL, packaged_model
 from delift_core.kernels.utility_settings import (DEFAULT_EXAMPLE_TEMPLATE, DEFAULT_PLAIN_TEMPLATE,
@@ -63,11 +64,14 @@ def estimate_work(pool: Dataset, *, target: Dataset | None = None,
                   chars_per_token: float = 4.0,
                   plain_template: str = DEFAULT_PLAIN_TEMPLATE,
                   example_template: str = DEFAULT_EXAMPLE_TEMPLATE,
-                  neighbours: int | None = None, neighbour_random: int = 4) -> WorkEstimate:
+                  neighbours: int | None = None,
+                  neighbour_random: int | None = None) -> WorkEstimate:
     """Forward passes (utility: one per pair plus one plain pass per row; embedding: one per
     text) and approximate tokens (``chars_per_token``), with the labels ``compute_kernels``
     reports progress under. With ``neighbours`` (a sparse kernel) each row is paired with at most
-    ``neighbours + neighbour_random`` columns (the quick embedding that finds them is left out)."""
+    ``neighbours + neighbour_random`` columns (the quick embedding that finds them is left out;
+    ``neighbour_random`` None: the setting's default)."""
+    neighbour_random = settings.check("neighbour_random", neighbour_random)
     stages: list[tuple[str, int, int]] = []
     if kind == "embedding":
         for label, ds in (("pool", pool), ("target", target), ("existing", existing)):

@@ -19,6 +19,7 @@ import scipy.sparse as sp
 from delift_core.data.dataset import Dataset
 from delift_core.errors import KernelError
 from delift_core.kernels.builder import ROLES, Kernels, row_hashes
+from delift_core.kernels.meta import KernelMeta
 from delift_core.kernels.matrices import KernelMatrix, is_sparse
 
 __all__ = ["save_kernels", "load_kernels", "check_kernels", "check_target_direction"]
@@ -101,14 +102,14 @@ def save_kernels(kernels: Kernels, folder: str | Path) -> dict[str, Path]:
             paths[which] = out / f"kernel_{which}.npy"
             np.save(paths[which], m)
     paths["meta"] = out / "kernel_meta.json"
-    paths["meta"].write_text(json.dumps(kernels.meta, indent=1, default=str))
+    paths["meta"].write_text(json.dumps(kernels.meta.to_json(), indent=1, default=str))
     return paths
 
 
-def _check_rows(saved: dict, role: str, ds: Dataset, meta_file: Path) -> None:
+def _check_rows(saved: KernelMeta, role: str, ds: Dataset, meta_file: Path) -> None:
     """KernelError unless the kernel's ``role`` rows are exactly ``ds``'s rows (ids, order and
     content), naming the first rows that differ."""
-    ids, hashes = saved.get(f"{role}_ids"), saved.get(f"{role}_hashes")
+    ids, hashes = saved.rows(role)
     if ids is None or hashes is None:
         raise KernelError(f"{meta_file}: records no {role} row ids and content hashes (an older "
                           f"kernel folder), so it cannot be checked against the {role} given; "
@@ -147,7 +148,6 @@ def load_kernels(path: str | Path, pool: Dataset, *, target: Dataset | None = No
     if p.is_dir() and not pool_file.exists() and (p / "kernel_pool.npz").exists():
         pool_file = p / "kernel_pool.npz"
     n = len(pool)
-    meta: dict[str, Any] = {"kind": "file", "pool_file": str(pool_file), "trusted": bool(trust)}
     meta_file = folder / "kernel_meta.json"
     saved: dict | None = None
     if meta_file.exists():
@@ -155,7 +155,10 @@ def load_kernels(path: str | Path, pool: Dataset, *, target: Dataset | None = No
             saved = json.loads(meta_file.read_text())
         except (OSError, ValueError) as e:
             raise KernelError(f"{meta_file}: not readable JSON ({e})") from None
-        meta["computed"] = saved
+        if not isinstance(saved, dict):
+            raise KernelError(f"{meta_file}: not a kernel record (a JSON object)")
+    meta = KernelMeta.from_json(saved or {"kind": "utility"}).with_(
+        source={"file": str(pool_file), "trusted": bool(trust)})
     if not trust:
         if saved is None:
             raise KernelError(f"{pool_file}: no kernel_meta.json beside it says which rows this "
@@ -164,9 +167,8 @@ def load_kernels(path: str | Path, pool: Dataset, *, target: Dataset | None = No
                               "(trust=True) if it was computed for exactly these rows in this order")
         for role, ds in (("pool", pool), ("target", target), ("existing", existing)):
             if ds is not None:
-                _check_rows(saved, role, ds, meta_file)
-    kind = (saved or {}).get("kind", "file")
-    k = Kernels("embedding" if kind == "embedding" else "utility",
+                _check_rows(meta, role, ds, meta_file)
+    k = Kernels("embedding" if meta.kind == "embedding" else "utility",
                 pool=_load_matrix(pool_file, (n, n), "pool"), meta=meta)
     if target is not None:
         f = target_kernel or folder / "kernel_target.npy"
@@ -201,7 +203,7 @@ def check_target_direction(kernels: Kernels, asked: str | None) -> None:
     selecting "with" another one would silently use the wrong matrix."""
     if asked is None or kernels.target is None:
         return
-    got = (kernels.meta.get("computed") or {}).get("target_direction")
+    got = kernels.meta.target_direction
     if got != asked:
         raise KernelError(f"target direction {asked} was asked for, but the target kernel was "
                           f"computed with {got or 'no recorded direction'}; recompute it with "

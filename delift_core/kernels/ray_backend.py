@@ -31,7 +31,8 @@ import numpy as np
 from delift_core.errors import DeliftError, ModelError, optional_import
 
 if TYPE_CHECKING:
-    from delift_core.kernels.utility import TextRows, UtilityKernel
+    from delift_core.kernels.utility_settings import TextRows
+    from delift_core.kernels.utility import UtilityKernel
 
 __all__ = ["MAX_ATTEMPTS", "ensure_ray", "run_units", "current_actors", "shutdown_workers"]
 
@@ -160,7 +161,7 @@ def shutdown_workers() -> None:
 def _payload(unit: np.ndarray, cols: np.ndarray, rows: np.ndarray, targets: "TextRows",
              examples: "TextRows") -> tuple:
     """One unit's rows only (texts and local indices), so a worker is sent kilobytes."""
-    from delift_core.kernels.utility import Texts
+    from delift_core.kernels.utility_settings import Texts
 
     js, is_ = np.unique(cols[unit]), np.unique(rows[unit])
     ex = Texts([examples.prompts[j] for j in js], [examples.responses[j] for j in js])

@@ -13,12 +13,12 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["DEFAULT_RANDOM", "neighbour_pairs", "topk_sparse", "fidelity"]
+from delift_core.settings import check, default
 
-DEFAULT_RANDOM = 4
+__all__ = ["neighbour_pairs", "topk_sparse", "fidelity"]
 
 
-def neighbour_pairs(t_emb: np.ndarray, e_emb: np.ndarray, k: int, *, n_random: int = DEFAULT_RANDOM,
+def neighbour_pairs(t_emb: np.ndarray, e_emb: np.ndarray, k: int, *, n_random: int = default("neighbour_random"),
                     seed: int = 0, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
     """(rows, cols) of each target's ``k`` most similar examples plus ``n_random`` seeded random ones.
 
@@ -28,8 +28,7 @@ def neighbour_pairs(t_emb: np.ndarray, e_emb: np.ndarray, k: int, *, n_random: i
     t = np.asarray(t_emb, np.float32)
     e = np.asarray(e_emb, np.float32)
     n_t, n_e = t.shape[0], e.shape[0]
-    if k < 1:
-        raise ValueError("neighbours must be at least 1")
+    k = check("neighbours", k)
     kk = min(k, n_e)
     rows, cols = [], []
     for s in range(0, n_t, chunk):

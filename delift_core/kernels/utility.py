@@ -27,22 +27,19 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from delift_core import settings as settings_spec
 from delift_core.lm.models import CausalLM, cache_dir
 from delift_core.lm.scorer import Scorer, cpu_threads
 from delift_core.stores.pairstore import PairStore, row_key
 from delift_core.lm.tokens import (SegmentTokens, chat_wrapped_template, split_prompt,
                                    template_segments)
-from delift_core.kernels.utility_settings import (DEFAULT_EXAMPLE_TEMPLATE, DEFAULT_PLAIN_TEMPLATE,
-                                                  ENGINE_VERSION, KernelCancelled, KernelResult,
-                                                  Texts, TextRows, UtilitySettings)
+from delift_core.kernels.utility_settings import (ENGINE_VERSION, KernelCancelled, KernelResult,
+                                                  TextRows, UtilitySettings)
 
-__all__ = ["DEFAULT_PLAIN_TEMPLATE", "DEFAULT_EXAMPLE_TEMPLATE", "ENGINE_VERSION", "BACKENDS",
-           "UNIT_PAIRS", "Texts", "KernelCancelled", "UtilitySettings", "KernelResult",
-           "UtilityKernel", "store_path", "stored_pairs"]
+__all__ = ["UNIT_PAIRS", "UtilityKernel", "store_path", "stored_pairs"]
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("local", "ray")
 UNIT_PAIRS = 256
 """At most this many pairs per work unit: one unit is computed (here or on a Ray worker) and
 stored in one transaction, so a stopped run loses at most the units in flight."""
@@ -145,8 +142,7 @@ class UtilityKernel:
             self.settings = replace(self.settings, plain_template=chat_wrapped_template(
                 lm, self.settings.plain_template), example_template=chat_wrapped_template(
                 lm, self.settings.example_template))
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown backend '{backend}'; use one of {BACKENDS}")
+        backend = settings_spec.check("backend", backend)
         self.cache_root = cache_root
         self.use_cache = use_cache
         self.backend = backend

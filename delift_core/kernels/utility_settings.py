@@ -8,9 +8,11 @@ pair store can name settings and results without the engine.
 from __future__ import annotations
 
 import string
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Protocol, Sequence
 
+from delift_core import settings as spec
+from delift_core.errors import SettingError
 from delift_core.kernels.matrices import scale_to_unit
 
 __all__ = ["DEFAULT_PLAIN_TEMPLATE", "DEFAULT_EXAMPLE_TEMPLATE", "ENGINE_VERSION", "TextRows",
@@ -18,12 +20,8 @@ __all__ = ["DEFAULT_PLAIN_TEMPLATE", "DEFAULT_EXAMPLE_TEMPLATE", "ENGINE_VERSION
 
 
 ENGINE_VERSION = "utility-v1"
-DEFAULT_PLAIN_TEMPLATE = ("Instruction: Please generate a response to the following query.\n\n\n"
-                          "Query: {prompt}\n")
-DEFAULT_EXAMPLE_TEMPLATE = ("Instruction:\nUse the following example as a guide to answer the query "
-                            "in the same format and style, providing a clear and concise response."
-                            "\n\n\nExample:\n{example_prompt}\n{example_response}\n\n\nQuery:\n"
-                            "{prompt}\n")
+DEFAULT_PLAIN_TEMPLATE: str = spec.default("plain_template")
+DEFAULT_EXAMPLE_TEMPLATE: str = spec.default("example_template")
 
 
 class TextRows(Protocol):
@@ -61,26 +59,32 @@ class KernelCancelled(RuntimeError):
 class UtilitySettings:
     """Everything besides the data and the model that changes the utility values."""
 
-    plain_template: str = DEFAULT_PLAIN_TEMPLATE
-    example_template: str = DEFAULT_EXAMPLE_TEMPLATE
-    score_eos: bool = True
-    max_field_tokens: int = 256
-    max_response_tokens: int = 256
-    batch_size: int = 16
-    block_size: int = 8
+    plain_template: str = spec.default("plain_template")
+    example_template: str = spec.default("example_template")
+    score_eos: bool = spec.default("score_eos")
+    max_field_tokens: int = spec.default("max_field_tokens")
+    max_response_tokens: int = spec.default("max_response_tokens")
+    batch_size: int = spec.default("batch_size")
+    block_size: int = spec.default("block_size")
     #: wrap each prompt in the tokenizer's chat template (a user turn + the assistant prompt);
     #: for chat-tuned models, off by default (base models have none or were not tuned on it)
-    chat_template: bool = False
+    chat_template: bool = spec.default("chat_template")
+
+    @classmethod
+    def from_values(cls, values: dict) -> "UtilitySettings":
+        """The settings among ``values`` (a dict of setting name -> value, others ignored),
+        checked against :mod:`delift_core.settings`; unset ones take their defaults."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in spec.check_all(
+            {k: v for k, v in values.items() if k in names}, ["utility"]).items() if k in names})
 
     def validate(self) -> None:
-        """Raise ValueError for templates or sizes that cannot run."""
-        _check_template(self.plain_template, {"prompt"}, "plain template")
+        """Raise a SettingError (a ValueError) for templates or sizes that cannot run."""
+        for f in fields(self):
+            spec.check(f.name, getattr(self, f.name))
+        _check_template(self.plain_template, {"prompt"}, "plain_template (--plain-template)")
         _check_template(self.example_template, {"prompt", "example_prompt", "example_response"},
-                        "example template")
-        if self.batch_size < 1 or self.block_size < 1:
-            raise ValueError("batch_size and block_size must be at least 1")
-        if self.max_field_tokens < 1 or self.max_response_tokens < 1:
-            raise ValueError("max_field_tokens and max_response_tokens must be at least 1")
+                        "example_template (--example-template)")
 
     def value_key(self) -> dict:
         """The settings that change values (batching and work-unit sizes do not)."""
@@ -94,10 +98,10 @@ def _check_template(template: str, fields: set[str], what: str) -> None:
     try:
         found = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
     except ValueError as e:
-        raise ValueError(f"{what}: not a valid format string ({e})") from None
+        raise SettingError(f"{what}: not a valid format string ({e})") from None
     unknown = set(found) - fields
     if unknown or set(found) != fields or len(found) != len(set(found)):
-        raise ValueError(f"{what}: must use each of {sorted(fields)} exactly once, found {found}")
+        raise SettingError(f"{what}: must use each of {sorted(fields)} exactly once, found {found}")
 
 
 @dataclass

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from delift_core import settings
 from delift_core.errors import ModelError
 
 __all__ = ["DEFAULT_EMBEDDER", "DEFAULT_MODEL", "DTYPES", "PACKAGED_MODELS", "CausalLM",
@@ -35,11 +36,12 @@ __all__ = ["DEFAULT_EMBEDDER", "DEFAULT_MODEL", "DTYPES", "PACKAGED_MODELS", "Ca
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "gemma-3-270m"
-DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
+DEFAULT_MODEL: str = settings.default("model")
+DEFAULT_EMBEDDER: str = settings.default("embedder")
 _DEFAULT_EMBEDDER_ALIASES = {DEFAULT_EMBEDDER, "sentence-transformers/all-MiniLM-L6-v2",
                              "default"}
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {name: getattr(torch, name) for name in settings.choices("dtype")}
+"""torch dtypes by the names :mod:`delift_core.settings` allows."""
 _LOCK = threading.Lock()
 _LOADED: dict[tuple, Any] = {}
 

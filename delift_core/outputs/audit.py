@@ -200,10 +200,9 @@ class Audit:
 def plain_distances(kernels: Kernels) -> np.ndarray | None:
     """d(i, plain) per pool row from the utility kernel's meta (computed here or loaded from a
     ``delift kernel`` folder), or None when the kernels do not record them."""
-    meta = kernels.meta or {}
-    for m in (meta.get("pool"), (meta.get("computed") or {}).get("pool")):
-        if isinstance(m, dict) and m.get("d_plain") is not None:
-            return np.asarray(m["d_plain"], np.float64)
+    m = kernels.meta.roles.get("pool")
+    if isinstance(m, dict) and m.get("d_plain") is not None:
+        return np.asarray(m["d_plain"], np.float64)
     return None
 
 

@@ -17,6 +17,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+from delift_core import settings
 from delift_core.data.dataset import Dataset
 from delift_core.errors import SelectionError
 
@@ -29,7 +30,8 @@ __all__ = ["EXPORT_FORMATS", "CSV_ESCAPING", "build_manifest", "csv_safe", "data
 
 logger = logging.getLogger(__name__)
 
-EXPORT_FORMATS = ("jsonl", "json", "csv", "parquet")
+EXPORT_FORMATS = tuple(f for f in settings.choices("format") if f != "hf")
+"""The row formats written as files here (``hf`` folders are :mod:`delift_core.outputs.hf_export`'s)."""
 
 
 def default_format(ds: Dataset) -> str:
@@ -142,8 +144,7 @@ def build_manifest(selection: Selection, *, target: Dataset | None = None,
         "kernel": selection.kernels.kind if selection.kernels is not None else None,
         "diagonal": (selection.kernels.diagonal_record() if selection.kernels is not None
                      else None),
-        "target_direction": kmeta.get("target_direction",
-                                      (kmeta.get("computed") or {}).get("target_direction")),
+        "target_direction": kmeta.get("target_direction"),
         "model": pool_meta.get("model"), "model_fingerprint": pool_meta.get("model_fingerprint"),
         "dtype": pool_meta.get("dtype"), "embedder": kmeta.get("embedder"),
         "templates": ({"plain": pool_meta.get("plain_template"),

@@ -228,7 +228,7 @@ def _samples(selection: "Selection", n: int, annotated: pd.DataFrame | None) -> 
 
 
 def _evaluation(F: _Figures, evaluation: dict) -> str:
-    from delift_core.evaluation import EvalReport
+    from delift_core.evaluation.report import EvalReport
 
     rep = EvalReport(rows=evaluation.get("rows") or [], items=evaluation.get("items") or [],
                      settings=evaluation.get("settings") or {}, meta=evaluation.get("meta") or {})
@@ -365,7 +365,7 @@ def report_from_folder(select_dir: str | Path, *, pool: str | None = None,
     from delift_core.kernels.embedding import embed_texts, embedding_kernel, sample_text
     from delift_core.outputs.maps import cluster_labels
     from delift_core.lm.models import load_embedder
-    from delift_core.selection.select import load_kernels
+    from delift_core.kernels.files import load_kernels
 
     folder = Path(select_dir)
     if not folder.is_dir():

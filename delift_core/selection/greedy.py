@@ -15,14 +15,13 @@ from typing import Iterable
 
 import numpy as np
 
+from delift_core import settings
 from delift_core.selection import coverage_kernels
 from delift_core.selection.objectives.base import Objective
 
-__all__ = ["METHODS", "GreedyResult", "greedy_maximize", "random_order"]
+__all__ = ["GreedyResult", "greedy_maximize", "random_order"]
 
 logger = logging.getLogger(__name__)
-
-METHODS = ("lazy", "naive", "stochastic")
 
 
 @dataclass
@@ -76,8 +75,7 @@ def greedy_maximize(objective: Objective, budget: int | None = None, *,
                     method: str = "lazy", pinned: Iterable[int] = (), banned: Iterable[int] = (),
                     seed: int = 0, epsilon: float = 0.01) -> GreedyResult:
     """Greedily pick up to ``budget`` candidates (all allowed ones when None)."""
-    if method not in METHODS:
-        raise ValueError(f"unknown greedy method '{method}'; use one of {METHODS}")
+    method = settings.check("method", method)
     n = objective.n_candidates
     pinned = list(dict.fromkeys(int(p) for p in pinned))
     banned_set = {int(b) for b in banned}

@@ -19,15 +19,16 @@ import pandas as pd
 from delift_core.selection import objectives as registry
 from delift_core.selection.cover import best_cover
 from delift_core.data.dataset import Dataset
+from delift_core import settings
 from delift_core.errors import SelectionError
 from delift_core.selection.greedy import GreedyResult, greedy_maximize, random_order
-from delift_core.kernels.files import check_kernels, load_kernels, save_kernels
-from delift_core.kernels.builder import KERNEL_KINDS, Kernels, compute_kernels
-from delift_core.selection.objectives import FacilityLocation, Objective
+from delift_core.kernels.files import check_kernels
+from delift_core.kernels.builder import Kernels
+from delift_core.selection.objectives.facility_location import FacilityLocation
+from delift_core.selection.objectives.base import Objective
 
-__all__ = ["OBJECTIVE_NAMES", "KERNEL_KINDS", "needs", "parse_budget", "resolve_budget",
-           "build_objective", "Selection", "select", "Kernels", "compute_kernels", "load_kernels",
-           "save_kernels"]
+__all__ = ["OBJECTIVE_NAMES", "needs", "parse_budget", "resolve_budget", "build_objective",
+           "Selection", "select"]
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +143,7 @@ class Selection:
     def subset(self, name: str | None = None) -> Any:
         """The selected rows as an evaluation ``Subset`` (kind 'subset', this run's seed, the
         objective in its info), named ``name`` or 'selection (<objective>)'."""
-        from delift_core.evaluation import Subset
+        from delift_core.evaluation.subsets import Subset
 
         return Subset(name or f"selection ({self.objective})",
                       self.pool.subset(self.selected_indices), "subset",
@@ -193,8 +194,9 @@ class Selection:
 
 
 def select(pool: Dataset, objective: str, kernels: Kernels | None, budget: str | float | int, *,
-           params: Mapping[str, Any] | None = None, seed: int = 0, method: str = "lazy",
-           epsilon: float = 0.01, pinned: Sequence[str] = (), banned: Sequence[str] = (),
+           params: Mapping[str, Any] | None = None, seed: int = settings.default("seed"),
+           method: str = settings.default("method"),
+           epsilon: float = settings.default("epsilon"), pinned: Sequence[str] = (), banned: Sequence[str] = (),
            full_order: bool | None = None, diagonal: str | None = None,
            **objective_params: Any) -> Selection:
     """Select a subset of ``pool`` by maximising ``objective`` on ``kernels`` under ``budget``.
@@ -207,6 +209,8 @@ def select(pool: Dataset, objective: str, kernels: Kernels | None, budget: str |
     without it the kernels' own :attr:`~delift_core.kernels.builder.Kernels.diagonal` applies.
     """
     start = time.time()
+    seed, method = settings.check("seed", seed), settings.check("method", method)
+    epsilon = settings.check("epsilon", epsilon)
     spec = _spec(objective)
     if budget is None or isinstance(budget, bool):
         raise SelectionError("budget must be a fraction (0.3, '30%') or a row count (90)")

@@ -9,8 +9,9 @@ from delift_core.selection.objectives.facility_location import FacilityLocation
 from delift_core.selection.objectives.flcg import FacilityLocationConditionalGain
 from delift_core.selection.objectives.flmi import FacilityLocationMutualInformation
 from delift_core.selection.objectives.flqmi import FacilityLocationQueryMutualInformation
-from delift_core.selection.objectives.registry import (OBJECTIVES, STAGES, get, names, needs,
-                                                       param_specs, stage_label, stage_objectives)
+from delift_core.selection.objectives.registry import (OBJECTIVES, get, names, needs, param_specs,
+                                                       stage_label, stage_objectives)
+from delift_core.selection.objectives.spec import STAGES
 from delift_core.selection.objectives.spec import ObjectiveSpec, Param
 
 __all__ = ["Objective", "CoverageObjective", "FacilityLocation", "FacilityLocationMutualInformation",

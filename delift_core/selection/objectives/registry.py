@@ -9,8 +9,7 @@ import importlib
 
 from delift_core.selection.objectives.spec import STAGES, ObjectiveSpec
 
-__all__ = ["OBJECTIVES", "get", "names", "stage_objectives", "stage_label", "needs",
-           "param_specs", "STAGES"]
+__all__ = ["OBJECTIVES", "get", "names", "stage_objectives", "stage_label", "needs", "param_specs"]
 
 _MODULES = (
     "facility_location",
