@@ -51,7 +51,7 @@ from delift_core.kernels.utility_settings import UtilitySettings
 from delift_core.kernels.builder import compute_kernels
 from delift_core.lm.models import load_causal_lm, load_embedder
 from delift_core.selection.select import select
-from delift_core.kernels.diagonal import DIAGONAL_POLICIES
+from delift_core.settings import choices
 from delift_core.evaluation.settings import EvalSettings
 from delift_core.evaluation.subsets import Subset
 from delift_core.evaluation.run import evaluate
@@ -76,7 +76,7 @@ SETTINGS: dict[str, Any] = {
     "dtype": "bfloat16",
     "kernel_field_tokens": 48, "kernel_response_tokens": 32, "kernel_batch_size": 8,
     "neighbours": 8, "neighbour_random": 1,
-    "diagonals": list(DIAGONAL_POLICIES),
+    "diagonals": list(choices("diagonal")),
     "target_directions": ["helps-target", "reference"],
     "shots": [1, 3],
     "eval_field_tokens": 48, "eval_reference_tokens": 32, "eval_batch_size": 8,
