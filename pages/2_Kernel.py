@@ -106,7 +106,10 @@ if kind == "utility":
                                 help="Ray runs the missing pairs on worker processes, one thread "
                                      "each; it needs `pip install \"delift-studio[ray]\"`. Either "
                                      "way every value goes to the same pair store.")
-    engine = ui.advanced_settings("kernel")
+
+if kind != "random":  # the engine settings the widgets above leave out, built from the spec
+    engine = ui.advanced_settings("kernel", groups=("kernel", "utility") if kind == "utility"
+                                  else ("kernel",))
 
 run_pool, run_target, run_existing = state.kernel_inputs(stage, kind, int(limit))
 est = estimate_work(run_pool, target=run_target, existing=run_existing,
@@ -162,7 +165,7 @@ config = {"kind": kind, "stage": stage, "objective": plan.method_objective(kind,
           "neighbours": neighbours, "dtype": dtype,
           "backend": backend if kind == "utility" else "local",
           "target_direction": target_direction if kind == "utility" else None,
-          "engine": engine if kind == "utility" else {}}
+          "engine": engine}
 job = state.current_job()
 running = job is not None and job.running
 same_as_current = s["kernels"] is not None and s["kernel_config"] == config

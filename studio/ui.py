@@ -240,12 +240,14 @@ ADVANCED_GROUPS = {"kernel": ("kernel", "utility"), "select": ("selection",)}
 """Which setting groups each page's "Advanced settings" shows (those marked ``advanced``)."""
 
 
-def advanced_settings(page: str) -> dict[str, Any]:
-    """Every ``advanced`` setting of a page's groups in one expander, built from the spec; their
-    values by setting name (what the page passes on to the engine)."""
+def advanced_settings(page: str, groups: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Every ``advanced`` setting of a page's groups (or of ``groups``, a part of them) in one
+    expander, built from the spec; their values by setting name (what the page passes on to the
+    engine)."""
     from delift_core import settings as spec
 
-    found = [s for s in spec.in_group(*ADVANCED_GROUPS[page]) if s.widget == "advanced"]
+    groups = tuple(g for g in ADVANCED_GROUPS[page] if groups is None or g in groups)
+    found = [s for s in spec.in_group(*groups) if s.widget == "advanced"]
     with st.expander("Advanced settings"):
         st.caption("Defaults and ranges come from the engine's settings; the CLI takes the same "
                    "settings as options (`delift " + ("select" if page == "select" else "kernel")
