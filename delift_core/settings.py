@@ -174,6 +174,9 @@ _SETTINGS: list[Setting] = [
     _s("workers", "kernel", int, None, "with --backend ray: worker actors of one thread each "
        "(default: one per CPU of the cluster)", label="Ray workers", low=1, optional=True,
        records=False, metavar="N", widget="advanced"),
+    _s("embed_batch_size", "kernel", int, 64, "texts per batch of the sentence embedder (speed "
+       "and memory only, never values)", label="Embedding batch size", low=1, high=4096,
+       records=False, widget="advanced"),
     _s("use_cache", "kernel", bool, True, "read and write the pair store and the embedding cache",
        label="Use the cache", cli=None, cli_off="--no-cache", records=False,
        no_widget="the studio always reuses the content-keyed caches"),

@@ -142,8 +142,9 @@ class _Builder:
 
     def __init__(self, kind: str, lm: Any, embedder: Any, settings: UtilitySettings | None,
                  progress: StageProgress | None, cancel: threading.Event | None, use_cache: bool,
-                 sparse: SparseSpec | None) -> None:
+                 sparse: SparseSpec | None, embed_batch_size: int) -> None:
         self.kind, self.lm, self.embedder, self.settings = kind, lm, embedder, settings
+        self.embed_batch_size = embed_batch_size
         self.progress, self.cancel, self.use_cache, self.sparse = progress, cancel, use_cache, sparse
         self._emb: dict[int, np.ndarray] = {}
         self._engine: UtilityKernel | None = None
@@ -162,6 +163,7 @@ class _Builder:
                 self.embedder = load_embedder()
             stats = EmbedStats()
             self._emb[id(ds)] = embed_rows(self.embedder, ds, use_cache=self.use_cache,
+                                           batch_size=self.embed_batch_size,
                                            progress=self._stage(f"embedding {role}"),
                                            stats=stats)
             self.embed_stats[role] = stats.as_dict()
@@ -255,7 +257,8 @@ def compute_kernels(pool: Dataset, *, target: Dataset | None = None,
                     max_dense_bytes: int | None = None,
                     target_direction: str = spec.default("target_direction"),
                     backend: str = spec.default("backend"), ray_address: str | None = None,
-                    workers: int | None = None) -> Kernels:
+                    workers: int | None = None,
+                    embed_batch_size: int = spec.default("embed_batch_size")) -> Kernels:
     """Compute the pool kernel and, when given, the target and existing kernels.
 
     Dense kernels larger than ``max_dense_bytes`` (default :data:`MAX_DENSE_BYTES`) are refused
@@ -279,6 +282,7 @@ def compute_kernels(pool: Dataset, *, target: Dataset | None = None,
     target_direction = spec.check("target_direction", target_direction)
     backend = spec.check("backend", backend)
     workers = spec.check("workers", workers)
+    embed_batch_size = spec.check("embed_batch_size", embed_batch_size)
     spec.check_together({"backend": backend, "ray_address": ray_address, "workers": workers})
     if settings is not None:
         settings.validate()
@@ -293,7 +297,8 @@ def compute_kernels(pool: Dataset, *, target: Dataset | None = None,
                             **{f"{r}_hashes": row_hashes(ds) for r, ds in sets.items()
                                if ds is not None},
                             "row_hash": ROW_HASH}
-    builder = _Builder(kind, lm, embedder, settings, progress, cancel, use_cache, sparse or None)
+    builder = _Builder(kind, lm, embedder, settings, progress, cancel, use_cache, sparse or None,
+                       embed_batch_size)
     if backend == "ray" and kind == "utility":
         from delift_core.kernels.ray_backend import ensure_ray
 
