@@ -191,3 +191,21 @@ def test_each_default_lives_in_the_spec_only():
         text = p.read_text()
         for pat in patterns:
             assert not re.search(pat, text), f"{p.relative_to(ROOT)}: {pat}"
+
+
+def test_a_setting_added_to_the_spec_reaches_the_engine_from_the_cli(tmp_path, monkeypatch,
+                                                                      capsys):
+    """embed_batch_size was added as a spec entry plus its use in the builder only: the CLI
+    option, the check and the plumbing came from the spec."""
+    import delift_core.kernels.builder as builder
+
+    seen = []
+    real = builder.embed_rows
+    monkeypatch.setattr(builder, "embed_rows",
+                        lambda *a, **k: seen.append(k["batch_size"]) or real(*a, **k))
+    assert main(["kernel", "--pool", "demo:pool", "--kernel", "embedding", "--embed-batch-size",
+                 "7", "--out", str(tmp_path / "k")]) == 0
+    assert seen == [7]
+    assert main(["kernel", "--pool", "demo:pool", "--kernel", "embedding", "--embed-batch-size",
+                 "0", "--out", str(tmp_path / "k2")]) == 2
+    assert "embed_batch_size (--embed-batch-size): must be at least 1" in capsys.readouterr().err
