@@ -196,3 +196,74 @@ def test_audit_cli_errors_are_plain(tmp_path, capsys) -> None:
                "--out", str(tmp_path / "a")])
     assert rc == 2
     assert "duplicate_min_cosine" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------
+# Pinned on the demo pool: the values, ids and layout the audit gave before its findings became a
+# registry and its pipeline a core function (they must not move).
+
+
+def demo_utility_kernels(ds: Dataset) -> Kernels:
+    """A seeded synthetic utility kernel on the demo pool: a few columns hurt, a few rows are
+    helped by no one, diagonals of every size; plain distances uniform in [0, 1]."""
+    n = len(ds)
+    rng = np.random.default_rng(0)
+    u = (rng.normal(0.0, 0.03, (n, n)) + rng.normal(0.005, 0.01, n)[None, :]
+         + np.where(rng.random(n) < 0.05, -0.2, 0)[:, None]).astype(np.float32)
+    u[np.arange(n), np.arange(n)] = rng.uniform(0, 0.6, n)
+    d_plain = rng.uniform(0, 1, n).tolist()
+    return Kernels("utility", pool=u, meta={"kind": "utility", "pool_ids": ds.ids,
+                                            "pool_hashes": row_hashes(ds),
+                                            "pool": {"d_plain": d_plain}})
+
+
+DEMO_CSV_HEADER = ("id,prompt,response,d_plain,mean_utility_to_others,scored_against,"
+                   "max_utility_received,self_utility,duplicate_group,cluster,cover_value,"
+                   "covered_by,selected,flags")
+
+
+def test_demo_utility_audit_is_pinned() -> None:
+    ds = load_dataset("demo:pool")
+    k = demo_utility_kernels(ds)
+    sel = select(ds, "fl", k, "0.3")
+    a = audit(ds, k, selection=sel)
+    counts = {key: f.count for key, f in a.findings.items()}
+    assert counts == {"already_known": 54, "hurts_others": 182, "helped_by_no_one": 14,
+                      "copies_itself": 169, "near_duplicates": 0, "coverage": 24}
+    f = a.findings
+    assert f["already_known"].ids[:3] == ["pool-0001", "pool-0077", "pool-0002"]
+    assert f["hurts_others"].ids[:3] == ["pool-0095", "pool-0100", "pool-0171"]
+    assert f["helped_by_no_one"].ids[:3] == ["pool-0132", "pool-0204", "pool-0054"]
+    assert f["copies_itself"].ids[:3] == ["pool-0181", "pool-0218", "pool-0022"]
+    assert f["coverage"].ids[:3] == ["pool-0177", "pool-0020", "pool-0171"]
+    assert not f["near_duplicates"].available
+    assert a.to_csv().splitlines()[0] == DEMO_CSV_HEADER
+    assert a.lines()[3] == ("Copies itself: 169 rows (U(i, i) >= 0.1 and |mean utility to others| "
+                            "<= 0.05 x U(i, i))")
+    s = a.summary()
+    assert list(s) == ["version", "rows", "settings", "kernel", "sparse", "duplicates_from",
+                       "selection", "clusters", "findings"]
+    assert s["selection"] == {"objective": "fl", "budget": 72}
+    assert list(s["findings"]["coverage"]) == ["key", "title", "meaning", "needs", "available",
+                                               "count", "rule", "reason", "first_ids"]
+
+
+def test_demo_embedding_cli_audit_is_pinned(tmp_path, capsys) -> None:
+    out = tmp_path / "audit"
+    assert main(["audit", "--pool", "demo:pool", "--kernel", "embedding", "--out", str(out),
+                 "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["clusters"] == 8 and summary["selection"] == {"objective": "fl", "budget": 72}
+    js = json.loads((out / "audit.json").read_text())
+    dup, cov = js["findings"]["near_duplicates"], js["findings"]["coverage"]
+    assert dup["count"] == 52 and len(dup["groups"]) == 26
+    assert dup["groups"][:2] == [
+        {"group": 0, "ids": ["pool-0001", "pool-0042"], "kept": [], "max_cosine": 0.9659},
+        {"group": 1, "ids": ["pool-0005", "pool-0077"], "kept": ["pool-0005"],
+         "max_cosine": 0.9716}]
+    assert cov["count"] == 24 and cov["ids"][:3] == ["pool-0026", "pool-0188", "pool-0051"]
+    assert len(cov["groups"]) == 8 and sum(g["worst_covered"] for g in cov["groups"]) == 24
+    assert js["settings"] == {"known_max_distance": 0.25, "hurts_max_mean": 0.0,
+                              "helped_max": 0.0, "copy_min_self": 0.1, "copy_max_ratio": 0.05,
+                              "duplicate_min_cosine": 0.95, "coverage_fraction": 0.1}
+    assert (out / "audit.csv").read_text().splitlines()[0] == DEMO_CSV_HEADER
