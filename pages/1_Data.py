@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from delift_core.data.formats import EXTENSIONS, FORMATS, SUFFIXES
 from delift_core.errors import DataError, DeliftError
 from delift_core.data.dataset import Dataset
 from studio import state, ui
@@ -77,8 +78,8 @@ def loader(role: str) -> None:
         if st.button(f"Use demo:{role}", key=f"demo_{role}"):
             try_load(role, state.load_demo, role)
     elif src == "upload":
-        up = st.file_uploader("JSONL, JSON, CSV or Parquet",
-                              type=["jsonl", "ndjson", "json", "csv", "parquet", "pq"],
+        up = st.file_uploader(" ".join(FORMATS).upper(),
+                              type=[ext.lstrip(".") for ext in EXTENSIONS],
                               key=f"upload_{role}")
         columns = None
         if up is not None:
@@ -94,7 +95,7 @@ def loader(role: str) -> None:
             mapping = mapping_widgets(role, columns)
             try_load(role, state.load_bytes, data, up.name, mapping)
     elif src == "path":
-        path = st.text_input("Path of a file (.jsonl .json .csv .parquet) or a saved dataset "
+        path = st.text_input(f"Path of a file ({SUFFIXES}) or a saved dataset "
                              "folder", key=f"p_path_{role}")
         columns = None
         if path.strip():

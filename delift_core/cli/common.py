@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from delift_core import settings as spec
+from delift_core.data.formats import SUFFIXES
 from delift_core.data.layouts import ColumnMapping
 from delift_core.data.dataset import Dataset, load_dataset
 from delift_core.errors import DeliftError
@@ -42,7 +43,7 @@ class _Bars:
 
 def _add_data_args(p: argparse.ArgumentParser, with_target: bool = True) -> None:
     p.add_argument("--pool", required=True,
-                   help="pool file (.jsonl .json .csv .parquet), save_to_disk folder, hub id, or "
+                   help=f"pool file ({SUFFIXES}), save_to_disk folder, hub id, or "
                         "demo:pool")
     if with_target:
         g = p.add_mutually_exclusive_group()

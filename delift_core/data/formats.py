@@ -14,11 +14,7 @@ from typing import Callable
 
 from delift_core.errors import DataError
 
-__all__ = ["EXTENSIONS", "FORMATS", "detect_format", "read_records"]
-
-FORMATS = ("jsonl", "json", "csv", "parquet")
-EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv",
-              ".parquet": "parquet", ".pq": "parquet"}
+__all__ = ["EXTENSIONS", "FORMATS", "SUFFIXES", "detect_format", "read_records"]
 
 #: Records read from a file, and a human location ("line 3") for each.
 Records = tuple[list[dict], list[str]]
@@ -118,8 +114,16 @@ def _read_parquet(data: bytes, name: str) -> Records:
     return records, [f"row {k + 1}" for k in range(len(records))]
 
 
-_READERS: dict[str, Callable[[bytes, str], Records]] = {
-    "jsonl": _read_jsonl, "json": _read_json, "csv": _read_csv, "parquet": _read_parquet}
+_READERS: dict[str, tuple[Callable[[bytes, str], Records], tuple[str, ...]]] = {
+    "jsonl": (_read_jsonl, (".jsonl", ".ndjson")), "json": (_read_json, (".json",)),
+    "csv": (_read_csv, (".csv",)), "parquet": (_read_parquet, (".parquet", ".pq"))}
+"""Every input format: its reader and the file extensions it is read from (the one place a new
+format goes; the names, extensions, messages, the studio's uploader and the CLI help follow)."""
+
+FORMATS = tuple(_READERS)
+EXTENSIONS = {ext: fmt for fmt, (_, exts) in _READERS.items() for ext in exts}
+SUFFIXES = " ".join(exts[0] for _, exts in _READERS.values())
+"""The main extension of each format, for help texts: '.jsonl .json .csv .parquet'."""
 
 
 def detect_format(filename: str) -> str:
@@ -127,7 +131,7 @@ def detect_format(filename: str) -> str:
     suffix = Path(filename).suffix.lower()
     if suffix not in EXTENSIONS:
         raise DataError(f"{filename}: unknown file type '{suffix or '(none)'}'; use one of "
-                        ".jsonl, .json, .csv, .parquet, a datasets.save_to_disk folder or a "
+                        f"{', '.join(SUFFIXES.split())}, a datasets.save_to_disk folder or a "
                         "Hugging Face dataset id")
     return EXTENSIONS[suffix]
 
@@ -137,4 +141,4 @@ def read_records(data: bytes, filename: str, fmt: str | None = None) -> Records:
     fmt = fmt or detect_format(filename)
     if fmt not in _READERS:
         raise DataError(f"{filename}: unknown format '{fmt}'; use one of {', '.join(FORMATS)}")
-    return _READERS[fmt](data, filename)
+    return _READERS[fmt][0](data, filename)
