@@ -6,8 +6,9 @@ from dataclasses import asdict
 
 import streamlit as st
 
-from delift_core.outputs.audit import FINDINGS, AuditSettings, audit
 from delift_core.errors import DeliftError, MissingDependencyError
+from delift_core.outputs.audit import DEFAULT_CLUSTERS, audit_pool, audit_settings
+from delift_core.outputs.audit_findings import FINDINGS
 from studio import decisions as bulk
 from studio import state, ui
 
@@ -24,54 +25,46 @@ st.write("What the kernel says about each row, beyond the selection: rows the mo
          "embeddings. Ban or pin the rows of a finding in one click: the selection re-runs with "
          "them on every page, and the Review page can undo it.")
 
-defaults = AuditSettings()
+# one slider per threshold of the findings registry, the findings spread over three columns
 with st.expander("Thresholds", expanded=False):
-    c1, c2, c3 = st.columns(3)
-    known = c1.slider("Already known: plain distance at most", 0.0, 1.0,
-                      defaults.known_max_distance, 0.01, key="p_audit_known")
-    hurts = c1.slider("Hurts others: mean utility to others at most", -0.2, 0.2,
-                      defaults.hurts_max_mean, 0.005, key="p_audit_hurts")
-    helped = c2.slider("Helped by no one: best utility received at most", -0.2, 0.2,
-                       defaults.helped_max, 0.005, key="p_audit_helped")
-    copy_self = c2.slider("Copies itself: self-utility at least", 0.0, 1.0,
-                          defaults.copy_min_self, 0.01, key="p_audit_copy_self")
-    copy_ratio = c2.slider("Copies itself: |mean to others| at most this × self", 0.0, 1.0,
-                           defaults.copy_max_ratio, 0.01, key="p_audit_copy_ratio")
-    dup = c3.slider("Near-duplicates: cosine at least", 0.80, 1.0,
-                    defaults.duplicate_min_cosine, 0.005, key="p_audit_dup")
-    frac = c3.slider("Covered worst: lowest fraction of rows", 0.01, 0.5,
-                     defaults.coverage_fraction, 0.01, key="p_audit_frac")
-    k = c3.number_input("Clusters (k-means)", 2, 30, 8, key="p_audit_k")
-settings = AuditSettings(known, hurts, helped, copy_self, copy_ratio, dup, frac)
+    cols = st.columns(3)
+    values = {}
+    for pos, finding in enumerate(FINDINGS.values()):
+        col = cols[pos * len(cols) // len(FINDINGS)]
+        for t in finding.thresholds:
+            low, high = t.slider_range
+            values[t.name] = col.slider(t.label, low, high, t.default, t.step, help=t.help,
+                                        key=f"p_audit_{t.name}")
+    k = cols[-1].number_input("Clusters (k-means)", 2, 30, DEFAULT_CLUSTERS, key="p_audit_k")
+settings = audit_settings(values)
 
-emb = labels = None
-note = None
+emb = None
 try:
     with st.spinner("Embedding the pool for near-duplicates and clusters ..."):
         emb = state.embeddings(pool)
-        labels = state.clusters(emb, int(k))
 except MissingDependencyError as e:
-    note = str(e)
+    st.warning(str(e))
 except DeliftError as e:
-    note = f"no sentence embeddings: {e}"
-if note:
-    st.warning(note)
+    st.warning(f"no sentence embeddings: {e}")
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def run_audit(key: tuple, _pool, _kernels, _sel, _emb, _labels, settings: dict):
-    """The audit, cached per kernels, selection and thresholds."""
-    return audit(_pool, _kernels, selection=_sel, embeddings=_emb, clusters=_labels,
-                 settings=AuditSettings(**settings))
+def run_audit(key: tuple, _pool, _kernels, _sel, _emb, clusters: int, settings: dict):
+    """The audit pipeline on the current selection, cached per kernels, selection, clusters and
+    thresholds."""
+    return audit_pool(_pool, _kernels, selection=_sel, embeddings=_emb, clusters=clusters,
+                      settings=audit_settings(settings))
 
 
-key = (s["kernels_version"], s["_sid"], tuple(sel.selected_ids), int(k),
-       emb is not None, labels is not None)
+key = (s["kernels_version"], s["_sid"], tuple(sel.selected_ids), emb is not None)
 try:
-    result = run_audit(key, pool, kernels, sel, emb, labels, asdict(settings))
+    with st.spinner("Auditing ..."):
+        result = run_audit(key, pool, kernels, sel, emb, int(k), asdict(settings))
 except DeliftError as e:
     st.error(str(e))
     st.stop()
+for note in result.notes:
+    st.warning(note)
 
 decisions = s["decisions"]
 st.caption(f"{len(pool)} rows audited · kernel: {result.meta['kernel']}"
@@ -82,13 +75,6 @@ st.caption(f"{len(pool)} rows audited · kernel: {result.meta['kernel']}"
 counts = st.columns(len(FINDINGS))
 for col, f in zip(counts, result.findings.values()):
     col.metric(f.title, f.count if f.available else "n/a")
-
-COLUMNS = {"already_known": ["d_plain"],
-           "hurts_others": ["mean_utility_to_others", "scored_against"],
-           "helped_by_no_one": ["max_utility_received"],
-           "copies_itself": ["self_utility", "mean_utility_to_others"],
-           "near_duplicates": ["duplicate_group"],
-           "coverage": ["cover_value", "covered_by", "cluster"]}
 
 tabs = st.tabs([f.title for f in result.findings.values()])
 for tab, (fkey, f) in zip(tabs, result.findings.items()):
@@ -102,7 +88,8 @@ for tab, (fkey, f) in zip(tabs, result.findings.items()):
             st.success("No row meets the rule with these thresholds.")
             continue
         rows = result.finding_rows(fkey)
-        table = rows[["id", *COLUMNS[fkey], "selected", "prompt", "response"]].copy()
+        table = rows[["id", *FINDINGS[fkey].table_columns, "selected", "prompt",
+                      "response"]].copy()
         table["pinned"] = table["id"].isin(set(decisions.pinned))
         table["banned"] = table["id"].isin(set(decisions.banned))
         st.dataframe(table, hide_index=True, width="stretch", height=300,

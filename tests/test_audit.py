@@ -1,11 +1,15 @@
 """The audit: hand-built kernels with known values and a fixture of deliberately bad rows (a wrong
 answer, a duplicate, a garbled response) must be flagged by the right findings; sparse kernels give
 the same answers over their stored pairs; findings an embedding kernel cannot make say so; the
-CLI writes audit.json and audit.csv with the thresholds."""
+CLI writes audit.json and audit.csv with the thresholds; the findings registry declares every
+finding and threshold (AuditSettings and the CLI's options come from it); the pipeline function
+gives what the CLI's steps gave; the demo pool's values are pinned."""
 
 from __future__ import annotations
 
 import json
+import pickle
+from dataclasses import asdict, fields
 
 import numpy as np
 import pytest
@@ -13,8 +17,12 @@ import scipy.sparse as sp
 
 from delift_core.data.dataset import load_dataset
 from delift_core.selection.select import select
-from delift_core.outputs.audit import FINDINGS, AuditError, AuditSettings, audit
-from delift_core.cli import main
+from delift_core.outputs import audit_findings
+from delift_core.outputs.audit import (DEFAULT_CLUSTERS, AuditError, AuditSettings, audit,
+                                       audit_json_text, audit_pool, audit_settings)
+from delift_core.outputs.audit_findings import (FINDINGS, KERNEL_NEEDS, AuditInputs,
+                                                FindingSpec, Outcome, finding, thresholds)
+from delift_core.cli import build_parser, main
 from delift_core.data.dataset import Dataset
 from delift_core.kernels.builder import Kernels, row_hashes
 
@@ -176,6 +184,7 @@ def test_audit_cli_writes_json_and_csv(tmp_path, capsys) -> None:
     assert rc == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["findings"]["hurts_others"]["count"] == 2
+    assert summary["files"] == {"csv": str(out / "audit.csv"), "json": str(out / "audit.json")}
     js = json.loads((out / "audit.json").read_text())
     assert js["findings"]["copies_itself"]["ids"] == ["garbled"]
     assert js["findings"]["coverage"]["available"]  # fl at the default budget on the kernel
@@ -267,3 +276,137 @@ def test_demo_embedding_cli_audit_is_pinned(tmp_path, capsys) -> None:
                               "helped_max": 0.0, "copy_min_self": 0.1, "copy_max_ratio": 0.05,
                               "duplicate_min_cosine": 0.95, "coverage_fraction": 0.1}
     assert (out / "audit.csv").read_text().splitlines()[0] == DEMO_CSV_HEADER
+
+
+# ----------------------------------------------------------------------------------------------
+# The findings registry
+
+
+OLD_FLAGS = {"known-distance": "known_max_distance", "hurts-mean": "hurts_max_mean",
+             "helped-max": "helped_max", "copy-self": "copy_min_self",
+             "copy-ratio": "copy_max_ratio", "dup-cosine": "duplicate_min_cosine",
+             "coverage-fraction": "coverage_fraction"}
+
+
+def test_registry_declares_every_finding_and_threshold() -> None:
+    assert list(FINDINGS) == ["already_known", "hurts_others", "helped_by_no_one",
+                              "copies_itself", "near_duplicates", "coverage"]
+    for spec in FINDINGS.values():
+        assert spec.run is not None and spec.kernel in KERNEL_NEEDS
+        assert spec.label and spec.meaning and spec.needs and spec.columns
+        assert set(spec.table_columns) <= {c for s in FINDINGS.values() for c in s.columns}
+    for t in thresholds():
+        low, high = t.slider_range
+        assert t.low <= low <= t.default <= high <= t.high, t.name
+        assert 0 < t.step <= high - low and t.label and t.help, t.name
+        assert t.check(t.default) is None and "--" + t.flag in t.check(t.high + 1)
+    # AuditSettings is made from the registry: one field per threshold, in order, its default
+    assert [(f.name, f.default) for f in fields(AuditSettings)] == [
+        (t.name, t.default) for t in thresholds()]
+    assert {t.flag: t.name for t in thresholds()} == OLD_FLAGS
+    # the settings travel through Streamlit's cache (pickle) and compare by value
+    s = audit_settings({"helped_max": -0.05, "coverage_fraction": None})
+    assert pickle.loads(pickle.dumps(s)) == s == AuditSettings(helped_max=-0.05)
+    with pytest.raises(AuditError, match="unknown audit threshold nope"):
+        audit_settings({"nope": 1.0})
+    with pytest.raises(AuditError, match=r"copy_max_ratio=1.5 \(--copy-ratio\) must be a number "
+                                         r"in \[0, 1\]"):
+        audit_settings({"copy_max_ratio": 1.5})
+
+
+def test_each_finding_says_what_it_needs_when_nothing_is_given() -> None:
+    ds = fixture_pool()
+    a = audit(ds, None)
+    inputs = AuditInputs(ds, None, None, None, None, AuditSettings())
+    for key, spec in FINDINGS.items():
+        assert not a.findings[key].available
+        assert a.findings[key].reason == inputs.missing(spec.kernel), key
+        assert a.findings[key].title == spec.label and a.findings[key].needs == spec.needs
+
+
+def test_cli_threshold_options_come_from_the_registry() -> None:
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices["audit"]
+    opts = {o: a for a in sub._actions for o in a.option_strings}
+    for spec in FINDINGS.values():
+        for t in spec.thresholds:
+            action = opts[f"--{t.flag}"]  # the flag names users scripted stay
+            assert action.dest == f"audit_{t.name}" and action.default is None
+            text = action.help.replace("%%", "%")
+            assert text.startswith(f"{spec.label}: {t.help}")
+            assert f"default {t.default:g}" in text and t.name in text
+    args = sub.parse_args(["--pool", "x", "--out", "y", "--dup-cosine", "0.9", "--copy-ratio",
+                           "0.1"])
+    given = {t.name: getattr(args, f"audit_{t.name}") for t in thresholds()}
+    assert audit_settings(given) == AuditSettings(duplicate_min_cosine=0.9, copy_max_ratio=0.1)
+
+
+def test_a_new_finding_is_one_registered_function() -> None:
+    @finding(FindingSpec(name="long_answer", label="Long answers", meaning="Long responses.",
+                         needs="the pool", kernel="selection", columns=("answer_chars",)))
+    def long_answer(inputs: AuditInputs) -> Outcome:
+        chars = np.array([len(r) for r in inputs.pool.responses])
+        return Outcome(True, {"answer_chars": chars},
+                       [i for i, c in zip(inputs.pool.ids, chars) if c > 30], rule="> 30 chars")
+
+    try:
+        a = audit(fixture_pool(), None)
+        assert list(a.findings)[-1] == "long_answer"
+        assert a.findings["long_answer"].ids == ["odd"]
+        assert "answer_chars" in a.to_csv().splitlines()[0]
+        assert a.to_json()["findings"]["long_answer"]["rule"] == "> 30 chars"
+        assert a.lines()[-1] == "Long answers: 1 rows (> 30 chars)"
+    finally:
+        audit_findings.FINDINGS.pop("long_answer")
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        FindingSpec(name="x", label="x", meaning="x", needs="x", kernel="gpu", columns=("x",))
+
+
+# ----------------------------------------------------------------------------------------------
+# The pipeline in the core
+
+
+def test_audit_pool_gives_the_audit_of_the_cli_steps_on_the_demo_pool() -> None:
+    """The steps ``delift audit --kernel embedding`` used to run inline (FL at 0.3, the pool's
+    sentence embeddings, 8 k-means clusters, audit) and audit_pool give the same audit."""
+    from delift_core.kernels.embedding import embed_rows, embedding_kernel
+    from delift_core.lm.models import load_embedder
+    from delift_core.outputs.maps import cluster_labels
+
+    ds = load_dataset("demo:pool")
+    embedder = load_embedder(None)
+    emb = embed_rows(embedder, ds)
+    k = Kernels("embedding", pool=embedding_kernel(emb, emb))
+    old = audit(ds, k, selection=select(ds, "fl", k, "0.3"), embeddings=emb,
+                clusters=cluster_labels(emb, 8))
+    new = audit_pool(ds, k, budget="0.3", embedder=embedder, clusters=DEFAULT_CLUSTERS)
+    assert audit_json_text(new) == audit_json_text(old)
+    assert new.to_csv() == old.to_csv() and new.lines() == old.lines() and not new.notes
+    assert new.findings["near_duplicates"].count == 52 and new.meta["clusters"] == 8
+    # given embeddings (the studio's cached ones) and a selection: the same again
+    again = audit_pool(ds, k, selection=select(ds, "fl", k, 72), embeddings=emb)
+    assert audit_json_text(again) == audit_json_text(old)
+    # no budget, no embedder: no selection, no clusters; only the kernel's own findings
+    bare = audit_pool(ds, k, budget=None)
+    assert not bare.findings["coverage"].available and bare.meta["clusters"] is None
+    assert bare.findings["near_duplicates"].count == 52  # from the embedding kernel's pairs
+    with pytest.raises(AuditError, match="dup-cosine"):
+        audit_pool(ds, k, settings=AuditSettings(duplicate_min_cosine=2.0))
+
+
+def test_audit_pool_notes_a_missing_clustering_package(monkeypatch) -> None:
+    from delift_core.errors import MissingDependencyError
+    from delift_core.outputs import maps
+
+    def no_sklearn(*a, **kw):
+        raise MissingDependencyError("k-means clustering needs scikit-learn")
+
+    monkeypatch.setattr(maps, "cluster_labels", no_sklearn)
+    ds = fixture_pool()
+    e = embeddings()
+    k = Kernels("embedding", pool=((e @ e.T + 1) / 2).astype(np.float32))
+    a = audit_pool(ds, k, budget=2, embeddings=e)
+    assert a.notes == ["coverage is not grouped by cluster: k-means clustering needs "
+                       "scikit-learn"]
+    assert a.findings["coverage"].available and not a.findings["coverage"].groups
+    assert a.meta["clusters"] is None and "notes" not in a.to_json()
+    assert asdict(a.settings) == asdict(AuditSettings())

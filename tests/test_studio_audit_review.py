@@ -1,11 +1,13 @@
-"""The Audit page (findings on the demo kernel, one-click ban / pin into the decisions, undo) and
-bulk review on the Review page (filter, pin or ban every row shown in one undoable step, a running
-count of changes), driven with Streamlit's AppTest on the embedding kernel."""
+"""The Audit page (findings on the demo kernel, one-click ban / pin into the decisions, undo, its
+threshold sliders built from the findings registry) and bulk review on the Review page (filter,
+pin or ban every row shown in one undoable step, a running count of changes), driven with
+Streamlit's AppTest on the embedding kernel."""
 
 from __future__ import annotations
 
 import json
 
+from delift_core.outputs.audit_findings import FINDINGS, thresholds
 from delift_core.outputs.review import Decisions
 from delift_core.data.dataset import load_dataset
 from delift_core.cli import main
@@ -36,6 +38,25 @@ def test_audit_page_shows_each_finding_and_bans_duplicates_in_one_click() -> Non
     assert at.session_state["decisions"].banned == []
     at.button(key="audit_pin_coverage").click().run()
     assert len(at.session_state["decisions"].pinned) == 24
+
+
+def test_audit_page_sliders_come_from_the_findings_registry() -> None:
+    at = ready()
+    goto(at, "8_Audit")
+    for t in thresholds():
+        slider = at.slider(key=f"p_audit_{t.name}")
+        assert (slider.label, slider.value, slider.step) == (t.label, t.default, t.step), t.name
+        assert (slider.min, slider.max) == t.slider_range and slider.help == t.help, t.name
+    assert len(at.slider) == len(thresholds())
+    assert [t.label for t in at.tabs] == [f.label for f in FINDINGS.values()]
+    before = int({m.label: m.value for m in at.metric}["Near-duplicates"])
+    at.slider(key="p_audit_duplicate_min_cosine").set_value(0.99).run()
+    assert not at.exception
+    after = int({m.label: m.value for m in at.metric}["Near-duplicates"])
+    assert after < before
+    assert any("cosine >= 0.99" in c.value for c in at.caption)
+    at.slider(key="p_audit_coverage_fraction").set_value(0.2).run()
+    assert int({m.label: m.value for m in at.metric}["Covered worst"]) == 48
 
 
 def test_review_bulk_pin_count_undo_and_round_trip(tmp_path) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+from pathlib import Path
 
 from delift_core import settings as spec
 from delift_core.cli.common import (_add_data_args, _add_kernel_args, _add_out_args, _compute,
@@ -12,14 +14,14 @@ from delift_core.cli.options import Command, emit_summary
 from delift_core.errors import DeliftError
 from delift_core.kernels.files import load_kernels
 from delift_core.outputs.outdir import check_output, output_folder
-from delift_core.selection.select import select
 
 logger = logging.getLogger(__name__)
 
 
 def _audit_arguments(p: argparse.ArgumentParser) -> None:
-    """The ``audit`` command's arguments (see :mod:`delift_core.outputs.audit`)."""
-    from delift_core.outputs.audit import AuditSettings
+    """The ``audit`` command's arguments (see :mod:`delift_core.outputs.audit`); the threshold
+    options come from the findings registry (:mod:`delift_core.outputs.audit_findings`)."""
+    from delift_core.outputs.audit import DEFAULT_CLUSTERS
 
     _add_data_args(p, with_target=False)
     p.add_argument("--kernel", default="embedding",
@@ -29,37 +31,37 @@ def _audit_arguments(p: argparse.ArgumentParser) -> None:
                    help="a `delift select` folder whose selection the coverage finding judges "
                         "(default: facility location at --budget on the kernel)")
     p.add_argument("--budget", default="0.3", help="without --selection: the FL budget (0.3)")
-    p.add_argument("--clusters", type=int, default=8, help="k-means clusters for coverage (8)")
+    p.add_argument("--clusters", type=int, default=DEFAULT_CLUSTERS,
+                   help=f"k-means clusters for coverage ({DEFAULT_CLUSTERS})")
     p.add_argument("--no-embeddings", action="store_true",
                    help="load no sentence embedder: no near-duplicates or clusters unless the "
                         "kernel is an embedding kernel")
-    defaults = AuditSettings()
-    for flag, name in _AUDIT_FLAGS.items():
-        p.add_argument(f"--{flag}", type=float, default=None, dest=f"audit_{name}",
-                       help=f"{name} (default {getattr(defaults, name):g})")
+    _add_threshold_args(p)
     _add_kernel_args(p)
     _add_out_args(p)
 
 
-_AUDIT_FLAGS = {"known-distance": "known_max_distance", "hurts-mean": "hurts_max_mean",
-                "helped-max": "helped_max", "copy-self": "copy_min_self",
-                "copy-ratio": "copy_max_ratio", "dup-cosine": "duplicate_min_cosine",
-                "coverage-fraction": "coverage_fraction"}
+def _add_threshold_args(p: argparse.ArgumentParser) -> None:
+    """One option per threshold of the findings registry, with its help, default and range."""
+    from delift_core.outputs.audit_findings import FINDINGS
+
+    group = p.add_argument_group("finding thresholds",
+                                 "the rules of the findings (each written into audit.json)")
+    for finding in FINDINGS.values():
+        for t in finding.thresholds:
+            text = (f"{finding.label}: {t.help} (default {t.default:g}; {t.name} in "
+                    f"[{t.low:g}, {t.high:g}])")
+            group.add_argument(f"--{t.flag}", type=float, default=None, metavar="X",
+                               dest=f"audit_{t.name}", help=text.replace("%", "%%"))
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
     """Audit a pool from its kernel and write audit.json and audit.csv into --out."""
-    import json
-    import logging
-    from pathlib import Path
-
-    from delift_core.outputs.audit import AuditSettings, audit, write_audit
+    from delift_core.outputs.audit import audit_pool, audit_settings, write_audit
+    from delift_core.outputs.audit_findings import thresholds
     from delift_core.outputs.report import read_select_folder
 
-    settings = AuditSettings(**{name: getattr(args, f"audit_{name}")
-                                for name in _AUDIT_FLAGS.values()
-                                if getattr(args, f"audit_{name}") is not None})
-    settings.validate()
+    settings = audit_settings({t.name: getattr(args, f"audit_{t.name}") for t in thresholds()})
     check_output(args.out, overwrite=args.overwrite)
     kinds = spec.choices("kernel")
     if args.kernel not in kinds and not Path(args.kernel).exists():
@@ -77,34 +79,18 @@ def cmd_audit(args: argparse.Namespace) -> int:
                            models={"embedder": embedder} if embedder else None)
     else:
         kernels = load_kernels(args.kernel, pool)
-    if args.selection:
-        selection = read_select_folder(args.selection, pool, kernels)
-    else:
-        selection = select(pool, "fl", kernels, args.budget)
-    emb = clusters = None
-    if embedder is not None and not args.no_embeddings:
-        from delift_core.kernels.embedding import embed_texts, sample_text
-
-        emb = embed_texts(embedder, [sample_text(p, r) for p, r in
-                                     zip(pool.prompts, pool.responses)],
-                          use_cache=args.use_cache)
-        from delift_core.errors import MissingDependencyError
-        from delift_core.outputs.maps import cluster_labels
-
-        try:
-            clusters = cluster_labels(emb, args.clusters)
-        except MissingDependencyError as e:
-            logging.getLogger(__name__).warning("coverage is not grouped by cluster: %s", e)
-    result = audit(pool, kernels, selection=selection, embeddings=emb, clusters=clusters,
-                   settings=settings)
+    selection = read_select_folder(args.selection, pool, kernels) if args.selection else None
+    result = audit_pool(pool, kernels, selection=selection, budget=args.budget,
+                        embedder=None if args.no_embeddings else embedder,
+                        clusters=args.clusters, use_cache=args.use_cache, settings=settings)
     with output_folder(args.out, command="audit", overwrite=args.overwrite) as tmp:
         paths = write_audit(result, tmp)
     for line in result.lines():
         print(line)
-    emit_summary(args, out=args.out, files={n: str(p) for n, p in sorted(paths.items())},
+    emit_summary(args, out=args.out,
+                 files={n: str(Path(args.out) / p.name) for n, p in sorted(paths.items())},
                  **json.loads(json.dumps(result.summary(), default=str)))
-    logging.getLogger(__name__).info("wrote %s to %s", ", ".join(
-        sorted(p.name for p in paths.values())), args.out)
+    logger.info("wrote %s to %s", ", ".join(sorted(p.name for p in paths.values())), args.out)
     return 0
 
 
