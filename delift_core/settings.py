@@ -156,6 +156,20 @@ _SETTINGS: list[Setting] = [
     _s("neighbour_seed", "kernel", int, 0, "sparse kernel: the seed of the random columns (its "
        "own: --seed never changes a kernel)", label="Seed of the random columns", low=0,
        widget="advanced"),
+    _s("learned", "kernel", bool, False, "learned utility kernel: score only --exact-passes (or "
+       "--exact-minutes) of model passes exactly, train a predictor on them, predict every other "
+       "pair (each row's --neighbours nearest plus random columns); its held-out fidelity is "
+       "measured and recorded every time", label="Learned kernel (the whole pool from a "
+       "sample of exact pairs)", widget="page"),
+    _s("exact_passes", "kernel", int, None, "learned kernel: exact model passes in all "
+       "(those the pair store already holds cost no time)", label="Exact passes", low=1,
+       optional=True, metavar="N", widget="page", suggested=3000),
+    _s("exact_minutes", "kernel", float, None, "learned kernel: minutes of exact passes instead "
+       "of a count (score what fits, then fit and predict)", label="Exact minutes", low=0.01,
+       optional=True, metavar="M", widget="advanced"),
+    _s("exact_per_row", "kernel", int, 12, "learned kernel: exact examples per anchor row (three "
+       "quarters among its neighbours, the rest random)", label="Exact examples per anchor row",
+       low=3, high=256, widget="advanced"),
     _s("target_direction", "kernel", str, "helps-target", "how a utility target kernel is valued "
        "(embedding kernels are symmetric)", label="Target kernel direction",
        choices={"helps-target": "UF(query q | pool item i): how much pool item i helps target q "
@@ -279,6 +293,14 @@ def check_together(values: Mapping[str, Any]) -> None:
                                                                or values.get("workers")):
         raise SettingError("--ray-address and --workers need --backend ray (ray_address and "
                            "workers are settings of the Ray backend)")
+    if values.get("learned") and values.get("kernel", default("kernel")) != "utility":
+        raise SettingError("--learned needs the utility kernel (--kernel utility): the "
+                           "embedding kernel is cheap already")
+    if not values.get("learned") and (values.get("exact_passes") is not None
+                                      or values.get("exact_minutes") is not None):
+        raise SettingError("--exact-passes and --exact-minutes need --learned")
+    if values.get("exact_passes") is not None and values.get("exact_minutes") is not None:
+        raise SettingError("give --exact-passes or --exact-minutes, not both")
 
 
 def add_cli_options(parser: argparse.ArgumentParser, *groups: str,

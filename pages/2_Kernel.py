@@ -65,13 +65,25 @@ if missing:
              f"{state.ROLE_LABELS[extra].lower()}: load one on the Data page (the demo has one).")
     ui.link("data", "Load it on the Data page")
 
-# first N rows: a short default for the utility kernel on CPU
 on_cpu = state.resolve_device().type == "cpu"
-limit_key = f"p_limit_{kind}_{len(pool)}"
-s.setdefault(limit_key, plan.default_limit(len(pool), kind, on_cpu))
+learned = False
+if kind == "utility":  # the whole pool, learned from a sample of exact pairs: the CPU default
+    s.setdefault("p_learned", plan.default_learned(len(pool), on_cpu))
+    learned = bool(ui.setting_widget(
+        "learned", help="Scores only a sample of pairs exactly with the model (a few rows "
+                        "spread over the pool, each with some neighbours and random rows), "
+                        "trains a small predictor on them and predicts every other pair. Exact "
+                        "values stay exact; the predictor's fidelity on exact pairs it never saw "
+                        "is measured and shown when the kernel is ready. Exact pairs go to the "
+                        "pair store, so a cancelled or later run reuses them."))
+
+# first N rows: a short default for the exact utility kernel on CPU
+limit_key = f"p_limit_{kind}{'_learned' if learned else ''}_{len(pool)}"
+s.setdefault(limit_key, len(pool) if learned else plan.default_limit(len(pool), kind, on_cpu))
 limit = st.number_input(f"Use the first N rows of the pool (of {len(pool)})", min_value=1,
                         max_value=len(pool), step=1, key=limit_key,
-                        help="The utility kernel scores every pair of rows; on a CPU keep N small.")
+                        help="The exact utility kernel scores every pair of rows; on a CPU keep "
+                             "N small, or use the learned kernel for the whole pool.")
 
 neighbours, dtype, backend, engine = None, None, "local", {}
 target_direction = None
@@ -107,14 +119,26 @@ if kind == "utility":
                                      "each; it needs `pip install \"delift-studio[ray]\"`. Either "
                                      "way every value goes to the same pair store.")
 
+exact_passes = None
+if learned:
+    s.setdefault("p_exact_passes", spec.get("exact_passes").suggested)
+    exact_passes = int(ui.setting_widget("exact_passes") or spec.get("exact_passes").suggested)
 if kind != "random":  # the engine settings the widgets above leave out, built from the spec
     engine = ui.advanced_settings("kernel", groups=("kernel", "utility") if kind == "utility"
                                   else ("kernel",))
+    if learned:
+        engine = {**engine, "learned": True, "exact_passes": exact_passes}
+        if engine.get("exact_minutes"):
+            engine["exact_passes"] = exact_passes = None  # the time budget, set in Advanced
+    else:
+        engine = {**engine, "exact_minutes": None}
 
 run_pool, run_target, run_existing = state.kernel_inputs(stage, kind, int(limit))
 est = estimate_work(run_pool, target=run_target, existing=run_existing,
                     kind=plan.engine_kind(kind), neighbours=neighbours,
-                    neighbour_random=engine.get("neighbour_random"))
+                    neighbour_random=engine.get("neighbour_random"),
+                    exact_passes=(exact_passes or spec.get("exact_passes").suggested)
+                    if learned else None)
 st.subheader("Estimate")
 m1, m2, m3 = st.columns(3)
 unit = "forward passes" if kind == "utility" else "texts to embed"
@@ -145,6 +169,11 @@ else:
                    "machine (its measured speed is reused).")
 st.caption(" · ".join(f"{label}: {u:,} {unit}, ~{t:,} tokens" for label, u, t in est.stages)
            + (" · cached results are reused, so the same inputs never compute twice." ))
+if est.full_units:
+    st.caption(f"Learned kernel: {est.units:,} weighted units of work, of which about "
+               f"{exact_passes or spec.get('exact_passes').suggested:,} exact model passes, "
+               f"instead of the {est.full_units:,} passes of the exact kernel of these rows "
+               "(training and prediction take seconds).")
 if kind == "utility":
     if stored:
         st.caption(f"{'Up to ' if neighbours else ''}{stored:,} of these {est.units:,} passes "
@@ -202,6 +231,7 @@ if s["kernels"] is not None:
             parts.append(f"{w} {a}×{b}" + (f" (sparse: {m.nnz:,} pairs scored, "
                                            f"{m.nnz / (a * b):.0%})" if hasattr(m, "nnz") else ""))
     st.caption("Kernels: " + ", ".join(parts))
+    ui.learned_fidelity(k)
     if not same_as_current:
         st.info("The settings above differ from the ones this kernel was computed with; compute "
                 "again to use them.")

@@ -15,6 +15,7 @@ ui.setup("Explore & explain", "🗺️")
 s = state.ss()
 sel = ui.need("pool", "kernels", "selection")
 pool = sel.pool
+ui.learned_fidelity(sel.kernels)
 selected = set(sel.selected_ids)
 
 

@@ -60,6 +60,11 @@ ROLE_LABELS = {"pool": "Pool", "target": "Target set", "existing": "Existing set
 KERNEL_LABELS = {"utility": "DELIFT (model utility)", "embedding": "DELIFT-SE (sentence embedding)",
                  "random": "Random baseline"}
 SHORT_KERNEL = {"utility": "DELIFT", "embedding": "DELIFT-SE", "random": "Random"}
+STUDIO_DECIDES = {"learned": "the Kernel page turns it on for pools larger than an exact kernel "
+                             "affords on a CPU (plan.default_learned)"}
+"""Engine settings whose first value in the studio depends on the data, not the spec default."""
+
+
 def setting_key(name: str) -> str:
     """The session key of an engine setting's widget value."""
     return f"p_{name}"
@@ -67,7 +72,7 @@ def setting_key(name: str) -> str:
 
 DEFAULTS: dict[str, Any] = {
     **{setting_key(s.name): s.default for s in spec.SETTINGS.values()
-       if s.widget and s.default is not None},
+       if s.widget and s.default is not None and s.name not in STUDIO_DECIDES},
     "p_stage": "instruction", "p_model_choice": spec.default("model"), "p_model_custom": "",
     "p_budget_mode": "percent", "p_budget_pct": 30, "p_sparse": False,
     "p_neighbours": spec.get("neighbours").suggested,

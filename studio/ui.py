@@ -255,3 +255,16 @@ def advanced_settings(page: str, groups: tuple[str, ...] | None = None) -> dict[
         for s in found:
             setting_widget(s.name)
     return {s.name: state.ss()[state.setting_key(s.name)] for s in found}
+
+
+def learned_fidelity(kernels: Any) -> None:
+    """For a learned kernel: what is exact and what predicted, and its held-out fidelity (a
+    warning below the fidelity floor); nothing for an exact kernel."""
+    from delift_core.kernels.learned import fidelity_line
+
+    for role, m in kernels.meta.learned.items():
+        line = fidelity_line(role, m)
+        (st.warning if (m.get("fidelity") or {}).get("below_floor") else st.info)(
+            md_escape(line) + " · R² and Spearman compare predictions with exact values of "
+            "rows the predictor never saw; 'cosine alone' is the same figure for plain "
+            "embedding similarity (DELIFT-SE).")

@@ -25,6 +25,7 @@ from delift_core.data.dataset import Dataset
 from delift_core.kernels.diagonal import diagonal_record, scale_with_diagonal, self_pairs
 from delift_core.kernels.embedding import EmbedStats, embed_rows, embedding_kernel
 from delift_core.errors import SelectionError
+from delift_core.kernels.learned import LearnedSpec, build_learned, fidelity_line
 from delift_core.kernels.matrices import KernelMatrix, is_sparse
 from delift_core.kernels.meta import KernelMeta
 from delift_core.kernels.sparse import neighbour_pairs
@@ -73,6 +74,9 @@ class Kernels:
     pool: KernelMatrix | None = None
     target: KernelMatrix | None = None
     existing: KernelMatrix | None = None
+    exact: dict[str, Any] = field(default_factory=dict)
+    """Of a learned kernel: per kernel (pool, target, existing), a 0/1 CSR matrix marking the
+    exact values; every other value is predicted (:mod:`delift_core.kernels.learned`)."""
     meta: KernelMeta = None  # type: ignore[assignment]
     """How they were made (:class:`~delift_core.kernels.meta.KernelMeta`; a dict is read as one)."""
     diagonal: str = spec.default("diagonal")
@@ -95,7 +99,7 @@ class Kernels:
         if policy == self.diagonal and self.meta.diagonal is not None:
             return self  # the same policy: keep the scaled kernels already made
         k = Kernels(self.kind, pool=self.pool, target=self.target, existing=self.existing,
-                    meta=self.meta, diagonal=policy)
+                    exact=self.exact, meta=self.meta, diagonal=policy)
         k.meta = k.meta.with_(diagonal=k.diagonal_record())
         return k
 
@@ -150,6 +154,7 @@ class _Builder:
         self._engine: UtilityKernel | None = None
         self.embed_stats: dict[str, dict] = {}
         self.engine_options: dict[str, Any] = {}  # backend and ray_options of UtilityKernel
+        self.learned: LearnedSpec | None = None
 
     def _stage(self, label: str) -> Callable[[int, int], None] | None:
         progress = self.progress
@@ -178,6 +183,25 @@ class _Builder:
             self._engine = UtilityKernel(self.lm, self.settings, use_cache=self.use_cache,
                                          **self.engine_options)
         return self._engine
+
+    def build_learned(self, role: str, rows: Dataset, cols: Dataset, row_role: str,
+                      col_role: str, transpose: bool) -> tuple[KernelMatrix, Any, dict]:
+        """A learned utility kernel of ``role`` (values, exact mask, record); with ``transpose``
+        the pairs are valued the other way and returned rows x columns, like :meth:`build`."""
+        if transpose:
+            rows, cols, row_role, col_role = cols, rows, col_role, row_role
+        values, mask, meta = build_learned(
+            self.engine(), rows, cols, self.embeddings(rows, row_role),
+            self.embeddings(cols, col_role), learned=self.learned,
+            neighbours=self.sparse.k if self.sparse else None,
+            neighbour_random=self.sparse.random if self.sparse else spec.default(
+                "neighbour_random"), same_set=row_role == col_role, label=f"utility {role}",
+            progress=self.progress, cancel=self.cancel)
+        if transpose:
+            values = values.T.tocsr() if is_sparse(values) else np.ascontiguousarray(values.T)
+            mask = mask.T.tocsr()
+            meta["computed_as"] = f"{row_role} rows x {col_role} columns, transposed"
+        return values, mask, meta
 
     def build(self, role: str, rows: Dataset, cols: Dataset, row_role: str, col_role: str,
               transpose: bool = False) -> tuple[KernelMatrix, dict | None]:
@@ -258,7 +282,10 @@ def compute_kernels(pool: Dataset, *, target: Dataset | None = None,
                     target_direction: str = spec.default("target_direction"),
                     backend: str = spec.default("backend"), ray_address: str | None = None,
                     workers: int | None = None,
-                    embed_batch_size: int = spec.default("embed_batch_size")) -> Kernels:
+                    embed_batch_size: int = spec.default("embed_batch_size"),
+                    learned: bool = spec.default("learned"), exact_passes: int | None = None,
+                    exact_minutes: float | None = None,
+                    exact_per_row: int = spec.default("exact_per_row")) -> Kernels:
     """Compute the pool kernel and, when given, the target and existing kernels.
 
     Dense kernels larger than ``max_dense_bytes`` (default :data:`MAX_DENSE_BYTES`) are refused
@@ -283,12 +310,15 @@ def compute_kernels(pool: Dataset, *, target: Dataset | None = None,
     backend = spec.check("backend", backend)
     workers = spec.check("workers", workers)
     embed_batch_size = spec.check("embed_batch_size", embed_batch_size)
-    spec.check_together({"backend": backend, "ray_address": ray_address, "workers": workers})
+    learned = spec.check("learned", learned)
+    spec.check_together({"backend": backend, "ray_address": ray_address, "workers": workers,
+                         "kernel": kind, "learned": learned, "exact_passes": exact_passes,
+                         "exact_minutes": exact_minutes})
     if settings is not None:
         settings.validate()
     sparse = (neighbours if isinstance(neighbours, SparseSpec) or neighbours is None
               else SparseSpec(neighbours, neighbour_random, neighbour_seed))
-    if not sparse:
+    if not sparse and not learned:
         _check_dense_size(pool, target, existing, max_dense_bytes)
     start = time.time()
     sets = {"pool": pool, "target": target, "existing": existing}
@@ -299,6 +329,9 @@ def compute_kernels(pool: Dataset, *, target: Dataset | None = None,
                             "row_hash": ROW_HASH}
     builder = _Builder(kind, lm, embedder, settings, progress, cancel, use_cache, sparse or None,
                        embed_batch_size)
+    if learned:
+        builder.learned = LearnedSpec(exact_passes, exact_minutes, exact_per_row,
+                                      sparse.seed if sparse else neighbour_seed)
     if backend == "ray" and kind == "utility":
         from delift_core.kernels.ray_backend import ensure_ray
 
@@ -310,9 +343,13 @@ def compute_kernels(pool: Dataset, *, target: Dataset | None = None,
         rows, cols = sets[row_role], sets[col_role]
         if rows is None or cols is None:
             continue
-        values, role_meta = builder.build(role, rows, cols, row_role, col_role,
-                                          transpose=role == "target" and kind == "utility"
-                                          and target_direction == "reference")
+        transpose = role == "target" and kind == "utility" and target_direction == "reference"
+        if builder.learned is not None:
+            values, kernels.exact[role], role_meta = builder.build_learned(
+                role, rows, cols, row_role, col_role, transpose)
+        else:
+            values, role_meta = builder.build(role, rows, cols, row_role, col_role,
+                                              transpose=transpose)
         setattr(kernels, role, values)
         if role_meta is not None:
             meta[role] = role_meta
@@ -332,7 +369,7 @@ def compute_kernels(pool: Dataset, *, target: Dataset | None = None,
     meta["settings"] = _recorded_settings(kind, sparse or None, target_direction if target is not
                                           None else None, settings, builder)
     kernels.meta = KernelMeta.from_json(meta)
-    if kind == "utility" and backend == "local" and builder.lm is not None:
+    if kind == "utility" and backend == "local" and builder.lm is not None and not learned:
         _record_speed(kernels, pool, target, existing, builder.lm, sparse, settings)
     logger.info("%s kernels (%s) in %.1f s", kind, ", ".join(r for r in ROLES
                                                             if getattr(kernels, r) is not None),
@@ -349,6 +386,11 @@ def _recorded_settings(kind: str, sparse: SparseSpec | None, target_direction: s
                       neighbour_seed=sparse.seed)
     if target_direction is not None:
         values["target_direction"] = target_direction
+    if builder.learned is not None:
+        values.update(learned=True, exact_passes=builder.learned.exact_passes,
+                      exact_minutes=builder.learned.exact_minutes,
+                      exact_per_row=builder.learned.exact_per_row,
+                      neighbour_seed=builder.learned.seed)
     if kind == "utility":
         values.update((settings or UtilitySettings()).value_key())
         if builder.lm is not None:
@@ -397,6 +439,9 @@ def kernel_report(kernels: Kernels) -> list[str]:
     for role in ROLES:
         m = meta.get(role)
         if not isinstance(m, dict) or "pairs_computed" not in m:
+            continue
+        if m.get("learned"):
+            lines.append(fidelity_line(role, m))
             continue
         n_t, n_e = m.get("shape", [0, 0])
         computed = int(m["pairs_computed"])

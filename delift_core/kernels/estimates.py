@@ -42,6 +42,8 @@ class WorkEstimate:
 
     kind: str
     stages: list[tuple[str, int, int]]
+    full_units: int | None = None
+    """Of a learned kernel: the passes of the exact kernel it stands for (None otherwise)."""
 
     @property
     def units(self) -> int:
@@ -65,12 +67,16 @@ def estimate_work(pool: Dataset, *, target: Dataset | None = None,
                   plain_template: str = DEFAULT_PLAIN_TEMPLATE,
                   example_template: str = DEFAULT_EXAMPLE_TEMPLATE,
                   neighbours: int | None = None,
-                  neighbour_random: int | None = None) -> WorkEstimate:
+                  neighbour_random: int | None = None,
+                  exact_passes: int | None = None) -> WorkEstimate:
     """Forward passes (utility: one per pair plus one plain pass per row; embedding: one per
     text) and approximate tokens (``chars_per_token``), with the labels ``compute_kernels``
     reports progress under. With ``neighbours`` (a sparse kernel) each row is paired with at most
     ``neighbours + neighbour_random`` columns (the quick embedding that finds them is left out;
-    ``neighbour_random`` None: the setting's default)."""
+    ``neighbour_random`` None: the setting's default). With ``exact_passes`` (a learned kernel)
+    each utility stage is its share of those passes (by rows), then the predictor's training and
+    prediction, weighted as a small part of the work; the passes of the full kernel it stands for
+    are in :attr:`WorkEstimate.full_units`."""
     neighbour_random = settings.check("neighbour_random", neighbour_random)
     stages: list[tuple[str, int, int]] = []
     if kind == "embedding":
@@ -95,7 +101,19 @@ def estimate_work(pool: Dataset, *, target: Dataset | None = None,
         pairs("target", target, pool)
     if existing is not None:
         pairs("existing", pool, existing)
-    return WorkEstimate(kind, stages)
+    if exact_passes is None:
+        return WorkEstimate(kind, stages)
+    full = sum(u for _, u, _ in stages)
+    rows = {"utility pool": len(pool), "utility target": len(target or []),
+            "utility existing": len(pool)}
+    all_rows = sum(rows[label] for label, _, _ in stages) or 1
+    learned: list[tuple[str, int, int]] = []
+    for label, units, tokens in stages:
+        share = min(units, round(exact_passes * rows[label] / all_rows))
+        learned += [(f"{label}: exact pairs", share, int(tokens * share / max(units, 1))),
+                    (f"{label}: training", max(1, share // 30), 0),
+                    (f"{label}: predicting", max(1, share // 50), 0)]
+    return WorkEstimate(kind, learned, full_units=full)
 
 
 def stored_passes(estimate: WorkEstimate, pool: Dataset, *, target: Dataset | None = None,

@@ -101,6 +101,9 @@ def save_kernels(kernels: Kernels, folder: str | Path) -> dict[str, Path]:
         else:
             paths[which] = out / f"kernel_{which}.npy"
             np.save(paths[which], m)
+    for which, mask in kernels.exact.items():  # a learned kernel's exact-value marks
+        paths[f"{which}_exact"] = out / f"kernel_{which}_exact.npz"
+        sp.save_npz(paths[f"{which}_exact"], mask.tocsr())
     paths["meta"] = out / "kernel_meta.json"
     paths["meta"].write_text(json.dumps(kernels.meta.to_json(), indent=1, default=str))
     return paths
@@ -176,6 +179,10 @@ def load_kernels(path: str | Path, pool: Dataset, *, target: Dataset | None = No
     if existing is not None:
         f = existing_kernel or folder / "kernel_existing.npy"
         k.existing = _load_matrix(f, (n, len(existing)), "existing")
+    for which in ROLES:  # a learned kernel: which values are exact
+        mask_file = folder / f"kernel_{which}_exact.npz"
+        if getattr(k, which) is not None and mask_file.exists():
+            k.exact[which] = _load_matrix(mask_file, getattr(k, which).shape, f"{which} exact-mask")
     return k
 
 

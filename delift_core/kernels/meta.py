@@ -49,6 +49,12 @@ class KernelMeta(Mapping):
     """Everything else a kernel records (similarity rule, row-hash rule, learned-kernel figures)."""
 
     @property
+    def learned(self) -> dict[str, dict]:
+        """Of a learned kernel: each learned kernel's record (exact and predicted pairs, held-out
+        fidelity); empty for an exact kernel."""
+        return {r: m for r, m in self.roles.items() if isinstance(m, dict) and m.get("learned")}
+
+    @property
     def loaded(self) -> bool:
         """Whether the kernel was read from files rather than computed in this process."""
         return self.source is not None

@@ -43,7 +43,7 @@ def load_models(values: Mapping[str, Any], kind: str, *,
 
     v = engine_values(values)
     out: dict[str, Any] = {}
-    if kind == "embedding" or v["neighbours"] is not None:
+    if kind == "embedding" or v["neighbours"] is not None or v["learned"]:
         out["embedder"] = load_embedder(v["embedder"], device=v["device"])
     if kind == "utility":
         logger.info("loading %s ...", v["model"])
@@ -73,11 +73,12 @@ def kernels_from_settings(pool: Dataset, values: Mapping[str, Any], *,
     ``models`` passes models already loaded (``lm``, ``embedder``, ``settings``); what is missing
     is loaded from the values (:func:`load_models`).
     """
-    v = engine_values(values)
+    v = engine_values({**values, "kernel": values.get("kernel", spec.default("kernel"))})
     kind = v["kernel"]
     loaded = dict(models or {})
     if kind == "utility" and "lm" not in loaded or \
-            (v["neighbours"] is not None or kind == "embedding") and "embedder" not in loaded:
+            (v["neighbours"] is not None or kind == "embedding" or v["learned"]) and \
+            "embedder" not in loaded:
         loaded = {**load_models(v, kind, progress=model_progress), **loaded}
     if kind == "utility" and "settings" not in loaded:
         loaded["settings"] = UtilitySettings.from_values(v)

@@ -151,6 +151,12 @@ def build_manifest(selection: Selection, *, target: Dataset | None = None,
                        "example": pool_meta.get("example_template"),
                        "chat_template": bool(pool_meta.get("chat_template"))}
                       if pool_meta else None),
+        "kernel_settings": kmeta.get("settings"),
+        "learned_kernel": ({role: {k: m.get(k) for k in ("exact_pairs", "exact_rows",
+                                                         "predicted_pairs", "passes_computed",
+                                                         "fidelity")}
+                            for role, m in kmeta.learned.items()} or None)
+        if selection.kernels is not None else None,
         "kernel_seconds": kmeta.get("seconds"), "selection_seconds": selection.seconds,
         "pinned": selection.pinned, "banned": selection.banned,
         "versions": package_versions(),

@@ -262,7 +262,7 @@ max-width:1180px;color:#222;padding:0 16px}h1{margin-bottom:4px}h2{margin-top:36
 border-bottom:1px solid #ddd;padding-bottom:4px}table{border-collapse:collapse;width:100%;
 font-size:13px;margin:8px 0}th,td{border:1px solid #e2e2e2;padding:4px 6px;text-align:left;
 vertical-align:top}th{background:#f6f6f6}td{max-width:420px;overflow-wrap:anywhere}
-.lead{font-size:17px}.note{color:#666;font-size:13px}pre{background:#f6f6f6;padding:10px;
+.lead{font-size:17px}.note{color:#666;font-size:13px}.warn{color:#a33;font-weight:600}pre{background:#f6f6f6;padding:10px;
 overflow:auto;max-height:480px;font-size:12px}.fig{width:100%}"""
 
 
@@ -292,6 +292,13 @@ def build_report(selection: "Selection", *, manifest: dict | None = None,
              + (f"; {len(selection.pinned)} pinned, {len(selection.banned)} banned by hand"
                 if selection.pinned or selection.banned else "")
              + f". Made {_e(time.strftime('%Y-%m-%d %H:%M'))}.</p>"]
+    learned = (selection.kernels.meta.learned if selection.kernels is not None else {}) or \
+        (manifest.get("learned_kernel") or {})
+    for role, m in learned.items():  # a learned kernel is never presented as an exact one
+        from delift_core.kernels.learned import fidelity_line
+
+        cls = "warn" if (m.get("fidelity") or {}).get("below_floor") else "note"
+        parts.append(f'<p class="{cls}"><b>Learned kernel.</b> {_e(fidelity_line(role, m))}.</p>')
     contents = []
 
     def section(anchor: str, name: str, body: str) -> None:

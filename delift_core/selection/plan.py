@@ -19,7 +19,8 @@ from typing import Any, NamedTuple
 from delift_core.selection import objectives as registry
 from delift_core.data.dataset import Dataset
 
-__all__ = ["METHODS", "UTILITY_CPU_ROWS", "KernelInputs", "stages", "stage_needs",
+__all__ = ["METHODS", "UTILITY_CPU_ROWS", "KernelInputs", "default_learned", "stages",
+           "stage_needs",
            "stage_objective", "baseline_objective", "method_objective", "engine_kind",
            "default_limit", "kernel_inputs", "available_objectives"]
 
@@ -67,6 +68,12 @@ def engine_kind(method: str) -> str:
     if method not in METHODS:
         raise ValueError(f"unknown method '{method}'; use one of {', '.join(METHODS)}")
     return "utility" if method == "utility" else "embedding"
+
+
+def default_learned(n_rows: int, on_cpu: bool) -> bool:
+    """Whether the studio offers the learned utility kernel first: on a CPU, for pools larger
+    than the exact kernel's first :data:`UTILITY_CPU_ROWS` rows (a GPU affords exact kernels)."""
+    return on_cpu and n_rows > UTILITY_CPU_ROWS
 
 
 def default_limit(n_rows: int, method: str, on_cpu: bool) -> int:

@@ -1,0 +1,434 @@
+"""A learned utility kernel: exact utilities for a sample of pairs, a predictor for the rest.
+
+The exact kernel costs one model pass per pair. Here the model scores only the pairs of a few
+*anchor* rows (spread over k-means clusters of the sentence embeddings, in a seeded order whose
+every prefix is spread too), each with a few of its neighbours and random columns; a small MLP
+learns UF(i, j) from the pair's sentence embeddings (after NN-CIFT, Agarwal & Hakkani-Tür 2025)
+and predicts every other pair the kernel needs: each row's ``neighbours`` nearest columns plus
+``neighbour_random`` random ones (every pair for a small dense kernel).
+
+- Exact values stay exact: they overwrite predictions, and ``exact`` (a 0/1 CSR matrix of the
+  same shape) marks them; everything else is predicted.
+- Every fifth anchor row is held out: its exact pairs are never trained on and measure the
+  predictor every time (pair Spearman and R², median per-row Spearman, top-k recovery, and the
+  same row Spearman for plain cosine similarity as the baseline to beat). Below the fidelity floor
+  the kernel says so loudly; too few exact pairs to fit is a :class:`LearnedKernelError`.
+- Budgets: ``exact_passes`` (exact passes in all, those the pair store holds cost no time) or
+  ``exact_minutes``. Exact pairs go through the pair store, so the same command again computes
+  nothing, a larger budget computes only the difference, and an interrupted run keeps its pairs
+  (the anchors come in a seeded order, so the next run scores the same ones first). A cancel during the exact phase fits from the rows
+  finished so far when they are enough.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from delift_core import settings as spec
+from delift_core.errors import KernelError
+from delift_core.kernels.sparse import neighbour_pairs
+from delift_core.kernels.utility_settings import KernelCancelled
+
+__all__ = ["LearnedSpec", "LearnedKernelError", "FIDELITY_FLOOR", "DENSE_MAX_ROWS",
+           "LEARNED_NEIGHBOURS",
+           "anchor_order", "fidelity", "build_learned", "fidelity_line"]
+
+logger = logging.getLogger(__name__)
+
+FIDELITY_FLOOR = {"row_spearman_median": 0.3}
+"""Below this held-out median per-row Spearman a learned kernel is reported as unreliable."""
+DENSE_MAX_ROWS = 1000
+"""A learned kernel of at most this many rows and columns predicts every pair (no neighbours)."""
+LEARNED_NEIGHBOURS = 32
+"""Without ``neighbours``, a larger learned kernel predicts each row's 32 nearest columns (plus
+the random ones): twice the exact sparse kernel's usual K, since predictions cost no passes."""
+MIN_TRAIN_ROWS, MIN_HELDOUT_ROWS = 8, 2
+_CHUNK_ROWS = 32  # anchor rows per engine call: the granularity of the time budget and cancel
+
+
+class LearnedKernelError(KernelError):
+    """A learned kernel cannot be fitted as asked (too few exact pairs); the message says how
+    many it had and what to raise."""
+
+
+@dataclass(frozen=True)
+class LearnedSpec:
+    """How a learned kernel is made: its exact budget (``exact_passes`` model passes computed, or
+    ``exact_minutes`` of them), exact examples per anchor row, and the seed of its choices."""
+
+    exact_passes: int | None = None
+    exact_minutes: float | None = None
+    exact_per_row: int = spec.default("exact_per_row")
+    seed: int = spec.default("neighbour_seed")
+
+    def __post_init__(self) -> None:
+        if self.exact_passes is None and self.exact_minutes is None:
+            object.__setattr__(self, "exact_passes", spec.get("exact_passes").suggested)
+        spec.check("exact_passes", self.exact_passes)
+        spec.check("exact_minutes", self.exact_minutes)
+        spec.check("exact_per_row", self.exact_per_row)
+
+
+# ------------------------------------------------------------------------------------------------
+# Which pairs to score exactly
+
+
+def anchor_order(emb: np.ndarray, seed: int) -> np.ndarray:
+    """Every row index, ordered so that each prefix is spread over k-means clusters of the
+    embeddings: round-robin over clusters, a seeded random order within each."""
+    from scipy.cluster.vq import kmeans2
+
+    n = len(emb)
+    rng = np.random.default_rng(seed)
+    k = int(min(64, max(1, n // 20)))
+    if k > 1:
+        sample = emb if n <= 20000 else emb[rng.choice(n, 20000, replace=False)]
+        centroids, _ = kmeans2(sample.astype(np.float64), k, seed=seed, minit="++")
+        labels = np.argmax(emb @ centroids.T.astype(np.float32), axis=1)
+    else:
+        labels = np.zeros(n, dtype=np.int64)
+    queues = [list(rng.permutation(np.flatnonzero(labels == c))) for c in range(k)]
+    queues = [q for q in queues if q]
+    order: list[int] = []
+    while queues:
+        for q in queues:
+            order.append(int(q.pop()))
+        queues = [q for q in queues if q]
+    return np.asarray(order, dtype=np.int64)
+
+
+def _anchor_examples(row: int, candidates: np.ndarray, shared: np.ndarray, m: int,
+                     same_set: bool, rng: np.random.Generator) -> np.ndarray:
+    """The exact examples of one anchor row: half of ``m`` drawn from its predicted columns (its
+    neighbours and random ones), the rest the chunk's ``shared`` random columns (one example
+    prefix serves every anchor of the chunk, so these passes are cheap); never the row itself."""
+    cand = candidates[candidates != row] if same_set else candidates
+    near = rng.permutation(cand)[: max(1, m // 2)]
+    rest = [j for j in shared.tolist() if j not in set(near.tolist()) and
+            not (same_set and j == row)][: m - len(near)]
+    return np.unique(np.concatenate([near, np.asarray(rest, np.int64)]).astype(np.int64))
+
+
+# ------------------------------------------------------------------------------------------------
+# The predictor
+
+
+def _features(e_rows: np.ndarray, e_cols: np.ndarray, r: np.ndarray, c: np.ndarray,
+              len_rows: np.ndarray, len_cols: np.ndarray) -> torch.Tensor:
+    """A pair's features: both embeddings, their product and difference, cosine, text lengths."""
+    a, b = torch.from_numpy(e_rows[r]), torch.from_numpy(e_cols[c])
+    cos = (a * b).sum(1, keepdim=True)
+    lens = torch.from_numpy(np.stack([len_rows[r], len_cols[c]], 1).astype(np.float32))
+    return torch.cat([a, b, a * b, (a - b).abs(), cos, lens], 1)
+
+
+class _MLP(torch.nn.Module):
+    def __init__(self, d: int, hidden: int = 256) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(d, hidden), torch.nn.ReLU(),
+                                       torch.nn.Dropout(0.1), torch.nn.Linear(hidden, 64),
+                                       torch.nn.ReLU(), torch.nn.Linear(64, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).squeeze(-1)
+
+
+def _fit(x: torch.Tensor, y: np.ndarray, groups: np.ndarray, seed: int,
+         progress: Callable[[int, int], None] | None, cancel: threading.Event | None
+         ) -> tuple[_MLP, dict]:
+    """Train the MLP on standardised targets, early-stopped on a tenth of the training rows."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    mu, sd = float(y.mean()), float(y.std() or 1.0)
+    yt = torch.from_numpy(((y - mu) / sd).astype(np.float32))
+    rows = np.unique(groups)
+    val_rows = rng.choice(rows, size=max(1, len(rows) // 10), replace=False)
+    val = np.isin(groups, val_rows)
+    tr_idx, va_idx = np.flatnonzero(~val), np.flatnonzero(val)
+    model = _MLP(x.shape[1])
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-3)
+    best, best_state, patience, epochs = math.inf, None, 0, 200
+    batch = 256
+    for epoch in range(epochs):
+        if cancel is not None and cancel.is_set():
+            raise KernelCancelled("cancelled while training the learned kernel's predictor")
+        model.train()
+        perm = rng.permutation(tr_idx)
+        for s in range(0, len(perm), batch):
+            idx = torch.from_numpy(perm[s: s + batch])
+            opt.zero_grad()
+            loss = torch.nn.functional.mse_loss(model(x[idx]), yt[idx])
+            loss.backward()
+            opt.step()
+        model.eval()
+        with torch.no_grad():
+            v = float(torch.nn.functional.mse_loss(model(x[va_idx]), yt[va_idx]))
+        if v < best - 1e-4:
+            best, best_state, patience = v, {k: t.clone() for k, t in model.state_dict().items()}, 0
+        else:
+            patience += 1
+        if progress:
+            progress(epoch + 1, epochs)
+        if patience >= 12:
+            break
+    if progress:
+        progress(epochs, epochs)
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    info = {"model": "MLP on [e_i, e_j, e_i*e_j, |e_i-e_j|, cos, lengths] -> 256 -> 64 -> 1",
+            "parameters": int(sum(p.numel() for p in model.parameters())),
+            "train_pairs": int(len(tr_idx)), "early_stop_pairs": int(len(va_idx)),
+            "epochs": epoch + 1, "early_stop_mse": round(best, 4),
+            "target_mean": mu, "target_std": sd}
+    return model, info
+
+
+def _predict(model: _MLP, info: dict, e_rows: np.ndarray, e_cols: np.ndarray, r: np.ndarray,
+             c: np.ndarray, len_rows: np.ndarray, len_cols: np.ndarray,
+             progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    out = np.empty(len(r), np.float32)
+    step = 1 << 15
+    with torch.no_grad():
+        for s in range(0, len(r), step):
+            x = _features(e_rows, e_cols, r[s: s + step], c[s: s + step], len_rows, len_cols)
+            out[s: s + step] = model(x).numpy() * info["target_std"] + info["target_mean"]
+            if progress:
+                progress(min(len(r), s + step), len(r))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Fidelity
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    if len(a) < 3 or np.all(a == a[0]) or np.all(b == b[0]):
+        return float("nan")
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(a, b).statistic)
+
+
+def fidelity(exact: np.ndarray, predicted: np.ndarray, rows: np.ndarray,
+             baseline: np.ndarray | None = None, top_k: int = 3) -> dict[str, Any]:
+    """How well ``predicted`` matches ``exact`` on held-out pairs (``rows``: each pair's row):
+    pair Spearman and R², per-row Spearman (median), how many of each row's top-``top_k``
+    examples by exact value the prediction also ranks top-``top_k``, and the median per-row
+    Spearman of ``baseline`` (cosine similarity), the figure the predictor has to beat."""
+    exact, predicted = np.asarray(exact, np.float64), np.asarray(predicted, np.float64)
+    ss = float(((exact - exact.mean()) ** 2).sum())
+    r2 = 1.0 - float(((exact - predicted) ** 2).sum()) / ss if ss > 0 else float("nan")
+    per_row, base_row, recovered, ks = [], [], [], []
+    for row in np.unique(rows):
+        m = rows == row
+        if m.sum() < 3:
+            continue
+        per_row.append(_spearman(exact[m], predicted[m]))
+        if baseline is not None:
+            base_row.append(_spearman(exact[m], np.asarray(baseline, np.float64)[m]))
+        k = min(top_k, int(m.sum()) - 1)
+        top_e = set(np.argsort(-exact[m], kind="stable")[:k].tolist())
+        top_p = set(np.argsort(-predicted[m], kind="stable")[:k].tolist())
+        recovered.append(len(top_e & top_p))
+        ks.append(k)
+    out = {"heldout_pairs": int(len(exact)), "heldout_rows": int(len(per_row)),
+           "pair_spearman": round(_spearman(exact, predicted), 4), "pair_r2": round(r2, 4),
+           "row_spearman_median": round(float(np.nanmedian(per_row)), 4) if per_row else None,
+           "top_k": top_k,
+           "top_k_recovered": round(float(np.sum(recovered) / max(1, np.sum(ks))), 4)
+           if ks else None}
+    if baseline is not None:
+        out["cosine_row_spearman_median"] = (round(float(np.nanmedian(base_row)), 4)
+                                             if base_row else None)
+    floor = FIDELITY_FLOOR["row_spearman_median"]
+    med = out["row_spearman_median"]
+    out["floor"] = FIDELITY_FLOOR
+    out["below_floor"] = bool(med is None or not np.isfinite(med) or med < floor)
+    return out
+
+
+def fidelity_line(role: str, meta: dict) -> str:
+    """One line saying what a learned kernel is made of and how faithful it is (CLI, studio)."""
+    f = meta.get("fidelity") or {}
+    line = (f"utility {role}: LEARNED kernel, {meta.get('exact_pairs', 0):,} exact pairs of "
+            f"{meta.get('exact_rows', 0):,} rows ({meta.get('passes_computed', 0):,} passes "
+            f"computed, {meta.get('passes_reused', 0):,} reused), {meta.get('predicted_pairs', 0):,}"
+            f" pairs predicted; held-out fidelity on {f.get('heldout_rows', 0)} rows: pair "
+            f"Spearman {f.get('pair_spearman')}, R² {f.get('pair_r2')}, median row Spearman "
+            f"{f.get('row_spearman_median')} (cosine alone {f.get('cosine_row_spearman_median')}),"
+            f" top-{f.get('top_k')} recovered {f.get('top_k_recovered')}")
+    if f.get("below_floor"):
+        line += (f". BELOW THE FIDELITY FLOOR (median row Spearman < "
+                 f"{FIDELITY_FLOOR['row_spearman_median']}): treat selections from it with care")
+    return line
+
+
+# ------------------------------------------------------------------------------------------------
+# The builder
+
+
+def build_learned(engine: Any, rows: Any, cols: Any, e_rows: np.ndarray, e_cols: np.ndarray, *,
+                  learned: LearnedSpec, neighbours: int | None, neighbour_random: int,
+                  same_set: bool, label: str,
+                  progress: Callable[[str, int, int], None] | None = None,
+                  cancel: threading.Event | None = None) -> tuple[sp.csr_matrix, sp.csr_matrix,
+                                                                   dict]:
+    """The learned kernel of ``rows`` helped by ``cols`` (CSR float32), its exact-pair mask (CSR,
+    1 where exact) and its record. ``engine`` is the :class:`UtilityKernel` that scores the exact
+    pairs (local or Ray, through the pair store)."""
+    times: dict[str, float] = {}
+    n_r, n_c = len(e_rows), len(e_cols)
+    stage = (lambda name: (lambda d, t: progress(f"{label}: {name}", d, t))) if progress else \
+        (lambda name: None)
+    t0 = time.time()
+    dense = neighbours is None and n_r <= DENSE_MAX_ROWS and n_c <= DENSE_MAX_ROWS
+    if dense:
+        pr, pc = np.repeat(np.arange(n_r), n_c), np.tile(np.arange(n_c), n_r)
+    else:
+        k = neighbours or LEARNED_NEIGHBOURS
+        pr, pc = neighbour_pairs(e_rows, e_cols, k, n_random=neighbour_random, seed=learned.seed)
+    starts = np.searchsorted(pr, np.arange(n_r + 1))  # pairs are grouped by row, rows ascending
+    order = anchor_order(e_rows, learned.seed)
+    per_row = learned.exact_per_row
+    anchors = [int(a) for a in order[: _max_anchors(learned, per_row, n_r)]]
+
+    def chunk_examples_of(index: int, chunk: list[int]) -> list[np.ndarray]:
+        """Each anchor's exact examples; the shared columns depend on the chunk's index only,
+        so a later run (a larger budget) scores the same pairs and finds them stored."""
+        shared = np.random.default_rng([learned.seed, 1, index]).choice(
+            n_c, size=min(n_c, per_row), replace=False)
+        return [_anchor_examples(a, pc[starts[a]: starts[a + 1]], shared, per_row, same_set,
+                                 np.random.default_rng([learned.seed, a])) for a in chunk]
+    times["plan"] = time.time() - t0
+
+    # exact pairs, anchor chunk by anchor chunk, until the budget is spent
+    t1 = time.time()
+    done_rows: list[int] = []
+    ex_r, ex_c, ex_v = [], [], []
+    computed = reused = 0
+    budget_s = learned.exact_minutes * 60 if learned.exact_minutes is not None else None
+    budget_p = learned.exact_passes
+    exact_stage = stage("exact pairs")
+    cancelled = False
+    for s in range(0, len(anchors), _CHUNK_ROWS):
+        if budget_p is not None and computed + reused >= budget_p:
+            break
+        if budget_s is not None and time.time() - t1 >= budget_s:
+            break
+        chunk = anchors[s: s + _CHUNK_ROWS]
+        if budget_p is not None:  # never past the pass budget (a row costs per_row + 1 passes)
+            chunk = chunk[: (budget_p - computed - reused) // (per_row + 1)]
+            if not chunk:
+                break
+        chunk_examples = chunk_examples_of(s // _CHUNK_ROWS, chunk)
+        loc_r = np.concatenate([np.full(len(e), i) for i, e in enumerate(chunk_examples)])
+        loc_c = np.concatenate(chunk_examples)
+        try:
+            before = computed + reused
+            res = engine.compute(rows.subset(chunk), cols, pairs=(loc_r, loc_c), cancel=cancel,
+                                 progress=(lambda d, t, b=before: exact_stage(
+                                     b + d, budget_p or b + t)) if exact_stage and budget_p
+                                 else None)
+        except KernelCancelled:
+            cancelled = True
+            break
+        vals = np.asarray(res.values[loc_r, loc_c], np.float32).ravel()
+        ok = np.isfinite(vals)
+        ex_r.append(np.asarray(chunk)[loc_r][ok])
+        ex_c.append(loc_c[ok])
+        ex_v.append(vals[ok])
+        done_rows.extend(chunk)
+        computed += int(res.meta.get("pairs_computed", 0))
+        reused += int(res.meta.get("pairs_reused", 0))
+        if exact_stage:
+            exact_stage(computed + reused if budget_p is not None else int(time.time() - t1),
+                        budget_p if budget_p is not None else int(budget_s or 1))
+    times["exact"] = time.time() - t1
+    r_ex = np.concatenate(ex_r) if ex_r else np.empty(0, np.int64)
+    c_ex = np.concatenate(ex_c) if ex_c else np.empty(0, np.int64)
+    v_ex = np.concatenate(ex_v) if ex_v else np.empty(0, np.float32)
+    if cancelled:
+        logger.warning("%s: cancelled after %d exact rows; fitting from what is there", label,
+                       len(done_rows))
+
+    # held-out rows: every fifth anchor in the anchor order
+    rank = {a: i for i, a in enumerate(anchors)}
+    held = np.array([rank[int(a)] % 5 == 4 for a in r_ex], dtype=bool)
+    n_train_rows = len({int(a) for a in r_ex[~held]})
+    n_held_rows = len({int(a) for a in r_ex[held]})
+    need = (MIN_TRAIN_ROWS + MIN_HELDOUT_ROWS) * 5 // 4
+    if n_train_rows < MIN_TRAIN_ROWS or n_held_rows < MIN_HELDOUT_ROWS:
+        if cancelled:
+            raise KernelCancelled("cancelled before enough exact pairs for a learned kernel; "
+                                  "the exact pairs finished are in the pair store")
+        raise LearnedKernelError(
+            f"a learned kernel needs exact pairs of at least {MIN_TRAIN_ROWS} training and "
+            f"{MIN_HELDOUT_ROWS} held-out rows (about {need * (per_row + 1):,} passes); this run "
+            f"scored {len(done_rows)} rows ({computed:,} passes computed): raise --exact-passes "
+            "or --exact-minutes")
+
+    # fit on the training rows only, measure on the held-out rows
+    t2 = time.time()
+    len_r = np.log1p([len(p) + len(q) for p, q in zip(rows.prompts, rows.responses)])
+    len_c = np.log1p([len(p) + len(q) for p, q in zip(cols.prompts, cols.responses)])
+    len_r, len_c = np.asarray(len_r, np.float32), np.asarray(len_c, np.float32)
+    x_train = _features(e_rows, e_cols, r_ex[~held], c_ex[~held], len_r, len_c)
+    model, info = _fit(x_train, v_ex[~held], r_ex[~held], learned.seed, stage("training"),
+                       None if cancelled else cancel)  # a cancelled scoring still fits
+    info["trained_on_rows"] = sorted(int(a) for a in set(r_ex[~held].tolist()))
+    times["training"] = time.time() - t2
+    pred_held = _predict(model, info, e_rows, e_cols, r_ex[held], c_ex[held], len_r, len_c)
+    cos_held = np.einsum("ij,ij->i", e_rows[r_ex[held]], e_cols[c_ex[held]])
+    fid = fidelity(v_ex[held], pred_held, r_ex[held], baseline=cos_held)
+
+    # predict every pair of the kernel, then put the exact values back
+    t3 = time.time()
+    pred = _predict(model, info, e_rows, e_cols, pr, pc, len_r, len_c, stage("predicting"))
+    times["prediction"] = time.time() - t3
+    values = sp.csr_matrix((pred, (pr, pc)), shape=(n_r, n_c), dtype=np.float32)
+    exact_vals = sp.csr_matrix((v_ex, (r_ex, c_ex)), shape=(n_r, n_c), dtype=np.float32)
+    mask = sp.csr_matrix((np.ones(len(r_ex), np.float32), (r_ex, c_ex)), shape=(n_r, n_c),
+                         dtype=np.float32)
+    values = (values - values.multiply(mask) + exact_vals).tocsr()  # exact overwrite predicted
+    values.sort_indices()
+    if dense:
+        values = values.toarray()
+    mask.sort_indices()
+    meta = {"learned": True, "shape": [n_r, n_c], "form": "dense" if dense else "sparse",
+            "exact_pairs": int(len(r_ex)), "exact_rows": int(len(done_rows)),
+            "exact_per_row": per_row, "heldout_rows_list": sorted({int(a) for a in r_ex[held]}),
+            "predicted_pairs": int(len(pr) - mask.multiply(
+                sp.csr_matrix((np.ones(len(pr), np.float32), (pr, pc)), shape=(n_r, n_c))).nnz),
+            "pairs_computed": computed, "pairs_reused": reused,
+            "passes_computed": computed, "passes_reused": reused,
+            "budget": {"exact_passes": budget_p, "exact_minutes": learned.exact_minutes},
+            "stopped": "cancelled" if cancelled else "budget", "fidelity": fid,
+            "predictor": {k: v for k, v in info.items() if k != "trained_on_rows"},
+            "seconds_by_phase": {k: round(v, 3) for k, v in times.items()},
+            "neighbours": None if dense else int(k), "neighbour_random": neighbour_random,
+            "anchor_rule": "k-means clusters of the sentence embeddings, round-robin, seeded; "
+                           "every fifth anchor held out",
+            "model": getattr(engine.lm, "name", None),
+            "dtype": str(getattr(engine.lm, "dtype", "")).replace("torch.", "")}
+    if fid["below_floor"]:
+        logger.warning(fidelity_line(label.split()[-1], meta))
+    meta["train_rows_list"] = info["trained_on_rows"]
+    return values, mask, meta
+
+
+def _max_anchors(learned: LearnedSpec, per_row: int, n_rows: int) -> int:
+    """How many anchor rows to plan for: the pass budget's worth, or every row under a time
+    budget."""
+    if learned.exact_passes is not None:
+        return min(n_rows, learned.exact_passes // (per_row + 1) + _CHUNK_ROWS)
+    return n_rows

@@ -1,0 +1,163 @@
+"""The learned utility kernel: exact pairs stay exact, held-out pairs are never trained on, the
+record says "learned" with its fidelity everywhere, and the refusals."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pytest
+
+from delift_core.cli import main
+from delift_core.data.dataset import load_dataset
+from delift_core.errors import SettingError
+from delift_core.kernels.builder import compute_kernels, kernel_report
+from delift_core.kernels.files import load_kernels, save_kernels
+from delift_core.kernels.learned import (FIDELITY_FLOOR, LearnedKernelError, anchor_order,
+                                         fidelity)
+from delift_core.kernels.utility import UtilityKernel
+from delift_core.kernels.utility_settings import KernelCancelled
+from delift_core.outputs.export import export_selection
+from delift_core.selection.select import select
+
+
+@pytest.fixture(scope="module")
+def pool():
+    return load_dataset("demo:pool")
+
+
+@pytest.fixture()
+def store(tmp_path, monkeypatch):
+    monkeypatch.setenv("DELIFT_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def _learned(pool, lm, **kw):
+    kw.setdefault("exact_passes", 400)
+    return compute_kernels(pool, kind="utility", lm=lm, learned=True, **kw)
+
+
+def test_exact_values_stay_exact_and_are_marked(pool, tiny_llama, store):
+    k = _learned(pool, tiny_llama)
+    mask = k.exact["pool"].tocoo()
+    assert mask.nnz > 0 and np.all(mask.data == 1)
+    r, c = mask.row, mask.col
+    # the same pairs computed on their own by the engine: the kernel holds exactly those values
+    engine = UtilityKernel(tiny_llama, use_cache=False)
+    rows = sorted(set(r.tolist()))
+    local = {a: i for i, a in enumerate(rows)}
+    direct = engine.compute(pool.subset(rows), pool,
+                            pairs=(np.array([local[a] for a in r]), c)).values
+    want = np.asarray(direct[[local[a] for a in r], c]).ravel()
+    got = np.asarray(k.pool[r, c]).ravel()
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    # and every other pair of the dense 240-row kernel is predicted (not left out)
+    assert k.pool.shape == (240, 240) and np.isfinite(k.pool).all()
+    assert k.meta.learned["pool"]["exact_pairs"] == mask.nnz
+    assert k.meta.learned["pool"]["predicted_pairs"] == 240 * 240 - mask.nnz
+
+
+def test_heldout_pairs_are_never_trained_on(pool, tiny_llama, store):
+    m = _learned(pool, tiny_llama).meta.learned["pool"]
+    held, trained = set(m["heldout_rows_list"]), set(m["train_rows_list"])
+    assert held and trained and not (held & trained)
+    emb_order = anchor_order(np.random.default_rng(0).normal(size=(50, 8)).astype(np.float32), 0)
+    assert sorted(emb_order.tolist()) == list(range(50))  # every row, once
+    f = m["fidelity"]
+    assert f["heldout_rows"] == len(held) and f["heldout_pairs"] > 0
+    assert m["predictor"]["train_pairs"] + m["predictor"]["early_stop_pairs"] + \
+        f["heldout_pairs"] == m["exact_pairs"]
+
+
+def test_the_record_says_learned_with_its_figures(pool, tiny_llama, store, tmp_path):
+    k = _learned(pool, tiny_llama)
+    line = [x for x in kernel_report(k) if "LEARNED" in x]
+    assert line and "held-out fidelity" in line[0] and "exact pairs" in line[0]
+    assert k.meta.settings["learned"] is True and k.meta.settings["exact_passes"] == 400
+    paths = save_kernels(k, tmp_path / "k")
+    saved = json.loads(paths["meta"].read_text())
+    assert saved["pool"]["learned"] is True and "pair_spearman" in saved["pool"]["fidelity"]
+    back = load_kernels(tmp_path / "k", pool)
+    assert back.meta.learned["pool"]["fidelity"] == k.meta.learned["pool"]["fidelity"]
+    assert (back.exact["pool"] != k.exact["pool"]).nnz == 0
+    sel = select(pool, "fl", back, 0.1)
+    export_selection(sel, tmp_path / "out")
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    got = manifest["learned_kernel"]["pool"]
+    assert got["exact_pairs"] == k.meta.learned["pool"]["exact_pairs"]
+    assert "row_spearman_median" in got["fidelity"] and "below_floor" in got["fidelity"]
+
+
+def test_exact_pairs_come_from_and_go_to_the_pair_store(pool, tiny_llama, store):
+    first = _learned(pool, tiny_llama).meta.learned["pool"]
+    again = _learned(pool, tiny_llama).meta.learned["pool"]
+    assert first["passes_computed"] > 0
+    assert again["passes_computed"] == 0 and again["passes_reused"] > 0  # the same anchors
+    assert again["exact_pairs"] == first["exact_pairs"]
+    # a larger budget scores more rows, the first ones for free
+    more = _learned(pool, tiny_llama, exact_passes=800).meta.learned["pool"]
+    assert more["exact_rows"] > first["exact_rows"] and more["passes_reused"] >= \
+        first["passes_computed"]
+
+
+def test_cancel_keeps_the_exact_pairs_and_fits_from_what_is_there(pool, tiny_llama, store):
+    cancel = threading.Event()
+    seen = []
+
+    def progress(label, done, total):
+        seen.append(label)
+        if label.endswith("exact pairs") and done >= 300:
+            cancel.set()  # stop scoring after the first chunks
+
+    k = _learned(pool, tiny_llama, exact_passes=2000, cancel=cancel, progress=progress)
+    m = k.meta.learned["pool"]
+    assert m["stopped"] == "cancelled" and 300 <= m["passes_computed"] < 2000
+    cancel2 = threading.Event()
+    cancel2.set()  # cancelled before the first pair: nothing to fit from
+    with pytest.raises(KernelCancelled):
+        _learned(pool.subset(range(100, 240)), tiny_llama, exact_passes=2000, cancel=cancel2)
+    # what the cancelled run scored is reused by the next
+    again = _learned(pool, tiny_llama, exact_passes=2000).meta.learned["pool"]
+    assert again["passes_reused"] >= m["passes_computed"]
+
+
+def test_too_few_exact_pairs_is_a_named_refusal(pool, tiny_llama, store):
+    with pytest.raises(LearnedKernelError, match=r"raise --exact-passes or --exact-minutes"):
+        _learned(pool, tiny_llama, exact_passes=30)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--kernel", "embedding", "--learned"], "--learned needs the utility kernel"),
+    (["--exact-passes", "100"], "--exact-passes and --exact-minutes need --learned"),
+    (["--learned", "--exact-passes", "100", "--exact-minutes", "2"], "not both"),
+    (["--learned", "--exact-passes", "0"], r"exact_passes \(--exact-passes\): must be at least 1"),
+])
+def test_the_cli_refuses_bad_learned_options_before_any_model_loads(args, message, tmp_path,
+                                                                     capsys, monkeypatch):
+    import delift_core.kernels.request as request
+
+    monkeypatch.setattr(request, "load_models", lambda *a, **k: pytest.fail("a model loaded"))
+    assert main(["kernel", "--pool", "demo:pool", *args, "--out", str(tmp_path / "k")]) == 2
+    assert message.replace("\\", "") in capsys.readouterr().err or \
+        __import__("re").search(message, capsys.readouterr().err)
+
+
+def test_fidelity_figures_by_hand():
+    rows = np.repeat(np.arange(4), 5)
+    exact = np.tile(np.arange(5, dtype=float), 4) + rows
+    perfect = fidelity(exact, exact * 2 + 1, rows, baseline=-exact)
+    assert perfect["pair_spearman"] == 1.0 and perfect["row_spearman_median"] == 1.0
+    assert perfect["top_k_recovered"] == 1.0 and perfect["cosine_row_spearman_median"] == -1.0
+    assert not perfect["below_floor"]
+    reversed_ = fidelity(exact, -exact, rows)
+    assert reversed_["row_spearman_median"] == -1.0 and reversed_["below_floor"]
+    assert reversed_["top_k_recovered"] == 0.0
+    assert FIDELITY_FLOOR["row_spearman_median"] > 0
+
+
+def test_the_engine_refuses_learned_settings_that_cannot_run(pool):
+    with pytest.raises(SettingError, match="needs the utility kernel"):
+        compute_kernels(pool, kind="embedding", learned=True)
+    with pytest.raises(SettingError, match="need --learned"):
+        compute_kernels(pool, kind="embedding", exact_passes=10)
