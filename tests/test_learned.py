@@ -66,8 +66,8 @@ def test_heldout_pairs_are_never_trained_on(pool, tiny_llama, store):
     assert sorted(emb_order.tolist()) == list(range(50))  # every row, once
     f = m["fidelity"]
     assert f["heldout_rows"] == len(held) and f["heldout_pairs"] > 0
-    assert m["predictor"]["train_pairs"] + m["predictor"]["early_stop_pairs"] + \
-        f["heldout_pairs"] == m["exact_pairs"]
+    assert m["predictor"]["train_pairs"] + f["heldout_pairs"] == m["exact_pairs"]
+    assert m["predictor"]["train_rows"] == len(trained)
 
 
 def test_the_record_says_learned_with_its_figures(pool, tiny_llama, store, tmp_path):
@@ -107,12 +107,12 @@ def test_cancel_keeps_the_exact_pairs_and_fits_from_what_is_there(pool, tiny_lla
 
     def progress(label, done, total):
         seen.append(label)
-        if label.endswith("exact pairs") and done >= 300:
+        if label.endswith("exact pairs") and done >= 500:
             cancel.set()  # stop scoring after the first chunks
 
     k = _learned(pool, tiny_llama, exact_passes=2000, cancel=cancel, progress=progress)
     m = k.meta.learned["pool"]
-    assert m["stopped"] == "cancelled" and 300 <= m["passes_computed"] < 2000
+    assert m["stopped"] == "cancelled" and 300 <= m["passes_computed"] < 2000 and m["exact_rows"] >= 32
     cancel2 = threading.Event()
     cancel2.set()  # cancelled before the first pair: nothing to fit from
     with pytest.raises(KernelCancelled):
@@ -152,7 +152,7 @@ def test_fidelity_figures_by_hand():
     assert not perfect["below_floor"]
     reversed_ = fidelity(exact, -exact, rows)
     assert reversed_["row_spearman_median"] == -1.0 and reversed_["below_floor"]
-    assert reversed_["top_k_recovered"] == 0.0
+    assert reversed_["top_k_recovered"] == round(1 / 3, 4)  # of 5, the middle one is in both top 3s
     assert FIDELITY_FLOOR["row_spearman_median"] > 0
 
 
