@@ -161,3 +161,12 @@ def test_the_engine_refuses_learned_settings_that_cannot_run(pool):
         compute_kernels(pool, kind="embedding", learned=True)
     with pytest.raises(SettingError, match="need --learned"):
         compute_kernels(pool, kind="embedding", exact_passes=10)
+
+
+def test_the_audit_says_which_findings_stand_on_predicted_values(pool, tiny_llama, store):
+    from delift_core.outputs.audit import audit
+
+    a = audit(pool, _learned(pool, tiny_llama))
+    assert "values are predicted" in a.meta["learned_kernel"]
+    utility = [f for f in a.findings.values() if f.available and "ON A LEARNED KERNEL" in f.rule]
+    assert utility, [f.rule for f in a.findings.values()]

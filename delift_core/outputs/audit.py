@@ -170,6 +170,19 @@ class Audit:
         return out
 
 
+def _learned_note(kernels: Kernels | None) -> str | None:
+    """For a learned kernel, what share of its pool values are predicted and how faithful they
+    are: every utility finding then says it stands on predicted values."""
+    m = (kernels.meta.learned.get("pool") if kernels is not None else None) or None
+    if not m:
+        return None
+    exact, predicted = int(m.get("exact_pairs", 0)), int(m.get("predicted_pairs", 0))
+    f = m.get("fidelity") or {}
+    return (f"{predicted / max(1, exact + predicted):.0%} of the values are predicted "
+            f"(held-out median row Spearman {f.get('row_spearman_median')}"
+            + (", below the fidelity floor" if f.get("below_floor") else "") + ")")
+
+
 def plain_distances(kernels: Kernels) -> np.ndarray | None:
     """d(i, plain) per pool row from the utility kernel's meta (computed here or loaded from a
     ``delift kernel`` folder), or None when the kernels do not record them."""
@@ -214,6 +227,9 @@ def audit(pool: Dataset, kernels: Kernels | None, *, selection: "Selection | Non
     found: dict[str, Finding] = {}
     meta: dict[str, Any] = {"kernel": kernels.kind if inputs.has_kernel else None,
                             "sparse": inputs.sparse}
+    learned = _learned_note(kernels)
+    if learned:
+        meta["learned_kernel"] = learned
     for key, spec in FINDINGS.items():
         out = spec.run(inputs)
         if set(out.columns) != set(spec.columns):
@@ -221,8 +237,11 @@ def audit(pool: Dataset, kernels: Kernels | None, *, selection: "Selection | Non
                              f"declares {list(spec.columns)}")
         for column in spec.columns:
             rows[column] = out.columns[column]
+        rule = out.rule
+        if learned and spec.kernel == "utility" and out.available:  # never shown as exact
+            rule = f"{rule}; ON A LEARNED KERNEL: {learned}"
         found[key] = Finding(key, spec.label, spec.meaning, spec.needs, out.available,
-                             list(out.ids), out.reason, out.rule, out.groups or [])
+                             list(out.ids), out.reason, rule, out.groups or [])
         meta.update(out.meta)
         for rid in out.ids:
             flags[pool.index_of(rid)].append(key)
