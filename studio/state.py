@@ -44,12 +44,11 @@ from delift_core.outputs.review import Decisions
 from delift_core.kernels.builder import Kernels
 from delift_core.selection.select import Selection, select
 from delift_core.errors import SelectionError
-from delift_core.kernels.embedding import embed_texts
 from delift_core.lm.models import load_embedder
 from delift_core.selection import plan
 from delift_core.selection import objectives as registry
 from delift_core.data.formats import read_records
-from delift_core.kernels.embedding import sample_text
+from delift_core.kernels.embedding import embed_rows
 from delift_core import settings as spec
 from delift_core.lm.models import resolve_device
 
@@ -417,15 +416,14 @@ def cached_embedder(name: str) -> Any:
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def _embed(key: str, _texts: tuple[str, ...], embedder: str) -> np.ndarray:
-    return embed_texts(cached_embedder(embedder), list(_texts))
+def _embed(key: str, _ds: Dataset, embedder: str) -> np.ndarray:
+    return embed_rows(cached_embedder(embedder), _ds)
 
 
 def embeddings(ds: Dataset, embedder: str | None = None) -> np.ndarray:
     """Unit sentence embeddings of a dataset's samples (cached by content)."""
     name = embedder or ss()["p_embedder"]
-    texts = tuple(sample_text(p, r) for p, r in zip(ds.prompts, ds.responses))
-    return _embed(ds.text_sha256 + name, texts, name)
+    return _embed(ds.text_sha256 + name, ds, name)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)

@@ -369,7 +369,7 @@ def report_from_folder(select_dir: str | Path, *, pool: str | None = None,
     from ``kernel`` (a ``delift kernel`` folder), else recomputed when it was an embedding
     kernel, else left out (said in the report)."""
     from delift_core.outputs.audit import audit as run_audit
-    from delift_core.kernels.embedding import embed_texts, embedding_kernel, sample_text
+    from delift_core.kernels.embedding import embed_rows, embedding_kernel
     from delift_core.outputs.maps import cluster_labels
     from delift_core.lm.models import load_embedder
     from delift_core.kernels.files import load_kernels
@@ -381,8 +381,7 @@ def report_from_folder(select_dir: str | Path, *, pool: str | None = None,
     ds = _pool_of(manifest, folder, pool)
     if label_col:
         _check_label(ds, label_col)  # before any work
-    emb = embed_texts(load_embedder(embedder, device=device),
-                      [sample_text(p, r) for p, r in zip(ds.prompts, ds.responses)])
+    emb = embed_rows(load_embedder(embedder, device=device), ds)
     kind = manifest.get("kernel")
     if kernel is not None:
         kernels = load_kernels(kernel, ds)
