@@ -82,7 +82,8 @@ EVAL_DEFAULTS: dict[str, Any] = {
     "ev_subset_src": "demo:existing", "ev_pool_src": "demo:pool", "ev_test_src": "demo:target",
     "ev_test_limit": 10, "ev_baselines": ["none"], "ev_seeds": "0,1,2", "ev_mode": "icl",
     "ev_shots": 2, "ev_max_new": 24, "ev_generate": True, "ev_lora_steps": 12,
-    "ev_model": "gemma-3-270m", "ev_embedder": "all-MiniLM-L6-v2", "ev_use_current": True,
+    "ev_model": spec.default("model"), "ev_embedder": spec.default("embedder"),
+    "ev_use_current": True,
 }
 """The Evaluate page's widget values (``ev_*``), persisted across page switches like ``p_*``."""
 

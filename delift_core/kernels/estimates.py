@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from delift_core import settings
+from delift_core import settings as spec
 from delift_core.data.dataset import Dataset
 from delift_core.lm.models import DEFAULT_MODEL, packaged_model
 from delift_core.kernels.utility_settings import (DEFAULT_EXAMPLE_TEMPLATE, DEFAULT_PLAIN_TEMPLATE,
@@ -77,7 +77,7 @@ def estimate_work(pool: Dataset, *, target: Dataset | None = None,
     each utility stage is its share of those passes (by rows), then the predictor's training and
     prediction, weighted as a small part of the work; the passes of the full kernel it stands for
     are in :attr:`WorkEstimate.full_units`."""
-    neighbour_random = settings.check("neighbour_random", neighbour_random)
+    neighbour_random = spec.check("neighbour_random", neighbour_random)
     stages: list[tuple[str, int, int]] = []
     if kind == "embedding":
         for label, ds in (("pool", pool), ("target", target), ("existing", existing)):
@@ -118,7 +118,7 @@ def estimate_work(pool: Dataset, *, target: Dataset | None = None,
 
 def stored_passes(estimate: WorkEstimate, pool: Dataset, *, target: Dataset | None = None,
                   existing: Dataset | None = None, model: str | None = None,
-                  dtype: str | None = "float32", sparse: bool = False,
+                  dtype: str | None = spec.default("dtype"), sparse: bool = False,
                   settings: Any = None) -> int:
     """How many of a utility ``estimate``'s passes the pair store already holds (see
     :func:`delift_core.kernels.utility.stored_pairs`): exact for a dense kernel; for a sparse one an upper
@@ -132,7 +132,8 @@ def stored_passes(estimate: WorkEstimate, pool: Dataset, *, target: Dataset | No
                               ("utility existing", pool, existing)):
         if rows is None or cols is None or label not in units:
             continue
-        pairs, plain = stored_pairs(rows, cols, dtype=dtype or "float32", model=model or None,
+        pairs, plain = stored_pairs(rows, cols, dtype=dtype or spec.default("dtype"),
+                                    model=model or None,
                                     settings=settings)
         total += min(units[label], pairs + plain) if sparse else pairs + plain
     return total

@@ -54,7 +54,7 @@ def store_path(cache_root: str | Path | None = None) -> Path:
     return root / "pairs.sqlite"
 
 
-def stored_pairs(rows: TextRows, cols: TextRows, *, dtype: str = "float32",
+def stored_pairs(rows: TextRows, cols: TextRows, *, dtype: str = settings_spec.default("dtype"),
                  model: str | None = None, settings: UtilitySettings | None = None,
                  cache_root: str | Path | None = None) -> tuple[int, int]:
     """(pairs of rows x cols, plain distances of rows) already in the pair store, for an

@@ -72,8 +72,10 @@ def _lazy_generic(objective: Objective, state: np.ndarray, cand: np.ndarray, pic
 
 
 def greedy_maximize(objective: Objective, budget: int | None = None, *,
-                    method: str = "lazy", pinned: Iterable[int] = (), banned: Iterable[int] = (),
-                    seed: int = 0, epsilon: float = 0.01) -> GreedyResult:
+                    method: str = settings.default("method"), pinned: Iterable[int] = (),
+                    banned: Iterable[int] = (),
+                    seed: int = settings.default("seed"),
+                    epsilon: float = settings.default("epsilon")) -> GreedyResult:
     """Greedily pick up to ``budget`` candidates (all allowed ones when None)."""
     method = settings.check("method", method)
     n = objective.n_candidates
