@@ -7,7 +7,6 @@ keeps in ``st.session_state`` (the keys documented in ``studio/state.py``).
 from __future__ import annotations
 
 import json
-import os
 import threading
 from pathlib import Path
 
@@ -60,6 +59,8 @@ def compute(at: AppTest, kind: str = "embedding", stage: str = "instruction",
     goto(at, "2_Kernel")
     at.radio(key="p_stage").set_value(stage).run()
     at.radio(key="p_kernel").set_value(kind).run()
+    if kind == "utility" and at.session_state["p_learned"]:
+        at.toggle(key="p_learned").set_value(False).run()  # the exact kernel of the first N rows
     if limit is not None:
         n = len(at.session_state["pool"])
         at.number_input(key=f"p_limit_{kind}_{n}").set_value(limit).run()
@@ -185,6 +186,8 @@ def test_kernel_estimate_and_first_n_rows() -> None:
     at = load_demo(new_app())
     goto(at, "2_Kernel")
     at.radio(key="p_kernel").set_value("utility").run()
+    # the exact kernel (the learned one is the CPU default for the demo pool, tested below)
+    at.toggle(key="p_learned").set_value(False).run()
     # utility on CPU defaults to the first 24 rows: 24*24 pairs + 24 plain passes
     assert at.number_input(key="p_limit_utility_240").value == 24
     assert texts(at.metric)[0] == f"{24 * 24 + 24:,}"
@@ -207,6 +210,55 @@ def test_kernel_estimate_and_first_n_rows() -> None:
     at.radio(key="p_kernel").set_value("embedding").run()
     assert at.number_input(key="p_limit_embedding_240").value == 240
     assert texts(at.metric)[0] == f"{240 + 40 + 60:,}"  # every loaded set is embedded
+
+
+def test_learned_kernel_is_the_cpu_default_for_the_demo_pool_only(tmp_path: Path) -> None:
+    """On a CPU the utility kernel of the demo pool (240 rows) starts as a learned kernel of the
+    whole pool with the suggested exact passes, its estimate set against the exact kernel's
+    passes; switched off, it is the exact kernel of the first 24 rows. A 20-row pool, which the
+    exact kernel affords, starts with the exact kernel of every row."""
+    from delift_core import settings as spec
+    from delift_core.lm.models import resolve_device
+
+    if resolve_device().type != "cpu":
+        pytest.skip("on a GPU the exact kernel is the default (plan.default_learned)")
+    passes = spec.get("exact_passes").suggested
+    at = load_demo(new_app())
+    goto(at, "2_Kernel")
+    at.radio(key="p_kernel").set_value("utility").run()
+    assert not at.exception, at.exception
+    assert at.toggle(key="p_learned").value is True
+    assert at.number_input(key="p_limit_utility_learned_240").value == 240
+    assert at.number_input(key="p_exact_passes").value == passes == 3000
+    learned = [c for c in texts(at.caption) if c.startswith("Learned kernel:")]
+    assert len(learned) == 1, texts(at.caption)
+    assert f"about {passes:,} exact model passes" in learned[0], learned
+    assert f"instead of the {240 * 240 + 240:,} passes of the exact kernel" in learned[0], learned
+    at.toggle(key="p_learned").set_value(False).run()
+    assert not at.exception, at.exception
+    assert at.number_input(key="p_limit_utility_240").value == 24
+    assert not [n for n in at.number_input if n.key == "p_exact_passes"]
+    assert not [c for c in texts(at.caption) if c.startswith("Learned kernel:")]
+    assert texts(at.metric)[0] == f"{24 * 24 + 24:,}"
+    at.toggle(key="p_learned").set_value(True).run()  # back: the whole pool again
+    assert at.number_input(key="p_limit_utility_learned_240").value == 240
+
+    small = tmp_path / "small.jsonl"
+    small.write_text("".join(json.dumps(r) + "\n" for r in load_dataset("demo:pool").rows[:20]))
+    at = goto(new_app(), "1_Data")
+    at.radio(key="p_src_pool").set_value("path").run()
+    at.text_input(key="p_path_pool").input(str(small)).run()
+    at.button(key="load_path_pool").click().run()
+    assert not at.error, texts(at.error)
+    assert len(at.session_state["pool"]) == 20
+    goto(at, "2_Kernel")
+    at.radio(key="p_kernel").set_value("utility").run()
+    assert not at.exception, at.exception
+    assert at.toggle(key="p_learned").value is False
+    assert at.number_input(key="p_limit_utility_20").value == 20
+    assert not [n for n in at.number_input if n.key == "p_exact_passes"]
+    assert not [c for c in texts(at.caption) if c.startswith("Learned kernel:")]
+    assert texts(at.metric)[0] == f"{20 * 20 + 20:,}"
 
 
 def test_embedding_kernel_job_and_instant_budget() -> None:
@@ -510,6 +562,7 @@ def test_sparse_utility_kernel_then_select_and_explore(tmp_path: Path,
     at = load_demo(new_app())
     goto(at, "2_Kernel")
     at.radio(key="p_kernel").set_value("utility").run()
+    at.toggle(key="p_learned").set_value(False).run()  # the exact sparse kernel
     at.toggle(key="p_sparse").set_value(True).run()
     at.number_input(key="p_neighbours").set_value(2).run()
     at.radio(key="p_dtype").set_value("bfloat16").run()

@@ -264,8 +264,11 @@ def test_report_opens_in_chromium_without_errors(tmp_path: Path) -> None:
             browser.close()
 
 
-def open_utility_kernel_page(page: Any, url: str) -> None:
-    """From a fresh session: load the demo data, open the Kernel page, choose DELIFT."""
+def open_utility_kernel_page(page: Any, url: str, learned: bool | None = False) -> None:
+    """From a fresh session: load the demo data, open the Kernel page, choose DELIFT, and switch
+    its "Learned kernel" toggle to ``learned`` (off by default: the exact kernel of the first N
+    rows, which a CPU otherwise replaces with a learned kernel of the demo pool; None leaves the
+    page's default)."""
     page.goto(url)
     idle(page)
     nav(page, "Data")
@@ -275,6 +278,36 @@ def open_utility_kernel_page(page: Any, url: str) -> None:
     nav(page, "Kernel")
     page.get_by_text("DELIFT (model utility)").first.click()
     page.locator('[data-testid="stMetric"]', has_text="Forward passes").wait_for()
+    if learned is not None:
+        set_learned(page, learned)
+
+
+def learned_switch(page: Any) -> Any:
+    """The Kernel page's "Learned kernel" toggle (a switch: a hidden checkbox input)."""
+    return page.get_by_role("switch", name=re.compile(r"^Learned kernel"))
+
+
+def set_learned(page: Any, on: bool) -> None:
+    """Switch "Learned kernel" on or off with a click on its label, and wait until the page
+    follows (the "Exact passes" input shows for a learned kernel only); clicked again if a rerun
+    still running replaced the toggle."""
+    switch = learned_switch(page)
+    label = page.locator('[data-testid="stCheckbox"]', has_text="Learned kernel").get_by_text(
+        re.compile(r"^Learned kernel")).first
+    passes = page.locator('input[aria-label="Exact passes"]')
+    for _ in range(5):
+        idle(page)
+        if switch.is_checked() != on:
+            label.click()
+        try:
+            passes.wait_for(state="visible" if on else "detached", timeout=15_000)
+        except Exception:  # noqa: BLE001 - playwright's TimeoutError: click it again
+            continue
+        if switch.is_checked() == on:
+            break
+    assert switch.is_checked() == on, f"the Learned kernel toggle did not switch to {on}"
+    passes.wait_for(state="visible" if on else "detached", timeout=1_000)
+    idle(page)
 
 
 def set_first_rows(page: Any, n: int) -> None:
@@ -296,18 +329,18 @@ def set_first_rows(page: Any, n: int) -> None:
     idle(page)
 
 
-def _give_up(page: Any, cache: Path, why: str) -> None:
+def _give_up(page: Any, cache: Path, why: str, name: str = "utility") -> None:
     """Fail with what the page and the server's cache folder show, kept in test-artifacts/
     (a screenshot, the page's text, the measured speeds) so a hang can be told apart from a
-    slow kernel afterwards."""
-    page.screenshot(path=str(ARTIFACTS / "2_kernel_utility_gave_up.png"))
+    slow kernel afterwards (``name``: the files' prefix, one per test)."""
+    page.screenshot(path=str(ARTIFACTS / f"2_kernel_{name}_gave_up.png"))
     text = page.locator("body").all_inner_texts()
     speeds = cache / "speeds.json"
     diag = {"why": why, "page_text": text,
             "running_widget": page.locator('[data-testid="stStatusWidget"]').count(),
             "speeds": speeds.read_text() if speeds.exists() else None}
-    (ARTIFACTS / "utility_gave_up.json").write_text(json.dumps(diag, indent=1))
-    pytest.fail(f"{why}; see {ARTIFACTS / 'utility_gave_up.json'}")
+    (ARTIFACTS / f"{name}_gave_up.json").write_text(json.dumps(diag, indent=1))
+    pytest.fail(f"{why}; see {ARTIFACTS / f'{name}_gave_up.json'}")
 
 
 def _seconds(text: str) -> float:
@@ -381,3 +414,174 @@ def test_utility_kernel_estimate_and_progress_in_chromium(tmp_path: Path) -> Non
     assert len(set(counts)) >= 3 and counts == sorted(counts), seen  # it moved, forwards only
     gaps = [b[0] - a[0] for a, b in zip(seen, seen[1:])]
     assert max(gaps) <= 10.0, seen  # the bar moves at least every 10 s on a 2-core machine
+
+
+EXACT_PASSES = 400
+"""The learned kernel's exact budget in the cancel-and-resume test: one chunk of anchor rows
+(400 // 13 = 30 rows of 12 examples and a plain pass each), minutes on a 2-core CPU."""
+
+
+def set_exact_passes(page: Any, n: int) -> None:
+    """Type N into "Exact passes", commit it, and wait until the learned kernel's estimate says
+    so; typed again if a rerun still running replaced the input."""
+    box = page.locator('input[aria-label="Exact passes"]')
+    want = page.get_by_text(re.compile(rf"Learned kernel: .* of which about {n:,} exact model "
+                                       r"passes"))
+    for _ in range(5):
+        idle(page)
+        box.fill(str(n))
+        box.press("Enter")
+        try:
+            want.wait_for(timeout=15_000)
+            break
+        except Exception:  # noqa: BLE001 - playwright's TimeoutError: type it again
+            continue
+    want.wait_for(timeout=1_000)
+    idle(page)
+
+
+def native_bf16() -> bool:
+    """Whether this CPU has bfloat16 instructions (AVX512-BF16 or AMX): without them bfloat16
+    runs about 5x slower than float32 (benchmarks/README.md), with them about 2.7x faster."""
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return re.search(r"\b(avx512_bf16|amx_bf16)\b", cpuinfo) is not None
+
+
+def choose_bfloat16(page: Any) -> bool:
+    """Choose the bfloat16 precision when the page offers it; whether it is chosen."""
+    option = page.get_by_text(re.compile(r"^bfloat16 \(reduced precision"))
+    if option.count() == 0:
+        return False
+    radio = page.get_by_role("radio", name=re.compile(r"^bfloat16"))
+    for _ in range(5):
+        idle(page)
+        if radio.is_checked():
+            break
+        option.first.click()
+        page.wait_for_timeout(500)
+    idle(page)
+    assert radio.is_checked(), "the bfloat16 precision could not be chosen"
+    return True
+
+
+@pytest.mark.slow
+@pytest.mark.real_cache
+def test_learned_kernel_cancel_then_resume_in_chromium(tmp_path: Path) -> None:
+    """The learned utility kernel of the whole demo pool from the Kernel page (on by default on
+    a CPU): a first run, cancelled while it scores exact pairs, keeps the pairs it finished in
+    the pair store; the same settings computed again reuse them (the learned-kernel line says
+    "N passes computed, M reused" with M > 0), fit, predict and show the held-out fidelity."""
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's Chromium")
+    from playwright.sync_api import sync_playwright
+
+    from delift_core import settings as spec
+    from delift_core.lm.models import cache_dir, resolve_device
+    from delift_core.selection import plan
+
+    (cache_dir() / "models").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "models").symlink_to(cache_dir() / "models")  # the dequantised model, reused
+    env = dict(os.environ, DELIFT_CACHE_DIR=str(tmp_path))  # a fresh pair store and speeds
+    # the anchor rows' plain passes come first; past them, exact pairs are being stored
+    anchors = EXACT_PASSES // (spec.default("exact_per_row") + 1)
+    seen: list[tuple[float, int, int]] = []
+    with streamlit_server(env, "streamlit-learned.log") as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(SLOW_MS)
+            open_utility_kernel_page(page, url, learned=None)
+            default_on = plan.default_learned(240, resolve_device().type == "cpu")
+            assert learned_switch(page).is_checked() == default_on
+            set_learned(page, True)
+            box = page.locator('input[aria-label^="Use the first N rows of the pool"]')
+            assert box.input_value() == "240"  # a learned kernel takes the whole pool
+            set_exact_passes(page, EXACT_PASSES)
+            bf16 = native_bf16() and choose_bfloat16(page)  # float32 (the default) otherwise
+
+            compute = page.get_by_role("button", name="Compute the kernel")
+            cancel = page.get_by_role("button", name="Cancel", exact=True)
+            cancelled = page.get_by_text("The computation was cancelled")
+            ready = page.get_by_text(re.compile(r"Kernel ready: .* on 240 rows"))
+            failed = page.locator('[data-testid="stAlertContentError"]')
+            bars = page.locator('[data-testid="stProgress"]')
+
+            def check_failed() -> None:
+                if failed.count():
+                    _give_up(page, tmp_path, "the kernel job failed: "
+                             + " / ".join(failed.all_inner_texts()), "learned")
+
+            def exact_progress(t0: float) -> int | None:
+                """Exact passes done as the progress bar shows them (None: no such bar now)."""
+                texts = bars.all_inner_texts()  # never waits: the bar may be gone by now
+                m = re.search(r"exact pairs: ([\d,]+) / ([\d,]+)", texts[0]) if texts else None
+                if m is None:
+                    return None
+                done, total = (int(g.replace(",", "")) for g in m.groups())
+                if not seen or seen[-1][1:] != (done, total):
+                    seen.append((round(time.time() - t0, 1), done, total))
+                return done
+
+            # first run: cancel once exact pairs past the anchors' plain passes are scored
+            idle(page)
+            compute.click()
+            t0 = time.time()
+            clicked = 0.0
+            while not cancelled.is_visible():
+                if ready.is_visible():
+                    _give_up(page, tmp_path, "the learned kernel was ready before Cancel took "
+                             "effect (a faster machine: raise EXACT_PASSES)", "learned")
+                check_failed()
+                done = exact_progress(t0)
+                if done is not None and done > anchors and time.time() - clicked > 10:
+                    with contextlib.suppress(Exception):  # the fragment may be redrawing it
+                        cancel.click(timeout=5_000)
+                        clicked = time.time()
+                if time.time() - t0 > SLOW_MS / 1000:
+                    _give_up(page, tmp_path, "the first learned run was neither cancelled nor "
+                             f"scoring exact pairs past {anchors} in {SLOW_MS / 1000:.0f} s",
+                             "learned")
+                page.wait_for_timeout(250)
+            assert clicked, seen  # cancelled by the click above, not by anything else
+            idle(page)
+            page.screenshot(path=str(ARTIFACTS / "2_kernel_learned_cancelled.png"))
+
+            # the same settings again: the finished exact pairs come from the pair store
+            compute.click()
+            t1 = time.time()
+            last_click = t1
+            while not ready.is_visible():
+                check_failed()
+                exact_progress(t1)
+                if time.time() - last_click > 30 and not bars.count() and compute.is_visible() \
+                        and compute.is_enabled():  # the click was lost in a rerun: again
+                    with contextlib.suppress(Exception):
+                        compute.click(timeout=5_000)
+                    last_click = time.time()
+                if time.time() - t1 > SLOW_MS / 1000:
+                    _give_up(page, tmp_path, "the resumed learned kernel was not shown as ready "
+                             f"in {SLOW_MS / 1000:.0f} s", "learned")
+                page.wait_for_timeout(250)
+            idle(page)
+            info = page.locator('[data-testid="stAlertContentInfo"], '
+                                '[data-testid="stAlertContentWarning"]').filter(
+                has_text="LEARNED kernel")
+            info.first.wait_for()
+            line = info.first.inner_text()
+            info.first.scroll_into_view_if_needed()
+            shot(page, "2_kernel_learned")
+        finally:
+            browser.close()
+    m = re.search(r"\(([\d,]+) passes computed, ([\d,]+) reused\)", line)
+    computed, reused = (int(g.replace(",", "")) for g in m.groups()) if m else (None, None)
+    (ARTIFACTS / "learned_resume.json").write_text(json.dumps(
+        {"exact_passes": EXACT_PASSES, "bfloat16": bf16, "progress": seen,
+         "passes_computed": computed, "passes_reused": reused, "line": line}, indent=1))
+    assert "utility pool: LEARNED kernel" in line and "held-out fidelity" in line, line
+    assert m is not None, line
+    assert reused > 0, line  # Cancel kept the finished exact pairs for the next run
+    assert computed + reused <= EXACT_PASSES, line  # the budget counts stored passes too
+    assert (ARTIFACTS / "2_kernel_learned.png").stat().st_size > 10_000
