@@ -170,3 +170,19 @@ def test_the_audit_says_which_findings_stand_on_predicted_values(pool, tiny_llam
     assert "values are predicted" in a.meta["learned_kernel"]
     utility = [f for f in a.findings.values() if f.available and "ON A LEARNED KERNEL" in f.rule]
     assert utility, [f.rule for f in a.findings.values()]
+
+
+@pytest.mark.parametrize("direction", ["helps-target", "reference"])
+def test_every_stage_gets_a_learned_kernel(pool, tiny_llama, store, direction):
+    """Target and existing kernels are learned too, in either target direction."""
+    target = load_dataset("demo:target")
+    small = pool.subset(range(120))
+    k = _learned(small, tiny_llama, target=target, exact_passes=600,
+                 target_direction=direction)
+    assert k.target.shape == (40, 120) and k.exact["target"].shape == (40, 120)
+    assert set(k.meta.learned) == {"pool", "target"}
+    r, c = k.exact["target"].nonzero()
+    assert len(r) and np.isfinite(np.asarray(k.target[r, c])).all()
+    existing = load_dataset("demo:existing").subset(range(30))
+    k2 = _learned(small, tiny_llama, existing=existing, exact_passes=600)
+    assert k2.existing.shape == (120, 30) and set(k2.meta.learned) == {"pool", "existing"}
