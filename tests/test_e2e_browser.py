@@ -310,12 +310,9 @@ def set_learned(page: Any, on: bool) -> None:
     idle(page)
 
 
-def set_first_rows(page: Any, n: int) -> None:
-    """Type N into "first N rows", commit it, and wait until the estimate is for N rows of a
-    dense kernel (n² + n passes); typed again if a rerun still running replaced the input."""
-    box = page.locator('input[aria-label^="Use the first N rows of the pool"]')
-    want = page.locator('[data-testid="stMetric"]', has_text="Forward passes").locator(
-        '[data-testid="stMetricValue"]', has_text=re.compile(rf"^{n * n + n:,}$"))
+def type_until(page: Any, box: Any, n: int, want: Any) -> None:
+    """Type ``n`` into ``box`` and commit it until ``want`` shows; typed again (up to 5 times)
+    when a rerun still running replaced the input."""
     for _ in range(5):
         idle(page)
         box.fill(str(n))
@@ -327,6 +324,15 @@ def set_first_rows(page: Any, n: int) -> None:
             continue
     want.wait_for(timeout=1_000)
     idle(page)
+
+
+def set_first_rows(page: Any, n: int) -> None:
+    """Type N into "first N rows", commit it, and wait until the estimate is for N rows of a
+    dense kernel (n² + n passes); typed again if a rerun still running replaced the input."""
+    box = page.locator('input[aria-label^="Use the first N rows of the pool"]')
+    want = page.locator('[data-testid="stMetric"]', has_text="Forward passes").locator(
+        '[data-testid="stMetricValue"]', has_text=re.compile(rf"^{n * n + n:,}$"))
+    type_until(page, box, n, want)
 
 
 def _give_up(page: Any, cache: Path, why: str, name: str = "utility") -> None:
@@ -427,17 +433,7 @@ def set_exact_passes(page: Any, n: int) -> None:
     box = page.locator('input[aria-label="Exact passes"]')
     want = page.get_by_text(re.compile(rf"Learned kernel: .* of which about {n:,} exact model "
                                        r"passes"))
-    for _ in range(5):
-        idle(page)
-        box.fill(str(n))
-        box.press("Enter")
-        try:
-            want.wait_for(timeout=15_000)
-            break
-        except Exception:  # noqa: BLE001 - playwright's TimeoutError: type it again
-            continue
-    want.wait_for(timeout=1_000)
-    idle(page)
+    type_until(page, box, n, want)
 
 
 def native_bf16() -> bool:
