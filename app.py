@@ -5,9 +5,17 @@ Each page does one job and is a thin layer over ``delift_core``; ``studio.ui.PAG
 
 from __future__ import annotations
 
+import importlib
+
 import streamlit as st
 
-from studio.ui import PAGES
+import studio
+
+with studio.IMPORT_LOCK:  # the first import of the engine, one session at a time
+    for _module in ("delift_core", "studio.state", "studio.ui", "studio.jobs"):
+        importlib.import_module(_module)
+
+from studio.ui import PAGES  # noqa: E402
 
 st.navigation([st.Page(path, title=title, icon=icon, default=key == "home")
                for key, (path, title, icon) in PAGES.items()]).run()

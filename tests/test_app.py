@@ -629,3 +629,14 @@ def test_an_ended_job_asks_for_a_page_rerun_on_every_poll_until_the_page_has_see
     assert reruns == [1, 1, 1] and adopted == ["r"]
     ui.job_panel(job, page_saw_running=False, **kw)  # the full run that shows the result
     assert reruns == [1, 1, 1] and adopted == ["r"]
+
+
+def test_the_first_import_of_the_engine_is_serialised_across_sessions():
+    """Two browser sessions importing the package at once deadlocked on Python's module locks
+    in CI; app.py imports the engine under one process-wide lock before any page runs."""
+    import studio
+
+    text = (ROOT / "app.py").read_text()
+    assert "with studio.IMPORT_LOCK:" in text
+    assert text.index("studio.IMPORT_LOCK") < text.index("from studio.ui import PAGES")
+    assert hasattr(studio.IMPORT_LOCK, "acquire")
