@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+import studio  # noqa: F401  (first: imports the engine once, see studio/__init__.py)
 from delift_core.data.formats import EXTENSIONS, FORMATS, SUFFIXES
 from delift_core.errors import DataError, DeliftError
 from delift_core.data.dataset import Dataset

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+import studio  # noqa: F401  (first: imports the engine once, see studio/__init__.py)
 from delift_core.selection import objectives as registry
 from delift_core.selection import plan
 from delift_core import settings as spec

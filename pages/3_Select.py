@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+import studio  # noqa: F401  (first: imports the engine once, see studio/__init__.py)
 from delift_core.selection import objectives as registry
 from delift_core.outputs.views import gain_curve
 from delift_core.outputs import figures

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+import studio  # noqa: F401  (first: imports the engine once, see studio/__init__.py)
 from delift_core.outputs.views import (cluster_order, compare_selections, decision_status,
                                        heatmap_view, hover_safe, rank_order)
 from delift_core.outputs import figures

@@ -7,6 +7,7 @@ import hashlib
 
 import streamlit as st
 
+import studio  # noqa: F401  (first: imports the engine once, see studio/__init__.py)
 from delift_core.errors import DataError
 from delift_core.outputs.review import Decisions
 from studio import decisions as bulk

@@ -8,6 +8,7 @@ import zipfile
 
 import streamlit as st
 
+import studio  # noqa: F401  (first: imports the engine once, see studio/__init__.py)
 from delift_core.outputs.audit import audit
 from delift_core.errors import DeliftError, MissingDependencyError
 from delift_core.outputs.export import EXPORT_FORMATS, default_format, selection_artifacts

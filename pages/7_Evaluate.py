@@ -8,6 +8,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+import studio  # noqa: F401  (first: imports the engine once, see studio/__init__.py)
 from delift_core.errors import DeliftError
 from delift_core.data.dataset import load_dataset
 from delift_core.evaluation.subsets import BASELINES, baseline_subsets, load_subset, parse_int_list

@@ -6,6 +6,7 @@ from dataclasses import asdict
 
 import streamlit as st
 
+import studio  # noqa: F401  (first: imports the engine once, see studio/__init__.py)
 from delift_core.errors import DeliftError, MissingDependencyError
 from delift_core.outputs.audit import DEFAULT_CLUSTERS, audit_pool, audit_settings
 from delift_core.outputs.audit_findings import FINDINGS

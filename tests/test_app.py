@@ -640,3 +640,8 @@ def test_the_first_import_of_the_engine_is_serialised_across_sessions():
     assert "with studio.IMPORT_LOCK:" in text
     assert text.index("studio.IMPORT_LOCK") < text.index("from studio.ui import PAGES")
     assert hasattr(studio.IMPORT_LOCK, "acquire")
+    for page in sorted((ROOT / "pages").glob("*.py")):  # a page may run before app.py
+        lines = [ln for ln in page.read_text().splitlines()
+                 if ln.startswith(("import ", "from ")) and "__future__" not in ln]
+        first = next(ln for ln in lines if "delift_core" in ln or "studio" in ln)
+        assert first.startswith("import studio"), page.name
