@@ -206,12 +206,14 @@ _SETTINGS: list[Setting] = [
        label="Max response tokens", low=1, widget="advanced"),
     _s("plain_template", "utility", str, "Instruction: Please generate a response to the following "
        "query.\n\n\nQuery: {prompt}\n", "the prompt without an example ({prompt})",
-       label="Plain template", widget="advanced"),
+       label="Plain template",
+       no_widget="set in the CLI or the API: a text box can change a template's whitespace"),
     _s("example_template", "utility", str, "Instruction:\nUse the following example as a guide to "
        "answer the query in the same format and style, providing a clear and concise response."
        "\n\n\nExample:\n{example_prompt}\n{example_response}\n\n\nQuery:\n{prompt}\n",
        "the prompt with one in-context example ({example_prompt}, {example_response}, {prompt})",
-       label="Example template", widget="advanced"),
+       label="Example template",
+       no_widget="set in the CLI or the API: a text box can change a template's whitespace"),
     _s("score_eos", "utility", bool, True, "score an end-of-sequence token after the response",
        label="Score EOS", cli=None, cli_off="--no-score-eos", widget="advanced"),
     _s("chat_template", "utility", bool, False, "wrap each prompt in the model's chat template (a "
