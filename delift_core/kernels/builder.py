@@ -407,7 +407,10 @@ def _record_speed(kernels: Kernels, pool: Dataset, target: Dataset | None,
     """Record this machine's speed for later time estimates, from the work this call computed:
     the estimate's tokens times the share of passes computed (not read from the pair store;
     plain passes one set's kernel reuses from another's in the same call count as read). Runs
-    that computed under half their passes are not recorded: their time is mostly the store's."""
+    that computed under half their passes are not recorded: their time is mostly the store's.
+    The time is the utility engine's own (each role's ``seconds``): loading the sentence embedder
+    and the neighbour search are not model passes, and on a first kernel in a process they were
+    most of a small kernel's time, so its estimate came out several times too slow."""
     from delift_core.kernels.estimates import estimate_work, record_speed, speed_key
 
     roles = [kernels.meta.get(r) for r in ROLES if isinstance(kernels.meta.get(r), dict)]
@@ -421,7 +424,8 @@ def _record_speed(kernels: Kernels, pool: Dataset, target: Dataset | None,
     dtype = str(getattr(lm, "dtype", "float32")).replace("torch.", "")
     device = getattr(getattr(lm, "device", None), "type", "cpu")
     key = speed_key("utility", dtype, bool(sparse), device, getattr(lm, "name", None), settings)
-    record_speed(key, round(est.tokens * computed / total), float(kernels.meta["seconds"]))
+    seconds = sum(float(m.get("seconds") or 0.0) for m in roles)
+    record_speed(key, round(est.tokens * computed / total), seconds)
 
 
 def kernel_report(kernels: Kernels) -> list[str]:
