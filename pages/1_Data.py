@@ -9,7 +9,7 @@ import studio  # noqa: F401  (first: imports the engine once, see studio/__init_
 from delift_core.data.formats import EXTENSIONS, FORMATS, SUFFIXES
 from delift_core.errors import DataError, DeliftError
 from delift_core.data.dataset import Dataset
-from studio import state, ui
+from studio import served, state, ui
 
 ui.setup("Data", "📂")
 s = state.ss()
@@ -96,18 +96,19 @@ def loader(role: str) -> None:
             mapping = mapping_widgets(role, columns)
             try_load(role, state.load_bytes, data, up.name, mapping)
     elif src == "path":
-        path = st.text_input(f"Path of a file ({SUFFIXES}) or a saved dataset "
-                             "folder", key=f"p_path_{role}")
+        root = served.served_settings().data_root
+        path = st.text_input(f"Path of a file ({SUFFIXES}) or a saved dataset folder"
+                             + (f", inside {root}" if root else ""), key=f"p_path_{role}")
         columns = None
         if path.strip():
             from pathlib import Path
 
-            p = Path(path.strip()).expanduser()
-            if p.is_file() and p.stat().st_size < state.max_upload_bytes():
-                try:
+            try:  # on a served studio, only inside the data root
+                p = Path(served.data_source(path.strip())).expanduser()
+                if p.is_file() and p.stat().st_size < state.max_upload_bytes():
                     columns = state.columns_of(p.read_bytes(), p.name)
-                except (DeliftError, OSError):
-                    columns = None
+            except (DeliftError, OSError):
+                columns = None
         mapping = mapping_widgets(role, columns)
         if st.button("Load", key=f"load_path_{role}", disabled=not path.strip()):
             try_load(role, state.load_source, path.strip(), mapping)
@@ -116,7 +117,9 @@ def loader(role: str) -> None:
         repo = c1.text_input("Dataset id, e.g. tatsu-lab/alpaca", key=f"p_hub_{role}")
         s.setdefault(f"p_split_{role}", "train")
         split = c2.text_input("Split", key=f"p_split_{role}")
-        st.caption("Needs a network connection (or the dataset in the local Hugging Face cache).")
+        st.caption("Needs a network connection (or the dataset in the local Hugging Face cache)"
+                   + ("" if served.served_settings().allow_hub else
+                      "; turned off on this server (DELIFT_ALLOW_HUB)") + ".")
         mapping = mapping_widgets(role, None)
         if st.button("Load", key=f"load_hub_{role}", disabled=not repo.strip()):
             with st.spinner("Loading from the hub…"):

@@ -9,6 +9,7 @@ from delift_core.selection import objectives as registry
 from delift_core.selection import plan
 from delift_core import settings as spec
 from delift_core.lm.models import PACKAGED_MODELS
+from delift_core.errors import DeliftError
 from delift_core.kernels.estimates import (estimate_seconds, estimate_work, format_seconds,
                                            speed_key, stored_passes)
 from studio import state, ui
@@ -202,8 +203,11 @@ same_as_current = s["kernels"] is not None and s["kernel_config"] == config
 start = st.button("Recompute" if same_as_current else "Compute the kernel", type="primary",
                   disabled=missing or running, key="start_kernel")
 if start:
-    job = state.start_kernel_job(config, run_pool, run_target, run_existing, est)
-    running = True
+    try:
+        job = state.start_kernel_job(config, run_pool, run_target, run_existing, est)
+        running = True
+    except DeliftError as e:  # a model the served studio does not allow
+        st.error(ui.md_escape(str(e)))
 
 
 @st.fragment(run_every=1.0 if running else None)

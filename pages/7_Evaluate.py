@@ -10,12 +10,11 @@ import streamlit as st
 
 import studio  # noqa: F401  (first: imports the engine once, see studio/__init__.py)
 from delift_core.errors import DeliftError
-from delift_core.data.dataset import load_dataset
 from delift_core.evaluation.subsets import BASELINES, baseline_subsets, load_subset, parse_int_list
 from delift_core.evaluation.metrics import METRIC_LABELS
 from delift_core.evaluation.settings import EvalSettings
 from delift_core.evaluation.run import evaluate
-from studio import state, ui
+from studio import served, state, ui
 
 ui.setup("Evaluate", "🎯", heading="Evaluate a selection")
 s = state.ss()  # the ev_* settings persist across page switches (studio.state.EVAL_DEFAULTS)
@@ -64,10 +63,12 @@ def _request() -> dict[str, Any]:
     if use_current:
         sub, pool = current.subset(), current.pool
     else:
-        sub, pool = load_subset(s["ev_subset_src"].strip())
+        sub, pool = load_subset(served.data_source(s["ev_subset_src"]))
+        if pool is not None:  # read from the path the subset folder's manifest names
+            served.check_loaded_source(pool.source)
         if s["ev_pool_src"].strip():
-            pool = load_dataset(s["ev_pool_src"].strip())
-    test = load_dataset(s["ev_test_src"].strip())
+            pool = state.load_source(s["ev_pool_src"])
+    test = state.load_source(s["ev_test_src"])
     test = test.subset(range(min(int(s["ev_test_limit"]), len(test))))
     baselines = list(s["ev_baselines"])
     subsets = [sub]

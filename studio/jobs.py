@@ -4,6 +4,12 @@ A job lives in a process-wide registry (``st.cache_resource``) keyed by the sess
 job's kind, so it keeps running across reruns and page switches, and no session can see another's
 job. Pages poll it (``st.fragment(run_every=...)``); :func:`studio.state.init` adopts a finished
 kernel job's kernels into the session, the Evaluate page a finished evaluation's report.
+
+Model work (utility kernels and evaluations) of all sessions goes through one server-wide
+:class:`ModelQueue`: ``DELIFT_MODEL_JOBS`` run at once (default 1: two model jobs side by side on
+a small CPU each run many times slower), the rest wait in order, each session sees its place, and
+a job whose browser tab has been gone for :data:`GONE_AFTER_S` leaves the queue. Embedding
+kernels take no place in it: they are short and would otherwise wait behind an hour-long kernel.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Sequence, TypeVar
+from typing import Any, Callable, ClassVar, Sequence, TypeVar
 
 import streamlit as st
 
@@ -28,7 +34,7 @@ from delift_core.selection.plan import engine_kind
 from delift_core.kernels.estimates import WorkEstimate
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, eq=False)
 class Job:
     """What every background job has: live progress, a cancel event, and the result or error.
 
@@ -37,7 +43,7 @@ class Job:
 
     KIND: ClassVar[str] = "job"
     cancel: threading.Event = field(default_factory=threading.Event)
-    status: str = "starting"  # starting | running | done | cancelled | error
+    status: str = "starting"  # starting | queued | running | done | cancelled | error
     stage: str = "starting"
     done: int = 0
     total: int = 0
@@ -48,10 +54,19 @@ class Job:
     error: str | None = None
     adopted: bool = False  # its result was taken into the session
     thread: threading.Thread | None = None
+    queue: "ModelQueue | None" = None
+    """The server's model-work queue, for a job that loads a causal LM (None: runs at once)."""
+    alive: Callable[[], bool] = lambda: True
+    """Whether the session that started the job still has its browser tab open."""
 
     @property
     def running(self) -> bool:
-        return self.status in ("starting", "running")
+        """Not ended: starting, waiting in the queue, or computing."""
+        return self.status in ("starting", "queued", "running")
+
+    def place(self) -> tuple[int, int] | None:
+        """(place, jobs waiting) while the job waits in the model queue, else None."""
+        return self.queue.place(self) if self.queue is not None else None
 
     def _progress(self, label: str, done: int, total: int) -> None:
         if self.compute_started is None:
@@ -61,6 +76,10 @@ class Job:
     def fraction(self) -> float:
         """Overall share of the work done (0..1)."""
         raise NotImplementedError
+
+    def needs_model(self) -> bool:
+        """Whether the job loads a causal LM (then it waits its turn in the model queue)."""
+        return True
 
     def work(self) -> Any:
         """The computation; returns the result (runs in the job's thread)."""
@@ -75,7 +94,11 @@ class Job:
         return spent * (1 - f) / f
 
     def run(self) -> None:
-        """The thread's body: the work, its outcome as a status, never an exception."""
+        """The thread's body: a place in the model queue if it needs one, then the work; its
+        outcome as a status, never an exception."""
+        if self.queue is not None and not self.queue.acquire(self):
+            self.status, self.finished = "cancelled", time.time()
+            return
         try:
             self.result = self.work()
             self.status = "done"
@@ -87,9 +110,69 @@ class Job:
             self.status, self.error = "error", f"{type(e).__name__}: {e}"
         finally:
             self.finished = time.time()
+            if self.queue is not None:
+                self.queue.release(self)
 
 
-@dataclass(kw_only=True)
+GONE_AFTER_S = 30.0
+"""A queued job whose session has had no open browser tab for this long leaves the queue (a
+short reconnect, a reload, keeps its place)."""
+
+
+class ModelQueue:
+    """One server-wide, first-come first-served queue of model jobs with ``slots`` running at
+    once. A job waiting in it can be cancelled (it leaves at once) and leaves by itself when its
+    session's tab has been closed for :data:`GONE_AFTER_S`."""
+
+    def __init__(self, slots: int = 1) -> None:
+        self.slots = slots
+        self.cond = threading.Condition()
+        self.waiting: list[Job] = []
+        self.active: set[int] = set()
+        self._gone_since: dict[int, float] = {}
+
+    def place(self, job: Job) -> tuple[int, int] | None:
+        with self.cond:
+            if job not in self.waiting:
+                return None
+            return self.waiting.index(job) + 1, len(self.waiting)
+
+    def _drop_gone(self) -> None:
+        now = time.time()
+        for job in list(self.waiting):
+            if job.alive():
+                self._gone_since.pop(id(job), None)
+            elif now - self._gone_since.setdefault(id(job), now) >= GONE_AFTER_S:
+                job.cancel.set()
+
+    def acquire(self, job: Job, poll: float = 0.5) -> bool:
+        """Wait for a free slot in order; False when the job was cancelled (or its tab closed)
+        while it waited."""
+        with self.cond:
+            self.waiting.append(job)
+            job.status, job.stage = "queued", "waiting for the model"
+            try:
+                while True:
+                    self._drop_gone()
+                    if job.cancel.is_set():
+                        return False
+                    if self.waiting[0] is job and len(self.active) < self.slots:
+                        self.active.add(id(job))
+                        job.status, job.stage = "starting", "starting"
+                        return True
+                    self.cond.wait(poll)
+            finally:
+                self.waiting.remove(job)
+                self._gone_since.pop(id(job), None)
+                self.cond.notify_all()
+
+    def release(self, job: Job) -> None:
+        with self.cond:
+            self.active.discard(id(job))
+            self.cond.notify_all()
+
+
+@dataclass(kw_only=True, eq=False)
 class KernelJob(Job):
     """One kernel computation: its inputs and work estimate; the result is :class:`Kernels`."""
 
@@ -113,6 +196,9 @@ class KernelJob(Job):
             before += u
         return 0.0 if self.status != "done" else 1.0
 
+    def needs_model(self) -> bool:
+        return engine_kind(self.config["kind"]) == "utility"
+
     def work(self) -> Kernels:
         """Load the model and compute the kernels the page's settings describe."""
         cfg = self.config
@@ -128,7 +214,7 @@ class KernelJob(Job):
                                      model_progress=lambda msg: setattr(self, "stage", msg))
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, eq=False)
 class EvalJob(Job):
     """One evaluation: subsets scored on a test set; the result is an ``EvalReport``.
 
@@ -190,18 +276,25 @@ J = TypeVar("J", bound=Job)
 class JobRegistry:
     """Jobs by session id and kind (measured speeds are kept on disk: delift_core.kernels.estimates)."""
 
-    def __init__(self) -> None:
+    def __init__(self, model_jobs: int = 1) -> None:
         self.lock = threading.Lock()
         self.jobs: dict[tuple[str, str], Job] = {}
+        self.queue = ModelQueue(model_jobs)
 
     def get(self, session: str, kind: str = KernelJob.KIND) -> Any:
         """The session's job of ``kind`` ("kernel" or "evaluation"), running or finished."""
         with self.lock:
             return self.jobs.get((session, kind))
 
-    def start(self, session: str, job: J) -> J:
-        """Start ``job`` for ``session``, cancelling the session's previous job of its kind."""
+    def start(self, session: str, job: J, alive: Callable[[], bool] | None = None) -> J:
+        """Start ``job`` for ``session``, cancelling the session's previous job of its kind; a
+        job that loads a causal LM waits its turn in the model queue (``alive``: whether the
+        session's tab is still open, so a closed tab's queued job is dropped)."""
         key = (session, job.KIND)
+        if job.needs_model():
+            job.queue = self.queue
+        if alive is not None:
+            job.alive = alive
         with self.lock:
             old = self.jobs.get(key)
             if old is not None and old.running:
@@ -222,8 +315,11 @@ class JobRegistry:
 
 @st.cache_resource
 def job_registry() -> JobRegistry:
-    """The process-wide registry (one per server process, shared by sessions by id only)."""
-    return JobRegistry()
+    """The process-wide registry (one per server process, shared by sessions by id only), with
+    the model queue sized by ``DELIFT_MODEL_JOBS`` (:mod:`studio.served`)."""
+    from studio.served import served_settings
+
+    return JobRegistry(served_settings().model_jobs)
 
 
 def wait(job: Job, timeout: float = 600.0) -> None:

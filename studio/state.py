@@ -33,7 +33,7 @@ import hashlib
 import json
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import streamlit as st
@@ -52,7 +52,7 @@ from delift_core.kernels.embedding import embed_rows
 from delift_core import settings as spec
 from delift_core.lm.models import resolve_device
 
-from . import jobs
+from . import jobs, served
 
 ROLES = ("pool", "target", "existing")
 ROLE_LABELS = {"pool": "Pool", "target": "Target set", "existing": "Existing set"}
@@ -134,6 +134,19 @@ def session_id() -> str:
     return ss()["_sid"]
 
 
+def tab_open() -> Callable[[], bool]:
+    """A check, safe from any thread, of whether this browser session is still connected (a
+    closed tab's queued model job leaves the queue, :class:`studio.jobs.ModelQueue`)."""
+    from streamlit.runtime import Runtime, exists
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx()
+    if ctx is None or not exists():  # outside a server (AppTest, scripts): always open
+        return lambda: True
+    runtime, sid = Runtime.instance(), ctx.session_id
+    return lambda: runtime.is_active_session(sid)
+
+
 # ----------------------------------------------------------------------------------------------
 # Data
 
@@ -167,7 +180,9 @@ def _load_source(source: str, mapping: tuple | None, split: str | None, stamp: A
 
 
 def load_source(source: str, mapping: tuple | None = None, split: str | None = None) -> Dataset:
-    """A local path, saved-dataset folder or hub id (cached; a changed file reloads)."""
+    """A local path, saved-dataset folder or hub id (cached; a changed file reloads); on a served
+    studio only inside the data root, hub ids only when allowed (:mod:`studio.served`)."""
+    source = served.data_source(source)
     p = Path(source).expanduser()
     stamp = (p.stat().st_mtime_ns, p.stat().st_size) if p.is_file() else None
     return _load_source(source.strip(), mapping, split, stamp)
@@ -255,10 +270,15 @@ def kernel_inputs(stage: str, kind: str, limit: int) -> plan.KernelInputs:
 def start_kernel_job(config: dict, pool: Dataset, target: Dataset | None,
                      existing: Dataset | None, est: Any) -> jobs.KernelJob:
     """Start computing kernels for this session in a background thread (``est``: the page's
-    work estimate of exactly this computation, which the job's progress is weighted by)."""
-    job = jobs.KernelJob(config=dict(config), pool=pool, target=target, existing=existing,
+    work estimate of exactly this computation, which the job's progress is weighted by).
+    A model or embedder the served studio does not allow is refused here (AccessRefused)."""
+    config = dict(config)
+    for key, embedder in (("model", False), ("embedder", True)):
+        if config.get(key):
+            config[key] = served.model_source(config[key], embedder=embedder)
+    job = jobs.KernelJob(config=config, pool=pool, target=target, existing=existing,
                          estimate=est)
-    return jobs.job_registry().start(session_id(), job)
+    return jobs.job_registry().start(session_id(), job, tab_open())
 
 
 def current_job() -> jobs.KernelJob | None:
@@ -269,7 +289,10 @@ def current_job() -> jobs.KernelJob | None:
 def start_eval_job(**request: Any) -> jobs.EvalJob:
     """Start an evaluation for this session in a background thread (``jobs.EvalJob``'s fields:
     subsets, test, settings, modes, model, embedder); a running one is cancelled."""
-    return jobs.job_registry().start(session_id(), jobs.EvalJob(**request))
+    request = dict(request)
+    request["model"] = served.model_source(request.get("model"))
+    request["embedder"] = served.model_source(request.get("embedder"), embedder=True)
+    return jobs.job_registry().start(session_id(), jobs.EvalJob(**request), tab_open())
 
 
 def current_eval_job() -> jobs.EvalJob | None:

@@ -6,6 +6,7 @@ HTML), so untrusted text cannot inject markup.
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable
 
 import streamlit as st
@@ -15,7 +16,7 @@ from delift_core.selection.select import Selection
 from delift_core.kernels.estimates import format_seconds
 from delift_core.outputs.views import explain
 
-from . import state
+from . import served, state
 
 PAGES = {"home": ("pages/0_Home.py", "Home", ":material/home:"),
          "data": ("pages/1_Data.py", "Data", ":material/table_view:"),
@@ -46,6 +47,7 @@ def link(page: str, label: str | None = None) -> None:
 def setup(title: str, icon: str = "🎯", heading: str | None = None) -> None:
     """Page config, session defaults, the sidebar status panel and the page's title."""
     st.set_page_config(page_title=f"{title} · DELIFT Studio", page_icon=icon, layout="wide")
+    served.require_sign_in(entry=False)  # app.py shows the sign-in screen; no page runs before
     state.init()
     if state.ss()["kernels"] is not None:
         state.current_selection()  # cheap (cached greedy order); keeps the sidebar current
@@ -64,7 +66,9 @@ def sidebar_status() -> None:
             if s[role] is not None:
                 st.text(f"{state.ROLE_LABELS[role]}: {len(s[role])} rows")
         job = state.current_job()
-        if job is not None and job.running:
+        if job is not None and job.status == "queued":
+            st.text("Kernel: queued")
+        elif job is not None and job.running:
             st.text(f"Kernel: computing ({job.fraction():.0%})")
         elif s["kernels"] is not None:
             cfg = s["kernel_config"]
@@ -184,7 +188,14 @@ def job_panel(job: Any, *, page_saw_running: bool, cancel_key: str, cancelling: 
 
 
 def job_progress(job: Any) -> None:
-    """Progress bar with stage, counts and time left for a background job (kernel or evaluation)."""
+    """Progress bar with stage, counts and time left for a background job (kernel or evaluation);
+    while it waits in the server's model queue, its place and how long it has waited."""
+    place = job.place() if job.status == "queued" else None
+    if place is not None:
+        st.progress(0.0, text=f"Queued: place {place[0]} of {place[1]} waiting for the model "
+                              f"(other sessions' model jobs run first) · waiting "
+                              f"{format_seconds(time.time() - job.created)}")
+        return
     left = job.seconds_left()
     frac = job.fraction()
     if job.total:

@@ -45,10 +45,11 @@ def server():
 
 @contextlib.contextmanager
 def streamlit_server(env: dict[str, str], log_name: str,
-                     options: tuple[str, ...] = ()) -> Iterator[str]:
+                     options: tuple[str, ...] = (), port: int | None = None) -> Iterator[str]:
     """Run ``streamlit run app.py`` with ``env`` (and extra command-line ``options``, e.g.
-    ``("--runner.postScriptGC", "true")``) until the block ends; yields its URL."""
-    port = free_port()
+    ``("--runner.postScriptGC", "true")``) until the block ends, on ``port`` (a free one by
+    default); yields its URL."""
+    port = port or free_port()
     ARTIFACTS.mkdir(exist_ok=True)
     log = open(ARTIFACTS / log_name, "w")
     proc = subprocess.Popen(

@@ -30,7 +30,7 @@ from delift_core import settings
 from delift_core.errors import ModelError
 
 __all__ = ["DEFAULT_EMBEDDER", "DEFAULT_MODEL", "DTYPES", "PACKAGED_MODELS", "CausalLM",
-           "PackagedModel", "cache_dir", "ensure_default_model_files",
+           "PackagedModel", "packaged_embedder", "cache_dir", "ensure_default_model_files",
            "ensure_packaged_model_files", "load_causal_lm", "load_embedder", "packaged_gguf_path",
            "packaged_model", "resolve_device", "resolve_dtype"]
 
@@ -312,6 +312,11 @@ def load_causal_lm(name: str | None = None, *, device: str | torch.device | None
                   device=dev, dtype=dt)
     _LOADED[key] = lm
     return lm
+
+
+def packaged_embedder(name: str | None) -> bool:
+    """Whether ``name`` names the packaged sentence embedder (loaded offline, from the package)."""
+    return (name or "").strip() in _DEFAULT_EMBEDDER_ALIASES
 
 
 def load_embedder(name: str | None = None, *, device: str | torch.device | None = None) -> Any:

@@ -1,0 +1,229 @@
+"""A studio served to a team: the data root confines local paths, hub ids only when allowed,
+the allow-list of sign-in, and the server-wide model queue (studio/served.py, studio/jobs.py)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from studio import jobs
+from studio.served import (AccessRefused, ServedSettings, data_source, model_source,
+                           served_settings, user_allowed)
+
+ROOT = Path(__file__).resolve().parents[1]
+POOL = '{"prompt": "What is 2+2?", "response": "4"}\n{"prompt": "Capital of France?", ' \
+       '"response": "Paris"}\n'
+
+
+@pytest.fixture()
+def root(tmp_path: Path) -> Path:
+    """A data root with one pool file, and a secret file beside it (outside the root)."""
+    r = tmp_path / "root"
+    (r / "team").mkdir(parents=True)
+    (r / "team" / "pool.jsonl").write_text(POOL)
+    (tmp_path / "secret.jsonl").write_text('{"prompt": "the other team", "response": "s3cret"}\n')
+    return r
+
+
+def served(root: Path, **kw) -> ServedSettings:
+    return ServedSettings(data_root=Path(os.path.realpath(root)), allow_hub=False, **kw)
+
+
+def test_a_local_run_loads_what_is_typed(tmp_path: Path) -> None:
+    local = ServedSettings()
+    assert not local.served and local.allow_hub
+    assert data_source("/etc/passwd", local) == "/etc/passwd"
+    assert data_source(" tatsu-lab/alpaca ", local) == "tatsu-lab/alpaca"
+
+
+@pytest.mark.parametrize("text", ["/etc/passwd", "../secret.jsonl", "team/../../secret.jsonl",
+                                  "~/.bashrc", "/etc", "link.jsonl", "linkdir",
+                                  "folder_with_link"])
+def test_served_mode_refuses_paths_out_of_the_root_and_names_the_root(root: Path,
+                                                                      text: str) -> None:
+    (root / "link.jsonl").symlink_to(root.parent / "secret.jsonl")
+    (root / "linkdir").symlink_to(root.parent)
+    (root / "folder_with_link").mkdir()
+    (root / "folder_with_link" / "data.jsonl").symlink_to(root.parent / "secret.jsonl")
+    with pytest.raises(AccessRefused) as e:
+        data_source(text, served(root))
+    msg = str(e.value)
+    assert str(os.path.realpath(root)) in msg, msg
+    assert "s3cret" not in msg and "root:x:" not in msg  # never what a file holds
+
+
+def test_served_mode_loads_inside_the_root_relative_or_absolute(root: Path) -> None:
+    from delift_core.data.dataset import load_dataset
+
+    settings = served(root)
+    real = os.path.realpath(root / "team" / "pool.jsonl")
+    assert data_source("team/pool.jsonl", settings) == real
+    assert data_source(str(root / "team" / "pool.jsonl"), settings) == real
+    assert data_source("./team/../team/pool.jsonl", settings) == real
+    assert load_dataset(data_source("team/pool.jsonl", settings)).responses == ["4", "Paris"]
+    assert data_source("demo:pool", settings) == "demo:pool"
+    with pytest.raises(AccessRefused, match="no file or folder 'team/none.jsonl' in the data root"):
+        data_source("team/none.jsonl", settings)
+
+
+def test_hub_ids_only_when_allowed_and_never_a_server_path(root: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(AccessRefused, match="turned off on this server"):
+        data_source("tatsu-lab/alpaca", served(root))
+    allowed = ServedSettings(data_root=Path(os.path.realpath(root)), allow_hub=True)
+    assert data_source("tatsu-lab/alpaca", allowed) == "tatsu-lab/alpaca"
+    monkeypatch.chdir(root.parent)  # a "hub id" that names a file beside the server: refused
+    (root.parent / "owner").mkdir()
+    (root.parent / "owner" / "name").write_text("x")
+    with pytest.raises(AccessRefused):
+        data_source("owner/name", allowed)
+    # models: the packaged ones always, a hub id only when allowed, folders inside the root
+    assert model_source("gemma-3-270m", settings=served(root)) == "gemma-3-270m"
+    assert model_source("all-MiniLM-L6-v2", embedder=True, settings=served(root)) == \
+        "all-MiniLM-L6-v2"
+    with pytest.raises(AccessRefused, match="models from the Hugging Face hub are turned off"):
+        model_source("Qwen/Qwen2.5-0.5B", settings=served(root))
+    with pytest.raises(AccessRefused, match="outside the data root"):
+        model_source(str(root.parent), settings=served(root))
+    assert model_source("team", settings=served(root)) == os.path.realpath(root / "team")
+
+
+def test_settings_come_from_the_environment_and_bad_values_are_named(
+        root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DELIFT_DATA_ROOT", str(root))
+    monkeypatch.setenv("DELIFT_ALLOWED_USERS", "ann@example.com, @team.org")
+    monkeypatch.setenv("DELIFT_MODEL_JOBS", "2")
+    s = served_settings()
+    assert s.served and not s.allow_hub and s.model_jobs == 2
+    assert s.allowed_users == ("ann@example.com", "@team.org")
+    monkeypatch.setenv("DELIFT_ALLOW_HUB", "maybe")
+    with pytest.raises(AccessRefused, match="DELIFT_ALLOW_HUB must be 1 or 0"):
+        served_settings()
+    monkeypatch.setenv("DELIFT_ALLOW_HUB", "1")
+    monkeypatch.setenv("DELIFT_MODEL_JOBS", "0")
+    with pytest.raises(AccessRefused, match="DELIFT_MODEL_JOBS must be a whole number"):
+        served_settings()
+    monkeypatch.setenv("DELIFT_MODEL_JOBS", "1")
+    monkeypatch.setenv("DELIFT_DATA_ROOT", str(root / "missing"))
+    with pytest.raises(AccessRefused, match="is not a folder"):
+        served_settings()
+
+
+def test_the_allow_list_takes_addresses_and_domains() -> None:
+    allowed = ("ann@example.com", "@team.org")
+    assert user_allowed("Ann@Example.com", allowed)
+    assert user_allowed("bob@team.org", allowed)
+    assert not user_allowed("bob@example.com", allowed)
+    assert not user_allowed("eve@team.org.evil.com", allowed)
+    assert not user_allowed("", allowed) and not user_allowed(None, allowed)
+    assert user_allowed("anyone@anywhere.net", ())
+
+
+def test_the_data_page_refuses_a_path_outside_the_root_and_shows_nothing_of_it(
+        root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DELIFT_DATA_ROOT", str(root))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at.run()
+    at.switch_page("pages/1_Data.py")
+    at.run()
+    at.radio(key="p_src_pool").set_value("path").run()
+    for text in ("/etc/passwd", str(root.parent / "secret.jsonl"), "../secret.jsonl"):
+        at.text_input(key="p_path_pool").input(text).run()
+        at.button(key="load_path_pool").click().run()
+        assert not at.exception
+        errors = [e.value for e in at.error]
+        assert any(str(os.path.realpath(root)) in e and "outside the data root" in e
+                   for e in errors), errors
+        shown = " ".join(str(x.value) for x in [*at.markdown, *at.error, *at.caption])
+        assert "s3cret" not in shown and "root:x:" not in shown
+        assert at.session_state["pool"] is None
+        assert not at.checkbox(key="p_map_on_pool").value
+    at.text_input(key="p_path_pool").input("team/pool.jsonl").run()
+    at.button(key="load_path_pool").click().run()
+    assert not at.error, [e.value for e in at.error]
+    assert at.session_state["pool"].responses == ["4", "Paris"]
+    at.radio(key="p_src_pool").set_value("hub").run()
+    at.text_input(key="p_hub_pool").input("tatsu-lab/alpaca").run()
+    at.button(key="load_hub_pool").click().run()
+    assert any("turned off on this server" in e.value for e in at.error)
+
+
+# ------------------------------------------------------------------------------------------
+# The model queue
+
+
+class _Sleeper(jobs.Job):
+    """A model job that runs until released (the queue's behaviour, without a model)."""
+
+    def __init__(self, name: str, log: list, **kw) -> None:
+        super().__init__(**kw)
+        self.name, self.log, self.go = name, log, threading.Event()
+
+    def fraction(self) -> float:
+        return 0.0
+
+    def work(self) -> str:
+        self.log.append(self.name)
+        self.go.wait(30)
+        return self.name
+
+
+def _until(cond, timeout: float = 10.0) -> None:
+    t0 = time.time()
+    while not cond():
+        assert time.time() - t0 < timeout, "timed out"
+        time.sleep(0.02)
+
+
+def test_model_jobs_queue_in_order_and_a_queued_one_can_be_cancelled() -> None:
+    reg, log = jobs.JobRegistry(model_jobs=1), []
+    a = reg.start("session-a", _Sleeper("a", log))
+    _until(lambda: log == ["a"])
+    b = reg.start("session-b", _Sleeper("b", log))
+    c = reg.start("session-c", _Sleeper("c", log))
+    _until(lambda: b.place() == (1, 2) and c.place() == (2, 2))
+    assert b.status == c.status == "queued" and b.running
+    b.cancel.set()  # a queued job leaves at once, without running
+    _until(lambda: b.status == "cancelled")
+    assert c.place() == (1, 1) and log == ["a"]
+    assert reg.get("session-c", "job") is c and reg.get("session-a", "job") is a
+    a.go.set()
+    _until(lambda: log == ["a", "c"])
+    assert a.status == "done" and a.result == "a" and c.place() is None
+    c.go.set()
+    _until(lambda: c.status == "done")
+
+
+def test_a_closed_tabs_queued_job_leaves_the_queue(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(jobs, "GONE_AFTER_S", 0.3)
+    reg, log = jobs.JobRegistry(model_jobs=1), []
+    a = reg.start("a", _Sleeper("a", log))
+    _until(lambda: log == ["a"])
+    open_tab = {"b": True}
+    b = reg.start("b", _Sleeper("b", log), alive=lambda: open_tab["b"])
+    _until(lambda: b.status == "queued")
+    time.sleep(0.5)
+    assert b.status == "queued"  # an open tab keeps its place however long it waits
+    open_tab["b"] = False
+    _until(lambda: b.status == "cancelled")
+    a.go.set()
+    _until(lambda: a.status == "done")
+    assert log == ["a"]
+
+
+def test_two_slots_run_two_jobs_and_embedding_kernels_never_queue() -> None:
+    reg, log = jobs.JobRegistry(model_jobs=2), []
+    a, b = reg.start("a", _Sleeper("a", log)), reg.start("b", _Sleeper("b", log))
+    _until(lambda: sorted(log) == ["a", "b"])
+    kernel = jobs.KernelJob(config={"kind": "embedding"}, pool=None, target=None,
+                            existing=None, estimate=None)
+    assert not kernel.needs_model()
+    assert jobs.KernelJob(config={"kind": "utility"}, pool=None, target=None, existing=None,
+                          estimate=None).needs_model()
+    a.go.set(), b.go.set()
+    _until(lambda: a.status == b.status == "done")
