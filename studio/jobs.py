@@ -29,7 +29,8 @@ from delift_core.lm.models import load_causal_lm, load_embedder
 from delift_core.evaluation.settings import EvalSettings, EvaluationCancelled
 from delift_core.evaluation.subsets import Subset
 from delift_core.evaluation.run import evaluate
-from delift_core.kernels.request import kernels_from_settings
+from delift_core.kernels.request import kernels_from_settings, scores_from_settings
+from delift_core.selection import objectives as registry
 from delift_core.selection.plan import engine_kind
 from delift_core.kernels.estimates import WorkEstimate
 
@@ -196,8 +197,16 @@ class KernelJob(Job):
             before += u
         return 0.0 if self.status != "done" else 1.0
 
+    scores: Any = None
+    """The per-row scores the chosen objective ranks by (ifd, longest), computed after the
+    kernels; None when it ranks by none."""
+
+    def scores_kind(self) -> str | None:
+        objective = self.config.get("objective")
+        return registry.get(objective).scores if objective in registry.OBJECTIVES else None
+
     def needs_model(self) -> bool:
-        return engine_kind(self.config["kind"]) == "utility"
+        return engine_kind(self.config["kind"]) == "utility" or self.scores_kind() is not None
 
     def work(self) -> Kernels:
         """Load the model and compute the kernels the page's settings describe."""
@@ -208,10 +217,17 @@ class KernelJob(Job):
         values = {**cfg.get("engine", {}), "kernel": kind,
                   **{k: cfg[k] for k in ("model", "embedder", "dtype", "neighbours",
                                          "target_direction", "backend") if cfg.get(k)}}
-        return kernels_from_settings(self.pool, values, target=self.target,
-                                     existing=self.existing, progress=self._progress,
-                                     cancel=self.cancel,
-                                     model_progress=lambda msg: setattr(self, "stage", msg))
+        kernels = kernels_from_settings(self.pool, values, target=self.target,
+                                        existing=self.existing, progress=self._progress,
+                                        cancel=self.cancel,
+                                        model_progress=lambda msg: setattr(self, "stage", msg))
+        if self.scores_kind() is not None:
+            self.stage = "loading the causal LM for the row scores"
+            self.scores = scores_from_settings(
+                self.pool, self.scores_kind(), {**values, "kernel": "utility"},
+                progress=self._progress, cancel=self.cancel,
+                model_progress=lambda msg: setattr(self, "stage", msg))
+        return kernels
 
 
 @dataclass(kw_only=True, eq=False)

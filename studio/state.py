@@ -15,6 +15,8 @@ Session keys (``st.session_state``); everything is per browser session, nothing 
 - ``"selection"``: :class:`delift_core.Selection` or None, the current selection at the chosen
   budget, kept up to date by :func:`current_selection` (any page may call it).
 - ``"selection_error"``: str or None, why there is no selection (bad budget, ...).
+- ``"row_scores"``: the per-row scores (``RowScores``: IFD or response tokens) the kernel job
+  computed for a score-based objective chosen on the Kernel page, or None.
 - ``"decisions"``: :class:`delift_core.Decisions`, pins, bans and notes from the Review page;
   every selection run passes the pins and bans to ``select``.
 - ``"snapshots"``: dict label -> Selection, the latest selection per method, for comparisons.
@@ -115,7 +117,7 @@ def init() -> None:
     for role in ROLES:
         s.setdefault(role, None)
     for key in ("kernels", "kernel_pool", "kernel_target", "kernel_existing", "kernel_config",
-                "selection", "selection_error"):
+                "selection", "selection_error", "row_scores"):
         s.setdefault(key, None)
     s.setdefault("kernels_version", 0)
     s.setdefault("decisions", Decisions())
@@ -233,7 +235,7 @@ def clear_kernels() -> None:
     """Forget kernels and selections (the data they were computed for changed)."""
     s = ss()
     for key in ("kernels", "kernel_pool", "kernel_target", "kernel_existing", "kernel_config",
-                "selection", "selection_error", "_full"):
+                "selection", "selection_error", "_full", "row_scores"):
         s[key] = None
     s["kernels_version"] += 1
     s["snapshots"] = {}
@@ -307,6 +309,7 @@ def adopt_finished_job() -> None:
         return
     job.adopted = True
     set_kernels(job.result, job.config, job.pool, job.target, job.existing)
+    ss()["row_scores"] = job.scores  # what a score-based method (ifd, longest) ranks by
 
 
 def set_kernels(kernels: Kernels, config: dict, pool: Dataset, target: Dataset | None,
@@ -323,7 +326,7 @@ def set_kernels(kernels: Kernels, config: dict, pool: Dataset, target: Dataset |
 
 def available_objectives() -> list[str]:
     """Objectives the current kernels can serve (:func:`delift_core.selection.plan.available_objectives`)."""
-    return plan.available_objectives(ss()["kernels"])
+    return plan.available_objectives(ss()["kernels"], ss().get("row_scores"))
 
 
 def param_key(objective: str, name: str) -> str:
@@ -406,7 +409,7 @@ def current_selection() -> Selection | None:
             full = (key, select(pool, objective, kernels, len(pool), params=params,
                                 seed=int(s["p_seed"]), pinned=pins, banned=bans,
                                 full_order=True, diagonal=diagonal, method=method,
-                                epsilon=epsilon))
+                                epsilon=epsilon, scores=s.get("row_scores")))
             s["_full"] = full
         sel: Selection = full[1]
         budget = budget_value()

@@ -10,6 +10,7 @@ import json
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -315,7 +316,8 @@ def test_task_specific_flmi_and_eta() -> None:
 def served_objectives(s) -> list[str]:
     """The registry's non-baseline objectives whose needed set is loaded, in registry order."""
     return [name for name, spec in registry.OBJECTIVES.items()
-            if not spec.baseline and (spec.needs is None or s[spec.needs] is not None)]
+            if not spec.baseline and (spec.needs is None or s[spec.needs] is not None)
+            and spec.scores is None]  # score-based methods: once their scores are computed
 
 
 def test_select_offers_a_slider_per_parameter_of_every_registered_objective() -> None:
@@ -645,3 +647,26 @@ def test_the_first_import_of_the_engine_is_serialised_across_sessions():
                  if ln.startswith(("import ", "from ")) and "__future__" not in ln]
         first = next(ln for ln in lines if "delift_core" in ln or "studio" in ln)
         assert first.startswith("import studio"), page.name
+
+
+@pytest.mark.slow
+def test_a_score_method_chosen_on_the_kernel_page_gets_its_scores_and_selects() -> None:
+    """"longest" chosen with the embedding kernel: the kernel job also computes the response
+    lengths with the default model's tokenizer, and the Select page ranks by them."""
+    at = load_demo(new_app())
+    goto(at, "2_Kernel")
+    at.radio(key="p_instruction_objective").set_value("longest").run()
+    at.radio(key="p_kernel").set_value("embedding").run()
+    at.button(key="start_kernel").click().run()
+    wait_for_jobs()
+    at.run()
+    assert not at.exception, at.exception
+    s = at.session_state
+    assert s["row_scores"].kind == "response_tokens"
+    goto(at, "3_Select")
+    sel = s["selection"]
+    assert sel.objective == "longest", [e.value for e in at.error]
+    counts = s["row_scores"].values
+    picked = counts[sel.selected_indices]
+    assert picked.min() >= max(np.delete(counts, sel.selected_indices))
+    assert sel.cost()["scores"] == "response_tokens"

@@ -48,6 +48,8 @@ def flcg_brute(S, E, nu, A):
 
 BRUTE_FORCE = {
     "fl": lambda S, T, E, p, A: fl_brute(S, A),
+    # Superfiltering.D: FL among the rows its IFD filter keeps (the filter: test_row_scores.py)
+    "ifd-fl": lambda S, T, E, p, A: fl_brute(S, A),
     "flmi": lambda S, T, E, p, A: flmi_brute(S, T, p["eta"], A),
     "flqmi": lambda S, T, E, p, A: flqmi_brute(T, p["eta"], A),
     "flcg": lambda S, T, E, p, A: flcg_brute(S, E, p["nu"], A),
@@ -159,7 +161,7 @@ def test_shapes_and_values_are_checked():
         FacilityLocation(bad)
 
 
-@pytest.mark.parametrize("name", [n for n, s in OBJECTIVES.items() if not s.baseline])
+@pytest.mark.parametrize("name", [n for n, s in OBJECTIVES.items() if s.build is not None])
 def test_every_registered_objective_built_from_kernels_equals_its_brute_force(name):
     """The registry's build (scaled kernels, default parameters) gives the formula's values; a
     registered objective without a brute-force formula here fails this test."""
@@ -180,7 +182,10 @@ def test_registry_specs_are_complete():
     for spec in OBJECTIVES.values():
         assert spec.label and spec.help
         assert spec.needs in (None, "target", "existing")
-        assert spec.baseline == (spec.build is None)
+        if spec.build is None:  # a baseline order, or a ranking by per-row scores
+            assert spec.baseline or spec.scores is not None
+        assert not (spec.baseline and spec.build is not None)
+        assert spec.needs_kernel or spec.scores is not None
         assert spec.stage is None or spec.stage in ("instruction", "task", "continual")
 
 

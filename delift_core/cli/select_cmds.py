@@ -19,7 +19,8 @@ from delift_core.kernels.builder import kernel_report
 from delift_core.kernels.files import save_kernels
 from delift_core.outputs.outdir import check_output, output_folder
 from delift_core.selection import objectives
-from delift_core.selection.prepare import check_request, selection_kernels
+from delift_core.selection.cost import cost_line
+from delift_core.selection.prepare import check_request, selection_kernels, selection_scores
 from delift_core.selection.select import select
 
 logger = logging.getLogger(__name__)
@@ -83,16 +84,21 @@ def cmd_select(args: argparse.Namespace) -> int:
         d = load_decisions(args.decisions)
         pins += d.pinned
         bans += d.banned
+    if args.scores:  # a stale or wrong score file fails before any kernel work
+        selection_scores(pool, args.objective, {}, scores_file=args.scores)
     kernels = selection_kernels(pool, args.objective, args.kernel, _engine_values(args, "utility"),
                                 target=target, existing=existing, trust=args.trust_kernel,
                                 target_kernel=args.target_kernel,
                                 existing_kernel=args.existing_kernel, progress=_Bars())
     if kernels is not None and not kernels.meta.loaded:
         _report(kernels)
+    scores = selection_scores(pool, args.objective, _engine_values(args, "utility"),
+                              scores_file=args.scores, progress=_Bars())
     selection = select(pool, args.objective, kernels, args.budget,
                        params=_objective_params(args), seed=chosen["seed"],
                        method=chosen["method"], epsilon=chosen["epsilon"], pinned=pins,
-                       banned=bans, diagonal=args.diagonal)
+                       banned=bans, diagonal=args.diagonal, scores=scores)
+    cost = selection.cost()
     with output_folder(args.out, command="select", overwrite=args.overwrite) as tmp:
         paths = export_selection(selection, tmp, chosen["format"], target=target,
                                  existing=existing, escape_csv=chosen["csv_escape"],
@@ -101,6 +107,7 @@ def cmd_select(args: argparse.Namespace) -> int:
     print(f"selected {len(selection.selected_indices)} of {len(pool)} rows "
           f"(objective {args.objective}, value {selection.objective_value:.4f}); wrote "
           + ", ".join(sorted(p.name for p in paths.values())) + f" to {args.out}")
+    print(cost_line(cost))
     for note in selection.notes:
         print(f"note: {note}", file=sys.stderr)
     if args.push_to_hub:
@@ -114,7 +121,7 @@ def cmd_select(args: argparse.Namespace) -> int:
                  rejected=len(pool) - len(selection.selected_indices), skipped=len(pool.skipped),
                  format=chosen["format"], kernel_seconds=(kernels.meta.seconds
                                                           if kernels is not None else None),
-                 selection_seconds=selection.seconds, notes=list(selection.notes))
+                 selection_seconds=selection.seconds, cost=cost, notes=list(selection.notes))
     return 0
 
 
@@ -153,6 +160,10 @@ def _select_arguments(s: argparse.ArgumentParser) -> None:
                         ".npy): without this, a kernel is used only when its recorded row ids and "
                         "content hashes match the pool (and target/existing) given")
     s.add_argument("--budget", default="0.3", help="fraction (0.3, 30%%) or count (90)")
+    s.add_argument("--scores", metavar="FILE",
+                   help="for a method that ranks by per-row scores (ifd, ifd-fl, longest): a "
+                        "row_scores.json (or the `delift select` folder holding it) to use "
+                        "instead of computing them; refused when computed for other rows")
     _add_objective_params(s)
     _add_engine_args(s, "selection", "export")
     s.add_argument("--pin", action="append", default=[], help="id to keep (repeatable)")

@@ -20,7 +20,7 @@ from delift_core.errors import SettingError
 from delift_core.kernels.builder import Kernels, StageProgress, compute_kernels
 from delift_core.kernels.utility_settings import UtilitySettings
 
-__all__ = ["kernels_from_settings", "load_models", "engine_values"]
+__all__ = ["kernels_from_settings", "scores_from_settings", "load_models", "engine_values"]
 
 logger = logging.getLogger(__name__)
 
@@ -88,3 +88,17 @@ def kernels_from_settings(pool: Dataset, values: Mapping[str, Any], *,
     engine = {s.name: v[s.name] for s in spec.in_group("kernel") if s.name != "kernel"}
     return compute_kernels(pool, target=target, existing=existing, kind=kind, progress=progress,
                            cancel=cancel, **loaded, **engine)
+
+
+def scores_from_settings(pool: Dataset, kind: str, values: Mapping[str, Any], *,
+                         progress: StageProgress | None = None,
+                         cancel: threading.Event | None = None,
+                         model_progress: Callable[[str], None] | None = None) -> Any:
+    """Per-row scores (:func:`delift_core.kernels.scores.compute_row_scores`) with the causal LM,
+    precision and utility settings that ``values`` name (the utility kernel's)."""
+    from delift_core.kernels.scores import compute_row_scores
+
+    v = engine_values({**values, "kernel": "utility"})
+    models = load_models(v, "utility", progress=model_progress)
+    return compute_row_scores(pool, kind, lm=models["lm"], settings=models["settings"],
+                              progress=progress, cancel=cancel, use_cache=v["use_cache"])

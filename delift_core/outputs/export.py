@@ -158,6 +158,10 @@ def build_manifest(selection: Selection, *, target: Dataset | None = None,
                             for role, m in kmeta.learned.items()} or None)
         if selection.kernels is not None else None,
         "kernel_seconds": kmeta.get("seconds"), "selection_seconds": selection.seconds,
+        "cost": selection.cost(),
+        "row_scores": ({k: v for k, v in selection.scores.meta.items()
+                        if k not in ("ids", "row_hashes")}
+                       if selection.scores is not None else None),
         "pinned": selection.pinned, "banned": selection.banned,
         "versions": package_versions(),
         **(extra or {}),
@@ -194,6 +198,10 @@ def selection_artifacts(selection: Selection, fmt: str | None = None, *,
         files[f"left_out.{fmt}"] = rows_to_bytes(left_out, fmt, notes, escape_csv=escape_csv)
     if decisions is not None:
         files["decisions.json"] = decisions.to_json().encode("utf-8")
+    if selection.scores is not None:  # what a score-based method ranked by, with its rows
+        from delift_core.kernels.scores import SCORES_FILE, scores_json
+
+        files[SCORES_FILE] = scores_json(selection.scores).encode("utf-8")
     import pandas as pd
 
     table = selection.annotate()

@@ -110,12 +110,15 @@ def kernel_inputs(pool: Dataset, stage: str, method: str, limit: int, *,
     return KernelInputs(cut, extra["target"], extra["existing"])
 
 
-def available_objectives(kernels: Any) -> list[str]:
-    """The objectives ``kernels`` can serve, in registry order: every objective whose needed
-    kernel (target or existing) was computed, then the baselines. None: no objectives."""
+def available_objectives(kernels: Any, scores: Any = None) -> list[str]:
+    """The objectives ``kernels`` (and the per-row ``scores``, a ``RowScores`` or None) can
+    serve, in registry order: every objective whose needed kernel (target or existing) was
+    computed and whose per-row scores are there, then the baselines. None: no objectives."""
     if kernels is None:
         return []
     specs = registry.OBJECTIVES.values()
+    kind = getattr(scores, "kind", None)
     served = [s.name for s in specs
-              if not s.baseline and (s.needs is None or getattr(kernels, s.needs) is not None)]
+              if not s.baseline and (s.needs is None or getattr(kernels, s.needs) is not None)
+              and (s.scores is None or s.scores == kind)]
     return served + [s.name for s in specs if s.baseline]

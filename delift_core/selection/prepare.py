@@ -17,12 +17,12 @@ from delift_core.data.dataset import Dataset
 from delift_core.errors import KernelError, SelectionError
 from delift_core.kernels.builder import Kernels, StageProgress
 from delift_core.kernels.files import check_target_direction, load_kernels
-from delift_core.kernels.request import kernels_from_settings
+from delift_core.kernels.request import kernels_from_settings, scores_from_settings
 from delift_core.selection import objectives
 from delift_core.selection.objectives.spec import ObjectiveSpec
 from delift_core.selection.select import resolve_budget
 
-__all__ = ["check_request", "selection_kernels", "KERNEL_NONE"]
+__all__ = ["check_request", "selection_kernels", "selection_scores", "KERNEL_NONE"]
 
 KERNEL_NONE = "none"
 """``--kernel none``: no kernel (a baseline)."""
@@ -58,7 +58,8 @@ def selection_kernels(pool: Dataset, objective: str, kernel: str, values: Mappin
     against the data (and a target direction asked for in ``values``)."""
     ospec = objectives.get(objective)
     kinds = spec.choices("kernel")
-    if kernel == KERNEL_NONE or (ospec.baseline and kernel == spec.default("kernel")):
+    if kernel == KERNEL_NONE or ((ospec.baseline or not ospec.needs_kernel)
+                                 and kernel == spec.default("kernel")):
         return None
     if kernel in kinds:
         return kernels_from_settings(pool, {**values, "kernel": kernel}, target=target,
@@ -71,3 +72,23 @@ def selection_kernels(pool: Dataset, objective: str, kernel: str, values: Mappin
                            trust=trust)
     check_target_direction(kernels, values.get("target_direction"))
     return kernels
+
+
+def selection_scores(pool: Dataset, objective: str, values: Mapping[str, Any], *,
+                     scores_file: str | Path | None = None, progress: StageProgress | None = None,
+                     cancel: threading.Event | None = None) -> Any:
+    """The per-row scores a method ranks by (None when it ranks by none): read from
+    ``scores_file`` (a ``row_scores.json`` or its folder, refused when stale or of another
+    kind), else computed with the model the setting ``values`` name (cached by content)."""
+    from delift_core.kernels.scores import load_row_scores
+
+    ospec = objectives.get(objective)
+    if ospec.scores is None:
+        return None
+    if scores_file is not None:
+        scores = load_row_scores(scores_file, pool)
+        if scores.kind != ospec.scores:
+            raise SelectionError(f"{scores_file}: holds '{scores.kind}' scores; objective "
+                                 f"'{objective}' ranks by '{ospec.scores}'")
+        return scores
+    return scores_from_settings(pool, ospec.scores, values, progress=progress, cancel=cancel)

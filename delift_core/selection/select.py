@@ -114,6 +114,14 @@ class Selection:
     banned: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    scores: Any = None
+    """The per-row scores a score-based method ranked by (``RowScores``), else None."""
+
+    def cost(self) -> dict[str, Any]:
+        """What this selection cost on this machine (:func:`delift_core.selection.cost.selection_cost`)."""
+        from delift_core.selection.cost import selection_cost
+
+        return selection_cost(self)
 
     @property
     def selected_indices(self) -> np.ndarray:
@@ -198,7 +206,7 @@ def select(pool: Dataset, objective: str, kernels: Kernels | None, budget: str |
            method: str = settings.default("method"),
            epsilon: float = settings.default("epsilon"), pinned: Sequence[str] = (), banned: Sequence[str] = (),
            full_order: bool | None = None, diagonal: str | None = None,
-           **objective_params: Any) -> Selection:
+           scores: Any = None, **objective_params: Any) -> Selection:
     """Select a subset of ``pool`` by maximising ``objective`` on ``kernels`` under ``budget``.
 
     The objective's parameters (``eta``, ``nu``, ``lam``, ... as its registry spec lists them)
@@ -207,6 +215,9 @@ def select(pool: Dataset, objective: str, kernels: Kernels | None, budget: str |
     :meth:`Selection.at_budget` can re-cut any budget instantly. ``diagonal`` (``reference``,
     ``max``, ``rowmax``; :mod:`delift_core.kernels.diagonal`) selects on ``kernels.with_diagonal(...)``;
     without it the kernels' own :attr:`~delift_core.kernels.builder.Kernels.diagonal` applies.
+
+    A method that ranks by per-row scores (``ifd``, ``longest``; ``ifd-fl`` filters by them) takes
+    them in ``scores`` (:class:`~delift_core.kernels.scores.RowScores` of this pool, checked).
     """
     start = time.time()
     seed, method = settings.check("seed", seed), settings.check("method", method)
@@ -220,8 +231,13 @@ def select(pool: Dataset, objective: str, kernels: Kernels | None, budget: str |
         raise SelectionError(f"objective '{objective}' needs "
                              f"{'a target' if spec.needs == 'target' else 'an existing'}"
                              f" set (--{spec.needs} FILE) and its kernel")
-    if not spec.baseline and kernels is None:
+    if not spec.baseline and spec.needs_kernel and kernels is None:
         raise SelectionError(f"objective '{objective}' needs a kernel")
+    if spec.scores is not None:
+        if scores is None or scores.kind != spec.scores:
+            raise SelectionError(f"objective '{objective}' ranks by per-row '{spec.scores}' "
+                                 "scores; compute them first (compute_row_scores)")
+        scores.check_rows(pool, f"the {scores.kind} scores")
     if kernels is not None:
         check_kernels(kernels, n)
         if diagonal is not None:
@@ -241,9 +257,20 @@ def select(pool: Dataset, objective: str, kernels: Kernels | None, budget: str |
     run_params = {**values, "seed": seed, "method": method, "epsilon": epsilon,
                   "budget_requested": budget, "kernel": kernels.kind if kernels else None,
                   "diagonal": kernels.diagonal if kernels else None}
+    if spec.scores is not None:
+        run_params.update(scores=spec.scores, scores_model=scores.meta.get("model"))
     if spec.baseline:
         result = _random_result(n, order_budget, seed, pin_idx, ban_idx, kernels, run_params)
+    elif spec.build is None:  # a ranking by per-row scores
+        result = _ranked_result(scores.values, order_budget, pin_idx, ban_idx, spec.scores)
     else:
+        if spec.scores is not None:  # filter by score, then maximise among what is kept
+            kept = _ranking(scores.values, spec.scores, set(ban_idx))
+            if spec.scores == "ifd":  # Superfiltering keeps only rows the instruction helps
+                kept = kept[scores.values[kept] < 1.0]
+            kept = kept[: max(1, int(round(values["keep"] * n)))]
+            ban_idx = sorted(set(range(n)) - set(kept.tolist()) - set(pin_idx))
+            run_params["kept_by_score"] = len(kept)
         obj = spec.build(kernels, **values)
         try:
             result = greedy_maximize(obj, order_budget, method=method, pinned=pin_idx,
@@ -255,7 +282,32 @@ def select(pool: Dataset, objective: str, kernels: Kernels | None, budget: str |
     return Selection(pool=pool, objective=objective, budget=b, order=result.order,
                      gains=result.gains, values=result.values, kernels=kernels, params=run_params,
                      pinned=list(pinned), banned=list(banned), notes=result.notes,
-                     seconds=round(time.time() - start, 3))
+                     seconds=round(time.time() - start, 3),
+                     scores=scores if spec.scores is not None else None)
+
+
+def _ranking(values: np.ndarray, kind: str, banned: set[int]) -> np.ndarray:
+    """Row indices by descending score (ties: the lower index first), banned rows left out; for
+    IFD the rows at or above 1 (or not finite) come after all others, in their own order."""
+    idx = np.array([k for k in range(len(values)) if k not in banned], dtype=np.int64)
+    v = values[idx]
+    late = ~np.isfinite(v) | (v >= 1.0) if kind == "ifd" else ~np.isfinite(v)
+    key = np.where(np.isfinite(v), -v, np.inf)
+    order = np.lexsort((idx, key, late))
+    return idx[order]
+
+
+def _ranked_result(values: np.ndarray, order_budget: int | None, pin_idx: list[int],
+                   ban_idx: list[int], kind: str) -> GreedyResult:
+    """Pinned rows first, then every allowed row by descending score; the "gain" of each pick is
+    its score."""
+    ranked = [k for k in _ranking(values, kind, set(ban_idx) | set(pin_idx)).tolist()]
+    order = np.array(list(pin_idx) + ranked, dtype=np.int64)
+    if order_budget is not None:
+        order = order[: max(order_budget, len(pin_idx))]
+    gains = np.nan_to_num(values[order], nan=0.0, posinf=0.0, neginf=0.0)
+    return GreedyResult(order=order, gains=gains, values=np.cumsum(gains),
+                        n_pinned=len(pin_idx), method="ranked")
 
 
 def _random_result(n: int, order_budget: int | None, seed: int, pin_idx: list[int],

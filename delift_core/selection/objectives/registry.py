@@ -17,6 +17,9 @@ _MODULES = (
     "flqmi",
     "flcg",
     "graph_cut",
+    "ifd",
+    "ifd_fl",
+    "longest",
     "random_baseline",
 )
 

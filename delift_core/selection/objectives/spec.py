@@ -47,6 +47,12 @@ class ObjectiveSpec:
     needs: str | None = None  # "target" | "existing" | None
     params: tuple[Param, ...] = field(default_factory=tuple)
     baseline: bool = False  # an order that is not a maximisation (the random baseline)
+    scores: str | None = None
+    """The per-row score (:data:`delift_core.kernels.scores.ROW_SCORES`) the method ranks by;
+    with ``build`` None it is a plain ranking by that score, with one it filters by the score
+    (``keep``) and maximises the built objective on what is left."""
+    needs_kernel: bool = True
+    """Whether it needs a pool kernel (a ranking by scores does not)."""
 
     def defaults(self) -> dict[str, float]:
         """Every parameter at its default."""
