@@ -9,6 +9,7 @@ import studio  # noqa: F401  (first: imports the engine once, see studio/__init_
 from delift_core.selection import objectives as registry
 from delift_core.outputs.views import gain_curve
 from delift_core.outputs import figures
+from delift_core.selection.cost import cost_line
 from studio import state, ui
 
 ui.setup("Selection", "🎯")
@@ -65,6 +66,9 @@ with c1:
                        "banned.")
         for note in sel.notes:
             st.caption(note)
+        st.caption(ui.md_escape(cost_line(sel.cost())) + " (the kernel's passes and texts, "
+                   "the per-row scores' passes, and the selection's own time; recorded in the "
+                   "manifest as `cost`).")
 with c2:
     if sel is not None:
         if spec.baseline and sel.kernels is None:

@@ -670,3 +670,4 @@ def test_a_score_method_chosen_on_the_kernel_page_gets_its_scores_and_selects() 
     picked = counts[sel.selected_indices]
     assert picked.min() >= max(np.delete(counts, sel.selected_indices))
     assert sel.cost()["scores"] == "response_tokens"
+    assert any(c.value.startswith("cost: 0 model passes computed") for c in at.caption)

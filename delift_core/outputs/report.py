@@ -292,6 +292,11 @@ def build_report(selection: "Selection", *, manifest: dict | None = None,
              + (f"; {len(selection.pinned)} pinned, {len(selection.banned)} banned by hand"
                 if selection.pinned or selection.banned else "")
              + f". Made {_e(time.strftime('%Y-%m-%d %H:%M'))}.</p>"]
+    cost = manifest.get("cost") or selection.cost()
+    from delift_core.selection.cost import cost_line
+
+    parts.append(f'<p class="note"><b>Cost.</b> {_e(cost_line(cost).removeprefix("cost: "))}'
+                 ".</p>")
     learned = (selection.kernels.meta.learned if selection.kernels is not None else {}) or \
         (manifest.get("learned_kernel") or {})
     for role, m in learned.items():  # a learned kernel is never presented as an exact one
