@@ -1,5 +1,6 @@
 """Review: filter every sample, then pin / ban / note many at once (an editable table and bulk
-buttons, one undoable step each), or one at a time; save and load the decisions."""
+buttons) or one at a time, each change one undoable step, saved as it is made; download and load
+the decisions."""
 
 from __future__ import annotations
 
@@ -22,8 +23,9 @@ decisions: Decisions = s["decisions"]
 
 st.write("Pinned samples are always selected and banned ones never; the selection is re-run "
          "with them at once, on every page. Filter the table, then tick pin / ban or type notes "
-         "in it (arrow keys move, space ticks, Enter edits) and apply them together, or pin, ban "
-         "or note every sample shown at once. Each bulk step can be undone.")
+         "in it (arrow keys move, space ticks, Enter edits): each edit counts at once. Or pin, "
+         "ban or note every sample shown. Every step can be undone, and every change is saved "
+         "as you make it.")
 
 table = sel.annotate()
 table["note"] = [decisions.notes.get(i, "") for i in table["id"]]
@@ -75,13 +77,13 @@ if b3.button(f"Clear all {len(visible_ids)} shown", key="bulk_clear", disabled=n
     fresh_editor()
     st.rerun()
 last = bulk.last_step()
-if b4.button("Undo the last bulk step", key="bulk_undo", icon=":material/undo:",
-             disabled=last is None, help=f"undo: {last}" if last else "no bulk step yet"):
+if b4.button("Undo the last step", key="bulk_undo", icon=":material/undo:",
+             disabled=last is None, help=f"undo: {last}" if last else "no step yet"):
     bulk.undo()
     fresh_editor()
     st.rerun()
 if last:
-    st.caption(f"Last bulk step: {last}")
+    st.caption(f"Last step: {last}")
 with st.popover("Note all shown"):
     bulk_note = st.text_input("Note for every sample shown (empty removes their notes)",
                               key="p_bulk_note")
@@ -91,47 +93,43 @@ with st.popover("Note all shown"):
         fresh_editor()
         st.rerun()
 
-# -- the editable table: tick pin / ban, type notes, apply them as one step
+# -- the editable table: each tick or note is applied (and saved) as it is made, one step each
 # keyed by the rows shown too: edits are kept by row position, so another filter starts afresh
 shown_key = hashlib.sha256("\n".join(visible_ids).encode("utf-8")).hexdigest()[:12]
 editor_key = f"review_editor_{s.get('_review_editor_n', 0)}_{shown_key}"
 shown = view[["id", "pin", "ban", "note", "selected", "rank", "gain", "covered_by", "coverage",
               "prompt", "response"]].reset_index(drop=True)
-edited = st.data_editor(
+
+
+def apply_table_edit(ids: list[str], key: str) -> None:
+    """The table's edits as one undoable step: a tick pins or bans (and clears the other), an
+    unticked box clears, a note is set or removed."""
+    new = s["decisions"].copy()
+    for row, change in (s.get(key) or {}).get("edited_rows", {}).items():
+        rid = ids[int(row)]
+        if "pin" in change:
+            new.pin(rid) if change["pin"] else (rid in new.pinned and new.clear(rid))
+        if "ban" in change:
+            new.ban(rid) if change["ban"] else (rid in new.banned and new.clear(rid))
+        if "note" in change:
+            text = str(change["note"] or "").strip()
+            if text:
+                new.notes[rid] = text
+            else:
+                new.notes.pop(rid, None)
+    bulk.replace(new, "table edit")
+    fresh_editor()
+
+
+st.data_editor(
     shown, hide_index=True, width="stretch", height=360, key=editor_key,
+    on_change=apply_table_edit, args=(list(shown["id"]), editor_key),
     disabled=["id", "selected", "rank", "gain", "covered_by", "coverage", "prompt", "response"],
     column_config={"pin": st.column_config.CheckboxColumn("pin", help="always select"),
-                   "ban": st.column_config.CheckboxColumn("ban", help="never select"),
+                   "ban": st.column_config.CheckboxColumn("ban", help="never select (a tick "
+                                                                      "here clears a pin)"),
                    "note": st.column_config.TextColumn("note", width="medium")})
-pending = []
-for k in range(len(shown)):
-    a, b = shown.iloc[k], edited.iloc[k]
-    if bool(a["pin"]) != bool(b["pin"]) or bool(a["ban"]) != bool(b["ban"]) or \
-            str(a["note"] or "") != str(b["note"] or ""):
-        pending.append((a["id"], bool(b["pin"]), bool(b["ban"]), str(b["note"] or "").strip()))
-conflict = [rid for rid, p, bn, _ in pending if p and bn]
-a1, a2 = st.columns([1, 3])
-if a1.button(f"Apply {len(pending)} table edits", key="apply_edits", type="primary",
-             disabled=not pending or bool(conflict)):
-    new = decisions.copy()
-    for rid, p, bn, note in pending:
-        if p:
-            new.pin(rid)
-        elif bn:
-            new.ban(rid)
-        else:
-            new.clear(rid)
-        if note:
-            new.notes[rid] = note
-        else:
-            new.notes.pop(rid, None)
-    bulk.replace(new, "table edits")
-    fresh_editor()
-    st.rerun()
-if conflict:
-    a2.error(f"A sample cannot be both pinned and banned: {', '.join(conflict[:5])}")
-elif pending:
-    a2.caption(f"{len(pending)} rows edited in the table, not applied yet")
+st.caption(bulk.saved_state())
 
 # -- one sample in detail
 if not visible_ids:
@@ -151,24 +149,21 @@ else:
                   "banned" if rid in decisions.banned else "no override")
         st.metric("Override", status)
         b1, b2, b3 = st.columns(3)
-        if b1.button("Pin", key="pin", icon=":material/push_pin:", disabled=status == "pinned"):
-            decisions.pin(rid)
-            st.rerun()
-        if b2.button("Ban", key="ban", icon=":material/block:", disabled=status == "banned"):
-            decisions.ban(rid)
-            st.rerun()
-        if b3.button("Clear", key="clear", disabled=status == "no override"):
-            decisions.clear(rid)
-            st.rerun()
+        for col, action, label, icon, off in ((b1, "pin", "Pin", ":material/push_pin:",
+                                               "pinned"),
+                                              (b2, "ban", "Ban", ":material/block:", "banned"),
+                                              (b3, "clear", "Clear", None, "no override")):
+            if col.button(label, key=action, icon=icon, disabled=status == off):
+                bulk.single(action, rid)
+                fresh_editor()
+                st.rerun()
         note_key = f"note_{rid}"
         if note_key not in s:
             s[note_key] = decisions.notes.get(rid, "")
         note = st.text_area("Note", key=note_key, height=100)
         if st.button("Save note", key="save_note"):
-            if note.strip():
-                decisions.notes[rid] = note.strip()
-            else:
-                decisions.notes.pop(rid, None)
+            bulk.single("note", rid, note.strip())
+            fresh_editor()
             st.rerun()
 
 st.divider()
@@ -183,9 +178,8 @@ if up is not None and s.get("_decisions_loaded") != (up.name, up.size, up.file_i
     except DataError as e:
         c2.error(str(e))
     else:
-        s["decisions"] = loaded
         s["_decisions_loaded"] = (up.name, up.size, up.file_id)
-        bulk.reset_baseline()
+        bulk.load(loaded)
         fresh_editor()
         for key in [k for k in s.keys() if isinstance(k, str) and k.startswith("note_")]:
             del s[key]

@@ -228,6 +228,10 @@ def set_dataset(role: str, ds: Dataset | None) -> bool:
         return False
     s[role] = ds
     clear_kernels()
+    if role == "pool" and ds is not None:  # the decisions kept for this pool's content
+        from . import decisions
+
+        decisions.restore()
     return True
 
 

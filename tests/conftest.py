@@ -3,6 +3,7 @@ we choose, tiny randomly initialised real causal LMs, and an isolated kernel cac
 
 from __future__ import annotations
 
+import shutil
 import string
 from pathlib import Path
 from types import SimpleNamespace
@@ -41,6 +42,8 @@ def _isolated_cache(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPa
     if _SESSION_CACHE is None:
         _SESSION_CACHE = tmp_path_factory.mktemp("delift-cache")
     monkeypatch.setenv("DELIFT_CACHE_DIR", str(_SESSION_CACHE))
+    # review decisions are kept per pool content: each test starts with none saved
+    shutil.rmtree(_SESSION_CACHE / "decisions", ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -488,7 +488,11 @@ def test_download_offers_every_artifact() -> None:
     assert any("selected.csv" in b.label for b in at.get("download_button"))
 
 
-def test_sessions_do_not_share_data_jobs_or_decisions() -> None:
+def test_sessions_do_not_share_data_jobs_or_decisions(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Served (a data root, no sign-in): nothing tells two visitors apart, so decisions stay in
+    each session; data, jobs and decisions never cross."""
+    monkeypatch.setenv("DELIFT_DATA_ROOT", str(tmp_path))
     a = ready()
     b = new_app()
     assert b.session_state["pool"] is None and b.session_state["kernels"] is None
@@ -671,3 +675,30 @@ def test_a_score_method_chosen_on_the_kernel_page_gets_its_scores_and_selects() 
     assert picked.min() >= max(np.delete(counts, sel.selected_indices))
     assert sel.cost()["scores"] == "response_tokens"
     assert any(c.value.startswith("cost: 0 model passes computed") for c in at.caption)
+
+
+def test_review_decisions_are_saved_as_made_and_restored_with_the_pool() -> None:
+    """A refresh or a closed tab loses nothing: every change, single rows included, is saved for
+    the pool's content, and a new session that loads the same pool gets them back; a single-row
+    pin is one undoable step."""
+    at = ready()
+    goto(at, "5_Review")
+    sel = at.session_state["selection"]
+    rejected = next(i for i in sel.pool.ids if i not in set(sel.selected_ids))
+    at.selectbox(key="p_review_id").set_value(rejected).run()
+    at.button(key="pin").click().run()
+    at.text_area(key=f"note_{rejected}").input("keep: rare task").run()
+    at.button(key="save_note").click().run()
+    assert any(c.value.startswith("Saved automatically at") for c in at.caption)
+    at.button(key="bulk_undo").click().run()  # the note was a step of its own
+    assert at.session_state["decisions"].notes == {}
+    assert at.session_state["decisions"].pinned == [rejected]
+    at.button(key="save_note").click().run()
+    # a new session (a refresh): load the same pool, the decisions are back
+    b = load_demo(new_app())
+    d = b.session_state["decisions"]
+    assert d.pinned == [rejected] and d.notes == {rejected: "keep: rare task"}
+    compute(b)
+    goto(b, "5_Review")
+    assert any(c.value.startswith("Decisions restored") for c in b.caption)
+    assert rejected in b.session_state["selection"].selected_ids

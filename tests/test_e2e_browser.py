@@ -159,14 +159,14 @@ def test_demo_flow_in_chromium(server: str) -> None:
             pin_all.click()
             idle(page)
             page.get_by_text(f"{n_pinned} rows changed", exact=True).wait_for()
-            page.get_by_text(re.compile(rf"Last bulk step: pin all samples matching "
+            page.get_by_text(re.compile(rf"Last step: pin all samples matching "
                                         rf"'sentiment' \({n_pinned} rows\)")).wait_for()
             shot(page, "5_review")
             with page.expect_download() as info:
                 page.get_by_role("button", name="Save decisions (decisions.json)").click()
             decisions_path = ARTIFACTS / "decisions.json"
             info.value.save_as(str(decisions_path))
-            page.get_by_role("button", name="Undo the last bulk step").click()
+            page.get_by_role("button", name="Undo the last step").click()
             idle(page)
             page.get_by_text("0 rows changed", exact=True).wait_for()
             pinned_text = page.get_by_text(re.compile(rf"\b{n_pinned} pinned")).first

@@ -99,8 +99,14 @@ def test_available_objectives_follow_the_computed_kernels() -> None:
     assert {"fl", "flmi", "flqmi"} <= set(with_target) and "flcg" not in with_target
     everything = plan.available_objectives(Kernels("embedding", pool=k, target=k[:2],
                                                    existing=k[:, :3]))
-    # every registered objective, in registry order, the baseline last
-    assert everything == [n for n, s in registry.OBJECTIVES.items() if not s.baseline] + ["random"]
+    # every registered objective that needs no per-row scores, in registry order, the baseline
+    # last; with IFD scores, the methods that rank or filter by them too
+    assert everything == [n for n, s in registry.OBJECTIVES.items()
+                          if not s.baseline and s.scores is None] + ["random"]
+    from types import SimpleNamespace
+
+    with_ifd = plan.available_objectives(Kernels("embedding", pool=k), SimpleNamespace(kind="ifd"))
+    assert {"ifd", "ifd-fl"} <= set(with_ifd) and "longest" not in with_ifd
 
 
 # ----------------------------------------------------------------------------------------------

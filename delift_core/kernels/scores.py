@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ from delift_core.kernels.builder import row_hashes
 from delift_core.kernels.utility_settings import KernelCancelled, UtilitySettings
 from delift_core.lm.scorer import Scorer
 from delift_core.lm.tokens import SegmentTokens
+from delift_core.stores.cache import atomic_write
 
 __all__ = ["ROW_SCORES", "RowScores", "compute_row_scores", "save_row_scores",
            "load_row_scores", "scores_json", "SCORES_FILE"]
@@ -107,11 +107,9 @@ def _read_cache(path: Path) -> dict[str, float]:
 
 
 def _write_cache(path: Path, values: dict[str, float]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(values), encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(values).encode("utf-8"))
     except OSError as e:  # a cache is a convenience: never lose the scores over it
         logger.warning("could not cache the row scores in %s: %s", path, e)
 

@@ -9,7 +9,8 @@ from typing import Sequence
 
 from delift_core.errors import DataError
 
-__all__ = ["DECISIONS_VERSION", "BULK_ACTIONS", "Decisions", "load_decisions"]
+__all__ = ["DECISIONS_VERSION", "BULK_ACTIONS", "Decisions", "load_decisions", "saved_decisions",
+           "save_decisions_for"]
 
 DECISIONS_VERSION = 1
 BULK_ACTIONS = ("pin", "ban", "clear", "note")
@@ -105,3 +106,34 @@ def load_decisions(path: str | Path) -> Decisions:
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: cannot read the decisions file ({e})") from None
     return Decisions.from_json(text, str(path))
+
+
+def _saved_path(pool_sha: str, owner: str | None) -> Path:
+    """``<cache>/decisions/<pool content>[-<owner hash>].json``: one file per pool content (and
+    per signed-in user, so users of a shared studio never see each other's decisions)."""
+    import hashlib
+
+    from delift_core.lm.models import cache_dir
+
+    tail = "" if owner is None else "-" + hashlib.sha256(owner.encode("utf-8")).hexdigest()[:16]
+    return cache_dir() / "decisions" / f"{pool_sha[:32]}{tail}.json"
+
+
+def save_decisions_for(decisions: Decisions, pool_sha: str, owner: str | None = None) -> Path:
+    """Keep ``decisions`` for the pool whose content hash is ``pool_sha`` (written atomically,
+    so a crash mid-write leaves the previous file); :func:`saved_decisions` reads them back."""
+    from delift_core.stores.cache import atomic_write
+
+    path = _saved_path(pool_sha, owner)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, decisions.to_json().encode("utf-8"))
+    return path
+
+
+def saved_decisions(pool_sha: str, owner: str | None = None) -> Decisions | None:
+    """The decisions last kept for this pool content (and owner), or None; a damaged file is
+    reported (DataError naming it), never silently dropped."""
+    path = _saved_path(pool_sha, owner)
+    if not path.exists():
+        return None
+    return load_decisions(path)

@@ -18,6 +18,7 @@ import io
 import json
 import logging
 import os
+import threading
 import shutil
 import time
 from pathlib import Path
@@ -25,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["BlockStore", "content_key", "cache_info", "info_lines", "prune", "clear"]
+__all__ = ["BlockStore", "atomic_write", "content_key", "cache_info", "info_lines", "prune", "clear"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,9 +37,10 @@ def content_key(payload: Any) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write through a temporary file and rename, so a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write through a temporary file and rename, so a reader never sees half a file (the
+    temporary name is per process and thread: the studio's sessions write from threads)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
@@ -54,7 +56,7 @@ class BlockStore:
         self.path.mkdir(parents=True, exist_ok=True)
         self.damaged: list[str] = []
         if info is not None and not (self.path / "info.json").exists():
-            _atomic_write(self.path / "info.json",
+            atomic_write(self.path / "info.json",
                           json.dumps(info, indent=1, default=str).encode("utf-8"))
 
     def _damaged(self, name: str, why: str) -> None:
@@ -92,8 +94,8 @@ class BlockStore:
         data = buf.getvalue()
         data_path, sum_path = self._files(name)
         sum_path.unlink(missing_ok=True)
-        _atomic_write(data_path, data)
-        _atomic_write(sum_path, hashlib.sha256(data).hexdigest().encode())
+        atomic_write(data_path, data)
+        atomic_write(sum_path, hashlib.sha256(data).hexdigest().encode())
 
     def has(self, name: str) -> bool:
         """Whether an intact copy of the block is stored."""
