@@ -15,7 +15,9 @@ edit to the prompt, as real data has them). One pool per seed serves the three s
   "knows" them: they are always in the ICL context); test = the stage 1 test.
 
 Methods per budget (5 %, 10 %, 30 %): DELIFT (sparse utility kernel) under every diagonal policy,
-DELIFT-SE (embedding kernel), random (10 seeds), the full pool, none. Measures: 1-shot and 3-shot
+DELIFT-SE (embedding kernel), random (10 seeds), the full pool, none; with the ``heuristics``
+profile also what practitioners pick instead (stage 1): IFD, IFD-FL (Superfiltering.D) and the
+longest responses, each compared with DELIFT under the default diagonal. Measures: 1-shot and 3-shot
 k-NN ICL (teacher-forced NLL per token and DELIFT distance, delift_core.evaluation) and LoRA
 fine-tuning (stage 1; same epochs for every subset, so the same steps within a budget), then
 zero-shot test NLL. Statistics: delift_core.evaluation.stats (paired bootstrap over test items
@@ -85,6 +87,7 @@ SETTINGS: dict[str, Any] = {
     "lora_max_tokens": 96, "lora_full_pool": False,
     "bootstrap": {"n_boot": 10000, "level": 0.95, "seed": 0},
     "selection_seed": 0,
+    "heuristics": [],
 }
 
 DRY = {"pool_seeds": [0], "p3_template_sizes": [8, 5, 3], "gsm8k_pool": 6, "code_pool": 4,
@@ -115,7 +118,24 @@ two pool seeds, stage 1 only (FL: the instruction-tuning claim), 15 test items, 
 with 3 random seeds. Stages 2 and 3 stay with the small profile: at these rates the three stages
 at three budgets need about 40 min per pool seed more."""
 
-PROFILES = {"planned": {}, "small": SMALL, "medium": MEDIUM, "dry": DRY}
+HEURISTICS = dict(MEDIUM, heuristics=["ifd", "ifd-fl", "longest"])
+"""Fixed on 2026-12-04 before its run: the medium profile as it ran on 2026-12-01 (60-row
+pools, two pool seeds, stage 1, budgets 5/10/30 %, ICL 1 and 3 shots, LoRA at 30 % with 3 random
+seeds), plus IFD (the default model's two passes a row, the kernel's token cuts), IFD-FL (the
+top 20 % by IFD, then FL on the DELIFT-SE kernel; at 5 % of a 60-row pool that is 3 of 12 kept
+rows) and the longest responses (the model's tokens)."""
+
+PROFILES = {"planned": {}, "small": SMALL, "medium": MEDIUM, "dry": DRY,
+            "heuristics": HEURISTICS}
+
+HEURISTIC_LABELS = {"ifd": "IFD", "ifd-fl": "IFD-FL", "longest": "LONGEST"}
+"""How the score-based methods are named in the results (DELIFT is compared with each)."""
+
+
+def versus_names(data: dict) -> list[str]:
+    """What every method is compared with: random, DELIFT-SE, and the heuristics that ran."""
+    return ["random", "DELIFT-SE"] + [HEURISTIC_LABELS[h] for h in
+                                      data["settings"].get("heuristics", [])]
 
 
 def log(msg: str) -> None:
@@ -242,6 +262,8 @@ class Results:
 
 def _label(stage: str, method: str, kernel: str, diagonal: str | None, direction: str | None
            ) -> str:
+    if method in HEURISTIC_LABELS:
+        return HEURISTIC_LABELS[method]
     name = f"{method.upper()} {'DELIFT' if kernel == 'utility' else 'DELIFT-SE'}"
     if diagonal and kernel == "utility" and method != "flqmi":
         name += f" [{diagonal}]"
@@ -258,6 +280,9 @@ def stage_methods(stage: str, s: dict) -> list[tuple[str, str, str | None, str |
     if obj:
         out += [(obj, "utility", d, None) for d in s["diagonals"]] + [(obj, "embedding", None,
                                                                        None)]
+    if stage == "stage1":  # what practitioners pick instead; ifd-fl runs FL on DELIFT-SE's kernel
+        out += [(h, "embedding" if h == "ifd-fl" else None, None, None)
+                for h in s.get("heuristics", [])]
     else:
         for direction in s["target_directions"]:
             out += [("flmi", "utility", d, direction) for d in s["diagonals"]]
@@ -267,15 +292,22 @@ def stage_methods(stage: str, s: dict) -> list[tuple[str, str, str | None, str |
 
 
 def make_subsets(stage: str, pool: Dataset, kernels: dict, s: dict,
-                 rows_by_id: dict[str, dict]) -> tuple[list[Subset], dict]:
-    """Every method's subset at every budget, the random seeds, the full pool and none."""
+                 rows_by_id: dict[str, dict], scores: dict | None = None
+                 ) -> tuple[list[Subset], dict]:
+    """Every method's subset at every budget, the random seeds, the full pool and none
+    (``scores``: the per-row scores of the pool by kind, for the heuristics)."""
+    from delift_core.selection.objectives import get as objective_spec
+
     subsets, comp = [], {}
     for budget in s["budgets"]:
         size = max(1, round(budget * len(pool)))
         for objective, kind, diag, direction in stage_methods(stage, s):
-            k = kernels[(kind, (direction or "helps-target") if kind == "utility" else None)]
+            k = kernels[(kind, (direction or "helps-target") if kind == "utility" else None)] \
+                if kind else None
+            kind_of_scores = objective_spec(objective).scores
             sel = select(pool, objective, k, size, seed=s["selection_seed"],
-                         diagonal=diag if kind == "utility" else None)
+                         diagonal=diag if kind == "utility" else None,
+                         scores=(scores or {}).get(kind_of_scores) if kind_of_scores else None)
             chosen = pool.subset(sel.selected_indices)
             label = _label(stage, objective, kind, diag, direction)
             name = f"{label} @{budget:g}"
@@ -337,15 +369,27 @@ def comparisons(report: Any, test_ids: list[str], s: dict, where: dict) -> list[
                         "versus": "random", **c.as_dict(), "mean": float(x.mean()),
                         "versus_mean": float(rnd.mean())})
             if info["kernel"] == "utility":
-                se = f"{info['objective'].upper()} DELIFT-SE @{budget:g}"
-                if (se, None) in subsets:
-                    y = item_matrix(report.items, se, None, metric, test_ids)
+                others = [("DELIFT-SE", f"{info['objective'].upper()} DELIFT-SE @{budget:g}")]
+                if info.get("diagonal") == choices_default_diagonal():  # DELIFT as it ships
+                    others += [(HEURISTIC_LABELS[h], f"{HEURISTIC_LABELS[h]} @{budget:g}")
+                               for h in s.get("heuristics", [])]
+                for versus, other in others:
+                    if (other, None) not in subsets:
+                        continue
+                    y = item_matrix(report.items, other, None, metric, test_ids)
                     c = compare_paired(x, y, n_boot=bs["n_boot"], level=bs["level"],
                                        seed=bs["seed"])
                     out.append({**where, "metric": metric, "budget": budget,
-                                "method": info["method"], "versus": "DELIFT-SE", **c.as_dict(),
+                                "method": info["method"], "versus": versus, **c.as_dict(),
                                 "mean": float(x.mean()), "versus_mean": float(y.mean())})
     return out
+
+
+def choices_default_diagonal() -> str:
+    """The diagonal policy DELIFT ships with (the one compared with the heuristics)."""
+    from delift_core.settings import default
+
+    return default("diagonal")
 
 
 def run_eval(res: Results, where: dict, subsets: list[Subset], test: Dataset, lm: Any, emb: Any,
@@ -383,7 +427,8 @@ def lora_settings(s: dict, size: int) -> EvalSettings:
 
 def run(args: argparse.Namespace) -> int:
     """Build pools, compute kernels, select, evaluate, compare; write docs/quality/."""
-    s = dict(SETTINGS, **PROFILES["dry" if args.dry_run else args.profile])
+    # a dry run: the chosen profile's methods at tiny sizes (the profile's name stays "dry")
+    s = dict(SETTINGS, **PROFILES[args.profile], **(DRY if args.dry_run else {}))
     s["profile"] = "dry" if args.dry_run else args.profile
     out = Path(args.out)
     res = Results(out / "results.json", s, time.strftime("%Y-%m-%dT%H:%M:%S%z"))
@@ -422,6 +467,21 @@ def run(args: argparse.Namespace) -> int:
                       neighbour_random=s["neighbour_random"], progress=progress_log())
         pmeta = res.data["pools"][str(pseed)]
         kernel_cache: dict = {}
+        row_scores: dict = {}
+        from delift_core.selection.objectives import get as objective_spec
+
+        for kind in sorted({objective_spec(h).scores for h in s.get("heuristics", [])}):
+            from delift_core.kernels.scores import compute_row_scores
+
+            t = time.time()
+            row_scores[kind] = compute_row_scores(pool, kind, lm=lm, settings=usettings)
+            sc = row_scores[kind].meta
+            res.data["timing"][f"pool{pseed}/scores_{kind}_s"] = round(time.time() - t, 1)
+            pmeta.setdefault("row_scores", {})[kind] = {
+                "passes_computed": sc["passes_computed"], "passes_reused": sc["passes_reused"],
+                "seconds": sc["seconds"], "values": [None if not np.isfinite(v) else float(v)
+                                                     for v in row_scores[kind].values]}
+            log(f"pool {pseed}: {kind} scores in {time.time() - t:.0f} s")
 
         def stage_kernels(stage: str) -> dict:
             """The kernels a stage needs, computed when first needed (the pool kernel once,
@@ -458,7 +518,8 @@ def run(args: argparse.Namespace) -> int:
         stages_run = args.stages or s.get("stages") or ["stage1", "stage2", "stage3"]
         for stage in stages_run:
             test, ctx = stages[stage]
-            subsets, comp = make_subsets(stage, pool, stage_kernels(stage), s, rows_by_id)
+            subsets, comp = make_subsets(stage, pool, stage_kernels(stage), s, rows_by_id,
+                                         row_scores)
             res.data["pools"][str(pseed)].setdefault("composition_by_subset", {})[stage] = comp
             if ctx:
                 subsets = with_context(subsets, data["existing"], stage)
@@ -471,7 +532,8 @@ def run(args: argparse.Namespace) -> int:
                          subsets, test, lm, emb, es, ("icl",))
         if "lora" in args.measures and s["lora_stage"] in stages_run:
             stage = s["lora_stage"]
-            subsets, _ = make_subsets(stage, pool, stage_kernels(stage), s, rows_by_id)
+            subsets, _ = make_subsets(stage, pool, stage_kernels(stage), s, rows_by_id,
+                                      row_scores)
             for budget in s["lora_budgets"]:
                 pick = [x for x in subsets if x.info.get("budget") == budget and (
                     x.kind == "subset" or x.seed in s["lora_random_seeds"])]
@@ -556,7 +618,7 @@ def write_report(out: Path = OUT) -> None:
         budgets = sorted({c["budget"] for c in rows})
         lines += [f"## {stage}, {measure}, pool seed {pseed}", ""]
         for metric in ("nll", "distance"):
-            for versus in ("random", "DELIFT-SE"):
+            for versus in versus_names(data):
                 sel = [c for c in rows if c["metric"] == metric and c["versus"] == versus]
                 if not sel:
                     continue
@@ -605,7 +667,7 @@ def write_report(out: Path = OUT) -> None:
         for stage, measure in sorted({(c["stage"], c["measure"]) for c in pooled}):
             rows = [c for c in pooled if (c["stage"], c["measure"]) == (stage, measure)]
             budgets = sorted({c["budget"] for c in rows})
-            for versus in ("random", "DELIFT-SE"):
+            for versus in versus_names(data):
                 sel = [c for c in rows if c["versus"] == versus]
                 if not sel:
                     continue
@@ -622,14 +684,14 @@ def write_report(out: Path = OUT) -> None:
         ptally = Counter((c["versus"], c["verdict"]) for c in pooled)
         lines += ["Tally, all pool seeds together:", "",
                   "| versus | wins | ties | loses |", "|---|---|---|---|"]
-        for versus in ("random", "DELIFT-SE"):
+        for versus in versus_names(data):
             lines.append(f"| {versus} | {ptally[(versus, 'wins')]} | "
                          f"{ptally[(versus, 'ties')]} | {ptally[(versus, 'loses')]} |")
         lines.append("")
     tally = Counter((c["versus"], c["verdict"]) for c in comps if c["metric"] == "nll")
     lines += ["## Tally (NLL/token, every configuration)", "",
               "| versus | wins | ties | loses |", "|---|---|---|---|"]
-    for versus in ("random", "DELIFT-SE"):
+    for versus in versus_names(data):
         lines.append(f"| {versus} | {tally[(versus, 'wins')]} | {tally[(versus, 'ties')]} | "
                      f"{tally[(versus, 'loses')]} |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
@@ -670,12 +732,17 @@ def pooled_comparisons(data: dict, metric: str = "nll") -> list[dict]:
             rnd = np.stack([np.concatenate([vec(p, rnd_name, s) for p in pools]) for s in seeds])
             c = compare_paired(x, rnd, n_boot=bs["n_boot"], level=bs["level"], seed=bs["seed"])
             out.append({**where, "versus": "random", **c.as_dict()})
-        se = f"{inf['objective'].upper()} DELIFT-SE @{budget:g}"
-        if inf.get("kernel") == "utility" and all((stage, measure, p, se, None) in scores
-                                                   for p in pools):
-            y = np.concatenate([vec(p, se, None) for p in pools])
-            c = compare_paired(x, y, n_boot=bs["n_boot"], level=bs["level"], seed=bs["seed"])
-            out.append({**where, "versus": "DELIFT-SE", **c.as_dict()})
+        others = [("DELIFT-SE", f"{inf['objective'].upper()} DELIFT-SE @{budget:g}")]
+        if inf.get("diagonal") == choices_default_diagonal():
+            others += [(HEURISTIC_LABELS[h], f"{HEURISTIC_LABELS[h]} @{budget:g}")
+                       for h in data["settings"].get("heuristics", [])]
+        for versus, other in others:
+            if inf.get("kernel") == "utility" and all((stage, measure, p, other, None) in scores
+                                                       for p in pools):
+                y = np.concatenate([vec(p, other, None) for p in pools])
+                c = compare_paired(x, y, n_boot=bs["n_boot"], level=bs["level"],
+                                   seed=bs["seed"])
+                out.append({**where, "versus": versus, **c.as_dict()})
     return out
 
 

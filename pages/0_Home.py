@@ -33,6 +33,15 @@ st.markdown(
     "less faithful.")
 
 st.subheader("Start here")
+if st.button("Try the demo: 240 rows to a selection in one click", type="primary",
+             key="try_demo", help="Loads the demo data (pool, target and existing sets), "
+                                  "computes the fast DELIFT-SE (sentence embedding) kernel of "
+                                  "the pool and opens the Selection page at a 30 % budget. The "
+                                  "model utility kernel (DELIFT proper) is one click away on the "
+                                  "Model & kernel page."):
+    with st.spinner("Loading the demo data and embedding 240 rows…"):
+        state.try_demo()
+    st.switch_page(ui.PAGES["select"][0])
 st.markdown(
     "1. **Data**: load the demo data with one click, or your own JSONL / JSON / CSV / Parquet.\n"
     "2. **Model & kernel**: choose the stage and the kernel, see the work estimate, compute.\n"

@@ -59,7 +59,18 @@ with c1:
     else:
         m1, m2 = st.columns(2)
         m1.metric("Selected", f"{sel.budget} of {n}")
-        m2.metric("Objective value", f"{sel.objective_value:.3f}")
+        whole = float(sel.values[-1]) if len(sel.values) else float("nan")
+        share = sel.objective_value / whole if whole and whole == whole else None
+        m2.metric("Objective value", f"{sel.objective_value:.3f}",
+                  help="The objective of the selected rows. For FL: for every pool row, the "
+                       "similarity (scaled 0-1) of its closest selected row, summed; so at most "
+                       f"{n} here. A ranking method (IFD, longest) sums its scores. Read it as "
+                       "the share of what the whole pool reaches, below.")
+        if share is not None:
+            st.caption(f"**{share:.0%}** of the value the whole pool reaches ({whole:.1f}) with "
+                       f"{sel.budget / n:.0%} of the rows. A row's *gain* (table below) is what "
+                       "it added when it was picked, in the same units: the gains add up to the "
+                       "value, and they shrink as the pool gets covered.")
         d = s["decisions"]
         if d.pinned or d.banned:
             st.caption(f"Review decisions applied: {len(sel.pinned)} pinned, {len(sel.banned)} "

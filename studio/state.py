@@ -316,6 +316,24 @@ def adopt_finished_job() -> None:
     ss()["row_scores"] = job.scores  # what a score-based method (ifd, longest) ranks by
 
 
+def try_demo() -> None:
+    """The first-visit path in one step: the demo data, the DELIFT-SE (embedding) kernel of its
+    pool for instruction tuning (FL), so the Select page has a selection at once (seconds on a
+    CPU; the embeddings are cached)."""
+    from delift_core.kernels.request import kernels_from_settings
+
+    for role in ROLES:
+        set_dataset(role, load_demo(role))
+    s = ss()
+    pool = s["pool"]
+    s["p_kernel"], s["p_stage"] = "embedding", "instruction"
+    kernels = kernels_from_settings(pool, {"kernel": "embedding"})
+    config = {"kind": "embedding", "stage": "instruction", "objective": "fl", "model": None,
+              "embedder": None, "limit": len(pool), "neighbours": None, "dtype": None,
+              "backend": "local", "target_direction": None, "engine": {}}
+    set_kernels(kernels, config, pool, None, None)
+
+
 def set_kernels(kernels: Kernels, config: dict, pool: Dataset, target: Dataset | None,
                 existing: Dataset | None) -> None:
     """Install computed kernels and point the selection at the stage's objective."""

@@ -702,3 +702,17 @@ def test_review_decisions_are_saved_as_made_and_restored_with_the_pool() -> None
     goto(b, "5_Review")
     assert any(c.value.startswith("Decisions restored") for c in b.caption)
     assert rejected in b.session_state["selection"].selected_ids
+
+
+def test_try_the_demo_goes_from_home_to_a_selection_in_one_click() -> None:
+    at = new_app()
+    at.button(key="try_demo").click().run()
+    assert not at.exception, at.exception
+    s = at.session_state
+    assert (len(s["pool"]), len(s["target"]), len(s["existing"])) == (240, 40, 60)
+    assert s["kernels"] is not None and s["kernels"].kind == "embedding"
+    sel = s["selection"]
+    assert sel is not None and sel.objective == "fl" and sel.budget == 72
+    # the Select page explains the value as a share of the whole pool's
+    goto(at, "3_Select")
+    assert any("of the value the whole pool reaches" in c.value for c in at.caption)
