@@ -428,7 +428,7 @@ def lora_settings(s: dict, size: int) -> EvalSettings:
 def run(args: argparse.Namespace) -> int:
     """Build pools, compute kernels, select, evaluate, compare; write docs/quality/."""
     # a dry run: the chosen profile's methods at tiny sizes (the profile's name stays "dry")
-    s = dict(SETTINGS, **PROFILES[args.profile], **(DRY if args.dry_run else {}))
+    s = {**SETTINGS, **PROFILES[args.profile], **(DRY if args.dry_run else {})}
     s["profile"] = "dry" if args.dry_run else args.profile
     out = Path(args.out)
     res = Results(out / "results.json", s, time.strftime("%Y-%m-%dT%H:%M:%S%z"))

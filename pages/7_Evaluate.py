@@ -14,6 +14,7 @@ from delift_core.evaluation.subsets import BASELINES, baseline_subsets, load_sub
 from delift_core.evaluation.metrics import METRIC_LABELS
 from delift_core.evaluation.settings import EvalSettings
 from delift_core.evaluation.run import evaluate
+from delift_core.selection.cost import cost_cell
 from studio import served, state, ui
 
 ui.setup("Evaluate", "🎯", heading="Evaluate a selection")
@@ -132,13 +133,18 @@ if report is not None:
                    "(negative NLL/distance = the subset is better). The 95 % interval is a "
                    "bootstrap over test items and random seeds; a subset **wins** or **loses** "
                    "only when the interval excludes zero, otherwise it **ties** with random.")
+        costs = {r["subset"]: (r.get("subset_info") or {}).get("cost") for r in report.rows}
         st.dataframe(pd.DataFrame([{
             "mode": c["mode"], "subset": c["subset"], "metric": METRIC_LABELS[c["metric"]],
             "mean difference": round(c["mean_diff"], 4), "95 % low": round(c["low"], 4),
             "95 % high": round(c["high"], 4),
             "random seeds beaten": f"{c['seeds_beaten']} of {c['n_seeds']}",
-            "verdict": c["verdict"]} for c in comps]), hide_index=True,
-            width="stretch")
+            "verdict": c["verdict"],
+            "what the selection cost": cost_cell(costs.get(c["subset"]))} for c in comps]),
+            hide_index=True, width="stretch")
+        st.caption("What the selection cost: the model passes (kernel and per-row scores, "
+                   "computed or read from the stores), texts embedded and seconds on the "
+                   "machine that made it, from its manifest; a random subset costs nothing.")
     elif any(r["kind"] == "subset" for r in report.rows):
         st.info("Add the random baseline (several seeds) to see whether the subset's edge over "
                 "random is real: a paired interval and how many random seeds it beats.")

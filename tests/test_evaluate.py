@@ -424,6 +424,34 @@ def test_page_main_path(tiny_model_dir, tmp_path, monkeypatch) -> None:
     assert len(at.dataframe) >= 1
 
 
+def test_page_shows_what_each_selection_cost_beside_its_gain(tiny_model_dir, tmp_path,
+                                                             monkeypatch) -> None:
+    """The comparison with random carries the cost the subset's manifest recorded."""
+    from delift_core.cli import main
+
+    monkeypatch.setenv("DELIFT_CACHE_DIR", str(tmp_path / "cache"))
+    sel = tmp_path / "sel"
+    assert main(["select", "--pool", "demo:pool", "--kernel", "embedding", "--budget", "6",
+                 "--out", str(sel)]) == 0
+    cost = json.loads((sel / "manifest.json").read_text())["cost"]
+    at = _page_app(tiny_model_dir)
+    at.run()
+    at.session_state["ev_subset_src"] = str(sel)
+    at.session_state["ev_test_src"] = "demo:target"
+    at.session_state["ev_test_limit"] = 2
+    at.session_state["ev_shots"] = 1
+    at.session_state["ev_generate"] = False
+    at.session_state["ev_baselines"] = ["random"]
+    at.session_state["ev_seeds"] = "0,1"
+    at.button(key="ev_run").click().run()
+    _wait_for_eval_jobs()
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    table = next(d.value for d in at.dataframe if "verdict" in d.value.columns)
+    cells = set(table["what the selection cost"])
+    assert cells == {f"0 passes · 240 texts · {cost['seconds']:.0f} s"}, cells
+
+
 def test_page_evaluation_can_be_cancelled(tiny_model_dir, tmp_path, monkeypatch) -> None:
     """Cancel on a running evaluation: the job ends as cancelled, the page says so and keeps no
     half report; the button works again."""

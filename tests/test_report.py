@@ -130,3 +130,26 @@ def test_report_cli_errors_are_plain(tmp_path, capsys) -> None:
     data.write_text(data.read_text().replace("answer 3", "answer three"))  # the pool changed
     assert main(["report", str(out)]) == 2
     assert "not the data the selection was made on" in capsys.readouterr().err
+
+
+def test_the_evaluation_section_puts_each_gain_beside_its_cost() -> None:
+    ds, e = pool(), embeddings()
+    k = Kernels("embedding", pool=((e @ e.T + 1) / 2).astype(np.float32))
+    sel = select(ds, "fl", k, 4)
+    cost = sel.cost()
+    tests = ["t1", "t2", "t3"]
+    rows = [{"subset": "FL", "kind": "subset", "mode": "icl", "size": 4, "seed": 0, "n_test": 3,
+             "nll": 1.0, "distance": 0.4, "subset_info": {"objective": "fl", "cost": cost}},
+            *[{"subset": "random", "kind": "random", "mode": "icl", "size": 4, "seed": s,
+               "n_test": 3, "nll": 1.2, "distance": 0.45} for s in (0, 1)]]
+    items = [{"mode": "icl", "subset": name, "seed": seed, "test_id": t, "nll": v,
+              "distance": 0.4} for name, seed, v in (("FL", 0, 1.0), ("random", 0, 1.2),
+                                                     ("random", 1, 1.3)) for t in tests]
+    html = build_report(sel, manifest={"objective": "fl"}, embeddings=e, sample=2,
+                        evaluation={"rows": rows, "items": items, "settings": {}, "meta": {}},
+                        map_method="pca")
+    body = html.split('id="evaluation"')[1].split("<h2")[0]
+    from delift_core.selection.cost import cost_cell
+
+    assert "what the selection cost" in body and cost_cell(cost) in body
+    assert "Cost.</b>" in html  # and the selection's own cost at the top

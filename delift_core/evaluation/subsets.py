@@ -60,7 +60,8 @@ def load_subset(path: str | Path, name: str | None = None) -> tuple[Subset, Data
             raise EvaluationError(f"{path}: unreadable selection.json/manifest.json ({e})") from None
         info.update({"objective": sel.get("objective"), "budget": sel.get("budget"),
                      "selection_seed": (sel.get("params") or {}).get("seed"),
-                     "kernel": (sel.get("params") or {}).get("kernel")})
+                     "kernel": (sel.get("params") or {}).get("kernel"),
+                     "cost": manifest.get("cost")})  # what the selection cost, when recorded
         pool_rec = ((manifest.get("inputs") or {}).get("pool") or {})
         src = pool_rec.get("source")
         if src:

@@ -239,7 +239,22 @@ def _evaluation(F: _Figures, evaluation: dict) -> str:
     text = ("<p>Random subsets show the mean and, in the _sd columns, the standard deviation over "
             "their seeds: a subset is only better than random where the gap is larger than "
             "that spread. Lower NLL and distance are better.</p>")
-    return text + _table(summ[keep]) + F.div(rep.figure(), 440)
+    out = text + _table(summ[keep]) + F.div(rep.figure(), 440)
+    comps = rep.comparisons()
+    if comps:  # each subset's gain over random beside what its selection cost
+        from delift_core.selection.cost import cost_cell
+
+        costs = {r["subset"]: (r.get("subset_info") or {}).get("cost") for r in rep.rows}
+        frame = pd.DataFrame([{"mode": c["mode"], "subset": c["subset"], "metric": c["metric"],
+                               "difference vs random": round(c["mean_diff"], 4),
+                               "95 % interval": f"[{c['low']:+.4f}, {c['high']:+.4f}]",
+                               "verdict": c["verdict"],
+                               "what the selection cost": cost_cell(costs.get(c["subset"]))}
+                              for c in comps])
+        out += ("<p>Each subset against random, paired per test item (negative = the subset "
+                "is better), beside what its selection cost (model passes, texts embedded, "
+                "seconds on the machine that made it).</p>") + _table(frame)
+    return out
 
 
 def _audit_html(a: "Audit") -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["selection_cost", "cost_line"]
+__all__ = ["selection_cost", "cost_line", "cost_cell"]
 
 _ROLES = ("pool", "target", "existing")
 
@@ -71,3 +71,12 @@ def cost_line(cost: dict[str, Any]) -> str:
     if cost.get("loaded_kernel"):
         parts.append("kernel loaded from a folder (its own cost is in its kernel_meta.json)")
     return "cost: " + ", ".join(parts)
+
+
+def cost_cell(cost: dict[str, Any] | None) -> str:
+    """A short form for a table cell: '1,613 passes · 240 texts · 95 s' ('' when unknown)."""
+    if not cost:
+        return ""
+    passes = cost["model_passes_computed"] + cost["model_passes_reused"]
+    texts = cost["texts_embedded"] + cost["texts_embedding_reused"]
+    return f"{passes:,} passes · {texts:,} texts · {cost['seconds']:.0f} s"

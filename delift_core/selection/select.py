@@ -150,12 +150,14 @@ class Selection:
 
     def subset(self, name: str | None = None) -> Any:
         """The selected rows as an evaluation ``Subset`` (kind 'subset', this run's seed, the
-        objective in its info), named ``name`` or 'selection (<objective>)'."""
+        objective and what the selection cost in its info), named ``name`` or
+        'selection (<objective>)'."""
         from delift_core.evaluation.subsets import Subset
 
         return Subset(name or f"selection ({self.objective})",
                       self.pool.subset(self.selected_indices), "subset",
-                      self.params.get("seed"), {"objective": self.objective})
+                      self.params.get("seed"), {"objective": self.objective,
+                                                "cost": self.cost()})
 
     def annotate(self) -> pd.DataFrame:
         """One row per pool row: decision, greedy rank and gain, and best cover for rejected rows."""
