@@ -154,7 +154,9 @@ seconds, speed_source = (estimate_seconds(est, speed_key(
     s["p_model"] or spec.default("model")), dtype, stored=stored) if kind == "utility"
     else (None, "unknown"))
 if kind != "utility":
-    m3.metric("Time (about)", "seconds")
+    m3.metric("Time (about)", "seconds",
+              help="Sentence embeddings take seconds for a few thousand rows on a CPU (and are "
+                   "cached by content); no time is estimated for them.")
 elif speed_source == "measured":
     m3.metric("Time (about)", format_seconds(seconds),
               help="From this machine's measured speed on its latest utility kernels (CLI or "

@@ -75,7 +75,13 @@ st.caption(f"{len(pool)} rows audited · kernel: {result.meta['kernel']}"
 
 counts = st.columns(len(FINDINGS))
 for col, f in zip(counts, result.findings.values()):
-    col.metric(f.title, f.count if f.available else "n/a")
+    col.metric(f.title, f.count if f.available else "n/a",
+               help=f"{f.meaning} " + (f"Rule: {f.rule}." if f.available else
+                                       f"n/a: not available for this kernel ({f.reason}); it "
+                                       f"needs {f.needs}."))
+if any(not f.available for f in result.findings.values()):
+    st.caption("n/a: the finding needs something this kernel does not have (hover a count, or "
+               "open its tab, for what).")
 
 tabs = st.tabs([f.title for f in result.findings.values()])
 for tab, (fkey, f) in zip(tabs, result.findings.items()):

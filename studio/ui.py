@@ -131,7 +131,10 @@ def show_explanation(sel: Selection, row_id: str, top: int = 5) -> None:
         c1, c2, c3 = st.columns(3)
         c1.metric("Decision", "selected" + (" (pinned)" if ex.pinned else ""))
         c2.metric("Greedy rank", f"{ex.rank} of {sel.budget}")
-        c3.metric("Marginal gain", f"{ex.gain:.4f}")
+        c3.metric("Marginal gain", f"{ex.gain:.4f}",
+                  help="What this sample added to the objective when greedy picked it, in the "
+                       "objective's units (for FL: the summed gain in coverage over every pool "
+                       "row, each row's coverage being 0-1); later picks add less.")
         if ex.covers:
             st.write(f"Best cover for {ex.best_cover_for} rejected samples; the ones it covers "
                      "most (kernel value: how much it helps each as an example):")
@@ -144,7 +147,10 @@ def show_explanation(sel: Selection, row_id: str, top: int = 5) -> None:
         c1, c2, c3 = st.columns(3)
         c1.metric("Decision", "rejected" + (" (banned)" if ex.banned else ""))
         c2.metric("Covered by", ex.covered_by or "–")
-        c3.metric("Coverage", f"{ex.coverage:.4f}" if ex.coverage is not None else "–")
+        c3.metric("Coverage", f"{ex.coverage:.4f}" if ex.coverage is not None else "–",
+                  help="How well the selected subset stands in for this sample: its scaled "
+                       "kernel value (0-1) with the selected sample that covers it best; 1 = as "
+                       "good as itself, 0 = no selected sample helps it.")
         if ex.covered_by:
             st.write("The selected sample that covers it best:")
             sample_text(pool, ex.covered_by, height=120)
