@@ -82,12 +82,14 @@ DEFAULTS: dict[str, Any] = {
 studio's own choices (stage, budget; K offered when the sparse kernel is switched on)."""
 EVAL_DEFAULTS: dict[str, Any] = {
     "ev_subset_src": "demo:existing", "ev_pool_src": "demo:pool", "ev_test_src": "demo:target",
-    "ev_test_limit": 10, "ev_baselines": ["none"], "ev_seeds": "0,1,2", "ev_mode": "icl",
-    "ev_shots": 2, "ev_max_new": 24, "ev_generate": True, "ev_lora_steps": 12,
+    "ev_test_limit": 10, "ev_baselines": ["random", "full", "none"], "ev_seeds": "0,1,2",
+    "ev_mode": "icl", "ev_shots": 2, "ev_max_new": 24, "ev_lora_steps": 12,
     "ev_model": spec.default("model"), "ev_embedder": spec.default("embedder"),
     "ev_use_current": True,
 }
-"""The Evaluate page's widget values (``ev_*``), persisted across page switches like ``p_*``."""
+"""The Evaluate page's widget values (``ev_*``), persisted across page switches like ``p_*``;
+``ev_generate`` (generating answers, much slower than teacher-forced scores) defaults to on
+only with a GPU (:func:`init`)."""
 
 
 def stage_label(stage: str) -> str:
@@ -125,6 +127,8 @@ def init() -> None:
     s.setdefault("p_kernel", default_kind())
     for key, value in {**DEFAULTS, **EVAL_DEFAULTS}.items():
         s.setdefault(key, value)
+    if "ev_generate" not in s:  # teacher-forced scores only on a CPU: generation is slow there
+        s["ev_generate"] = resolve_device().type != "cpu"
     # Streamlit forgets a widget's value when a page without it runs; re-setting keeps it.
     for key in list(s.keys()):
         if isinstance(key, str) and (key.startswith("p_") or key in EVAL_DEFAULTS):

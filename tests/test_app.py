@@ -716,3 +716,9 @@ def test_try_the_demo_goes_from_home_to_a_selection_in_one_click() -> None:
     # the Select page explains the value as a share of the whole pool's
     goto(at, "3_Select")
     assert any("of the value the whole pool reaches" in c.value for c in at.caption)
+
+
+def test_evaluate_defaults_to_the_three_baselines_and_on_a_cpu_to_scores_only() -> None:
+    at = goto(new_app(), "7_Evaluate")
+    assert at.multiselect(key="ev_baselines").value == ["random", "full", "none"]
+    assert at.checkbox(key="ev_generate").value is False  # this test machine has no GPU
