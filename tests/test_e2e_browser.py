@@ -92,6 +92,24 @@ def nav(page, name: str) -> None:
     idle(page)
 
 
+def load_demo_data(page: Any) -> None:
+    """Data page: "Load the demo data", and wait until it is loaded."""
+    nav(page, "Data")
+    page.get_by_role("button", name="Load the demo data").click()
+    page.get_by_text("Demo data loaded").wait_for()
+    idle(page)
+
+
+def compute_se_kernel(page: Any) -> None:
+    """Kernel page: the DELIFT-SE (embedding) kernel, computed and ready."""
+    nav(page, "Kernel")
+    page.get_by_text("DELIFT-SE (sentence embedding)").click()
+    idle(page)
+    page.get_by_role("button", name="Compute the kernel").click()
+    page.get_by_text("Kernel ready").wait_for(timeout=SLOW_MS)
+    idle(page)
+
+
 def shot(page, name: str) -> None:
     page.wait_for_timeout(800)
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
@@ -272,10 +290,7 @@ def open_utility_kernel_page(page: Any, url: str, learned: bool | None = False) 
     page's default)."""
     page.goto(url)
     idle(page)
-    nav(page, "Data")
-    page.get_by_role("button", name="Load the demo data").click()
-    page.get_by_text("Demo data loaded").wait_for()
-    idle(page)
+    load_demo_data(page)
     nav(page, "Kernel")
     page.get_by_text("DELIFT (model utility)").first.click()
     page.locator('[data-testid="stMetric"]', has_text="Forward passes").wait_for()

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from test_e2e_browser import (ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, SLOW_MS, idle, nav,  # noqa: F401
-                              server)
+from test_e2e_browser import (ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, compute_se_kernel,  # noqa: F401
+                              idle, load_demo_data, nav, server)
 
 pytestmark = pytest.mark.slow
 
@@ -20,16 +20,8 @@ def _to_review(page: Any, url: str) -> None:
     page.goto(url)
     page.get_by_role("heading", name="DELIFT Studio").wait_for()
     idle(page)
-    nav(page, "Data")
-    page.get_by_role("button", name="Load the demo data").click()
-    page.get_by_text("Demo data loaded").wait_for()
-    idle(page)
-    nav(page, "Kernel")
-    page.get_by_text("DELIFT-SE (sentence embedding)").click()
-    idle(page)
-    page.get_by_role("button", name="Compute the kernel").click()
-    page.get_by_text("Kernel ready").wait_for(timeout=SLOW_MS)
-    idle(page)
+    load_demo_data(page)
+    compute_se_kernel(page)
     nav(page, "Review")
     page.get_by_text("Override").first.wait_for()
     idle(page)

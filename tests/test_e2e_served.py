@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
-from test_e2e_browser import (ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, SLOW_MS, free_port, idle, nav,
-                              open_utility_kernel_page, set_first_rows, streamlit_server)
+from test_e2e_browser import (ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, SLOW_MS, compute_se_kernel,
+                              free_port, idle, load_demo_data, nav, open_utility_kernel_page,
+                              set_first_rows, streamlit_server)
 
 pytestmark = pytest.mark.slow
 
@@ -86,16 +87,8 @@ allowed_users = ["@team.org"]
                 # a user on the list runs the demo flow
                 sign_in(page, url, "alice@team.org")
                 page.get_by_text("Signed in as Alice (alice@team.org)").wait_for()
-                nav(page, "Data")
-                page.get_by_role("button", name="Load the demo data").click()
-                page.get_by_text("Demo data loaded").wait_for()
-                idle(page)
-                nav(page, "Kernel")
-                page.get_by_text("DELIFT-SE (sentence embedding)").click()
-                idle(page)
-                page.get_by_role("button", name="Compute the kernel").click()
-                page.get_by_text("Kernel ready").wait_for(timeout=SLOW_MS)
-                idle(page)
+                load_demo_data(page)
+                compute_se_kernel(page)
                 nav(page, "Select")
                 page.get_by_text("72 of 240", exact=True).wait_for()
                 nav(page, "Download")
@@ -132,15 +125,6 @@ def _download_selected(page: Any) -> list[str]:
     with page.expect_download() as info:
         page.get_by_role("button", name="selected.jsonl").click()
     return [json.loads(line)["id"] for line in Path(info.value.path()).read_text().splitlines()]
-
-
-def _embedding_selection(page: Any) -> None:
-    nav(page, "Kernel")
-    page.get_by_text("DELIFT-SE (sentence embedding)").click()
-    idle(page)
-    page.get_by_role("button", name="Compute the kernel").click()
-    page.get_by_text("Kernel ready").wait_for()
-    idle(page)
 
 
 def test_two_sessions_share_the_model_queue_and_nothing_else_in_chromium(tmp_path: Path) -> None:
@@ -183,7 +167,7 @@ def test_two_sessions_share_the_model_queue_and_nothing_else_in_chromium(tmp_pat
             assert b.get_by_text("Kernel ready").count() == 0
             # each session selects, pins other rows and downloads its own decisions
             for page in pages:
-                _embedding_selection(page)
+                compute_se_kernel(page)
             ids_a = set(_pin_and_save(a, "sentiment", "served_decisions_a.json")["pinned"])
             before = _download_selected(a)
             ids_b = set(_pin_and_save(b, "translate", "served_decisions_b.json")["pinned"])

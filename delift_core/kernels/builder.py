@@ -140,6 +140,22 @@ def row_hashes(ds: Dataset) -> list[str]:
             for p, r in zip(ds.prompts, ds.responses)]
 
 
+def differing_rows(ids: list[str], hashes: list[str], ds: Dataset, what: str,
+                   rows: str = "rows") -> str | None:
+    """None when ``ids`` and ``hashes`` (recorded with a kernel or scores) are exactly ``ds``'s
+    rows; else what differs, naming the first rows ("2 of 20 rows differ from the rows the
+    <what> computed for, first: rows 3 (id 'x': text changed), ...")."""
+    mine = row_hashes(ds)
+    differ = [k for k in range(len(ds)) if ids[k] != ds.ids[k] or hashes[k] != mine[k]]
+    if not differ:
+        return None
+    shown = ", ".join(f"{k} (id {ds.ids[k]!r}"
+                      + (f", {what} has id {ids[k]!r})" if ids[k] != ds.ids[k]
+                         else ": text changed)") for k in differ[:5])
+    return (f"{len(differ)} of {len(ds)} {rows} differ from the rows the {what} was computed "
+            f"for, first: rows {shown}")
+
+
 class _Builder:
     """Computes one role's kernel: which pairs (all, or each row's neighbours) and their values
     (utility engine or embedding similarity); models and embeddings are loaded once, when needed."""

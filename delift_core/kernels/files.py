@@ -18,7 +18,7 @@ import scipy.sparse as sp
 
 from delift_core.data.dataset import Dataset
 from delift_core.errors import KernelError
-from delift_core.kernels.builder import ROLES, Kernels, row_hashes
+from delift_core.kernels.builder import ROLES, Kernels, differing_rows
 from delift_core.kernels.meta import KernelMeta
 from delift_core.kernels.matrices import KernelMatrix, is_sparse
 
@@ -121,15 +121,9 @@ def _check_rows(saved: KernelMeta, role: str, ds: Dataset, meta_file: Path) -> N
     if len(ids) != len(ds):
         raise KernelError(f"{meta_file}: the kernel was computed for {len(ids)} {role} rows, the "
                           f"{role} given has {len(ds)}")
-    mine = row_hashes(ds)
-    differ = [k for k in range(len(ds)) if ids[k] != ds.ids[k] or hashes[k] != mine[k]]
+    differ = differing_rows(ids, hashes, ds, "kernel", f"{role} rows")
     if differ:
-        shown = ", ".join(f"{k} (id {ds.ids[k]!r}"
-                          + (f", kernel has id {ids[k]!r})" if ids[k] != ds.ids[k]
-                             else ": text changed)") for k in differ[:5])
-        raise KernelError(f"{meta_file}: {len(differ)} of {len(ds)} {role} rows differ from the "
-                          f"rows the kernel was computed for, first: rows {shown}; recompute the "
-                          "kernel for this data")
+        raise KernelError(f"{meta_file}: {differ}; recompute the kernel for this data")
 
 
 def load_kernels(path: str | Path, pool: Dataset, *, target: Dataset | None = None,

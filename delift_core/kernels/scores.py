@@ -33,7 +33,7 @@ import torch
 
 from delift_core.data.dataset import Dataset
 from delift_core.errors import DataError, SelectionError
-from delift_core.kernels.builder import row_hashes
+from delift_core.kernels.builder import differing_rows, row_hashes
 from delift_core.kernels.utility_settings import KernelCancelled, UtilitySettings
 from delift_core.lm.scorer import Scorer
 from delift_core.lm.tokens import SegmentTokens
@@ -72,15 +72,9 @@ class RowScores:
         if ids is None or hashes is None or len(ids) != len(pool):
             raise SelectionError(f"{where}: computed for {len(ids or [])} rows, the pool has "
                                  f"{len(pool)}; compute the scores for this pool")
-        mine = row_hashes(pool)
-        differ = [k for k in range(len(pool)) if ids[k] != pool.ids[k] or hashes[k] != mine[k]]
+        differ = differing_rows(ids, hashes, pool, "scores")
         if differ:
-            shown = ", ".join(f"{k} (id {pool.ids[k]!r}"
-                              + (f", scores have id {ids[k]!r})" if ids[k] != pool.ids[k]
-                                 else ": text changed)") for k in differ[:5])
-            raise SelectionError(f"{where}: {len(differ)} of {len(pool)} rows differ from the "
-                                 f"rows the scores were computed for, first: rows {shown}; "
-                                 "compute the scores for this data")
+            raise SelectionError(f"{where}: {differ}; compute the scores for this data")
 
 
 def _space(kind: str, lm: Any, settings: UtilitySettings) -> str:
