@@ -173,6 +173,15 @@ else:
                    "machine (its measured speed is reused).")
 st.caption(" · ".join(f"{label}: {u:,} {unit}, ~{t:,} tokens" for label, u, t in est.stages)
            + (" · cached results are reused, so the same inputs never compute twice." ))
+scores_kind = registry.get(plan.method_objective(kind, objective)).scores
+if scores_kind:  # a heuristic's per-row scores, computed by the same job after the kernel
+    lm_name = (s.get("p_model") if kind == "utility" else None) or spec.default("model")
+    lm_label = PACKAGED_MODELS[lm_name].label if lm_name in PACKAGED_MODELS else lm_name
+    st.caption(f"{registry.get(objective).label} also needs per-row scores with {lm_label}: "
+               + (f"{2 * len(run_pool):,} more model passes (2 a row; cached by content), "
+                  "computed after the kernel; this job waits its turn for the model."
+                  if scores_kind == "ifd" else
+                  "the response lengths in its tokens (no model pass), after the kernel."))
 if est.full_units:
     st.caption(f"Learned kernel: {est.units:,} weighted units of work, of which about "
                f"{exact_passes or spec.get('exact_passes').suggested:,} exact model passes, "
