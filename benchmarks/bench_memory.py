@@ -70,6 +70,9 @@ def main() -> int:
     ap.add_argument("--exact-passes", type=int, default=1500)
     ap.add_argument("--neighbours", type=int, default=32)
     ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--no-cache", action="store_true",
+                    help="compute every pass (the pair and embedding stores neither read nor "
+                         "written), so two arms do the same work")
     ap.add_argument("--json-out", type=Path)
     args = ap.parse_args()
 
@@ -87,7 +90,8 @@ def main() -> int:
         t = time.time()
         kw = dict(kind="utility", lm=lm, learned=True, exact_passes=args.exact_passes) \
             if args.kind == "learned" else dict(kind="embedding")
-        kernels = compute_kernels(pool, embedder=emb, neighbours=args.neighbours, use_cache=True,
+        kernels = compute_kernels(pool, embedder=emb, neighbours=args.neighbours,
+                                  use_cache=not args.no_cache,
                                   progress=lambda label, done, total: s.set(label), **kw)
         kernel_s = time.time() - t
         s.set("FL selection at 10 %")
