@@ -93,9 +93,15 @@ with c2:
 if sel is not None:
     st.subheader(f"Selected rows ({sel.budget})")
     table = sel.annotate()
-    shown = table[table["selected"]].sort_values("rank")[["rank", "id", "gain", "pinned", "prompt",
-                                                         "response"]]
+    whole = float(sel.values[-1]) if len(sel.values) else float("nan")
+    table["gain (% of the whole)"] = (100 * table["gain"] / whole).round(2) \
+        if whole and whole == whole else float("nan")
+    shown = table[table["selected"]].sort_values("rank")[["rank", "id", "gain",
+                                                         "gain (% of the whole)", "pinned",
+                                                         "prompt", "response"]]
     st.dataframe(shown, hide_index=True, width="stretch", height=320)
+    st.caption("gain (% of the whole): the share of the whole pool's objective value the row "
+               "added when it was picked.")
     c1, c2, c3 = st.columns(3)
     with c1:
         ui.link("explore")
