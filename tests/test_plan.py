@@ -144,6 +144,6 @@ def test_selection_subset_for_evaluation() -> None:
     assert sub.name == "selection (fl)" and sub.kind == "subset"
     assert sub.data.ids == sel.selected_ids and sub.size == 4
     assert sub.data.responses == [sel.pool.responses[k] for k in sel.selected_indices]
-    assert sub.seed == 0 and sub.info == {"objective": "fl"}
+    assert sub.seed == 0 and sub.info == {"objective": "fl", "cost": sel.cost()}
     assert sel.at_budget(2).subset("mine").data.ids == sel.selected_ids[:2]
     assert sel.at_budget(2).subset("mine").name == "mine"
