@@ -88,6 +88,7 @@ SETTINGS: dict[str, Any] = {
     "bootstrap": {"n_boot": 10000, "level": 0.95, "seed": 0},
     "selection_seed": 0,
     "heuristics": [],
+    "learned": None,
 }
 
 DRY = {"pool_seeds": [0], "p3_template_sizes": [8, 5, 3], "gsm8k_pool": 6, "code_pool": 4,
@@ -125,17 +126,43 @@ seeds), plus IFD (the default model's two passes a row, the kernel's token cuts)
 top 20 % by IFD, then FL on the DELIFT-SE kernel; at 5 % of a 60-row pool that is 3 of 12 kept
 rows) and the longest responses (the model's tokens)."""
 
+LARGE = dict(HEURISTICS, pool_seeds=[0],
+             p3_template_sizes=[40, 38, 35, 32, 29, 26, 23, 20, 18, 16, 14, 12, 10, 8, 6, 4],
+             gsm8k_pool=100, code_pool=64, near_duplicates=24, p3_test_per_template=2,
+             existing_per_template=0, gsm8k_test_stage1=8, code_test=8, dtype="bfloat16",
+             neighbours=8, neighbour_random=2, lora_budgets=[0.10], lora_full_pool=True,
+             learned={"neighbours": 32, "neighbour_random": 2, "exact_passes": 1800,
+                      "diagonal": "max"})
+"""Fixed on 2026-12-04 before its run (issues 22 and 23): one pool of 519 rows (16 P3 templates
+of 40 down to 4 rows, one per source dataset, 100 GSM8K, 64 Code Alpaca, 24 near-duplicates:
+18 task families), 48 test items (2 per template, 8 GSM8K, 8 code), stage 1, budgets 5/10/30 %,
+ICL 1 and 3 shots, random 10 seeds. Methods: DELIFT under the three diagonal policies on the
+exact sparse kernel at K = 8 + 2 (what tied random on the 550-row held-out pool), DELIFT on a
+learned kernel of K = 32 + 2 from 1,800 exact passes (a tenth of an exact kernel at that K; it
+asks whether a wider K carries the small-pool win), DELIFT-SE, IFD, IFD-FL, LONGEST. LoRA at
+10 % (3 random seeds) plus the full pool and none with the same epochs, so that whether the
+LoRA runs measure anything (full beats none) is in the results. bfloat16 (this CPU has
+AVX512-BF16): the kernel is about 6,000 passes. Saturation: for every subset, how many of the
+test families it covers and the share of test items whose nearest shot is of their family."""
+
 PROFILES = {"planned": {}, "small": SMALL, "medium": MEDIUM, "dry": DRY,
-            "heuristics": HEURISTICS}
+            "heuristics": HEURISTICS, "large": LARGE}
 
 HEURISTIC_LABELS = {"ifd": "IFD", "ifd-fl": "IFD-FL", "longest": "LONGEST"}
 """How the score-based methods are named in the results (DELIFT is compared with each)."""
 
 
+LEARNED_VERSUS = "DELIFT (exact kernel)"
+"""What the learned kernel's DELIFT is compared with besides random: the exact sparse kernel's."""
+
+
 def versus_names(data: dict) -> list[str]:
-    """What every method is compared with: random, DELIFT-SE, and the heuristics that ran."""
-    return ["random", "DELIFT-SE"] + [HEURISTIC_LABELS[h] for h in
-                                      data["settings"].get("heuristics", [])]
+    """What every method is compared with: random, DELIFT-SE, the heuristics that ran, and the
+    exact kernel (for the learned one)."""
+    return (["random", "DELIFT-SE"] + [HEURISTIC_LABELS[h] for h in
+                                       data["settings"].get("heuristics", [])]
+            + ([LEARNED_VERSUS] if data["settings"].get("learned") else [])
+            + (["none"] if data["settings"].get("lora_full_pool") else []))
 
 
 def log(msg: str) -> None:
@@ -264,8 +291,9 @@ def _label(stage: str, method: str, kernel: str, diagonal: str | None, direction
            ) -> str:
     if method in HEURISTIC_LABELS:
         return HEURISTIC_LABELS[method]
-    name = f"{method.upper()} {'DELIFT' if kernel == 'utility' else 'DELIFT-SE'}"
-    if diagonal and kernel == "utility" and method != "flqmi":
+    name = f"{method.upper()} " + {"utility": "DELIFT", "learned": "DELIFT-LEARNED"}.get(
+        kernel, "DELIFT-SE")
+    if diagonal and kernel in ("utility", "learned") and method != "flqmi":
         name += f" [{diagonal}]"
     if direction and kernel == "utility":
         name += f" <{direction}>"
@@ -283,6 +311,8 @@ def stage_methods(stage: str, s: dict) -> list[tuple[str, str, str | None, str |
     if stage == "stage1":  # what practitioners pick instead; ifd-fl runs FL on DELIFT-SE's kernel
         out += [(h, "embedding" if h == "ifd-fl" else None, None, None)
                 for h in s.get("heuristics", [])]
+        if s.get("learned"):  # DELIFT on the learned kernel (a wider K from a tenth of the passes)
+            out.append((obj, "learned", s["learned"]["diagonal"], None))
     else:
         for direction in s["target_directions"]:
             out += [("flmi", "utility", d, direction) for d in s["diagonals"]]
@@ -306,7 +336,7 @@ def make_subsets(stage: str, pool: Dataset, kernels: dict, s: dict,
                 if kind else None
             kind_of_scores = objective_spec(objective).scores
             sel = select(pool, objective, k, size, seed=s["selection_seed"],
-                         diagonal=diag if kind == "utility" else None,
+                         diagonal=diag if kind in ("utility", "learned") else None,
                          scores=(scores or {}).get(kind_of_scores) if kind_of_scores else None)
             chosen = pool.subset(sel.selected_indices)
             label = _label(stage, objective, kind, diag, direction)
@@ -325,6 +355,29 @@ def make_subsets(stage: str, pool: Dataset, kernels: dict, s: dict,
     subsets.append(Subset("full", pool, "full", None, {"budget": 1.0, "method": "full"}))
     subsets.append(Subset("none", None, "none", None, {"budget": 0.0, "method": "none"}))
     return subsets, comp
+
+
+def saturation(subsets: list[Subset], test_rows: list[dict], rows_by_id: dict[str, dict],
+               emb: Any) -> dict[str, dict]:
+    """Per subset (and random seed): how many of the test set's families it holds, and the share
+    of test items whose nearest example (the 1-shot ICL shot, same embedding and rule as the
+    evaluation) is of the item's own family: once random reaches every family, the k-NN shots
+    may leave a selection nothing to add."""
+    from delift_core.evaluation.icl import nearest_examples
+    from delift_core.kernels.embedding import embed_texts
+
+    test_emb = embed_texts(emb, [r["prompt"] for r in test_rows])
+    fams = [r["group"] for r in test_rows]
+    out = {}
+    for sub in subsets:
+        if sub.kind not in ("subset", "random"):
+            continue
+        groups = [rows_by_id[i]["group"] for i in sub.data.ids]
+        near = nearest_examples(test_emb, embed_texts(emb, sub.data.prompts), 1)[:, 0]
+        out[sub.name + ("" if sub.seed is None else f" seed {sub.seed}")] = {
+            "families_covered": len(set(fams) & set(groups)), "test_families": len(set(fams)),
+            "same_family_nearest": float(np.mean([groups[j] == f for j, f in zip(near, fams)]))}
+    return out
 
 
 def with_context(subsets: list[Subset], context: list[dict], stage: str) -> list[Subset]:
@@ -368,21 +421,38 @@ def comparisons(report: Any, test_ids: list[str], s: dict, where: dict) -> list[
             out.append({**where, "metric": metric, "budget": budget, "method": info["method"],
                         "versus": "random", **c.as_dict(), "mean": float(x.mean()),
                         "versus_mean": float(rnd.mean())})
-            if info["kernel"] == "utility":
-                others = [("DELIFT-SE", f"{info['objective'].upper()} DELIFT-SE @{budget:g}")]
-                if info.get("diagonal") == choices_default_diagonal():  # DELIFT as it ships
-                    others += [(HEURISTIC_LABELS[h], f"{HEURISTIC_LABELS[h]} @{budget:g}")
-                               for h in s.get("heuristics", [])]
-                for versus, other in others:
-                    if (other, None) not in subsets:
-                        continue
-                    y = item_matrix(report.items, other, None, metric, test_ids)
-                    c = compare_paired(x, y, n_boot=bs["n_boot"], level=bs["level"],
-                                       seed=bs["seed"])
-                    out.append({**where, "metric": metric, "budget": budget,
-                                "method": info["method"], "versus": versus, **c.as_dict(),
-                                "mean": float(x.mean()), "versus_mean": float(y.mean())})
+            for versus, other in versus_subsets(info, s):
+                if (other, None) not in subsets:
+                    continue
+                y = item_matrix(report.items, other, None, metric, test_ids)
+                c = compare_paired(x, y, n_boot=bs["n_boot"], level=bs["level"], seed=bs["seed"])
+                out.append({**where, "metric": metric, "budget": budget,
+                            "method": info["method"], "versus": versus, **c.as_dict(),
+                            "mean": float(x.mean()), "versus_mean": float(y.mean())})
+        full, none = subsets.get(("full", None)), subsets.get(("none", None))
+        if full and none:  # does the measure measure anything: the whole pool against nothing
+            x = item_matrix(report.items, "full", None, metric, test_ids)
+            y = item_matrix(report.items, "none", None, metric, test_ids)
+            c = compare_paired(x, y, n_boot=bs["n_boot"], level=bs["level"], seed=bs["seed"])
+            out.append({**where, "metric": metric, "budget": 1.0, "method": "full pool",
+                        "versus": "none", **c.as_dict(), "mean": float(x.mean()),
+                        "versus_mean": float(y.mean())})
     return out
+
+
+def versus_subsets(info: dict, s: dict) -> list[tuple[str, str]]:
+    """(versus, subset name) a DELIFT subset is compared with besides random: the exact kernel's
+    with DELIFT-SE and (as it ships) with the heuristics; the learned kernel's with the exact."""
+    budget, obj = info["budget"], info["objective"].upper()
+    if info.get("kernel") == "learned":
+        return [(LEARNED_VERSUS, f"{obj} DELIFT [{info['diagonal']}] @{budget:g}")]
+    if info.get("kernel") != "utility":
+        return []
+    others = [("DELIFT-SE", f"{obj} DELIFT-SE @{budget:g}")]
+    if info.get("diagonal") == choices_default_diagonal():  # DELIFT as it ships
+        others += [(HEURISTIC_LABELS[h], f"{HEURISTIC_LABELS[h]} @{budget:g}")
+                   for h in s.get("heuristics", [])]
+    return others
 
 
 def choices_default_diagonal() -> str:
@@ -465,6 +535,10 @@ def run(args: argparse.Namespace) -> int:
         res.save()
         common = dict(lm=lm, embedder=emb, settings=usettings, neighbours=s["neighbours"],
                       neighbour_random=s["neighbour_random"], progress=progress_log())
+        lset = s.get("learned") or {}
+        learned_kw = dict(common, learned=True, neighbours=lset.get("neighbours"),
+                          neighbour_random=lset.get("neighbour_random", 0),
+                          exact_passes=lset.get("exact_passes"))
         pmeta = res.data["pools"][str(pseed)]
         kernel_cache: dict = {}
         row_scores: dict = {}
@@ -490,15 +564,18 @@ def run(args: argparse.Namespace) -> int:
                      "stage3": {"existing": existing}}[stage]
             out = {}
             for kind, direction in (("utility", "helps-target"), ("utility", "reference"),
-                                    ("embedding", None)):
-                if direction == "reference" and stage != "stage2":
+                                    ("embedding", None), ("learned", None)):
+                if (direction == "reference" and stage != "stage2") or (
+                        kind == "learned" and (extra or not s.get("learned"))):
                     continue
                 key = (stage if extra else "pool", kind, direction)
                 if key not in kernel_cache:
                     t = time.time()
-                    kw = common if kind == "utility" else {"embedder": emb}
+                    kw = {"utility": common, "embedding": {"embedder": emb},
+                          "learned": learned_kw}[kind]
                     kernel_cache[key] = compute_kernels(
-                        pool, kind=kind, **extra, **kw,
+                        pool, kind="embedding" if kind == "embedding" else "utility", **extra,
+                        **kw,
                         **({"target_direction": direction} if stage == "stage2" and direction
                            else {}))
                     res.data["timing"][f"pool{pseed}/{'/'.join(map(str, key))}_kernel_s"] = \
@@ -521,6 +598,8 @@ def run(args: argparse.Namespace) -> int:
             subsets, comp = make_subsets(stage, pool, stage_kernels(stage), s, rows_by_id,
                                          row_scores)
             res.data["pools"][str(pseed)].setdefault("composition_by_subset", {})[stage] = comp
+            res.data["pools"][str(pseed)].setdefault("saturation", {})[stage] = saturation(
+                subsets, data["test1"] if stage != "stage2" else data["test2"], rows_by_id, emb)
             if ctx:
                 subsets = with_context(subsets, data["existing"], stage)
             for shots in [k for k in s["shots"] if "icl" in args.measures
@@ -573,6 +652,12 @@ def run(args: argparse.Namespace) -> int:
                     res.save()
                     log(f"LoRA {where} {sub.name} seed {sub.seed}: NLL "
                         f"{report.rows[0]['nll']:.4f} ({time.time() - t:.0f} s so far)")
+            if s.get("lora_full_pool"):  # does LoRA measure anything: the whole pool vs none
+                pick = [x for x in subsets if x.kind in ("full", "none")]
+                ls = lora_settings(s, len(pool))
+                res.data["settings"].setdefault("lora_steps", {})["full"] = ls.lora_steps
+                run_eval(res, {"pool_seed": pseed, "stage": stage, "measure": "lora-full"},
+                         pick, test1, lm, emb, ls, ("lora",))
     res.data["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     res.save()
     write_report(out)
@@ -732,13 +817,8 @@ def pooled_comparisons(data: dict, metric: str = "nll") -> list[dict]:
             rnd = np.stack([np.concatenate([vec(p, rnd_name, s) for p in pools]) for s in seeds])
             c = compare_paired(x, rnd, n_boot=bs["n_boot"], level=bs["level"], seed=bs["seed"])
             out.append({**where, "versus": "random", **c.as_dict()})
-        others = [("DELIFT-SE", f"{inf['objective'].upper()} DELIFT-SE @{budget:g}")]
-        if inf.get("diagonal") == choices_default_diagonal():
-            others += [(HEURISTIC_LABELS[h], f"{HEURISTIC_LABELS[h]} @{budget:g}")
-                       for h in data["settings"].get("heuristics", [])]
-        for versus, other in others:
-            if inf.get("kernel") == "utility" and all((stage, measure, p, other, None) in scores
-                                                       for p in pools):
+        for versus, other in versus_subsets(inf, data["settings"]):
+            if all((stage, measure, p, other, None) in scores for p in pools):
                 y = np.concatenate([vec(p, other, None) for p in pools])
                 c = compare_paired(x, y, n_boot=bs["n_boot"], level=bs["level"],
                                    seed=bs["seed"])
