@@ -521,8 +521,8 @@ def run(args: argparse.Namespace) -> int:
     for pseed in args.pool_seeds or s["pool_seeds"]:
         data = build_pool(pseed, s)
         rows_by_id = {r["id"]: r for r in data["pool"]}
-        pool, target, existing = (_ds(data[k], f"pool{pseed}-{k}")
-                                  for k in ("pool", "target", "existing"))
+        pool, target, existing = (_ds(data[k], f"pool{pseed}-{k}") if data[k] else None
+                                  for k in ("pool", "target", "existing"))  # large: no existing
         test1, test2 = _ds(data["test1"], f"pool{pseed}-test1"), _ds(data["test2"],
                                                                      f"pool{pseed}-test2")
         res.data["pools"][str(pseed)] = res.data["pools"].get(str(pseed)) or {
@@ -531,7 +531,7 @@ def run(args: argparse.Namespace) -> int:
             "test1": composition(data["test1"]), "test2": len(test2), "target": len(target),
             "existing": composition(data["existing"]), "pool_ids": pool.ids,
             "test1_ids": test1.ids, "test2_ids": test2.ids, "target_ids": target.ids,
-            "existing_ids": existing.ids}
+            "existing_ids": existing.ids if existing else []}
         res.save()
         common = dict(lm=lm, embedder=emb, settings=usettings, neighbours=s["neighbours"],
                       neighbour_random=s["neighbour_random"], progress=progress_log())
