@@ -10,11 +10,14 @@ import streamlit as st
 
 import studio  # noqa: F401  (first: imports the engine once, see studio/__init__.py)
 from delift_core.errors import DeliftError
-from delift_core.evaluation.subsets import BASELINES, baseline_subsets, load_subset, parse_int_list
+from delift_core.evaluation.subsets import (BASELINES, baseline_subsets, load_subset,
+                                            method_subsets, parse_int_list)
 from delift_core.evaluation.metrics import METRIC_LABELS
 from delift_core.evaluation.settings import EvalSettings
 from delift_core.evaluation.run import evaluate
+from delift_core.selection import plan
 from delift_core.selection.cost import cost_cell
+from delift_core.selection.objectives import registry
 from studio import served, state, ui
 
 ui.setup("Evaluate", "🎯", heading="Evaluate a selection")
@@ -33,6 +36,18 @@ if has_current:
     st.checkbox(f"Evaluate the current selection ({len(current.selected_indices)} of "
                 f"{len(current.pool)} rows, objective {current.objective})", key="ev_use_current")
 use_current = has_current and s["ev_use_current"]
+if use_current:  # other methods on the same pool, kernels and budget, in the same evaluation
+    offered = [o for o in plan.available_objectives(current.kernels, s.get("row_scores"))
+               if o != current.objective and not registry.get(o).baseline]
+    offered += [o for o in ("longest",) if o not in offered and o != current.objective]
+    s["ev_methods"] = [m for m in s["ev_methods"] if m in offered]
+    st.multiselect(f"Compare with other methods at the same budget ({current.budget} rows)",
+                   offered, key="ev_methods", format_func=lambda o: registry.get(o).label,
+                   help="Each method chooses from the same pool with the same kernels, as it "
+                        "ships (no pins or bans); all are scored in one run and judged against "
+                        "the same random seeds, with what each selection cost. IFD and IFD-FL "
+                        "are offered once their scores are computed (choose them on the Kernel "
+                        "page); the longest responses need only the model's tokenizer.")
 
 c1, c2 = st.columns(2)
 with c1:
@@ -59,6 +74,19 @@ with c2:
     st.text_input("Sentence embedder", key="ev_embedder")
 
 
+def _method_scores(pool: Any) -> dict[str, Any]:
+    """The per-row scores the compared methods rank by: the kernel job's, and the response
+    lengths in the chosen model's tokens (no model pass) when the longest responses are asked."""
+    from delift_core.kernels.scores import compute_row_scores
+    from delift_core.lm.models import load_causal_lm
+
+    got = {sc.kind: sc for sc in [s.get("row_scores")] if sc is not None}
+    if "longest" in s["ev_methods"] and "response_tokens" not in got:
+        lm = load_causal_lm(served.model_source(s["ev_model"].strip() or None))
+        got["response_tokens"] = compute_row_scores(pool, "response_tokens", lm=lm)
+    return got
+
+
 def _request() -> dict[str, Any]:
     """The evaluation the widgets ask for (data read here, so bad input fails at once)."""
     if use_current:
@@ -72,7 +100,8 @@ def _request() -> dict[str, Any]:
     test = state.load_source(s["ev_test_src"])
     test = test.subset(range(min(int(s["ev_test_limit"]), len(test))))
     baselines = list(s["ev_baselines"])
-    subsets = [sub]
+    subsets = [sub] + (method_subsets(current, s["ev_methods"], _method_scores(pool))
+                       if use_current and s["ev_methods"] else [])
     if baselines:
         subsets += baseline_subsets(pool, [sub.size], baselines,
                                     parse_int_list(s["ev_seeds"], "seeds"))

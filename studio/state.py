@@ -85,7 +85,7 @@ EVAL_DEFAULTS: dict[str, Any] = {
     "ev_test_limit": 10, "ev_baselines": ["random", "full", "none"], "ev_seeds": "0,1,2",
     "ev_mode": "icl", "ev_shots": 2, "ev_max_new": 24, "ev_lora_steps": 12,
     "ev_model": spec.default("model"), "ev_embedder": spec.default("embedder"),
-    "ev_use_current": True,
+    "ev_use_current": True, "ev_methods": [],
 }
 """The Evaluate page's widget values (``ev_*``), persisted across page switches like ``p_*``;
 ``ev_generate`` (generating answers, much slower than teacher-forced scores) defaults to on

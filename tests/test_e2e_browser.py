@@ -599,3 +599,75 @@ def test_learned_kernel_cancel_then_resume_in_chromium(tmp_path: Path) -> None:
     assert reused > 0, line  # Cancel kept the finished exact pairs for the next run
     assert computed + reused <= EXACT_PASSES, line  # the budget counts stored passes too
     assert (ARTIFACTS / "2_kernel_learned.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_evaluate_compares_methods_with_their_cost_in_chromium(server: str,
+                                                               tmp_path: Path) -> None:
+    """Evaluate page: the current selection and the longest-responses method at the same budget,
+    scored in one run; the verdict table shows each one's cost beside its gain over random, and
+    the HTML report made from that evaluation's results.json shows the same."""
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's Chromium")
+    from playwright.sync_api import sync_playwright
+
+    from delift_core.cli import main
+
+    results = tmp_path / "results.json"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            ctx = browser.new_context(viewport={"width": 1500, "height": 1400},
+                                      accept_downloads=True)
+            page = ctx.new_page()
+            page.set_default_timeout(SLOW_MS)
+            page.goto(server)
+            idle(page)
+            load_demo_data(page)
+            compute_se_kernel(page)
+            nav(page, "Select")
+            page.get_by_text("72 of 240", exact=True).wait_for()
+            nav(page, "Evaluate")
+            methods = page.locator('[data-testid="stMultiSelect"]',
+                                   has_text="Compare with other methods at the same budget")
+            methods.click()
+            page.get_by_role("option", name="longest responses").click()
+            page.keyboard.press("Escape")
+            idle(page)
+            rows = page.get_by_label("Use the first N test rows")
+            rows.fill("2")
+            rows.press("Enter")
+            idle(page)
+            page.get_by_role("button", name="Run the evaluation").click()
+            page.get_by_text("Is the edge real? Each subset against random").wait_for()
+            idle(page)
+            # a data frame's cells live in the accessible table glide renders in its canvas
+            heads, cells = [], []
+            for grid in page.locator('[data-testid="stDataFrame"]').all():
+                heads = grid.locator('th[role="columnheader"]').all_text_contents()
+                if "verdict" in heads:  # the verdict table
+                    cells = grid.locator('td[role="gridcell"]').all_text_contents()
+                    break
+            assert "what the selection cost" in heads, heads
+            assert {"selection (fl)", "longest (same budget)"} <= set(cells), cells
+            # the DELIFT-SE selection's: the demo pool and target embedded, no model pass
+            cost = re.compile(r"0 passes · [1-9][\d,]* texts · \d+ s")
+            assert any(cost.fullmatch(c) for c in cells), cells
+            assert "0 passes · 0 texts · 0 s" in cells, cells  # the longest responses'
+            page.screenshot(path=str(ARTIFACTS / "7_evaluate_methods.png"), full_page=True)
+            with page.expect_download() as info:
+                page.get_by_role("button", name="results.json").click()
+            info.value.save_as(str(results))
+            sel = tmp_path / "sel"
+            assert main(["select", "--pool", "demo:pool", "--kernel", "embedding",
+                         "--budget", "0.3", "--out", str(sel)]) == 0
+            assert main(["report", str(sel), "--evaluation", str(results)]) == 0
+            page.goto((sel / "report.html").as_uri())
+            page.get_by_role("heading", name="Evaluation").wait_for()
+            verdicts = page.locator("table", has_text="difference vs random")
+            assert "what the selection cost" in verdicts.locator("th").all_text_contents()
+            cells = verdicts.locator("td").all_text_contents()
+            assert any(cost.fullmatch(c) for c in cells), cells
+            assert "longest (same budget)" in cells and "0 passes · 0 texts · 0 s" in cells
+        finally:
+            browser.close()

@@ -549,3 +549,78 @@ def test_report_chart_shows_every_random_seed() -> None:
     seeds = [t for t in fig.data if t.name == "icl: each random seed"]
     assert len(seeds) == 2  # one per metric panel
     assert sorted(seeds[0].y) == [2.0, 3.0, 4.0, 5.0]
+
+
+def _embedding_selection(rows: int = 40, budget: int = 6):
+    """A FL selection on the demo pool's first rows with the embedding kernel (no model pass)."""
+    from delift_core.data.dataset import load_dataset
+    from delift_core.kernels.builder import compute_kernels
+    from delift_core.selection.select import select
+
+    pool = load_dataset("demo:pool").subset(range(rows))
+    return select(pool, "fl", compute_kernels(pool, kind="embedding"), budget)
+
+
+def test_method_subsets_choose_each_method_on_the_same_pool_kernels_and_budget(
+        tiny_model_dir, tmp_path, monkeypatch) -> None:
+    """Each method's subset is what selecting with it alone gives, at the selection's budget,
+    with its cost; a method whose scores or kernel are missing is refused by name."""
+    from delift_core.evaluation.subsets import method_subsets
+    from delift_core.kernels.scores import compute_row_scores
+    from delift_core.lm.models import load_causal_lm
+    from delift_core.selection.select import select
+
+    monkeypatch.setenv("DELIFT_CACHE_DIR", str(tmp_path / "cache"))
+    sel = _embedding_selection()
+    tokens = compute_row_scores(sel.pool, "response_tokens", lm=load_causal_lm(str(tiny_model_dir)))
+    subs = method_subsets(sel, ["gc", "longest"], {"response_tokens": tokens})
+    assert [s.name for s in subs] == ["gc (same budget)", "longest (same budget)"]
+    assert all(s.size == 6 and s.kind == "subset" and "cost" in s.info for s in subs)
+    longest = np.argsort(-tokens.values, kind="stable")[:6]
+    assert sorted(subs[1].data.ids) == sorted(sel.pool.ids[i] for i in longest)
+    gc = select(sel.pool, "gc", sel.kernels, 6)
+    assert subs[0].data.ids == [sel.pool.ids[i] for i in gc.selected_indices]
+    # GC's cost holds the kernel it selects on; the longest responses use none, so cost none
+    embedded = sum(e["computed"] + e["reused"] for e in sel.kernels.meta["embeddings"].values())
+    got = subs[0].info["cost"]
+    assert got["texts_embedded"] + got["texts_embedding_reused"] == embedded == 40
+    got = subs[1].info["cost"]
+    assert got["texts_embedded"] == got["texts_embedding_reused"] == 0
+    assert got["model_passes_computed"] == got["kernel_seconds"] == 0
+    with pytest.raises(EvaluationError, match="IFD.*not computed for this pool.*Kernel page"):
+        method_subsets(sel, ["ifd"], {"response_tokens": tokens})
+    with pytest.raises(EvaluationError, match="needs a target kernel"):
+        method_subsets(sel, ["flmi"])
+    with pytest.raises(EvaluationError, match="baseline"):
+        method_subsets(sel, ["random"])
+
+
+def test_page_compares_other_methods_in_one_verdict_table(tiny_model_dir, tmp_path,
+                                                          monkeypatch) -> None:
+    """The current selection and the methods chosen beside it are scored in one run: one verdict
+    table with a row per method, each with what its selection cost."""
+    monkeypatch.setenv("DELIFT_CACHE_DIR", str(tmp_path / "cache"))
+    at = _page_app(tiny_model_dir)
+    at.session_state["selection"] = _embedding_selection()
+    at.run()
+    box = at.multiselect(key="ev_methods")
+    # not FL (the selection's own), not IFD (no IFD scores computed), not the random baseline
+    assert box.options == ["GC (graph cut)", "longest responses"]
+    at.session_state["ev_methods"] = ["gc", "longest"]
+    at.session_state["ev_test_src"] = "demo:target"
+    at.session_state["ev_test_limit"] = 2
+    at.session_state["ev_shots"] = 1
+    at.session_state["ev_generate"] = False
+    at.session_state["ev_baselines"] = ["random"]
+    at.session_state["ev_seeds"] = "0,1"
+    at.button(key="ev_run").click().run()
+    _wait_for_eval_jobs()
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    table = next(d.value for d in at.dataframe if "verdict" in d.value.columns)
+    from delift_core.evaluation.metrics import METRIC_LABELS
+
+    nll = table[table["metric"] == METRIC_LABELS["nll"]]
+    assert list(nll["subset"]) == ["selection (fl)", "gc (same budget)",
+                                   "longest (same budget)"]
+    assert all(c.endswith(" s") for c in nll["what the selection cost"]), list(nll["what the selection cost"])

@@ -46,10 +46,10 @@ from delift_core.evaluation.scoring import nll_and_distance
 from delift_core.evaluation.settings import (EVAL_VERSION, MODES, EvalSettings,
                                              EvaluationCancelled, EvaluationError)
 from delift_core.evaluation.subsets import (BASELINES, Subset, baseline_subsets, load_subset,
-                                            parse_int_list)
+                                            method_subsets, parse_int_list)
 
 __all__ = ["EVAL_VERSION", "MODES", "BASELINES", "METRICS", "LOWER_IS_BETTER", "METRIC_LABELS",
            "STOP_MARKERS", "EvaluationCancelled", "EvaluationError", "EvalSettings", "Subset", "load_subset",
-           "baseline_subsets", "parse_int_list", "icl_template", "nearest_examples",
+           "baseline_subsets", "method_subsets", "parse_int_list", "icl_template", "nearest_examples",
            "attach_lora", "lora_state", "train_lora", "nll_and_distance", "extract_final_answer",
            "exact_match", "rouge_l", "cut_generation", "EvalReport", "ProgressFn", "evaluate"]

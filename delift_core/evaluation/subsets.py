@@ -17,8 +17,8 @@ from delift_core.data.dataset import Dataset, load_dataset
 from delift_core.errors import DeliftError
 from delift_core.evaluation.settings import EvaluationError
 
-__all__ = ["BASELINES", "Subset", "load_subset", "baseline_subsets", "parse_int_list",
-           "dataset_key"]
+__all__ = ["BASELINES", "Subset", "load_subset", "baseline_subsets", "method_subsets",
+           "parse_int_list", "dataset_key"]
 
 BASELINES = ("random", "full", "none")
 
@@ -113,6 +113,43 @@ def baseline_subsets(pool: Dataset | None, sizes: Sequence[int], baselines: Sequ
         out.append(Subset("full", pool, "full"))
     if "none" in baselines:
         out.append(Subset("none", None, "none"))
+    return out
+
+
+def method_subsets(selection: Any, objectives: Sequence[str],
+                   scores: dict[str, Any] | None = None) -> list[Subset]:
+    """``selection``'s pool, kernels and budget chosen again by each of ``objectives``, each as
+    it ships (no pins, bans or notes), as subsets named ``'<objective> (same budget)'`` with what
+    each cost in their info: one evaluation then compares methods on the user's own data.
+
+    ``scores`` holds the per-row scores (``RowScores``) by kind for the methods that rank by them
+    (IFD, longest); a method whose scores are missing, or one the kernels cannot serve, is
+    refused by name before anything is selected."""
+    from delift_core.selection.objectives import registry
+    from delift_core.selection.select import select
+
+    scores = scores or {}
+    out, plan = [], []
+    for name in objectives:
+        spec = registry.get(name)
+        if spec.baseline:
+            raise EvaluationError(f"'{name}' is a baseline; ask for it among the baselines")
+        if spec.needs and getattr(selection.kernels, spec.needs, None) is None:
+            raise EvaluationError(f"{spec.label} needs a {spec.needs} kernel, which the current "
+                                  "kernels do not have")
+        if spec.needs_kernel and selection.kernels is None:
+            raise EvaluationError(f"{spec.label} needs a kernel; compute one first")
+        if spec.scores and spec.scores not in scores:
+            raise EvaluationError(f"{spec.label} ranks rows by per-row scores ({spec.scores}) "
+                                  "that are not computed for this pool: choose it on the Kernel "
+                                  "page (or `delift select --objective "
+                                  f"{name}`) to compute them")
+        plan.append(spec)
+    for spec in plan:
+        kernels = selection.kernels if spec.needs_kernel else None  # no cost it did not incur
+        sel = select(selection.pool, spec.name, kernels, selection.budget,
+                     seed=selection.params.get("seed", 0), scores=scores.get(spec.scores))
+        out.append(sel.subset(f"{spec.name} (same budget)"))
     return out
 
 
