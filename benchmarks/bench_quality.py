@@ -773,6 +773,7 @@ def write_report(out: Path = OUT) -> None:
             lines.append(f"| {versus} | {ptally[(versus, 'wins')]} | "
                          f"{ptally[(versus, 'ties')]} | {ptally[(versus, 'loses')]} |")
         lines.append("")
+    lines += saturation_lines(data)
     tally = Counter((c["versus"], c["verdict"]) for c in comps if c["metric"] == "nll")
     lines += ["## Tally (NLL/token, every configuration)", "",
               "| versus | wins | ties | loses |", "|---|---|---|---|"]
@@ -781,6 +782,53 @@ def write_report(out: Path = OUT) -> None:
                      f"{tally[(versus, 'loses')]} |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
     write_chart(out, data)
+
+
+def saturation_lines(data: dict) -> list[str]:
+    """results.md's saturation section: per budget, the test families each subset holds and the
+    share of test items whose nearest shot is of their own family (random: the mean over seeds),
+    and how closely a subset's ICL NLL follows that share (Pearson r over every subset and
+    random seed of the budget)."""
+    lines: list[str] = []
+    for pseed, pool in sorted(data["pools"].items()):
+        sat = (pool.get("saturation") or {}).get("stage1")
+        if not sat:
+            continue
+        n_fam = next(iter(sat.values()))["test_families"]
+        lines += [f"## Saturation, stage 1, pool seed {pseed}", "",
+                  f"Families: of the test set's {n_fam}, how many the subset holds. Same-family "
+                  "shot: the share of test items whose nearest subset row (the 1-shot example, "
+                  "the evaluation's own rule) is of the item's family. r: Pearson correlation of "
+                  "a subset's mean NLL/token with its same-family share, over every method and "
+                  "random seed of the budget (negative: more own-family shots, lower NLL).", "",
+                  "| subset | families | same-family shot |", "|---|---|---|"]
+        groups: dict[str, list[dict]] = {}
+        for key, v in sat.items():
+            groups.setdefault(key.split(" seed ")[0], []).append(v)
+        for name, vs in groups.items():
+            fam = np.mean([v["families_covered"] for v in vs])
+            same = np.mean([v["same_family_nearest"] for v in vs])
+            lines.append(f"| {name}{' (mean of ' + str(len(vs)) + ' seeds)' if len(vs) > 1 else ''}"
+                         f" | {fam:.1f} | {same:.2f} |")
+        lines += ["", "| measure | budget | r (all subsets) | r (random seeds only) |",
+                  "|---|---|---|---|"]
+        for measure in sorted({r["measure"] for r in data["runs"]
+                               if r["measure"].startswith("icl") and
+                               str(r["pool_seed"]) == str(pseed)}):
+            for budget in data["settings"]["budgets"]:
+                pts = [(sat[k]["same_family_nearest"], r["nll"], r["kind"]) for r in data["runs"]
+                       if r["measure"] == measure and str(r["pool_seed"]) == str(pseed)
+                       and (r.get("info") or {}).get("budget") == budget
+                       and (k := r["subset"] + ("" if r["seed"] is None
+                                                else f" seed {r['seed']}")) in sat]
+                if len(pts) < 3:
+                    continue
+                x, y = np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
+                rnd = np.array([p[2] == "random" for p in pts])
+                lines.append(f"| {measure} | {budget:g} | {np.corrcoef(x, y)[0, 1]:+.2f} | "
+                             f"{np.corrcoef(x[rnd], y[rnd])[0, 1]:+.2f} |")
+        lines.append("")
+    return lines
 
 
 def pooled_comparisons(data: dict, metric: str = "nll") -> list[dict]:
