@@ -145,8 +145,14 @@ LoRA runs measure anything (full beats none) is in the results. bfloat16 (this C
 AVX512-BF16): the kernel is about 6,000 passes. Saturation: for every subset, how many of the
 test families it covers and the share of test items whose nearest shot is of their family."""
 
+HEURISTICS_STAGE2 = dict(HEURISTICS, stages=["stage2"])
+"""Fixed on 2026-12-04 before its run: the heuristics profile's pools and settings, stage 2 only
+(task-specific: the GSM8K target of 10 test questions, 30 other GSM8K test questions as the test
+set): DELIFT's target-aware FLMI (both target directions, every diagonal) and FLQMI, DELIFT-SE's,
+against IFD, IFD-FL and the longest responses, which do not see the target, and random."""
+
 PROFILES = {"planned": {}, "small": SMALL, "medium": MEDIUM, "dry": DRY,
-            "heuristics": HEURISTICS, "large": LARGE}
+            "heuristics": HEURISTICS, "large": LARGE, "heuristics-stage2": HEURISTICS_STAGE2}
 
 HEURISTIC_LABELS = {"ifd": "IFD", "ifd-fl": "IFD-FL", "longest": "LONGEST"}
 """How the score-based methods are named in the results (DELIFT is compared with each)."""
@@ -308,9 +314,11 @@ def stage_methods(stage: str, s: dict) -> list[tuple[str, str, str | None, str |
     if obj:
         out += [(obj, "utility", d, None) for d in s["diagonals"]] + [(obj, "embedding", None,
                                                                        None)]
-    if stage == "stage1":  # what practitioners pick instead; ifd-fl runs FL on DELIFT-SE's kernel
+    # what practitioners pick instead (target-blind; ifd-fl runs FL on DELIFT-SE's kernel)
+    if stage != "stage3":
         out += [(h, "embedding" if h == "ifd-fl" else None, None, None)
                 for h in s.get("heuristics", [])]
+    if stage == "stage1":
         if s.get("learned"):  # DELIFT on the learned kernel (a wider K from a tenth of the passes)
             out.append((obj, "learned", s["learned"]["diagonal"], None))
     else:
