@@ -10,6 +10,7 @@ import json
 import math
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -400,6 +401,22 @@ def _wait_for_eval_jobs() -> None:
             t.join(300)
 
 
+def _small_evaluation_verdicts(at: Any) -> Any:
+    """Run the page's evaluation small (2 test rows, 1 shot, random seeds 0 and 1, no
+    generation), wait for it, and return its verdict table (the comparisons with random)."""
+    at.session_state["ev_test_src"] = "demo:target"
+    at.session_state["ev_test_limit"] = 2
+    at.session_state["ev_shots"] = 1
+    at.session_state["ev_generate"] = False
+    at.session_state["ev_baselines"] = ["random"]
+    at.session_state["ev_seeds"] = "0,1"
+    at.button(key="ev_run").click().run()
+    _wait_for_eval_jobs()
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    return next(d.value for d in at.dataframe if "verdict" in d.value.columns)
+
+
 def test_page_main_path(tiny_model_dir, tmp_path, monkeypatch) -> None:
     """The evaluation runs as a background job; the page adopts its report when it ends."""
     monkeypatch.setenv("DELIFT_CACHE_DIR", str(tmp_path / "cache"))
@@ -437,17 +454,7 @@ def test_page_shows_what_each_selection_cost_beside_its_gain(tiny_model_dir, tmp
     at = _page_app(tiny_model_dir)
     at.run()
     at.session_state["ev_subset_src"] = str(sel)
-    at.session_state["ev_test_src"] = "demo:target"
-    at.session_state["ev_test_limit"] = 2
-    at.session_state["ev_shots"] = 1
-    at.session_state["ev_generate"] = False
-    at.session_state["ev_baselines"] = ["random"]
-    at.session_state["ev_seeds"] = "0,1"
-    at.button(key="ev_run").click().run()
-    _wait_for_eval_jobs()
-    at.run()
-    assert not at.exception and not at.error, [e.value for e in at.error]
-    table = next(d.value for d in at.dataframe if "verdict" in d.value.columns)
+    table = _small_evaluation_verdicts(at)
     cells = set(table["what the selection cost"])
     assert cells == {f"0 passes · 240 texts · {cost['seconds']:.0f} s"}, cells
 
@@ -607,17 +614,7 @@ def test_page_compares_other_methods_in_one_verdict_table(tiny_model_dir, tmp_pa
     # not FL (the selection's own), not IFD (no IFD scores computed), not the random baseline
     assert box.options == ["GC (graph cut)", "longest responses"]
     at.session_state["ev_methods"] = ["gc", "longest"]
-    at.session_state["ev_test_src"] = "demo:target"
-    at.session_state["ev_test_limit"] = 2
-    at.session_state["ev_shots"] = 1
-    at.session_state["ev_generate"] = False
-    at.session_state["ev_baselines"] = ["random"]
-    at.session_state["ev_seeds"] = "0,1"
-    at.button(key="ev_run").click().run()
-    _wait_for_eval_jobs()
-    at.run()
-    assert not at.exception and not at.error, [e.value for e in at.error]
-    table = next(d.value for d in at.dataframe if "verdict" in d.value.columns)
+    table = _small_evaluation_verdicts(at)
     from delift_core.evaluation.metrics import METRIC_LABELS
 
     nll = table[table["metric"] == METRIC_LABELS["nll"]]
