@@ -20,10 +20,12 @@ ARTIFACTS = ROOT / "test-artifacts"
 OUT = ROOT / "docs" / "screenshots"
 TESTS = ["tests/test_e2e_browser.py::test_demo_flow_in_chromium",
          "tests/test_e2e_browser.py::test_report_opens_in_chromium_without_errors",
-         "tests/test_e2e_browser.py::test_learned_kernel_cancel_then_resume_in_chromium"]
+         "tests/test_e2e_browser.py::test_learned_kernel_cancel_then_resume_in_chromium",
+         "tests/test_e2e_browser.py::test_evaluate_compares_methods_with_their_cost_in_chromium"]
 PICTURES = ("0_home.png", "1_data.png", "2_kernel.png", "2_kernel_learned.png", "3_select.png",
             "4_explore_heatmap.png", "4_explore_map.png", "4_explore_explain.png",
-            "5_review.png", "6_download.png", "8_audit.png", "report.png")
+            "5_review.png", "6_download.png", "7_evaluate_methods.png", "8_audit.png",
+            "report.png")
 
 
 def main() -> int:
