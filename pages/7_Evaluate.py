@@ -74,17 +74,15 @@ with c2:
     st.text_input("Sentence embedder", key="ev_embedder")
 
 
-def _method_scores(pool: Any) -> dict[str, Any]:
-    """The per-row scores the compared methods rank by: the kernel job's, and the response
-    lengths in the chosen model's tokens (no model pass) when the longest responses are asked."""
-    from delift_core.kernels.scores import compute_row_scores
+def _methods() -> list[Any]:
+    """The compared methods' subsets (delift_core.evaluation.method_subsets), ranking by the
+    kernel job's per-row scores; the model is loaded only when response lengths must be counted."""
     from delift_core.lm.models import load_causal_lm
 
     got = {sc.kind: sc for sc in [s.get("row_scores")] if sc is not None}
-    if "longest" in s["ev_methods"] and "response_tokens" not in got:
-        lm = load_causal_lm(served.model_source(s["ev_model"].strip() or None))
-        got["response_tokens"] = compute_row_scores(pool, "response_tokens", lm=lm)
-    return got
+    lm = (load_causal_lm(served.model_source(s["ev_model"].strip() or None))
+          if "longest" in s["ev_methods"] and "response_tokens" not in got else None)
+    return method_subsets(current, s["ev_methods"], got, lm=lm)
 
 
 def _request() -> dict[str, Any]:
@@ -100,8 +98,7 @@ def _request() -> dict[str, Any]:
     test = state.load_source(s["ev_test_src"])
     test = test.subset(range(min(int(s["ev_test_limit"]), len(test))))
     baselines = list(s["ev_baselines"])
-    subsets = [sub] + (method_subsets(current, s["ev_methods"], _method_scores(pool))
-                       if use_current and s["ev_methods"] else [])
+    subsets = [sub] + (_methods() if use_current and s["ev_methods"] else [])
     if baselines:
         subsets += baseline_subsets(pool, [sub.size], baselines,
                                     parse_int_list(s["ev_seeds"], "seeds"))

@@ -594,6 +594,9 @@ def test_method_subsets_choose_each_method_on_the_same_pool_kernels_and_budget(
     got = subs[1].info["cost"]
     assert got["texts_embedded"] == got["texts_embedding_reused"] == 0
     assert got["model_passes_computed"] == got["kernel_seconds"] == 0
+    # without the lengths given, they are counted with the model's tokenizer: the same subset
+    counted = method_subsets(sel, ["longest"], lm=load_causal_lm(str(tiny_model_dir)))
+    assert counted[0].data.ids == subs[1].data.ids
     with pytest.raises(EvaluationError, match="IFD.*not computed for this pool.*Kernel page"):
         method_subsets(sel, ["ifd"], {"response_tokens": tokens})
     with pytest.raises(EvaluationError, match="needs a target kernel"):

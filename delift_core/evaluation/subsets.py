@@ -117,19 +117,26 @@ def baseline_subsets(pool: Dataset | None, sizes: Sequence[int], baselines: Sequ
 
 
 def method_subsets(selection: Any, objectives: Sequence[str],
-                   scores: dict[str, Any] | None = None) -> list[Subset]:
+                   scores: dict[str, Any] | None = None, lm: Any = None) -> list[Subset]:
     """``selection``'s pool, kernels and budget chosen again by each of ``objectives``, each as
     it ships (no pins, bans or notes), as subsets named ``'<objective> (same budget)'`` with what
     each cost in their info: one evaluation then compares methods on the user's own data.
 
     ``scores`` holds the per-row scores (``RowScores``) by kind for the methods that rank by them
     (IFD, longest); a method whose scores are missing, or one the kernels cannot serve, is
-    refused by name before anything is selected."""
+    refused by name before anything is selected. Response lengths (``longest``) need no model
+    pass: when missing they are counted here with ``lm``'s tokenizer (the default model's when
+    None)."""
     from delift_core.selection.objectives import registry
     from delift_core.selection.select import select
 
-    scores = scores or {}
+    scores = dict(scores or {})
     out, plan = [], []
+    if any(registry.get(n).scores == "response_tokens" for n in objectives) and \
+            "response_tokens" not in scores:
+        from delift_core.kernels.scores import compute_row_scores
+
+        scores["response_tokens"] = compute_row_scores(selection.pool, "response_tokens", lm=lm)
     for name in objectives:
         spec = registry.get(name)
         if spec.baseline:
