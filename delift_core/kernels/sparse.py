@@ -22,21 +22,25 @@ def neighbour_pairs(t_emb: np.ndarray, e_emb: np.ndarray, k: int, *, n_random: i
                     seed: int = 0, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
     """(rows, cols) of each target's ``k`` most similar examples plus ``n_random`` seeded random ones.
 
-    Embeddings are unit-normalised; similarity is the dot product, computed in row chunks (no full
-    matrix). Ties go to the lower example index. Each pair appears once.
+    Embeddings are unit-normalised; similarity is the dot product, computed in row chunks of at
+    most ``chunk`` rows and :data:`BLOCK_CELLS` similarities (no full matrix: a 100,000-column
+    search holds a few MiB at a time, not GiBs). Ties go to the lower example index. Each pair
+    appears once.
     """
     t = np.asarray(t_emb, np.float32)
     e = np.asarray(e_emb, np.float32)
     n_t, n_e = t.shape[0], e.shape[0]
     k = check("neighbours", k)
     kk = min(k, n_e)
+    step = _block_rows(chunk, n_e)
     rows, cols = [], []
-    for s in range(0, n_t, chunk):
-        sim = t[s: s + chunk] @ e.T
+    for s in range(0, n_t, step):
+        sim = t[s: s + step] @ e.T
         if kk < n_e:
             # order by (-similarity, index): argpartition then a stable sort of the candidates
-            part = np.argpartition(-sim, kk - 1, axis=1)[:, :kk]
+            part = np.argpartition(sim, n_e - kk, axis=1)[:, n_e - kk:]
             kth = np.take_along_axis(sim, part, 1).min(axis=1, keepdims=True)
+            del part
             top = []
             for b in range(sim.shape[0]):
                 cand = np.flatnonzero(sim[b] >= kth[b])
@@ -57,13 +61,24 @@ def neighbour_pairs(t_emb: np.ndarray, e_emb: np.ndarray, k: int, *, n_random: i
     return pairs[:, 0], pairs[:, 1]
 
 
+BLOCK_CELLS = 1 << 22
+"""The most similarities (or dense kernel values) held per row chunk: 16 MiB of float32 and
+32 MiB of the partition's int64 indices, whatever the number of columns."""
+
+
+def _block_rows(chunk: int, n_cols: int) -> int:
+    """Rows per chunk: at most ``chunk``, and at most :data:`BLOCK_CELLS` cells."""
+    return max(1, min(chunk, BLOCK_CELLS // max(1, n_cols)))
+
+
 def topk_sparse(dense_rows: Callable[[int, int], np.ndarray], n_rows: int, n_cols: int, k: int,
                 chunk: int = 2048) -> sp.csr_matrix:
     """A CSR matrix keeping each row's ``k`` largest values from a row-chunk producer."""
     kk = min(k, n_cols)
     data, indices = [], []
-    for s in range(0, n_rows, chunk):
-        block = np.asarray(dense_rows(s, min(n_rows, s + chunk)), np.float32)
+    step = _block_rows(chunk, n_cols)
+    for s in range(0, n_rows, step):
+        block = np.asarray(dense_rows(s, min(n_rows, s + step)), np.float32)
         part = np.argpartition(-block, kk - 1, axis=1)[:, :kk] if kk < n_cols else \
             np.broadcast_to(np.arange(n_cols), block.shape)
         part = np.sort(part, axis=1)
