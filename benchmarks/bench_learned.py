@@ -3,7 +3,8 @@
     python benchmarks/bench_learned.py --rows 600 2000 --json-out benchmarks/results/learned.json
 
 (the README table: the defaults below, ``--rows 600 2000``; ``--same-k-arm`` adds the learned
-kernel at the exact kernel's K; ``--rows all`` runs the whole P3 sample, without the exact arm).
+kernel at the exact kernel's K, ``--same-k-fractions 0.1 0.25`` that kernel at those fractions of
+the exact kernel's passes, ``--no-default-arm`` leaves out the K = 32 kernel; ``--rows all`` runs the whole P3 sample, without the exact arm).
 
 For each pool size (a seeded random subset of ``../shared/data/p3_sample.jsonl``, seed 0) it
 measures, in one run:
@@ -243,11 +244,16 @@ def run_pool(full: Dataset, n_rows: int | None, lm: Any, embedder: MemoEmbedder,
 
     arms: dict[str, tuple[Kernels | None, dict]] = {}
     lk = args.learned_neighbours
-    arms[f"learned K={lk}"] = learned_arm(pool, lm, embedder, args, lk, exact_passes,
-                                          nominal_exact, progress)
+    if args.default_arm:
+        arms[f"learned K={lk}"] = learned_arm(pool, lm, embedder, args, lk, exact_passes,
+                                              nominal_exact, progress)
     if args.same_k_arm and lk != K:
         arms[f"learned K={K}"] = learned_arm(pool, lm, embedder, args, K, exact_passes,
                                              nominal_exact, progress)
+    for frac in args.same_k_fractions:  # the same-K kernel at larger exact budgets
+        passes = max(1, int(nominal_exact * frac))
+        arms[f"learned K={K} @ {frac:g} of exact passes"] = learned_arm(
+            pool, lm, embedder, args, K, passes, nominal_exact, progress)
     out["learned"] = {name: rec for name, (_, rec) in arms.items()}
 
     exact_k: Kernels | None = None
@@ -467,6 +473,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                     help="exact examples per anchor row")
     ap.add_argument("--same-k-arm", action="store_true",
                     help="also a learned kernel at the exact kernel's K (--neighbours)")
+    ap.add_argument("--same-k-fractions", nargs="+", type=float, default=[],
+                    help="also learned kernels at the exact kernel's K with these fractions of "
+                         "its passes as their exact budget (a budget sweep)")
+    ap.add_argument("--default-arm", action=argparse.BooleanOptionalAction, default=True,
+                    help="the learned kernel at --learned-neighbours (on by default)")
     ap.add_argument("--exact", action=argparse.BooleanOptionalAction, default=None,
                     help="compute the exact sparse kernel and compare selections (default: on "
                          f"for pools up to {EXACT_AUTO_MAX_ROWS:,} rows)")
@@ -480,6 +491,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     for name in ("neighbours", "neighbour_random", "exact_per_row"):
         spec.check(name, getattr(args, name))
     spec.check("neighbours", args.learned_neighbours)
+    if any(not 0 < f <= 1 for f in args.same_k_fractions):
+        ap.error("--same-k-fractions are fractions in (0, 1]")
     if any(not 0 < b <= 1 for b in args.budgets):
         ap.error("--budgets are fractions in (0, 1]")
     return args

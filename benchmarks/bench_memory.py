@@ -70,6 +70,8 @@ def main() -> int:
     ap.add_argument("--exact-passes", type=int, default=1500)
     ap.add_argument("--neighbours", type=int, default=32)
     ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--batch-size", type=int, default=None,
+                    help="sequences per model batch (default: the engine's)")
     ap.add_argument("--no-cache", action="store_true",
                     help="compute every pass (the pair and embedding stores neither read nor "
                          "written), so two arms do the same work")
@@ -90,6 +92,9 @@ def main() -> int:
         t = time.time()
         kw = dict(kind="utility", lm=lm, learned=True, exact_passes=args.exact_passes) \
             if args.kind == "learned" else dict(kind="embedding")
+        if args.batch_size is not None and args.kind == "learned":
+            from delift_core.kernels.utility_settings import UtilitySettings
+            kw["settings"] = UtilitySettings(batch_size=args.batch_size)
         kernels = compute_kernels(pool, embedder=emb, neighbours=args.neighbours,
                                   use_cache=not args.no_cache,
                                   progress=lambda label, done, total: s.set(label), **kw)
