@@ -186,3 +186,22 @@ def test_every_stage_gets_a_learned_kernel(pool, tiny_llama, store, direction):
     existing = load_dataset("demo:existing").subset(range(30))
     k2 = _learned(small, tiny_llama, existing=existing, exact_passes=600)
     assert k2.existing.shape == (120, 30) and set(k2.meta.learned) == {"pool", "existing"}
+
+
+def test_importing_the_engine_bounds_onednn_primitive_cache_unless_the_user_set_it():
+    """oneDNN's default cache (1,024 primitives) kept ~0.45 GiB more resident during exact
+    passes for no speed (benchmarks/README.md); the engine sets 128 before any primitive is made,
+    and a capacity the user chose is left as it is."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os, delift_core; print(os.environ.get('ONEDNN_PRIMITIVE_CACHE_CAPACITY'), "
+            "os.environ.get('DNNL_PRIMITIVE_CACHE_CAPACITY'))")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "DNNL_PRIMITIVE_CACHE_CAPACITY")}
+    run = lambda extra: subprocess.run([sys.executable, "-c", code], env={**env, **extra},  # noqa: E731
+                                       capture_output=True, text=True, check=True).stdout.split()
+    assert run({}) == ["128", "None"]
+    assert run({"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "7"}) == ["7", "None"]
+    assert run({"DNNL_PRIMITIVE_CACHE_CAPACITY": "9"}) == ["None", "9"]
