@@ -30,6 +30,7 @@ import torch
 from delift_core import settings as settings_spec
 from delift_core.lm.models import CausalLM, cache_dir
 from delift_core.lm.scorer import Scorer, cpu_threads
+from delift_core.lm.memory import release_free_memory
 from delift_core.stores.pairstore import PairStore, row_key
 from delift_core.lm.tokens import (SegmentTokens, chat_wrapped_template, split_prompt,
                                    template_segments)
@@ -210,6 +211,7 @@ class UtilityKernel:
             run_units = self._run_local if self.backend == "local" else self._run_ray
             for unit, vals in run_units(run, plan, targets, examples):
                 d_with[unit] = vals
+                release_free_memory()  # what the unit's batches freed goes back to the system
                 if store:
                     store.put_pairs(space, [(t_keys[i], e_keys[j], v) for i, j, v in zip(
                         rows[unit].tolist(), cols[unit].tolist(), vals.tolist())
