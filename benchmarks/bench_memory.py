@@ -70,6 +70,9 @@ def main() -> int:
     ap.add_argument("--exact-passes", type=int, default=1500)
     ap.add_argument("--neighbours", type=int, default=32)
     ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--no-trim", action="store_true",
+                    help="the engine keeps freed heap memory (no malloc_trim between work units): "
+                         "the arm to compare with")
     ap.add_argument("--batch-size", type=int, default=None,
                     help="sequences per model batch (default: the engine's)")
     ap.add_argument("--no-cache", action="store_true",
@@ -79,6 +82,9 @@ def main() -> int:
     args = ap.parse_args()
 
     from delift_core.kernels.builder import compute_kernels
+    if args.no_trim:
+        from delift_core.kernels import utility
+        utility.release_free_memory = lambda: False
     from delift_core.lm.models import load_causal_lm, load_embedder
     from delift_core.selection.select import select
 
