@@ -44,16 +44,23 @@ def load() -> dict[str, np.ndarray]:
     for rows in (600, 2000):  # bench_learned's pools: rng(seed).choice(n, rows)
         bench |= set(np.random.default_rng(1).choice(n, rows, replace=False).tolist())
     idx = {row_key(p, r): i for i, (p, r) in enumerate(zip(full.prompts, full.responses))}
+    if not store_path().exists():
+        raise SystemExit(f"no pair store at {store_path()}: run the whole-sample learned select "
+                         "first (see this script's docstring)")
     con = sqlite3.connect(store_path())
     want = UtilitySettings().value_key()
     import json
-    space = next(s for s, info, dtype in con.execute("select id, info, dtype from spaces")
-                 if dtype == "bfloat16" and json.loads(info).get("settings") == want)
+    space = next((s for s, info, dtype in con.execute("select id, info, dtype from spaces")
+                  if dtype == "bfloat16" and json.loads(info).get("settings") == want), None)
+    if space is None:
+        raise SystemExit(f"{store_path()} holds no bfloat16 pairs of the default settings")
     plain = {idx[t]: v for t, v in con.execute("select target, value from plain where space=?",
                                                 (space,)) if t in idx and v is not None}
     trip = [(idx[t], idx[e], plain[idx[t]] - v) for t, e, v in con.execute(
         "select target, example, value from pairs where space=?", (space,))
         if t in idx and e in idx and v is not None and idx[t] in plain and idx[t] not in bench]
+    if len(trip) < 100:
+        raise SystemExit(f"only {len(trip)} stored exact pairs of development rows: too few")
     r, c, uf = (np.array(x) for x in zip(*trip))
     keys = {text_key(sample_text(p, q)): i for i, (p, q) in enumerate(zip(full.prompts,
                                                                             full.responses))}
@@ -110,6 +117,32 @@ def main() -> None:
         print(f"{' + '.join(which):<42} {fid['pair_spearman']:>8.3f} {fid['pair_r2']:>6.3f} "
               f"{fid['row_spearman_median']:>8.3f} {fid['cosine_row_spearman_median']:>7.3f} "
               f"{fid['top_k_recovered']:>6.3f}")
+    allocation(d, base)
+
+
+def allocation(d: dict[str, np.ndarray], base: Predictor) -> None:
+    """The same number of training pairs spread as fewer rows with more examples each or the
+    reverse: 150 held-out rows, the shipped features, three random splits."""
+    r, c, y, emb, lens = d["r"], d["c"], d["y"], d["emb"], d["lens"]
+    rows = np.unique(r)
+    print("\nrows x examples per row (the same pairs), shipped features, 150 held-out rows")
+    for rep in range(3):
+        rng = np.random.default_rng(rep)
+        perm = rng.permutation(rows)
+        te = np.isin(r, perm[:150])
+        cos = np.einsum("ij,ij->i", emb[r[te]], emb[c[te]])
+        line = []
+        for n_rows, per in ((75, 12), (150, 6), (300, 3)):
+            tr = np.zeros(len(r), bool)
+            for i in perm[150: 150 + n_rows]:
+                tr[rng.permutation(np.flatnonzero(r == i))[:per]] = True
+            p = Predictor(base.mean, base.components)
+            p.fit(p.features(emb, emb, r[tr], c[tr], lens, lens), y[tr], r[tr], 0)
+            f = fidelity(y[te], p.predict(emb, emb, r[te], c[te], lens, lens), r[te],
+                         baseline=cos)
+            line.append(f"{n_rows}x{per}: {f['row_spearman_median']:.3f}")
+        print(f"  split {rep}: median row Spearman " + ", ".join(line) +
+              f" (cosine {f['cosine_row_spearman_median']:.3f})")
 
 
 if __name__ == "__main__":
