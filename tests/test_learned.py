@@ -189,7 +189,7 @@ def test_every_stage_gets_a_learned_kernel(pool, tiny_llama, store, direction):
 
 
 def test_importing_the_engine_bounds_onednn_primitive_cache_unless_the_user_set_it():
-    """oneDNN's default cache (1,024 primitives) kept ~0.45 GiB more resident during exact
+    """oneDNN's default cache (1,024 primitives) kept 0.36 to 0.45 GiB more at the peak of exact
     passes for no speed (benchmarks/README.md); the engine sets 128 before any primitive is made,
     and a capacity the user chose is left as it is."""
     import os

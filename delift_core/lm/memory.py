@@ -22,7 +22,7 @@ __all__ = ["release_free_memory", "TRIM_INTERVAL_S"]
 logger = logging.getLogger(__name__)
 
 TRIM_INTERVAL_S = 5.0
-"""The least time between two trims in a process (each walks the heaps: milliseconds)."""
+"""The least time between two trims in a process (each walks every heap of the process)."""
 
 _lock = threading.Lock()
 _last = 0.0

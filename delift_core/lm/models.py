@@ -40,7 +40,7 @@ DEFAULT_MODEL: str = settings.default("model")
 ONEDNN_PRIMITIVE_CACHE = 128
 """oneDNN's primitive cache capacity in a process that imports delift_core (oneDNN's own default
 is 1,024). Measured on bfloat16 CPU passes (benchmarks/README.md, "Where a learned kernel's
-memory goes"): as fast as with 1,024 entries and about 0.45 GiB less resident. oneDNN reads it
+memory goes"): as fast as with 1,024 entries and 0.36 to 0.45 GiB lower at the peak. oneDNN reads it
 once, when its first primitive is made, so it is set at import; a capacity the user set in
 ``ONEDNN_PRIMITIVE_CACHE_CAPACITY`` or ``DNNL_PRIMITIVE_CACHE_CAPACITY`` wins."""
 if "DNNL_PRIMITIVE_CACHE_CAPACITY" not in os.environ:
