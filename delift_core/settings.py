@@ -227,6 +227,11 @@ _SETTINGS: list[Setting] = [
                 "max": "each row covers itself fully: s_ii = 1, the kernel's maximum",
                 "rowmax": "s_ii = the row's best helper's value (largest off-diagonal)"},
        widget="page"),
+    _s("verify_rounds", "selection", int, 0, "learned kernel: rounds of scoring the selection's "
+       "predicted covers (each row's best selected helper) exactly and selecting again; 0: off",
+       label="Verification rounds", low=0, high=20, records=False,
+       no_widget="the CLI and the API verify a selection (delift select --verify-rounds); the "
+                 "studio's Select page does not yet"),
     _s("method", "selection", str, "lazy", "the greedy algorithm", label="Greedy",
        choices={"lazy": "lazy greedy (exact)", "stochastic": "stochastic greedy (faster, "
                 "approximate)", "naive": "naive greedy (exact, slow)"}, widget="advanced"),

@@ -7,6 +7,7 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from delift_core import settings as spec
 from delift_core.cli.common import (_Bars, _add_data_args, _add_engine_args, _add_kernel_args,
@@ -15,6 +16,7 @@ from delift_core.cli.common import (_Bars, _add_data_args, _add_engine_args, _ad
                                     _report)
 from delift_core.cli.options import Command, emit_summary
 from delift_core.data.dataset import load_dataset
+from delift_core.errors import SettingError
 from delift_core.kernels.builder import kernel_report
 from delift_core.kernels.files import save_kernels
 from delift_core.outputs.outdir import check_output, output_folder
@@ -86,6 +88,10 @@ def cmd_select(args: argparse.Namespace) -> int:
         bans += d.banned
     if args.scores:  # a stale or wrong score file fails before any kernel work
         selection_scores(pool, args.objective, {}, scores_file=args.scores)
+    if chosen["verify_rounds"] and (args.kernel == "embedding" or
+                                    (args.kernel == "utility" and not args.learned)):
+        raise SettingError("--verify-rounds verifies a learned kernel's selection: add --learned "
+                           "(--kernel utility), or give a learned `delift kernel` folder")
     kernels = selection_kernels(pool, args.objective, args.kernel, _engine_values(args, "utility"),
                                 target=target, existing=existing, trust=args.trust_kernel,
                                 target_kernel=args.target_kernel,
@@ -94,10 +100,13 @@ def cmd_select(args: argparse.Namespace) -> int:
         _report(kernels)
     scores = selection_scores(pool, args.objective, _engine_values(args, "utility"),
                               scores_file=args.scores, progress=_Bars())
-    selection = select(pool, args.objective, kernels, args.budget,
-                       params=_objective_params(args), seed=chosen["seed"],
-                       method=chosen["method"], epsilon=chosen["epsilon"], pinned=pins,
-                       banned=bans, diagonal=args.diagonal, scores=scores)
+    options = dict(params=_objective_params(args), seed=chosen["seed"], method=chosen["method"],
+                   epsilon=chosen["epsilon"], pinned=pins, banned=bans, diagonal=args.diagonal,
+                   scores=scores)
+    if chosen["verify_rounds"]:
+        selection = _verified(args, pool, target, kernels, chosen["verify_rounds"], options)
+    else:
+        selection = select(pool, args.objective, kernels, args.budget, **options)
     cost = selection.cost()
     with output_folder(args.out, command="select", overwrite=args.overwrite) as tmp:
         paths = export_selection(selection, tmp, chosen["format"], target=target,
@@ -123,6 +132,30 @@ def cmd_select(args: argparse.Namespace) -> int:
                                                           if kernels is not None else None),
                  selection_seconds=selection.seconds, cost=cost, notes=list(selection.notes))
     return 0
+
+
+def _verified(args: argparse.Namespace, pool: Any, target: Any, kernels: Any, rounds: int,
+              options: dict) -> Any:
+    """The selection of a learned kernel with its predicted covers scored exactly
+    (:func:`~delift_core.selection.verify.verify_selection`), with the kernel's own model."""
+    from delift_core.kernels.request import load_models
+    from delift_core.selection.verify import verify_selection
+
+    if kernels is None or not kernels.meta.learned:
+        raise SettingError("--verify-rounds verifies a learned kernel's selection; this kernel "
+                           "is not learned")
+    models = load_models(_engine_values(args, "utility"), "utility")
+    selection = verify_selection(pool, args.objective, kernels, args.budget, rounds=rounds,
+                                 lm=models["lm"], settings=models["settings"], target=target,
+                                 use_cache=_engine_values(args, "utility")["use_cache"],
+                                 progress=_Bars(), **options)
+    for role, m in selection.kernels.meta.learned.items():
+        v = m.get("verification") or {}
+        logger.info("verified %s: %s covers scored exactly in %s round(s) (%s passes computed, "
+                    "%s reused); %s of the selection's %s covers are exact", role,
+                    v.get("pairs_verified"), v.get("rounds_run"), v.get("passes_computed"),
+                    v.get("passes_reused"), v.get("final_covers_exact"), v.get("final_covers"))
+    return selection
 
 
 def _inspect_arguments(p: argparse.ArgumentParser) -> None:

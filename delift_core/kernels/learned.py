@@ -257,6 +257,11 @@ def fidelity_line(role: str, meta: dict) -> str:
             f"Spearman {f.get('pair_spearman')}, R² {f.get('pair_r2')}, median row Spearman "
             f"{f.get('row_spearman_median')} (cosine alone {f.get('cosine_row_spearman_median')}),"
             f" top-{f.get('top_k')} recovered {f.get('top_k_recovered')}")
+    v = meta.get("verification")
+    if v:
+        line += (f"; selection verified: {v.get('pairs_verified', 0):,} covers scored exactly in "
+                 f"{v.get('rounds_run', 0)} round(s), {v.get('final_covers_exact', 0):,} of its "
+                 f"{v.get('final_covers', 0):,} covers exact")
     if f.get("below_floor"):
         line += (f". BELOW THE FIDELITY FLOOR (median row Spearman < "
                  f"{FIDELITY_FLOOR['row_spearman_median']}): treat selections from it with care")

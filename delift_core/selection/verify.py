@@ -1,0 +1,221 @@
+"""Exact values where a selection stands: verifying a learned kernel's selection.
+
+A facility-location selection's value rests on few of its kernel's pairs: each row's *cover*, the
+selected row that helps it most (:func:`~delift_core.selection.cover.best_cover`). On a learned
+kernel most covers are predicted. :func:`verify_selection` scores the predicted covers exactly
+(one model pass each, plus the row's plain pass when the pair store lacks it; through the pair
+store), puts the exact values into the kernel in place of the predictions, selects again, and
+repeats for ``rounds`` rounds or until every cover of the selection is exact. The pairs it scores
+stay in the pair store, so the next kernel or selection of the same rows reads them back.
+
+It changes only which values are exact: the kernel's pairs, its predictor and its held-out
+fidelity stay as they were, and the record (``meta[role]["verification"]``) says how many pairs
+were verified, what they cost and how the selection moved each round.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable
+
+import numpy as np
+import scipy.sparse as sp
+
+from delift_core import settings as spec
+from delift_core.data.dataset import Dataset
+from delift_core.errors import KernelError, SelectionError
+from delift_core.kernels.builder import Kernels, StageProgress
+from delift_core.kernels.matrices import is_sparse
+from delift_core.kernels.utility import UtilityKernel
+from delift_core.kernels.utility_settings import UtilitySettings
+from delift_core.selection.cover import best_cover
+from delift_core.selection.select import Selection, select
+
+__all__ = ["verify_selection", "VERIFIED_ROLES"]
+
+logger = logging.getLogger(__name__)
+
+VERIFIED_ROLES = ("pool", "target")
+"""The kernels whose columns are the pool rows, so a selection has covers in them; an existing
+kernel's columns are the existing rows, which no selection changes."""
+
+
+def _check_engine(kernels: Kernels, lm: Any, settings: UtilitySettings) -> None:
+    """A KernelError when the model, precision or value settings differ from the kernel's: exact
+    values of another space must never be mixed into it."""
+    recorded = dict(kernels.meta.settings or {})
+    mine = {"model": getattr(lm, "name", None),
+            "dtype": str(getattr(lm, "dtype", "float32")).replace("torch.", ""),
+            **settings.value_key()}
+    differ = [k for k, v in mine.items() if k in recorded and recorded[k] != v]
+    missing = [k for k in ("model", "dtype") if k not in recorded]
+    if missing:
+        raise KernelError(f"the learned kernel does not record its {' and '.join(missing)}: "
+                          "its selection cannot be verified (recompute the kernel)")
+    if differ:
+        raise KernelError("the learned kernel was computed with other settings than the model "
+                          "given to verify it: " + ", ".join(
+                              f"{k} {recorded[k]!r} (kernel) vs {mine[k]!r}" for k in differ))
+
+
+def _sets(role: str, pool: Dataset, target: Dataset | None) -> tuple[Dataset, Dataset]:
+    return (pool, pool) if role == "pool" else (target, pool)  # type: ignore[return-value]
+
+
+def _exact_values(engine: UtilityKernel, rows: Dataset, cols: Dataset, r: np.ndarray,
+                  c: np.ndarray, transposed: bool, cancel: threading.Event | None,
+                  progress: Callable[[int, int], None] | None) -> tuple[np.ndarray, dict]:
+    """UF of the pairs (r[k], c[k]) of a rows x columns kernel, as the kernel values them
+    (``transposed``: a reference-direction target kernel, UF(column | row))."""
+    if transposed:
+        r, c, rows, cols = c, r, cols, rows
+    uniq, loc = np.unique(r, return_inverse=True)
+    res = engine.compute(rows.subset(uniq.tolist()), cols, pairs=(loc, c), cancel=cancel,
+                         progress=progress)
+    vals = np.asarray(res.values[loc, c], np.float32).ravel()
+    return vals, res.meta
+
+
+def _set_exact(values: Any, mask: sp.csr_matrix, r: np.ndarray, c: np.ndarray,
+               v: np.ndarray) -> tuple[Any, sp.csr_matrix]:
+    """``values`` with (r, c) set to ``v`` and ``mask`` with them marked exact (new objects)."""
+    if is_sparse(values):
+        coo = values.tocoo()
+        keep = ~np.isin(coo.row.astype(np.int64) * values.shape[1] + coo.col,
+                        r * values.shape[1] + c)
+        values = sp.csr_matrix((np.concatenate([coo.data[keep], v]),
+                                (np.concatenate([coo.row[keep], r]),
+                                 np.concatenate([coo.col[keep], c]))),
+                               shape=values.shape, dtype=np.float32)
+        values.sort_indices()
+    else:
+        values = np.array(values, np.float32, copy=True)
+        values[r, c] = v
+    add = sp.csr_matrix((np.ones(len(r), np.float32), (r, c)), shape=mask.shape)
+    mask = (mask + add).tocsr()
+    mask.data[:] = 1.0
+    mask.sort_indices()
+    return values, mask
+
+
+def verify_selection(pool: Dataset, objective: str, kernels: Kernels, budget: Any, *,
+                     rounds: int = 2, lm: Any = None, settings: UtilitySettings | None = None,
+                     target: Dataset | None = None, use_cache: bool = True,
+                     progress: StageProgress | None = None,
+                     cancel: threading.Event | None = None,
+                     on_round: Callable[[int, Selection], None] | None = None,
+                     **select_options: Any) -> Selection:
+    """Select on a learned kernel, score the selection's predicted covers exactly, and select
+    again, ``rounds`` times at most (fewer when every cover is exact). Returns the last
+    selection, made on the kernel with the verified values (``selection.kernels``; the given
+    ``kernels`` are not changed). ``lm`` and ``settings`` must be the kernel's own (a
+    KernelError otherwise); ``select_options`` go to :func:`select` each round; ``on_round(k,
+    selection)`` sees each round's selection before its covers are scored (k = 0, 1, ...).
+
+    A cancel keeps the pairs already scored (in the pair store) and raises
+    :class:`~delift_core.kernels.utility_settings.KernelCancelled`.
+    """
+    rounds = spec.check("verify_rounds", rounds)
+    learned = kernels.meta.learned
+    roles = [r for r in VERIFIED_ROLES if r in learned and getattr(kernels, r) is not None]
+    if not roles:
+        raise SelectionError("only a learned kernel's selection can be verified (an exact "
+                             "kernel's values are all exact already)")
+    if "target" in roles and target is None:
+        raise SelectionError("verifying a learned target kernel needs the target set")
+    if lm is None:  # the default model in the kernel's precision (checked below)
+        from delift_core.lm.models import load_causal_lm
+
+        lm = load_causal_lm(None, dtype=kernels.meta.settings.get("dtype") or
+                            spec.default("dtype"))
+    settings = settings or UtilitySettings()
+    _check_engine(kernels, lm, settings)
+    engine = UtilityKernel(lm, settings, use_cache=use_cache)
+    current = kernels
+    record = {r: {"rounds": rounds, "rounds_run": 0, "pairs_verified": 0, "passes_computed": 0,
+                  "passes_reused": 0, "seconds": 0.0, "by_round": []} for r in roles}
+    sel = select(pool, objective, current, budget, **select_options)
+    for k in range(rounds):
+        if on_round:
+            on_round(k, sel)
+        chosen = sel.selected_indices
+        todo: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for role in roles:
+            cover, _ = best_cover(current.scaled(role), chosen)
+            rows = np.flatnonzero(cover >= 0)
+            cols = cover[rows]
+            if role == "pool":
+                off = rows != cols
+                rows, cols = rows[off], cols[off]
+            mask = current.exact[role]
+            pending = np.asarray(mask[rows, cols]).ravel() == 0
+            todo[role] = (rows[pending].astype(np.int64), cols[pending].astype(np.int64))
+        if not any(len(r) for r, _ in todo.values()):
+            break
+        new_values = {r: getattr(current, r) for r in ("pool", "target", "existing")}
+        new_exact = dict(current.exact)
+        roles_meta = {r: dict(m) if isinstance(m, dict) else m
+                      for r, m in current.meta.roles.items()}
+        for role, (r, c) in todo.items():
+            if not len(r):
+                continue
+            t0 = time.time()
+            rows_ds, cols_ds = _sets(role, pool, target)
+            transposed = "computed_as" in (learned.get(role) or {})
+            stage = (lambda d, t, role=role, k=k: progress(
+                f"verifying {role} covers (round {k + 1})", d, t)) if progress else None
+            vals, meta = _exact_values(engine, rows_ds, cols_ds, r, c, transposed, cancel, stage)
+            ok = np.isfinite(vals)
+            new_values[role], new_exact[role] = _set_exact(new_values[role], new_exact[role],
+                                                           r[ok], c[ok], vals[ok])
+            rec = record[role]
+            rec["pairs_verified"] += int(ok.sum())
+            rec["passes_computed"] += int(meta.get("pairs_computed", 0))
+            rec["passes_reused"] += int(meta.get("pairs_reused", 0))
+            rec["seconds"] = round(rec["seconds"] + time.time() - t0, 3)
+        for role in roles:
+            r, c = todo[role]
+            record[role]["rounds_run"] = k + 1
+            record[role]["by_round"].append({"covers_scored": int(len(r)),
+                                             "value_before": round(sel.objective_value, 6)})
+        for role in roles:
+            roles_meta[role] = {**roles_meta[role], "verification": dict(record[role])}
+        current = Kernels(current.kind, pool=new_values["pool"], target=new_values["target"],
+                          existing=new_values["existing"], exact=new_exact,
+                          meta=current.meta.with_(roles=roles_meta), diagonal=current.diagonal)
+        previous = set(chosen.tolist())
+        sel = select(pool, objective, current, budget, **select_options)
+        for role in roles:
+            last = record[role]["by_round"][-1]
+            last["value_after"] = round(sel.objective_value, 6)
+            last["rows_changed"] = int(len(set(sel.selected_indices.tolist()) - previous))
+    covers_exact = {}
+    for role in roles:
+        cover, _ = best_cover(current.scaled(role), sel.selected_indices)
+        rows = np.flatnonzero(cover >= 0)
+        cols = cover[rows]
+        if role == "pool":
+            off = rows != cols
+            rows, cols = rows[off], cols[off]
+        exact = np.asarray(current.exact[role][rows, cols]).ravel() > 0 if len(rows) else \
+            np.zeros(0, bool)
+        covers_exact[role] = {"covers": int(len(rows)), "exact": int(exact.sum())}
+    roles_meta = {r: dict(m) if isinstance(m, dict) else m for r, m in current.meta.roles.items()}
+    for role in roles:
+        roles_meta[role] = {**roles_meta[role], "verification": {
+            **record[role], "final_covers": covers_exact[role]["covers"],
+            "final_covers_exact": covers_exact[role]["exact"]}}
+    current = Kernels(current.kind, pool=current.pool, target=current.target,
+                      existing=current.existing, exact=current.exact,
+                      meta=current.meta.with_(roles=roles_meta), diagonal=current.diagonal)
+    for role in roles:
+        v = roles_meta[role]["verification"]
+        logger.info("verified %s: %d covers scored exactly in %d round(s) (%d passes computed, "
+                    "%d reused); %d of the final selection's %d covers are exact", role,
+                    v["pairs_verified"], v["rounds_run"], v["passes_computed"],
+                    v["passes_reused"], v["final_covers_exact"], v["final_covers"])
+    final = select(pool, objective, current, budget, **select_options)
+    final.params["verify_rounds"] = rounds
+    return final

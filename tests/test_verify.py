@@ -1,0 +1,131 @@
+"""Verifying a learned kernel's selection: its predicted covers are scored exactly, with the
+engine's own values, kept in the pair store, and recorded; the refusals."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from delift_core.cli import main
+from delift_core.data.dataset import load_dataset
+from delift_core.errors import KernelError, SelectionError
+from delift_core.kernels.builder import compute_kernels
+from delift_core.kernels.utility import UtilityKernel
+from delift_core.kernels.utility_settings import UtilitySettings
+from delift_core.outputs.export import export_selection
+from delift_core.selection.cover import best_cover
+from delift_core.selection.verify import verify_selection
+
+
+@pytest.fixture(scope="module")
+def pool():
+    return load_dataset("demo:pool")
+
+
+@pytest.fixture()
+def store(tmp_path, monkeypatch):
+    monkeypatch.setenv("DELIFT_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def _learned(pool, lm, **kw):
+    kw.setdefault("exact_passes", 400)
+    return compute_kernels(pool, kind="utility", lm=lm, learned=True, **kw)
+
+
+def _covers(kernels, role, chosen):
+    cover, _ = best_cover(kernels.scaled(role), chosen)
+    rows = np.flatnonzero(cover >= 0)
+    cols = cover[rows]
+    keep = rows != cols if role == "pool" else np.ones(len(rows), bool)
+    return rows[keep], cols[keep]
+
+
+@pytest.mark.parametrize("neighbours", [None, 8])
+def test_the_selections_covers_become_exact_with_the_engines_values(pool, tiny_llama, store,
+                                                                     neighbours):
+    k = _learned(pool, tiny_llama, neighbours=neighbours)
+    before_mask, before_values = k.exact["pool"].copy(), k.pool.copy()
+    seen = []
+    sel = verify_selection(pool, "fl", k, 0.1, rounds=6, lm=tiny_llama,
+                           on_round=lambda r, s: seen.append(r))
+    v = sel.kernels.meta.learned["pool"]["verification"]
+    assert v["rounds_run"] >= 1 and seen[: v["rounds_run"]] == list(range(v["rounds_run"]))
+    assert v["pairs_verified"] > 0 and v["passes_computed"] > 0
+    # the given kernels are not changed
+    assert (k.exact["pool"] != before_mask).nnz == 0
+    diff = k.pool - before_values
+    assert (abs(diff).max() if hasattr(diff, "nnz") else np.abs(diff).max()) == 0
+    # every pair marked exact now holds the engine's own value for it
+    mask = sel.kernels.exact["pool"].tocoo()
+    new = (sel.kernels.exact["pool"] - before_mask).tocoo()
+    assert new.nnz == v["pairs_verified"] and set(new.data.tolist()) == {1.0}
+    r, c = mask.row, mask.col
+    rows = sorted(set(r.tolist()))
+    local = {a: i for i, a in enumerate(rows)}
+    direct = UtilityKernel(tiny_llama, use_cache=False).compute(
+        pool.subset(rows), pool, pairs=(np.array([local[a] for a in r]), c)).values
+    want = np.asarray(direct[[local[a] for a in r], c]).ravel()
+    got = np.asarray(sel.kernels.pool[r, c]).ravel()
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    # what it says of the final selection's covers is true
+    cr, cc = _covers(sel.kernels, "pool", sel.selected_indices)
+    exact = np.asarray(sel.kernels.exact["pool"][cr, cc]).ravel() > 0
+    assert v["final_covers"] == len(cr) and v["final_covers_exact"] == int(exact.sum())
+    if v["rounds_run"] < 6:  # it stopped early: every cover was exact
+        assert exact.all()
+    assert sel.params["verify_rounds"] == 6
+    # the pairs went to the pair store: the same verification again computes none
+    again = verify_selection(pool, "fl", k, 0.1, rounds=6, lm=tiny_llama)
+    w = again.kernels.meta.learned["pool"]["verification"]
+    assert w["passes_computed"] == 0 and w["pairs_verified"] == v["pairs_verified"]
+    assert again.selected_ids == sel.selected_ids
+
+
+def test_a_learned_target_kernels_covers_are_verified_too(pool, tiny_llama, store):
+    target = load_dataset("demo:target")
+    small = pool.subset(range(120))
+    k = _learned(small, tiny_llama, target=target, exact_passes=600)
+    chosen: set[int] = set()
+    sel = verify_selection(small, "flmi", k, 0.2, rounds=2, lm=tiny_llama, target=target,
+                           on_round=lambda r, s: chosen.update(s.selected_indices.tolist()))
+    t = sel.kernels.meta.learned["target"]["verification"]
+    assert t["pairs_verified"] > 0
+    r, c = (sel.kernels.exact["target"] - k.exact["target"]).nonzero()
+    assert len(r) == t["pairs_verified"] and set(c.tolist()) <= chosen  # covers: selected columns
+
+
+def test_the_refusals_name_the_problem(pool, tiny_llama, store):
+    exact = compute_kernels(pool.subset(range(30)), kind="utility", lm=tiny_llama)
+    with pytest.raises(SelectionError, match="only a learned kernel"):
+        verify_selection(pool.subset(range(30)), "fl", exact, 0.2, lm=tiny_llama)
+    k = _learned(pool, tiny_llama)
+    with pytest.raises(KernelError, match="max_response_tokens"):
+        verify_selection(pool, "fl", k, 0.1, lm=tiny_llama,
+                         settings=UtilitySettings(max_response_tokens=7))
+    with pytest.raises(Exception, match="verify_rounds"):
+        verify_selection(pool, "fl", k, 0.1, rounds=-1, lm=tiny_llama)
+
+
+@pytest.mark.parametrize("args", [["--kernel", "embedding"], ["--kernel", "utility"]])
+def test_the_cli_refuses_verification_without_a_learned_kernel_before_any_model_loads(
+        args, tmp_path, capsys, monkeypatch):
+    import delift_core.lm.models as models
+
+    monkeypatch.setattr(models, "load_causal_lm", lambda *a, **k: pytest.fail("model loaded"))
+    rc = main(["select", "--pool", "demo:pool", *args, "--verify-rounds", "2",
+               "--out", str(tmp_path / "o")])
+    assert rc != 0
+    assert "--verify-rounds verifies a learned kernel" in capsys.readouterr().err
+
+
+def test_the_manifest_says_what_was_verified(pool, tiny_llama, store, tmp_path):
+    k = _learned(pool, tiny_llama)
+    sel = verify_selection(pool, "fl", k, 0.1, rounds=2, lm=tiny_llama)
+    export_selection(sel, tmp_path / "out")
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    v = manifest["learned_kernel"]["pool"]["verification"]
+    assert v == json.loads(json.dumps(sel.kernels.meta.learned["pool"]["verification"]))
+    assert manifest["params"]["verify_rounds"] == 2
