@@ -2,7 +2,8 @@
 
     python benchmarks/bench_learned.py --rows 600 2000 --json-out benchmarks/results/learned.json
 
-(the README table: the defaults below, ``--rows 600 2000``; ``--same-k-arm`` adds the learned
+(the README table: the defaults below, ``--rows 600 2000``; ``--verify-rounds R`` verifies each
+learned kernel's selections for up to R rounds; ``--same-k-arm`` adds the learned
 kernel at the exact kernel's K, ``--same-k-fractions 0.1 0.25`` that kernel at those fractions of
 the exact kernel's passes, ``--no-default-arm`` leaves out the K = 32 kernel; ``--rows all`` runs the whole P3 sample, without the exact arm).
 
@@ -298,6 +299,56 @@ def run_pool(full: Dataset, n_rows: int | None, lm: Any, embedder: MemoEmbedder,
                                    "seconds": round(time.perf_counter() - t0, 3)}
 
     out["selection"] = select_all(pool, arms, exact_k, se_k, args)
+    if args.verify_rounds and exact_k is not None:
+        out["verification"] = verify_all(pool, arms, exact_k, lm, args, nominal_exact, progress)
+    return out
+
+
+def verify_all(pool: Dataset, arms: dict[str, tuple[Kernels | None, dict]], exact_k: Kernels,
+               lm: Any, args: argparse.Namespace, nominal_exact: int,
+               progress: Progress) -> dict[str, Any]:
+    """Each learned kernel's FL selection verified (:func:`verify_selection`, pair store off:
+    every pass computed, a row's plain pass again in each round it appears) at each budget: the
+    value under the exact kernel / the exact selection's, its overlap with the exact selection,
+    and the passes spent, after each round (round 0: unverified)."""
+    from delift_core.selection.verify import verify_selection
+
+    exact_scaled = exact_k.scaled("pool")
+    out: dict[str, Any] = {}
+    for name, (kern, rec) in arms.items():
+        if kern is None:
+            continue
+        per: dict[str, Any] = {}
+        for frac in args.budgets:
+            ref = select(pool, "fl", exact_k, frac, seed=args.seed, full_order=False)
+            ref_value = fl_value(exact_scaled, ref.selected_indices)
+            ref_set = set(ref.selected_indices.tolist())
+            rounds: list[Selection] = []
+            t0 = time.perf_counter()
+            final = verify_selection(pool, "fl", kern, frac, rounds=args.verify_rounds, lm=lm,
+                                     use_cache=False, progress=progress, seed=args.seed,
+                                     full_order=False,
+                                     on_round=lambda k, s_: rounds.append(s_))
+            secs = time.perf_counter() - t0
+            v = final.kernels.meta.learned["pool"]["verification"]
+            by_round = []
+            passes = 0
+            for k, sel in enumerate([*rounds[: v["rounds_run"]], final]):
+                if k:
+                    passes += v["by_round"][k - 1]["passes_computed"]
+                value = fl_value(exact_scaled, sel.selected_indices)
+                by_round.append({
+                    "round": k, "verify_passes": passes,
+                    "passes_total": rec["passes"] + passes,
+                    "passes_vs_exact_nominal": _round((rec["passes"] + passes) / nominal_exact),
+                    "value_ratio": _round(value / ref_value, 6),
+                    "overlap": _round(len(ref_set & set(sel.selected_indices.tolist()))
+                                      / len(ref_set), 6)})
+                log.info("verify %s @ %g, round %d: value ratio %.4f, %d verify passes", name,
+                         frac, k, value / ref_value, passes)
+            per[f"{frac:g}"] = {"budget": int(final.budget), "seconds": round(secs, 3),
+                                "record": v, "by_round": by_round}
+        out[name] = per
     return out
 
 
@@ -420,6 +471,13 @@ def table(res: dict[str, Any], args: argparse.Namespace) -> str:
         rows.append((f"ms: FL selection @ {pct}",
                      {c: (1000 * arms[c]["selection_seconds"] if c in arms else None)
                       for c in cols if c != "random"}))
+    for name, per in (res.get("verification") or {}).items():
+        for frac, vr in per.items():
+            for b in vr["by_round"]:
+                rows.append((f"{name} verified @ {float(frac) * 100:g} %, round {b['round']}: "
+                             f"value ratio / overlap / passes vs exact",
+                             {name: f"{b['value_ratio']:.3f} / {b['overlap']:.3f} / "
+                                    f"{b['passes_vs_exact_nominal']:.3f}"}))
     head = f"### {res['rows']:,} rows (K={res['neighbours']}, R={res['neighbour_random']}, " \
            f"exact per anchor row {args.exact_per_row}, seed {args.seed})\n\n"
     lines = ["| figure | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
@@ -476,6 +534,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--same-k-fractions", nargs="+", type=float, default=[],
                     help="also learned kernels at the exact kernel's K with these fractions of "
                          "its passes as their exact budget (a budget sweep)")
+    ap.add_argument("--verify-rounds", type=int, default=0,
+                    help="with the exact arm: also verify each learned kernel's FL selection at "
+                         "each budget for up to this many rounds (verify_selection, every pass "
+                         "computed), reporting the value under the exact kernel after each round")
     ap.add_argument("--default-arm", action=argparse.BooleanOptionalAction, default=True,
                     help="the learned kernel at --learned-neighbours (on by default)")
     ap.add_argument("--exact", action=argparse.BooleanOptionalAction, default=None,

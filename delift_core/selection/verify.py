@@ -179,6 +179,9 @@ def verify_selection(pool: Dataset, objective: str, kernels: Kernels, budget: An
             r, c = todo[role]
             record[role]["rounds_run"] = k + 1
             record[role]["by_round"].append({"covers_scored": int(len(r)),
+                                             "passes_computed": record[role]["passes_computed"]
+                                             - sum(b["passes_computed"]
+                                                   for b in record[role]["by_round"]),
                                              "value_before": round(sel.objective_value, 6)})
         for role in roles:
             roles_meta[role] = {**roles_meta[role], "verification": dict(record[role])}
