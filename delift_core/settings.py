@@ -167,8 +167,8 @@ _SETTINGS: list[Setting] = [
     _s("exact_minutes", "kernel", float, None, "learned kernel: minutes of exact passes instead "
        "of a count (score what fits, then fit and predict)", label="Exact minutes", low=0.01,
        optional=True, metavar="M", widget="advanced"),
-    _s("exact_per_row", "kernel", int, 12, "learned kernel: exact examples per anchor row (three "
-       "quarters among its neighbours, the rest random)", label="Exact examples per anchor row",
+    _s("exact_per_row", "kernel", int, 12, "learned kernel: exact examples per anchor row (half "
+       "among the columns predicted for it, the rest random columns shared by its chunk of anchors)", label="Exact examples per anchor row",
        low=3, high=256, widget="advanced"),
     _s("target_direction", "kernel", str, "helps-target", "how a utility target kernel is valued "
        "(embedding kernels are symmetric)", label="Target kernel direction",
@@ -229,9 +229,7 @@ _SETTINGS: list[Setting] = [
        widget="page"),
     _s("verify_rounds", "selection", int, 0, "learned kernel: rounds of scoring the selection's "
        "predicted covers (each row's best selected helper) exactly and selecting again; 0: off",
-       label="Verification rounds", low=0, high=20, records=False,
-       no_widget="the CLI and the API verify a selection (delift select --verify-rounds); the "
-                 "studio's Select page does not yet"),
+       label="Verification rounds", low=0, high=20, records=False, widget="page", suggested=2),
     _s("method", "selection", str, "lazy", "the greedy algorithm", label="Greedy",
        choices={"lazy": "lazy greedy (exact)", "stochastic": "stochastic greedy (faster, "
                 "approximate)", "naive": "naive greedy (exact, slow)"}, widget="advanced"),

@@ -80,6 +80,45 @@ with c1:
         st.caption(ui.md_escape(cost_line(sel.cost())) + " (the kernel's passes and texts, "
                    "the per-row scores' passes, and the selection's own time; recorded in the "
                    "manifest as `cost`).")
+learned = sel.kernels.meta.learned if sel is not None and sel.kernels is not None else {}
+if learned and not spec.baseline:
+    with c1:
+        for role, m in learned.items():
+            v = m.get("verification")
+            if v:
+                st.caption(f"**Verified** ({role} kernel): {v['pairs_verified']:,} covers scored "
+                           f"exactly in {v['rounds_run']} round(s) ({v['passes_computed']:,} "
+                           f"passes computed, {v['passes_reused']:,} read from the pair store); "
+                           f"{v['final_covers_exact']:,} of the verified selection's "
+                           f"{v['final_covers']:,} covers are exact.")
+        with st.expander("Verify this selection with exact passes",
+                         expanded=state.current_verify_job() is not None):
+            st.caption("On a learned kernel most of a selection's covers (each row's best "
+                       "selected helper) are predicted. Verifying scores the predicted covers "
+                       "exactly (one model pass each, plus a row's plain pass the pair store "
+                       "lacks), puts those values in the kernel and selects again, for up to "
+                       "the rounds below. The kernel stays learned and records what was "
+                       "verified; the pairs stay in the pair store.")
+            st.number_input("Rounds", min_value=1, max_value=20, step=1, key="p_verify_rounds")
+            job = state.current_verify_job()
+            verifying = job is not None and job.running
+            if st.button(f"Verify the {sel.budget} selected rows", key="verify_start",
+                         disabled=verifying):
+                state.start_verify_job(sel, int(s["p_verify_rounds"]))
+                verifying = True
+
+            @st.fragment(run_every=1.0 if verifying else None)
+            def verify_panel(page_saw_running: bool) -> None:
+                """Live progress of this session's verification (state.init adopts it)."""
+                ui.job_panel(state.current_verify_job(), page_saw_running=page_saw_running,
+                             cancel_key="verify_cancel",
+                             cancelling="Cancelling after the current batch; the covers scored "
+                                        "so far stay in the pair store.",
+                             cancelled="The verification was cancelled. The covers it scored "
+                                       "are in the pair store: verifying again reads them back.",
+                             failed="The verification failed: ")
+
+            verify_panel(verifying)
 with c2:
     if sel is not None:
         if spec.baseline and sel.kernels is None:

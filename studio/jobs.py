@@ -1,4 +1,5 @@
-"""Background jobs (kernel computations and evaluations) in threads, one of each per session.
+"""Background jobs (kernel computations, selection verifications and evaluations) in threads,
+one of each per session.
 
 A job lives in a process-wide registry (``st.cache_resource``) keyed by the session's id and the
 job's kind, so it keeps running across reruns and page switches, and no session can see another's
@@ -173,6 +174,14 @@ class ModelQueue:
             self.cond.notify_all()
 
 
+def config_values(cfg: dict) -> dict[str, Any]:
+    """The engine setting values of a Kernel page configuration (what its kernels were made
+    with): the page's advanced settings and its model, precision and kernel choices."""
+    return {**cfg.get("engine", {}), "kernel": engine_kind(cfg["kind"]),
+            **{k: cfg[k] for k in ("model", "embedder", "dtype", "neighbours",
+                                   "target_direction", "backend") if cfg.get(k)}}
+
+
 @dataclass(kw_only=True, eq=False)
 class KernelJob(Job):
     """One kernel computation: its inputs and work estimate; the result is :class:`Kernels`."""
@@ -214,9 +223,7 @@ class KernelJob(Job):
         kind = engine_kind(cfg["kind"])
         self.stage = ("loading the causal LM" if kind == "utility" else
                       "loading the sentence embedder")
-        values = {**cfg.get("engine", {}), "kernel": kind,
-                  **{k: cfg[k] for k in ("model", "embedder", "dtype", "neighbours",
-                                         "target_direction", "backend") if cfg.get(k)}}
+        values = config_values(cfg)
         kernels = kernels_from_settings(self.pool, values, target=self.target,
                                         existing=self.existing, progress=self._progress,
                                         cancel=self.cancel,
@@ -228,6 +235,45 @@ class KernelJob(Job):
                 progress=self._progress, cancel=self.cancel,
                 model_progress=lambda msg: setattr(self, "stage", msg))
         return kernels
+
+
+@dataclass(kw_only=True, eq=False)
+class VerifyJob(Job):
+    """A learned kernel's selection verified (:func:`delift_core.selection.verify.verify_selection`):
+    its predicted covers scored exactly, round by round; the result is the verified
+    :class:`~delift_core.selection.select.Selection`, whose ``kernels`` hold the exact values."""
+
+    KIND: ClassVar[str] = "verify"
+    pool: Dataset
+    kernels: Kernels
+    target: Dataset | None
+    config: dict
+    objective: str
+    budget: int
+    rounds: int
+    options: dict
+    round_index: int = 0
+
+    def fraction(self) -> float:
+        """Rounds finished plus the share of the current one (a round can end early)."""
+        if self.status == "done":
+            return 1.0
+        cur = self.done / self.total if self.total else 0.0
+        return min(1.0, (self.round_index + cur) / max(1, self.rounds))
+
+    def work(self) -> Any:
+        """Load the kernel's causal LM and verify the selection."""
+        from delift_core.kernels.request import load_models
+        from delift_core.selection.verify import verify_selection
+
+        self.stage = "loading the causal LM"
+        models = load_models({**config_values(self.config), "kernel": "utility"}, "utility",
+                             progress=lambda msg: setattr(self, "stage", msg))
+        return verify_selection(self.pool, self.objective, self.kernels, self.budget,
+                                rounds=self.rounds, lm=models["lm"], settings=models["settings"],
+                                target=self.target, progress=self._progress, cancel=self.cancel,
+                                on_round=lambda k, _: setattr(self, "round_index", k),
+                                **self.options)
 
 
 @dataclass(kw_only=True, eq=False)

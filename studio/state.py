@@ -62,7 +62,9 @@ KERNEL_LABELS = {"utility": "DELIFT (model utility)", "embedding": "DELIFT-SE (s
                  "random": "Random baseline"}
 SHORT_KERNEL = {"utility": "DELIFT", "embedding": "DELIFT-SE", "random": "Random"}
 STUDIO_DECIDES = {"learned": "the Kernel page turns it on for pools larger than an exact kernel "
-                             "affords on a CPU (plan.default_learned)"}
+                             "affords on a CPU (plan.default_learned)",
+                  "verify_rounds": "the Select page's Verify button offers the spec's suggested "
+                                   "rounds (its default 0, off, is not pressing the button)"}
 """Engine settings whose first value in the studio depends on the data, not the spec default."""
 
 
@@ -77,6 +79,7 @@ DEFAULTS: dict[str, Any] = {
     "p_stage": "instruction", "p_model_choice": spec.default("model"), "p_model_custom": "",
     "p_budget_mode": "percent", "p_budget_pct": 30, "p_sparse": False,
     "p_neighbours": spec.get("neighbours").suggested,
+    "p_verify_rounds": spec.get("verify_rounds").suggested,
 }
 """Widget values a new session starts with: the engine settings' defaults from the spec, and the
 studio's own choices (stage, budget; K offered when the sparse kernel is switched on)."""
@@ -134,6 +137,7 @@ def init() -> None:
         if isinstance(key, str) and (key.startswith("p_") or key in EVAL_DEFAULTS):
             s[key] = s[key]
     adopt_finished_job()
+    adopt_verified_job()
 
 
 def session_id() -> str:
@@ -318,6 +322,42 @@ def adopt_finished_job() -> None:
     job.adopted = True
     set_kernels(job.result, job.config, job.pool, job.target, job.existing)
     ss()["row_scores"] = job.scores  # what a score-based method (ifd, longest) ranks by
+
+
+def start_verify_job(sel: Selection, rounds: int) -> jobs.VerifyJob:
+    """Verify the current selection of a learned kernel in a background thread: its predicted
+    covers scored exactly, ``rounds`` rounds at most, with the same objective, parameters,
+    decisions and greedy settings (:class:`jobs.VerifyJob`)."""
+    s = ss()
+    options = {"params": objective_params(sel.objective),
+               "seed": int(s["p_seed"]), "pinned": list(sel.pinned), "banned": list(sel.banned),
+               "diagonal": s["p_diagonal"], "method": s["p_method"],
+               "epsilon": float(s["p_epsilon"]), "scores": s.get("row_scores"),
+               "full_order": False}
+    job = jobs.VerifyJob(pool=s["kernel_pool"], kernels=s["kernels"], target=s["kernel_target"],
+                         config=dict(s["kernel_config"]), objective=sel.objective,
+                         budget=int(sel.budget), rounds=int(rounds), options=options)
+    return jobs.job_registry().start(session_id(), job, tab_open())
+
+
+def current_verify_job() -> jobs.VerifyJob | None:
+    """This session's verification job (running or finished), if any."""
+    return jobs.job_registry().get(session_id(), jobs.VerifyJob.KIND)
+
+
+def adopt_verified_job() -> None:
+    """Take a finished verification's kernels (the learned kernel with the verified values) into
+    this session, once, unless the session's kernels changed while it ran."""
+    job = current_verify_job()
+    s = ss()
+    if job is None or job.status != "done" or job.adopted:
+        return
+    job.adopted = True
+    if job.kernels is not s["kernels"]:
+        return  # verified for kernels this session no longer uses
+    s["kernels"] = job.result.kernels
+    s["kernels_version"] += 1
+    s["_full"] = None
 
 
 def try_demo() -> None:

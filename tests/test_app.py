@@ -722,3 +722,44 @@ def test_evaluate_defaults_to_the_three_baselines_and_on_a_cpu_to_scores_only() 
     at = goto(new_app(), "7_Evaluate")
     assert at.multiselect(key="ev_baselines").value == ["random", "full", "none"]
     assert at.checkbox(key="ev_generate").value is False  # this test machine has no GPU
+
+
+def test_select_page_verifies_a_learned_kernels_selection(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          tiny_llama) -> None:
+    """On a learned kernel the Select page offers to verify the selection: the job scores its
+    predicted covers exactly (the tiny model stands in for the default one), the session takes
+    the verified kernel, and the page says what was verified."""
+    import delift_core.lm.models as models
+    from delift_core.kernels.builder import compute_kernels
+
+    monkeypatch.setenv("DELIFT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(models, "load_causal_lm", lambda *a, **k: tiny_llama)
+    at = load_demo(new_app())
+    pool = at.session_state["pool"]
+    k = compute_kernels(pool, kind="utility", lm=tiny_llama, learned=True, exact_passes=400)
+    s = at.session_state
+    s["kernels"], s["kernel_pool"] = k, pool
+    s["kernel_config"] = {"kind": "utility", "stage": "instruction", "objective": "fl",
+                          "model": None, "embedder": None, "limit": len(pool), "neighbours": None,
+                          "dtype": None, "backend": "local", "target_direction": None,
+                          "engine": {"learned": True, "exact_passes": 400}}
+    s["kernels_version"] += 1
+    s["p_budget_pct"] = 10
+    goto(at, "3_Select")
+    assert texts(at.metric)[0] == "24 of 240"
+    before = at.session_state["kernels"].exact["pool"].nnz
+    at.button(key="verify_start").click().run()
+    assert not at.exception, at.exception
+    for t in threading.enumerate():
+        if t.name.startswith("delift-verify-"):
+            t.join(TIMEOUT)
+    at.run()
+    assert not at.exception, at.exception
+    verified = at.session_state["kernels"]
+    v = verified.meta.learned["pool"]["verification"]
+    assert v["rounds"] == 2 and v["pairs_verified"] > 0
+    assert verified.exact["pool"].nnz == before + v["pairs_verified"]
+    shown = [c for c in texts(at.caption) if c.startswith("**Verified**")]
+    assert len(shown) == 1 and f"{v['pairs_verified']:,} covers scored exactly" in shown[0]
+    assert texts(at.metric)[0] == "24 of 240"

@@ -102,6 +102,9 @@ def test_the_refusals_name_the_problem(pool, tiny_llama, store):
     with pytest.raises(SelectionError, match="only a learned kernel"):
         verify_selection(pool.subset(range(30)), "fl", exact, 0.2, lm=tiny_llama)
     k = _learned(pool, tiny_llama)
+    unmarked = type(k)(k.kind, pool=k.pool, meta=k.meta, diagonal=k.diagonal)
+    with pytest.raises(SelectionError, match="kernel_pool_exact.npz"):
+        verify_selection(pool, "fl", unmarked, 0.1, lm=tiny_llama)
     with pytest.raises(KernelError, match="max_response_tokens"):
         verify_selection(pool, "fl", k, 0.1, lm=tiny_llama,
                          settings=UtilitySettings(max_response_tokens=7))
@@ -129,3 +132,22 @@ def test_the_manifest_says_what_was_verified(pool, tiny_llama, store, tmp_path):
     v = manifest["learned_kernel"]["pool"]["verification"]
     assert v == json.loads(json.dumps(sel.kernels.meta.learned["pool"]["verification"]))
     assert manifest["params"]["verify_rounds"] == 2
+
+
+def test_the_cli_verifies_a_learned_kernel_folders_selection(pool, tiny_llama, store, tmp_path,
+                                                             monkeypatch):
+    import delift_core.lm.models as models
+    from delift_core.kernels.files import save_kernels
+
+    folder = tmp_path / "learned"
+    save_kernels(_learned(pool, tiny_llama), folder)
+    monkeypatch.setattr(models, "load_causal_lm", lambda *a, **k: tiny_llama)
+    out = tmp_path / "sel"
+    rc = main(["select", "--pool", "demo:pool", "--kernel", str(folder), "--objective", "fl",
+               "--budget", "0.1", "--verify-rounds", "2", "--out", str(out)])
+    assert rc == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    v = manifest["learned_kernel"]["pool"]["verification"]
+    assert v["rounds"] == 2 and v["pairs_verified"] > 0
+    selected = [json.loads(line)["id"] for line in (out / "selected.jsonl").open()]
+    assert len(selected) == 24 and manifest["selected"] == 24

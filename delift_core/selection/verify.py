@@ -123,6 +123,11 @@ def verify_selection(pool: Dataset, objective: str, kernels: Kernels, budget: An
     if not roles:
         raise SelectionError("only a learned kernel's selection can be verified (an exact "
                              "kernel's values are all exact already)")
+    unmarked = [r for r in roles if r not in kernels.exact]
+    if unmarked:
+        raise SelectionError(f"the learned {' and '.join(unmarked)} kernel has no record of which "
+                             f"values are exact (kernel_{unmarked[0]}_exact.npz missing from its "
+                             "folder?): its selection cannot be verified")
     if "target" in roles and target is None:
         raise SelectionError("verifying a learned target kernel needs the target set")
     if lm is None:  # the default model in the kernel's precision (checked below)
