@@ -20,6 +20,7 @@ SKIP = {
     "--kernel utility": "the causal LM's passes (minutes; the utility kernel has its own tests)",
     "delift kernel --pool demo:pool --limit": "the default (utility) kernel: model passes",
     "--kernel out/kernel": "reads the utility kernel of a skipped example",
+    "--kernel out/learned": "verifies the learned kernel of a skipped example (model passes)",
     "--objective ifd": "IFD: two model passes a row (tests/test_row_scores.py)",
     "delift evaluate": "the evaluation runs the causal LM (tests/test_evaluate.py)",
     "--backend ray": "a Ray cluster (tests/test_ray_backend.py)",
