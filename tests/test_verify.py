@@ -15,6 +15,7 @@ from delift_core.kernels.builder import compute_kernels
 from delift_core.kernels.utility import UtilityKernel
 from delift_core.kernels.utility_settings import UtilitySettings
 from delift_core.outputs.export import export_selection
+from delift_core.selection.cost import cost_line
 from delift_core.selection.cover import best_cover
 from delift_core.selection.verify import verify_selection
 
@@ -77,6 +78,11 @@ def test_the_selections_covers_become_exact_with_the_engines_values(pool, tiny_l
     if v["rounds_run"] < 6:  # it stopped early: every cover was exact
         assert exact.all()
     assert sel.params["verify_rounds"] == 6
+    # its passes are part of what the selection cost
+    cost, kmeta = sel.cost(), sel.kernels.meta["pool"]
+    assert cost["verification_passes"] == v["passes_computed"] + v["passes_reused"]
+    assert cost["model_passes_computed"] == kmeta["pairs_computed"] + v["passes_computed"]
+    assert "the selection verified with" in cost_line(cost)
     # the pairs went to the pair store: the same verification again computes none
     again = verify_selection(pool, "fl", k, 0.1, rounds=6, lm=tiny_llama)
     w = again.kernels.meta.learned["pool"]["verification"]

@@ -149,13 +149,7 @@ def _verified(args: argparse.Namespace, pool: Any, target: Any, kernels: Any, ro
                                  lm=models["lm"], settings=models["settings"], target=target,
                                  use_cache=_engine_values(args, "utility")["use_cache"],
                                  progress=_Bars(), **options)
-    for role, m in selection.kernels.meta.learned.items():
-        v = m.get("verification") or {}
-        logger.info("verified %s: %s covers scored exactly in %s round(s) (%s passes computed, "
-                    "%s reused); %s of the selection's %s covers are exact", role,
-                    v.get("pairs_verified"), v.get("rounds_run"), v.get("passes_computed"),
-                    v.get("passes_reused"), v.get("final_covers_exact"), v.get("final_covers"))
-    return selection
+    return selection  # verify_selection has logged what it verified
 
 
 def _inspect_arguments(p: argparse.ArgumentParser) -> None:

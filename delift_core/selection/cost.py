@@ -16,12 +16,13 @@ _ROLES = ("pool", "target", "existing")
 
 def selection_cost(selection: Any) -> dict[str, Any]:
     """The cost record of a :class:`~delift_core.selection.select.Selection`: passes computed and
-    read from the stores (kernel and per-row scores), texts embedded, seconds (kernel, scores,
-    selection, total), and ``exact_kernel_passes`` (the dense utility kernel's passes, one per
+    read from the stores (kernel, a verified selection's covers and per-row scores), texts
+    embedded, seconds (kernel, scores, verification, selection, total), and ``exact_kernel_passes`` (the dense utility kernel's passes, one per
     pair plus one plain pass per row) beside ``kernel_passes`` for any utility kernel."""
     meta = selection.kernels.meta if selection.kernels is not None else {}
     computed = reused = 0
-    exact_passes = kernel_passes = 0
+    exact_passes = kernel_passes = verify_passes = 0
+    verify_s = 0.0
     for role in _ROLES:
         m = meta.get(role) if meta else None
         if not isinstance(m, dict) or "pairs_computed" not in m:
@@ -31,6 +32,11 @@ def selection_cost(selection: Any) -> dict[str, Any]:
         kernel_passes += c + r
         shape = m.get("shape") or [0, 0]
         exact_passes += int(shape[0]) * int(shape[1]) + int(shape[0])
+        v = m.get("verification") or {}  # a verified selection's covers, scored exactly
+        vc, vr = int(v.get("passes_computed") or 0), int(v.get("passes_reused") or 0)
+        computed, reused = computed + vc, reused + vr
+        verify_passes += vc + vr
+        verify_s += float(v.get("seconds") or 0.0)
     embedded = embed_reused = 0
     for st in ((meta.get("embeddings") if meta else None) or {}).values():
         embedded += int(st.get("computed") or 0)
@@ -45,13 +51,15 @@ def selection_cost(selection: Any) -> dict[str, Any]:
         "texts_embedded": embedded, "texts_embedding_reused": embed_reused,
         "kernel_seconds": round(kernel_s, 3), "scores_seconds": round(scores_s, 3),
         "selection_seconds": round(float(selection.seconds or 0.0), 3),
-        "seconds": round(kernel_s + scores_s + float(selection.seconds or 0.0), 3),
+        "seconds": round(kernel_s + scores_s + verify_s + float(selection.seconds or 0.0), 3),
         "loaded_kernel": bool(getattr(meta, "loaded", False)),
     }
     if kernel_passes:
         out.update(kernel_passes=kernel_passes, exact_kernel_passes=exact_passes,
                    kernel_share_of_exact=round(kernel_passes / exact_passes, 6)
                    if exact_passes else None)
+    if verify_passes:
+        out.update(verification_passes=verify_passes, verification_seconds=round(verify_s, 3))
     if scores:
         out["scores"] = scores.get("kind")
     return out
@@ -68,6 +76,9 @@ def cost_line(cost: dict[str, Any]) -> str:
         parts.append(f"kernel {cost['kernel_passes']:,} passes = "
                      f"{100 * cost['kernel_share_of_exact']:.1f} % of the exact kernel's "
                      f"{cost['exact_kernel_passes']:,}")
+    if cost.get("verification_passes"):
+        parts.append(f"the selection verified with {cost['verification_passes']:,} of those "
+                     "passes")
     if cost.get("loaded_kernel"):
         parts.append("kernel loaded from a folder (its own cost is in its kernel_meta.json)")
     return "cost: " + ", ".join(parts)
