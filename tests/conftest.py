@@ -46,6 +46,30 @@ def _isolated_cache(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPa
     shutil.rmtree(_SESSION_CACHE / "decisions", ignore_errors=True)
 
 
+@pytest.fixture()
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A pair store and embedding cache of the test's own, empty (what a first run finds)."""
+    monkeypatch.setenv("DELIFT_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture(scope="module")
+def pool():
+    """The demo pool (240 rows)."""
+    from delift_core.data.dataset import load_dataset
+
+    return load_dataset("demo:pool")
+
+
+def learned_kernels(pool, lm, **kw):
+    """The learned utility kernels of ``pool`` computed with ``lm`` (400 exact passes unless
+    ``exact_passes`` is given; other keywords go to ``compute_kernels``)."""
+    from delift_core.kernels.builder import compute_kernels
+
+    kw.setdefault("exact_passes", 400)
+    return compute_kernels(pool, kind="utility", lm=lm, learned=True, **kw)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not (SHARED_DATA / "p3_sample.jsonl").exists():

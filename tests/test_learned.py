@@ -20,22 +20,7 @@ from delift_core.kernels.utility import UtilityKernel
 from delift_core.kernels.utility_settings import KernelCancelled
 from delift_core.outputs.export import export_selection
 from delift_core.selection.select import select
-
-
-@pytest.fixture(scope="module")
-def pool():
-    return load_dataset("demo:pool")
-
-
-@pytest.fixture()
-def store(tmp_path, monkeypatch):
-    monkeypatch.setenv("DELIFT_CACHE_DIR", str(tmp_path / "cache"))
-    return tmp_path / "cache"
-
-
-def _learned(pool, lm, **kw):
-    kw.setdefault("exact_passes", 400)
-    return compute_kernels(pool, kind="utility", lm=lm, learned=True, **kw)
+from conftest import learned_kernels as _learned
 
 
 def test_exact_values_stay_exact_and_are_marked(pool, tiny_llama, store):

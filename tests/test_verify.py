@@ -18,22 +18,7 @@ from delift_core.outputs.export import export_selection
 from delift_core.selection.cost import cost_line
 from delift_core.selection.cover import best_cover
 from delift_core.selection.verify import verify_selection
-
-
-@pytest.fixture(scope="module")
-def pool():
-    return load_dataset("demo:pool")
-
-
-@pytest.fixture()
-def store(tmp_path, monkeypatch):
-    monkeypatch.setenv("DELIFT_CACHE_DIR", str(tmp_path / "cache"))
-    return tmp_path / "cache"
-
-
-def _learned(pool, lm, **kw):
-    kw.setdefault("exact_passes", 400)
-    return compute_kernels(pool, kind="utility", lm=lm, learned=True, **kw)
+from conftest import learned_kernels as _learned
 
 
 def _covers(kernels, role, chosen):
