@@ -22,11 +22,24 @@ from conftest import learned_kernels as _learned
 
 
 def _covers(kernels, role, chosen):
-    cover, _ = best_cover(kernels.scaled(role), chosen)
-    rows = np.flatnonzero(cover >= 0)
-    cols = cover[rows]
-    keep = rows != cols if role == "pool" else np.ones(len(rows), bool)
-    return rows[keep], cols[keep]
+    """Each row's best selected helper other than itself (or its exact duplicate)."""
+    from delift_core.kernels.diagonal import self_pairs
+
+    scaled = kernels.scaled(role)
+    cover, value = best_cover(scaled, chosen)
+    selfs = set(zip(*(a.tolist() for a in self_pairs(role, kernels.meta, scaled.shape))))
+    chosen = set(np.asarray(chosen).tolist())
+    own = {}
+    for a, b in selfs:
+        if b in chosen:
+            own[a] = max(own.get(a, -np.inf), float(scaled[a, b]))
+    rows, cols = [], []
+    for a in np.flatnonzero(cover >= 0).tolist():
+        b = int(cover[a])
+        if (a, b) not in selfs and own.get(a, -np.inf) < value[a]:
+            rows.append(a)
+            cols.append(b)
+    return np.asarray(rows, np.int64), np.asarray(cols, np.int64)
 
 
 @pytest.mark.parametrize("neighbours", [None, 8])
@@ -73,6 +86,14 @@ def test_the_selections_covers_become_exact_with_the_engines_values(pool, tiny_l
     w = again.kernels.meta.learned["pool"]["verification"]
     assert w["passes_computed"] == 0 and w["pairs_verified"] == v["pairs_verified"]
     assert again.selected_ids == sel.selected_ids
+
+
+def test_a_selection_of_every_row_has_no_cover_to_verify(pool, tiny_llama, store):
+    k = _learned(pool, tiny_llama)
+    sel = verify_selection(pool, "fl", k, 1.0, rounds=3, lm=tiny_llama)
+    v = sel.kernels.meta.learned["pool"]["verification"]
+    assert len(sel.selected_indices) == len(pool)
+    assert v["rounds_run"] == 0 and v["pairs_verified"] == 0 and v["final_covers"] == 0
 
 
 def test_a_learned_target_kernels_covers_are_verified_too(pool, tiny_llama, store):

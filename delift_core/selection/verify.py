@@ -27,6 +27,7 @@ from delift_core import settings as spec
 from delift_core.data.dataset import Dataset
 from delift_core.errors import KernelError, SelectionError
 from delift_core.kernels.builder import Kernels, StageProgress
+from delift_core.kernels.diagonal import self_pairs
 from delift_core.kernels.matrices import is_sparse
 from delift_core.kernels.utility import UtilityKernel
 from delift_core.kernels.utility_settings import UtilitySettings
@@ -76,6 +77,32 @@ def _exact_values(engine: UtilityKernel, rows: Dataset, cols: Dataset, r: np.nda
                          progress=progress)
     vals = np.asarray(res.values[loc, c], np.float32).ravel()
     return vals, res.meta
+
+
+def _covers(kernels: Kernels, role: str, chosen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, columns) of each row's cover among ``chosen`` in kernel ``role``, without self
+    pairs (a row and itself or its exact duplicate: the diagonal policy sets their value) and
+    without rows a selected self pair covers at least as well (a tie is not a cover to verify)."""
+    scaled = kernels.scaled(role)
+    cover, value = best_cover(scaled, chosen)
+    shape = scaled.shape
+    sr, sc = self_pairs(role, kernels.meta, shape)
+    own = np.isin(sc, chosen)  # a selected self pair covers its row as well as any tie
+    self_best = np.full(shape[0], -np.inf, np.float32)
+    if own.any():
+        vals = np.asarray(scaled[sr[own], sc[own]], np.float32).ravel()
+        np.maximum.at(self_best, sr[own], vals)
+    rows = np.flatnonzero((cover >= 0) & (self_best < value)).astype(np.int64)
+    cols = cover[rows].astype(np.int64)
+    keep = ~np.isin(rows * shape[1] + cols, sr * shape[1] + sc)
+    return rows[keep], cols[keep]
+
+
+def _is_exact(mask: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Whether each pair (rows[k], cols[k]) is marked exact (no pairs: an empty array)."""
+    if not len(rows):
+        return np.zeros(0, bool)
+    return np.asarray(mask[rows, cols]).ravel() > 0
 
 
 def _set_exact(values: Any, mask: sp.csr_matrix, r: np.ndarray, c: np.ndarray,
@@ -148,14 +175,8 @@ def verify_selection(pool: Dataset, objective: str, kernels: Kernels, budget: An
         chosen = sel.selected_indices
         todo: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for role in roles:
-            cover, _ = best_cover(current.scaled(role), chosen)
-            rows = np.flatnonzero(cover >= 0)
-            cols = cover[rows]
-            if role == "pool":
-                off = rows != cols
-                rows, cols = rows[off], cols[off]
-            mask = current.exact[role]
-            pending = np.asarray(mask[rows, cols]).ravel() == 0
+            rows, cols = _covers(current, role, chosen)
+            pending = ~_is_exact(current.exact[role], rows, cols)
             todo[role] = (rows[pending].astype(np.int64), cols[pending].astype(np.int64))
         if not any(len(r) for r, _ in todo.values()):
             break
@@ -201,14 +222,8 @@ def verify_selection(pool: Dataset, objective: str, kernels: Kernels, budget: An
             last["rows_changed"] = int(len(set(sel.selected_indices.tolist()) - previous))
     covers_exact = {}
     for role in roles:
-        cover, _ = best_cover(current.scaled(role), sel.selected_indices)
-        rows = np.flatnonzero(cover >= 0)
-        cols = cover[rows]
-        if role == "pool":
-            off = rows != cols
-            rows, cols = rows[off], cols[off]
-        exact = np.asarray(current.exact[role][rows, cols]).ravel() > 0 if len(rows) else \
-            np.zeros(0, bool)
+        rows, cols = _covers(current, role, sel.selected_indices)
+        exact = _is_exact(current.exact[role], rows, cols)
         covers_exact[role] = {"covers": int(len(rows)), "exact": int(exact.sum())}
     roles_meta = {r: dict(m) if isinstance(m, dict) else m for r, m in current.meta.roles.items()}
     for role in roles:
