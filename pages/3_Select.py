@@ -10,6 +10,7 @@ from delift_core.selection import objectives as registry
 from delift_core.outputs.views import gain_curve
 from delift_core.outputs import figures
 from delift_core.selection.cost import cost_line
+from delift_core.kernels.learned import verification_line
 from studio import state, ui
 
 ui.setup("Selection", "🎯")
@@ -84,13 +85,9 @@ learned = sel.kernels.meta.learned if sel is not None and sel.kernels is not Non
 if learned and not spec.baseline:
     with c1:
         for role, m in learned.items():
-            v = m.get("verification")
-            if v:
-                st.caption(f"**Verified** ({role} kernel): {v['pairs_verified']:,} covers scored "
-                           f"exactly in {v['rounds_run']} round(s) ({v['passes_computed']:,} "
-                           f"passes computed, {v['passes_reused']:,} read from the pair store); "
-                           f"{v['final_covers_exact']:,} of the verified selection's "
-                           f"{v['final_covers']:,} covers are exact.")
+            if m.get("verification"):
+                st.caption(f"**Verified** ({role} kernel): "
+                           + ui.md_escape(verification_line(m["verification"])) + ".")
         with st.expander("Verify this selection with exact passes",
                          expanded=state.current_verify_job() is not None):
             st.caption("On a learned kernel most of a selection's covers (each row's best "

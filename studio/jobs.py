@@ -263,17 +263,16 @@ class VerifyJob(Job):
 
     def work(self) -> Any:
         """Load the kernel's causal LM and verify the selection."""
-        from delift_core.kernels.request import load_models
-        from delift_core.selection.verify import verify_selection
+        from delift_core.selection.verify import verify_from_settings
 
         self.stage = "loading the causal LM"
-        models = load_models({**config_values(self.config), "kernel": "utility"}, "utility",
-                             progress=lambda msg: setattr(self, "stage", msg))
-        return verify_selection(self.pool, self.objective, self.kernels, self.budget,
-                                rounds=self.rounds, lm=models["lm"], settings=models["settings"],
-                                target=self.target, progress=self._progress, cancel=self.cancel,
-                                on_round=lambda k, _: setattr(self, "round_index", k),
-                                **self.options)
+        return verify_from_settings(self.pool, self.objective, self.kernels, self.budget,
+                                    config_values(self.config), rounds=self.rounds,
+                                    target=self.target, progress=self._progress,
+                                    cancel=self.cancel,
+                                    model_progress=lambda msg: setattr(self, "stage", msg),
+                                    on_round=lambda k, _: setattr(self, "round_index", k),
+                                    **self.options)
 
 
 @dataclass(kw_only=True, eq=False)

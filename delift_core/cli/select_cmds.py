@@ -7,7 +7,6 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from delift_core import settings as spec
 from delift_core.cli.common import (_Bars, _add_data_args, _add_engine_args, _add_kernel_args,
@@ -104,7 +103,12 @@ def cmd_select(args: argparse.Namespace) -> int:
                    epsilon=chosen["epsilon"], pinned=pins, banned=bans, diagonal=args.diagonal,
                    scores=scores)
     if chosen["verify_rounds"]:
-        selection = _verified(args, pool, target, kernels, chosen["verify_rounds"], options)
+        from delift_core.selection.verify import verify_from_settings
+
+        selection = verify_from_settings(pool, args.objective, kernels, args.budget,
+                                         _engine_values(args, "utility"),
+                                         rounds=chosen["verify_rounds"], target=target,
+                                         progress=_Bars(), **options)
     else:
         selection = select(pool, args.objective, kernels, args.budget, **options)
     cost = selection.cost()
@@ -132,24 +136,6 @@ def cmd_select(args: argparse.Namespace) -> int:
                                                           if kernels is not None else None),
                  selection_seconds=selection.seconds, cost=cost, notes=list(selection.notes))
     return 0
-
-
-def _verified(args: argparse.Namespace, pool: Any, target: Any, kernels: Any, rounds: int,
-              options: dict) -> Any:
-    """The selection of a learned kernel with its predicted covers scored exactly
-    (:func:`~delift_core.selection.verify.verify_selection`), with the kernel's own model."""
-    from delift_core.kernels.request import load_models
-    from delift_core.selection.verify import verify_selection
-
-    if kernels is None or not kernels.meta.learned:
-        raise SettingError("--verify-rounds verifies a learned kernel's selection; this kernel "
-                           "is not learned")
-    models = load_models(_engine_values(args, "utility"), "utility")
-    selection = verify_selection(pool, args.objective, kernels, args.budget, rounds=rounds,
-                                 lm=models["lm"], settings=models["settings"], target=target,
-                                 use_cache=_engine_values(args, "utility")["use_cache"],
-                                 progress=_Bars(), **options)
-    return selection  # verify_selection has logged what it verified
 
 
 def _inspect_arguments(p: argparse.ArgumentParser) -> None:

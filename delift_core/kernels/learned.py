@@ -39,7 +39,7 @@ from delift_core.kernels.utility_settings import KernelCancelled
 
 __all__ = ["LearnedSpec", "LearnedKernelError", "FIDELITY_FLOOR", "DENSE_MAX_ROWS",
            "LEARNED_NEIGHBOURS",
-           "anchor_order", "fidelity", "build_learned", "fidelity_line"]
+           "anchor_order", "fidelity", "build_learned", "fidelity_line", "verification_line"]
 
 logger = logging.getLogger(__name__)
 
@@ -257,15 +257,22 @@ def fidelity_line(role: str, meta: dict) -> str:
             f"Spearman {f.get('pair_spearman')}, R² {f.get('pair_r2')}, median row Spearman "
             f"{f.get('row_spearman_median')} (cosine alone {f.get('cosine_row_spearman_median')}),"
             f" top-{f.get('top_k')} recovered {f.get('top_k_recovered')}")
-    v = meta.get("verification")
-    if v:
-        line += (f"; selection verified: {v.get('pairs_verified', 0):,} covers scored exactly in "
-                 f"{v.get('rounds_run', 0)} round(s), {v.get('final_covers_exact', 0):,} of its "
-                 f"{v.get('final_covers', 0):,} covers exact")
+    if meta.get("verification"):
+        line += "; selection verified: " + verification_line(meta["verification"])
     if f.get("below_floor"):
         line += (f". BELOW THE FIDELITY FLOOR (median row Spearman < "
                  f"{FIDELITY_FLOOR['row_spearman_median']}): treat selections from it with care")
     return line
+
+
+def verification_line(v: dict) -> str:
+    """What verifying a selection did (``meta[role]["verification"]``, :mod:`delift_core.selection.
+    verify`), in words: for the CLI report, the Select page and the HTML report alike."""
+    return (f"{v.get('pairs_verified', 0):,} covers scored exactly in {v.get('rounds_run', 0)} "
+            f"round(s) ({v.get('passes_computed', 0):,} passes computed, "
+            f"{v.get('passes_reused', 0):,} read from the pair store); "
+            f"{v.get('final_covers_exact', 0):,} of the verified selection's "
+            f"{v.get('final_covers', 0):,} covers are exact")
 
 
 # ------------------------------------------------------------------------------------------------

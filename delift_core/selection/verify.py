@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import scipy.sparse as sp
@@ -34,7 +34,7 @@ from delift_core.kernels.utility_settings import UtilitySettings
 from delift_core.selection.cover import best_cover
 from delift_core.selection.select import Selection, select
 
-__all__ = ["verify_selection", "VERIFIED_ROLES"]
+__all__ = ["verify_selection", "verify_from_settings", "VERIFIED_ROLES"]
 
 logger = logging.getLogger(__name__)
 
@@ -145,6 +145,9 @@ def verify_selection(pool: Dataset, objective: str, kernels: Kernels, budget: An
     :class:`~delift_core.kernels.utility_settings.KernelCancelled`.
     """
     rounds = spec.check("verify_rounds", rounds)
+    if kernels is None:
+        raise SelectionError("only a learned kernel's selection can be verified (this selection "
+                             "has no kernel)")
     learned = kernels.meta.learned
     roles = [r for r in VERIFIED_ROLES if r in learned and getattr(kernels, r) is not None]
     if not roles:
@@ -242,3 +245,21 @@ def verify_selection(pool: Dataset, objective: str, kernels: Kernels, budget: An
     final = select(pool, objective, current, budget, **select_options)
     final.params["verify_rounds"] = rounds
     return final
+
+
+def verify_from_settings(pool: Dataset, objective: str, kernels: Kernels, budget: Any,
+                         values: Mapping[str, Any], *, rounds: int,
+                         target: Dataset | None = None, progress: StageProgress | None = None,
+                         cancel: threading.Event | None = None,
+                         model_progress: Callable[[str], None] | None = None,
+                         **select_options: Any) -> Selection:
+    """:func:`verify_selection` with the causal LM, precision, utility settings and cache use that
+    the setting ``values`` name (the CLI's options, the Kernel page's configuration), loaded as
+    :func:`~delift_core.kernels.request.kernels_from_settings` loads them."""
+    from delift_core.kernels.request import engine_values, load_models
+
+    v = engine_values({**values, "kernel": "utility"})
+    models = load_models(v, "utility", progress=model_progress)
+    return verify_selection(pool, objective, kernels, budget, rounds=rounds, lm=models["lm"],
+                            settings=models["settings"], target=target, use_cache=v["use_cache"],
+                            progress=progress, cancel=cancel, **select_options)
