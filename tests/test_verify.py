@@ -117,6 +117,9 @@ def test_the_refusals_name_the_problem(pool, tiny_llama, store):
     unmarked = type(k)(k.kind, pool=k.pool, meta=k.meta, diagonal=k.diagonal)
     with pytest.raises(SelectionError, match="kernel_pool_exact.npz"):
         verify_selection(pool, "fl", unmarked, 0.1, lm=tiny_llama)
+    shuffled = pool.subset([1, 0, *range(2, len(pool))])  # same size, two rows swapped
+    with pytest.raises(KernelError, match="2 of 240 rows differ"):
+        verify_selection(shuffled, "fl", k, 0.1, lm=tiny_llama)
     with pytest.raises(KernelError, match="max_response_tokens"):
         verify_selection(pool, "fl", k, 0.1, lm=tiny_llama,
                          settings=UtilitySettings(max_response_tokens=7))

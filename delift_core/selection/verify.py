@@ -26,7 +26,7 @@ import scipy.sparse as sp
 from delift_core import settings as spec
 from delift_core.data.dataset import Dataset
 from delift_core.errors import KernelError, SelectionError
-from delift_core.kernels.builder import Kernels, StageProgress
+from delift_core.kernels.builder import Kernels, StageProgress, differing_rows
 from delift_core.kernels.diagonal import self_pairs
 from delift_core.kernels.matrices import is_sparse
 from delift_core.kernels.utility import UtilityKernel
@@ -160,6 +160,16 @@ def verify_selection(pool: Dataset, objective: str, kernels: Kernels, budget: An
                              "folder?): its selection cannot be verified")
     if "target" in roles and target is None:
         raise SelectionError("verifying a learned target kernel needs the target set")
+    for role, ds in (("pool", pool), ("target", target if "target" in roles else None)):
+        ids, hashes = kernels.meta.ids.get(role), kernels.meta.hashes.get(role)
+        if ds is not None and (ids is None or hashes is None or len(ids) != len(ds)):
+            raise KernelError(f"the learned kernel does not record the {role} rows it was "
+                              f"computed for as {len(ds)} rows: its selection cannot be "
+                              "verified on these rows")
+        if ds is not None:
+            differ = differing_rows(list(ids), list(hashes), ds, "learned kernel")
+            if differ:  # exact values of other rows must never go into this kernel
+                raise KernelError(differ)
     if lm is None:  # the default model in the kernel's precision (checked below)
         from delift_core.lm.models import load_causal_lm
 
