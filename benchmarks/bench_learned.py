@@ -456,7 +456,10 @@ def table(res: dict[str, Any], args: argparse.Namespace) -> str:
              lambda r: r.get("seconds_vs_exact_measured"))
     f = [("pair Spearman", "pair_spearman"), ("pair R²", "pair_r2"),
          ("median row Spearman", "row_spearman_median"),
+         ("median row Spearman, 95 % interval", "row_spearman_interval"),
          ("cosine median row Spearman", "cosine_row_spearman_median"),
+         ("cosine median row Spearman, 95 % interval", "cosine_row_spearman_interval"),
+         ("learned minus cosine, 95 % interval", "row_spearman_minus_cosine_interval"),
          ("top-k recovered", "top_k_recovered"), ("below floor", "below_floor")]
     for label, key in f:
         lrow(f"held-out {label}", lambda r, key=key: r["fidelity"].get(key))

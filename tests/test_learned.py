@@ -15,7 +15,7 @@ from delift_core.errors import SettingError
 from delift_core.kernels.builder import compute_kernels, kernel_report
 from delift_core.kernels.files import load_kernels, save_kernels
 from delift_core.kernels.learned import (FIDELITY_FLOOR, LearnedKernelError, anchor_order,
-                                         fidelity)
+                                         fidelity, fidelity_line)
 from delift_core.kernels.utility import UtilityKernel
 from delift_core.kernels.utility_settings import KernelCancelled
 from delift_core.outputs.export import export_selection
@@ -139,6 +139,29 @@ def test_fidelity_figures_by_hand():
     assert reversed_["row_spearman_median"] == -1.0 and reversed_["below_floor"]
     assert reversed_["top_k_recovered"] == round(1 / 3, 4)  # of 5, the middle one is in both top 3s
     assert FIDELITY_FLOOR["row_spearman_median"] > 0
+
+
+def test_fidelity_medians_carry_intervals_over_the_heldout_rows():
+    rng = np.random.default_rng(0)
+    rows = np.repeat(np.arange(60), 8)
+    exact = rng.normal(size=len(rows))
+    f = fidelity(exact, exact + rng.normal(size=len(rows)), rows, baseline=rng.normal(size=len(rows)))
+    lo, hi = f["row_spearman_interval"]
+    assert lo < f["row_spearman_median"] < hi and hi - lo < 0.4
+    clo, chi = f["cosine_row_spearman_interval"]
+    assert clo < f["cosine_row_spearman_median"] < chi
+    dlo, dhi = f["row_spearman_minus_cosine_interval"]  # a real signal against noise: above 0
+    assert 0 < dlo < f["row_spearman_median"] - f["cosine_row_spearman_median"] < dhi
+    few = fidelity(exact[:48], exact[:48] + rng.normal(size=48), rows[:48])
+    assert few["row_spearman_interval"][1] - few["row_spearman_interval"][0] > hi - lo
+    assert "cosine_row_spearman_interval" not in few  # no baseline, no baseline interval
+    line = fidelity_line("pool", {"fidelity": f})
+    assert f"{f['row_spearman_median']} [{lo:.3f}, {hi:.3f}]" in line
+    assert f"learned minus cosine [{dlo:+.3f}, {dhi:+.3f}]" in line and "95 %" in line
+    low = fidelity(exact, -exact, rows)  # surely below the floor: the message says so
+    assert "its whole interval below it" in fidelity_line("pool", {"fidelity": low})
+    old = {k: v for k, v in f.items() if "interval" not in k}  # a kernel from before intervals
+    assert "[" not in fidelity_line("pool", {"fidelity": old})
 
 
 def test_the_engine_refuses_learned_settings_that_cannot_run(pool):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from delift_core.evaluation.stats import bootstrap_interval, compare_paired, verdict
+from delift_core.evaluation.stats import (bootstrap_interval, compare_paired, median_intervals,
+                                         verdict)
 
 
 def test_two_item_bootstrap_is_the_enumerated_distribution():
@@ -14,6 +15,18 @@ def test_two_item_bootstrap_is_the_enumerated_distribution():
     assert (lo, hi) == (0.0, 1.0)
     lo, hi = bootstrap_interval(np.array([0.0, 1.0]), level=0.4, n_boot=4000, seed=1)
     assert (lo, hi) == (0.5, 0.5)  # the central 40 % of that distribution is all 0.5
+
+
+def test_median_intervals_are_paired_and_enumerable():
+    # three items: a resampled median is one of the items' values, so the interval's ends are too
+    iv = median_intervals([0.0, 1.0, 2.0], [0.0, 1.0, 2.0], n_boot=4000, seed=1)
+    assert iv["a"] == (0.0, 2.0) and iv["b"] == (0.0, 2.0)
+    assert iv["diff"] == (0.0, 0.0)  # the same rows drawn for both: the difference never moves
+    shifted = median_intervals([1.0, 2.0, 3.0, 4.0], [0.5, 1.5, 2.5, 3.5], n_boot=500)
+    assert shifted["diff"] == pytest.approx((0.5, 0.5)) and "b" in shifted
+    assert set(median_intervals([1.0, 2.0])) == {"a"}
+    with pytest.raises(ValueError, match="paired items"):
+        median_intervals([1.0, 2.0], [1.0])
 
 
 def test_constant_difference_has_a_point_interval():

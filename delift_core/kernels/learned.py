@@ -209,12 +209,34 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(spearmanr(a, b).statistic)
 
 
+INTERVAL_LEVEL = 0.95
+
+
+def _row_intervals(per_row: np.ndarray, base_row: np.ndarray | None) -> dict[str, Any]:
+    """95 % bootstrap intervals (held-out rows resampled) of the median row Spearman, of
+    cosine's, and of their paired difference: a median over a few dozen rows is itself
+    uncertain, and a user deciding whether to trust the kernel should see by how much."""
+    from delift_core.evaluation.stats import median_intervals
+
+    ok = np.isfinite(per_row) & (np.isfinite(base_row) if base_row is not None else True)
+    if ok.sum() < 2:
+        return {}
+    iv = median_intervals(per_row[ok], None if base_row is None else base_row[ok],
+                          level=INTERVAL_LEVEL)
+    names = {"a": "row_spearman_interval", "b": "cosine_row_spearman_interval",
+             "diff": "row_spearman_minus_cosine_interval"}
+    return {"interval_level": INTERVAL_LEVEL,
+            **{names[k]: [round(lo, 4), round(hi, 4)] for k, (lo, hi) in iv.items()}}
+
+
 def fidelity(exact: np.ndarray, predicted: np.ndarray, rows: np.ndarray,
              baseline: np.ndarray | None = None, top_k: int = 3) -> dict[str, Any]:
     """How well ``predicted`` matches ``exact`` on held-out pairs (``rows``: each pair's row):
     pair Spearman and R², per-row Spearman (median), how many of each row's top-``top_k``
     examples by exact value the prediction also ranks top-``top_k``, and the median per-row
-    Spearman of ``baseline`` (cosine similarity), the figure the predictor has to beat."""
+    Spearman of ``baseline`` (cosine similarity), the figure the predictor has to beat, each
+    median with its 95 % bootstrap interval over the held-out rows (and the paired interval of
+    the difference to cosine's)."""
     exact, predicted = np.asarray(exact, np.float64), np.asarray(predicted, np.float64)
     ss = float(((exact - exact.mean()) ** 2).sum())
     r2 = 1.0 - float(((exact - predicted) ** 2).sum()) / ss if ss > 0 else float("nan")
@@ -240,11 +262,22 @@ def fidelity(exact: np.ndarray, predicted: np.ndarray, rows: np.ndarray,
     if baseline is not None:
         out["cosine_row_spearman_median"] = (round(float(np.nanmedian(base_row)), 4)
                                              if base_row else None)
+    out.update(_row_intervals(np.array(per_row), np.array(base_row) if baseline is not None
+                              else None))
     floor = FIDELITY_FLOOR["row_spearman_median"]
     med = out["row_spearman_median"]
     out["floor"] = FIDELITY_FLOOR
     out["below_floor"] = bool(med is None or not np.isfinite(med) or med < floor)
     return out
+
+
+def _interval(f: dict, key: str, signed: bool = False) -> str:
+    """' [lo, hi]' of a fidelity interval, or '' for a kernel computed before intervals."""
+    iv = f.get(key)
+    if not iv:
+        return ""
+    fmt = "{:+.3f}" if signed else "{:.3f}"
+    return f" [{fmt.format(iv[0])}, {fmt.format(iv[1])}]"
 
 
 def fidelity_line(role: str, meta: dict) -> str:
@@ -253,15 +286,24 @@ def fidelity_line(role: str, meta: dict) -> str:
     line = (f"utility {role}: LEARNED kernel, {meta.get('exact_pairs', 0):,} exact pairs of "
             f"{meta.get('exact_rows', 0):,} rows ({meta.get('passes_computed', 0):,} passes "
             f"computed, {meta.get('passes_reused', 0):,} reused), {meta.get('predicted_pairs', 0):,}"
-            f" pairs predicted; held-out fidelity on {f.get('heldout_rows', 0)} rows: pair "
+            f" pairs predicted; held-out fidelity on {f.get('heldout_rows', 0)} rows"
+            f"{' (95 % intervals in brackets)' if f.get('row_spearman_interval') else ''}: pair "
             f"Spearman {f.get('pair_spearman')}, R² {f.get('pair_r2')}, median row Spearman "
-            f"{f.get('row_spearman_median')} (cosine alone {f.get('cosine_row_spearman_median')}),"
+            f"{f.get('row_spearman_median')}{_interval(f, 'row_spearman_interval')} (cosine "
+            f"alone {f.get('cosine_row_spearman_median')}"
+            f"{_interval(f, 'cosine_row_spearman_interval')}; learned minus cosine"
+            f"{_interval(f, 'row_spearman_minus_cosine_interval', signed=True) or ' n/a'}),"
             f" top-{f.get('top_k')} recovered {f.get('top_k_recovered')}")
     if meta.get("verification"):
         line += "; selection verified: " + verification_line(meta["verification"])
     if f.get("below_floor"):
         line += (f". BELOW THE FIDELITY FLOOR (median row Spearman < "
-                 f"{FIDELITY_FLOOR['row_spearman_median']}): treat selections from it with care")
+                 f"{FIDELITY_FLOOR['row_spearman_median']}")
+        iv = f.get("row_spearman_interval")
+        if iv:
+            line += (", its whole interval below it" if iv[1] < FIDELITY_FLOOR[
+                "row_spearman_median"] else f", its interval reaching {iv[1]:.3f}")
+        line += "): treat selections from it with care"
     return line
 
 
