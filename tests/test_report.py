@@ -132,6 +132,17 @@ def test_report_cli_errors_are_plain(tmp_path, capsys) -> None:
     assert "not the data the selection was made on" in capsys.readouterr().err
 
 
+def test_the_cost_line_never_rounds_a_small_share_of_the_exact_kernel_to_zero() -> None:
+    from delift_core.selection.cost import cost_line
+
+    base = {"model_passes_computed": 5838, "model_passes_reused": 6161, "texts_embedded": 0,
+            "texts_embedding_reused": 16248, "seconds": 1511.3, "kernel_passes": 11999,
+            "exact_kernel_passes": 16248 * 16248 + 16248}  # the whole P3 sample, learned
+    assert "= 0.0045 % (1 in 22,003) of the exact kernel's 264,013,752" in cost_line(base)
+    assert "= 34.1 % of the exact" in cost_line({**base, "kernel_passes": 341,
+                                                 "exact_kernel_passes": 1000})
+
+
 def test_the_evaluation_section_puts_each_gain_beside_its_cost() -> None:
     ds, e = pool(), embeddings()
     k = Kernels("embedding", pool=((e @ e.T + 1) / 2).astype(np.float32))

@@ -65,6 +65,15 @@ def selection_cost(selection: Any) -> dict[str, Any]:
     return out
 
 
+def _share(part: int, whole: int) -> str:
+    """'34.1 %', or for a share under 1 % its two significant digits and '1 in N' (a learned
+    kernel of a large pool is a few thousandths of a percent, which '0.0 %' would hide)."""
+    share = 100 * part / whole
+    if share >= 1 or part == 0:
+        return f"{share:.1f} %"
+    return f"{share:.2g} % (1 in {round(whole / part):,})"
+
+
 def cost_line(cost: dict[str, Any]) -> str:
     """One line for a console or a caption: passes, texts, seconds, and the share of the exact
     kernel's passes when there is a utility kernel."""
@@ -74,8 +83,8 @@ def cost_line(cost: dict[str, Any]) -> str:
              "reused)", f"{cost['seconds']:.1f} s on this machine"]
     if cost.get("exact_kernel_passes"):
         parts.append(f"kernel {cost['kernel_passes']:,} passes = "
-                     f"{100 * cost['kernel_share_of_exact']:.1f} % of the exact kernel's "
-                     f"{cost['exact_kernel_passes']:,}")
+                     f"{_share(cost['kernel_passes'], cost['exact_kernel_passes'])} of the exact "
+                     f"kernel's {cost['exact_kernel_passes']:,}")
     if cost.get("verification_passes"):
         parts.append(f"the selection verified with {cost['verification_passes']:,} of those "
                      "passes")
