@@ -160,6 +160,7 @@ def test_fidelity_medians_carry_intervals_over_the_heldout_rows():
     assert f"learned minus cosine [{dlo:+.3f}, {dhi:+.3f}]" in line and "95 %" in line
     low = fidelity(exact, -exact, rows)  # surely below the floor: the message says so
     assert "its whole interval below it" in fidelity_line("pool", {"fidelity": low})
+    assert "more exact passes" in fidelity_line("pool", {"fidelity": low})
     old = {k: v for k, v in f.items() if "interval" not in k}  # a kernel from before intervals
     assert "[" not in fidelity_line("pool", {"fidelity": old})
 

@@ -303,7 +303,8 @@ def fidelity_line(role: str, meta: dict) -> str:
         if iv:
             line += (", its whole interval below it" if iv[1] < FIDELITY_FLOOR[
                 "row_spearman_median"] else f", its interval reaching {iv[1]:.3f}")
-        line += "): treat selections from it with care"
+        line += ("): treat selections from it with care; more exact passes (the pair store "
+                 "keeps these) or verifying the selection puts more of it on exact values")
     return line
 
 
