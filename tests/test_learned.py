@@ -163,6 +163,7 @@ def test_fidelity_medians_carry_intervals_over_the_heldout_rows():
     assert "more exact passes" in fidelity_line("pool", {"fidelity": low})
     old = {k: v for k, v in f.items() if "interval" not in k}  # a kernel from before intervals
     assert "[" not in fidelity_line("pool", {"fidelity": old})
+    assert "minus cosine" not in fidelity_line("pool", {"fidelity": old})
 
 
 def test_the_engine_refuses_learned_settings_that_cannot_run(pool):

@@ -283,6 +283,8 @@ def _interval(f: dict, key: str, signed: bool = False) -> str:
 def fidelity_line(role: str, meta: dict) -> str:
     """One line saying what a learned kernel is made of and how faithful it is (CLI, studio)."""
     f = meta.get("fidelity") or {}
+    diff = _interval(f, "row_spearman_minus_cosine_interval", signed=True)
+    diff = f"; learned minus cosine{diff}" if diff else ""
     line = (f"utility {role}: LEARNED kernel, {meta.get('exact_pairs', 0):,} exact pairs of "
             f"{meta.get('exact_rows', 0):,} rows ({meta.get('passes_computed', 0):,} passes "
             f"computed, {meta.get('passes_reused', 0):,} reused), {meta.get('predicted_pairs', 0):,}"
@@ -291,8 +293,7 @@ def fidelity_line(role: str, meta: dict) -> str:
             f"Spearman {f.get('pair_spearman')}, R² {f.get('pair_r2')}, median row Spearman "
             f"{f.get('row_spearman_median')}{_interval(f, 'row_spearman_interval')} (cosine "
             f"alone {f.get('cosine_row_spearman_median')}"
-            f"{_interval(f, 'cosine_row_spearman_interval')}; learned minus cosine"
-            f"{_interval(f, 'row_spearman_minus_cosine_interval', signed=True) or ' n/a'}),"
+            f"{_interval(f, 'cosine_row_spearman_interval')}{diff}),"
             f" top-{f.get('top_k')} recovered {f.get('top_k_recovered')}")
     if meta.get("verification"):
         line += "; selection verified: " + verification_line(meta["verification"])
