@@ -176,8 +176,11 @@ def test_the_engine_refuses_learned_settings_that_cannot_run(pool):
 def test_the_audit_says_which_findings_stand_on_predicted_values(pool, tiny_llama, store):
     from delift_core.outputs.audit import audit
 
-    a = audit(pool, _learned(pool, tiny_llama))
+    k = _learned(pool, tiny_llama)
+    a = audit(pool, k)
     assert "values are predicted" in a.meta["learned_kernel"]
+    lo, hi = k.meta.learned["pool"]["fidelity"]["row_spearman_interval"]
+    assert f"[{lo:.3f}, {hi:.3f}]" in a.meta["learned_kernel"]  # the median's interval too
     utility = [f for f in a.findings.values() if f.available and "ON A LEARNED KERNEL" in f.rule]
     assert utility, [f.rule for f in a.findings.values()]
 

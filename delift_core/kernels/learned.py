@@ -39,7 +39,8 @@ from delift_core.kernels.utility_settings import KernelCancelled
 
 __all__ = ["LearnedSpec", "LearnedKernelError", "FIDELITY_FLOOR", "DENSE_MAX_ROWS",
            "LEARNED_NEIGHBOURS",
-           "anchor_order", "fidelity", "build_learned", "fidelity_line", "verification_line"]
+           "anchor_order", "fidelity", "build_learned", "fidelity_line", "interval_text",
+           "verification_line"]
 
 logger = logging.getLogger(__name__)
 
@@ -271,7 +272,7 @@ def fidelity(exact: np.ndarray, predicted: np.ndarray, rows: np.ndarray,
     return out
 
 
-def _interval(f: dict, key: str, signed: bool = False) -> str:
+def interval_text(f: dict, key: str, signed: bool = False) -> str:
     """' [lo, hi]' of a fidelity interval, or '' for a kernel computed before intervals."""
     iv = f.get(key)
     if not iv:
@@ -283,7 +284,7 @@ def _interval(f: dict, key: str, signed: bool = False) -> str:
 def fidelity_line(role: str, meta: dict) -> str:
     """One line saying what a learned kernel is made of and how faithful it is (CLI, studio)."""
     f = meta.get("fidelity") or {}
-    diff = _interval(f, "row_spearman_minus_cosine_interval", signed=True)
+    diff = interval_text(f, "row_spearman_minus_cosine_interval", signed=True)
     diff = f"; learned minus cosine{diff}" if diff else ""
     line = (f"utility {role}: LEARNED kernel, {meta.get('exact_pairs', 0):,} exact pairs of "
             f"{meta.get('exact_rows', 0):,} rows ({meta.get('passes_computed', 0):,} passes "
@@ -291,9 +292,9 @@ def fidelity_line(role: str, meta: dict) -> str:
             f" pairs predicted; held-out fidelity on {f.get('heldout_rows', 0)} rows"
             f"{' (95 % intervals in brackets)' if f.get('row_spearman_interval') else ''}: pair "
             f"Spearman {f.get('pair_spearman')}, R² {f.get('pair_r2')}, median row Spearman "
-            f"{f.get('row_spearman_median')}{_interval(f, 'row_spearman_interval')} (cosine "
+            f"{f.get('row_spearman_median')}{interval_text(f, 'row_spearman_interval')} (cosine "
             f"alone {f.get('cosine_row_spearman_median')}"
-            f"{_interval(f, 'cosine_row_spearman_interval')}{diff}),"
+            f"{interval_text(f, 'cosine_row_spearman_interval')}{diff}),"
             f" top-{f.get('top_k')} recovered {f.get('top_k_recovered')}")
     if meta.get("verification"):
         line += "; selection verified: " + verification_line(meta["verification"])

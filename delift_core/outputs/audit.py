@@ -178,9 +178,12 @@ def _learned_note(kernels: Kernels | None) -> str | None:
         return None
     exact, predicted = int(m.get("exact_pairs", 0)), int(m.get("predicted_pairs", 0))
     verified = int((m.get("verification") or {}).get("pairs_verified", 0))  # now exact
+    from delift_core.kernels.learned import interval_text
+
     f = m.get("fidelity") or {}
     return (f"{(predicted - verified) / max(1, exact + predicted):.0%} of the values are "
             f"predicted (held-out median row Spearman {f.get('row_spearman_median')}"
+            f"{interval_text(f, 'row_spearman_interval')}"
             + (", below the fidelity floor" if f.get("below_floor") else "")
             + (f"; {verified:,} of a selection's covers verified exactly" if verified else "")
             + ")")
