@@ -284,4 +284,5 @@ def learned_fidelity(kernels: Any) -> None:
         (st.warning if (m.get("fidelity") or {}).get("below_floor") else st.info)(
             md_escape(line) + " · R² and Spearman compare predictions with exact values of "
             "rows the predictor never saw; 'cosine alone' is the same figure for plain "
-            "embedding similarity (DELIFT-SE).")
+            "embedding similarity (DELIFT-SE); a bracket is the range the figure would likely "
+            "take on other held-out rows (95 %), so a wide one says the figure is not sure.")

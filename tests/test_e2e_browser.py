@@ -613,6 +613,7 @@ def test_learned_kernel_cancel_then_resume_in_chromium(tmp_path: Path) -> None:
         {"exact_passes": EXACT_PASSES, "bfloat16": bf16, "progress": seen,
          "passes_computed": computed, "passes_reused": reused, "line": line}, indent=1))
     assert "utility pool: LEARNED kernel" in line and "held-out fidelity" in line, line
+    assert re.search(r"median row Spearman -?[\d.]+ \[-?[\d.]+, -?[\d.]+\]", line), line
     assert m is not None, line
     assert reused > 0, line  # Cancel kept the finished exact pairs for the next run
     assert computed + reused <= EXACT_PASSES, line  # the budget counts stored passes too
