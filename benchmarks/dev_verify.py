@@ -37,7 +37,9 @@ DATA = ROOT.parent / "shared" / "data" / "p3_sample.jsonl"
 ROWS, SEED, ROUNDS, BUDGETS = 600, 2, 4, (0.05, 0.1, 0.3)
 
 
-def main() -> None:
+def dev_kernels(mult: int = 1) -> tuple:
+    """The development pool, its learned kernel (``mult`` tenths of the exact passes) and its
+    exact K = 8 + 2 kernel, through the pair store."""
     full = load_dataset(str(DATA))
     test = set(np.random.default_rng(1).choice(len(full), 2000, replace=False).tolist())
     rest = np.array(sorted(set(range(len(full))) - test))
@@ -46,9 +48,13 @@ def main() -> None:
     lm, emb = load_causal_lm(None, dtype="bfloat16"), load_embedder()
     common = dict(kind="utility", lm=lm, embedder=emb, neighbours=8, neighbour_random=2,
                   neighbour_seed=SEED)
-    lk = compute_kernels(pool, learned=True, exact_passes=ROWS * 11 // 10, exact_per_row=12,
-                         **common)
-    ek = compute_kernels(pool, **common)
+    lk = compute_kernels(pool, learned=True, exact_passes=ROWS * 11 // 10 * mult,
+                         exact_per_row=12, **common)
+    return pool, lk, compute_kernels(pool, **common)
+
+
+def main() -> None:
+    pool, lk, ek = dev_kernels()
     exact_scaled, exact = ek.scaled("pool"), ek.pool.tocsr()
     m = lk.meta.learned["pool"]
     print(f"{ROWS} rows: learned kernel {m['passes_computed'] + m['passes_reused']:,} exact "
