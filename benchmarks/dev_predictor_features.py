@@ -6,9 +6,10 @@ than cosine similarity: grouped 5-fold cross-validation on exact pairs already i
 The rows: every P3-sample row (``../shared/data/p3_sample.jsonl``) with exact pairs in the pair
 store's bfloat16 value space of the default settings (the whole-sample learned run,
 ``delift select --pool ../shared/data/p3_sample.jsonl --kernel utility --learned ...``, leaves
-about 460 anchor rows of 12 pairs there), minus every row of ``bench_learned``'s seed-1 pools of
-600 and 2,000 rows (the benchmark's pools are never used to choose the design). Embeddings come
-from the embedding store (rows without one are skipped). Each feature set is fitted by
+about 460 anchor rows of 12 pairs there), minus every row of ``bench_learned``'s pools
+(:data:`BENCH_POOLS`: seed 1 at 600 and 2,000 rows, seed 3 at 1,000; the benchmark's pools are
+never used to choose the design). What it prints depends on what the pair store holds when it
+runs: each learned run adds anchor rows. Embeddings come from the embedding store (rows without one are skipped). Each feature set is fitted by
 :class:`delift_core.kernels.learned.Predictor` (the shipped ridge, penalty chosen inside the
 training folds) and measured on the held-out fold's rows by :func:`learned.fidelity`.
 """
@@ -34,6 +35,8 @@ from delift_core.stores.pairstore import row_key  # noqa: E402
 from delift_core.kernels.utility_settings import UtilitySettings  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "p3_sample.jsonl"
+BENCH_POOLS = ((1, 600), (1, 2000), (3, 1000))
+"""(seed, rows) of every pool bench_learned has reported on: never development rows."""
 
 
 def load() -> dict[str, np.ndarray]:
@@ -41,8 +44,8 @@ def load() -> dict[str, np.ndarray]:
     full = load_dataset(str(DATA))
     n = len(full)
     bench: set[int] = set()
-    for rows in (600, 2000):  # bench_learned's pools: rng(seed).choice(n, rows)
-        bench |= set(np.random.default_rng(1).choice(n, rows, replace=False).tolist())
+    for seed, rows in BENCH_POOLS:  # bench_learned's pools: rng(seed).choice(n, rows)
+        bench |= set(np.random.default_rng(seed).choice(n, rows, replace=False).tolist())
     idx = {row_key(p, r): i for i, (p, r) in enumerate(zip(full.prompts, full.responses))}
     if not store_path().exists():
         raise SystemExit(f"no pair store at {store_path()}: run the whole-sample learned select "
@@ -92,7 +95,7 @@ def main() -> None:
     def parts(ri: np.ndarray, ci: np.ndarray, which: list[str]) -> np.ndarray:
         cos = np.einsum("ij,ij->i", emb[ri], emb[ci])[:, None]
         pa, pb = pa_all[ri], pa_all[ci]
-        out = {"cos": np.hstack([cos, cos ** 2]), "pa": pa, "pb": pb, "pa*pb": pa * pb,
+        out = {"cos1": cos, "leni": lens[ri][:, None], "cos": np.hstack([cos, cos ** 2]), "pa": pa, "pb": pb, "pa*pb": pa * pb,
                "pa*cos": pa * cos, "pb*cos": pb * cos,
                "len": np.stack([lens[ri], lens[ci]], 1), "1": np.ones((len(ri), 1))}
         s = d["d_plain"][ri][:, None]  # the target's exact plain distance (its headroom)
@@ -103,7 +106,9 @@ def main() -> None:
             ["cos", "pa", "len"], ["cos", "pa", "pb", "len"], ["cos", "pa", "pa*cos", "len"],
             ["cos", "pa", "pa*cos", "pb", "pb*cos", "len"],
             ["cos", "pa", "pb", "pa*pb", "pa*cos", "pb*cos", "len"],
-            ["cos", "pa", "pb", "pa*pb", "len", "d_plain*cos"]]  # one plain pass per row
+            ["cos", "pa", "pb", "pa*pb", "len", "d_plain*cos"],  # one plain pass per row
+            # within a row, a rank by cosine alone (cos1: no square) scaled per row
+            ["cos1", "pa", "pa*cos", "leni"], ["cos1", "pa", "pa*cos", "len"]]
     cos = np.einsum("ij,ij->i", emb[r], emb[c])
     print(f"{'features':<42} {'pair Sp.':>8} {'R²':>6} {'row Sp.':>8} {'cosine':>7} {'top-3':>6}")
     for which in sets:
