@@ -3,7 +3,8 @@
     python benchmarks/bench_learned.py --rows 600 2000 --json-out benchmarks/results/learned.json
 
 (the README table: the defaults below, ``--rows 600 2000``; ``--verify-rounds R`` verifies each
-learned kernel's selections for up to R rounds; ``--same-k-arm`` adds the learned
+learned kernel's selections for up to R rounds, ``--verify-explore S`` exploring that share
+of the pool's columns each round as well; ``--same-k-arm`` adds the learned
 kernel at the exact kernel's K, ``--same-k-fractions 0.1 0.25`` that kernel at those fractions of
 the exact kernel's passes, ``--no-default-arm`` leaves out the K = 32 kernel; ``--rows all`` runs the whole P3 sample, without the exact arm).
 
@@ -325,7 +326,8 @@ def verify_all(pool: Dataset, arms: dict[str, tuple[Kernels | None, dict]], exac
             ref_set = set(ref.selected_indices.tolist())
             rounds: list[Selection] = []
             t0 = time.perf_counter()
-            final = verify_selection(pool, "fl", kern, frac, rounds=args.verify_rounds, lm=lm,
+            final = verify_selection(pool, "fl", kern, frac, rounds=args.verify_rounds,
+                                     explore=args.verify_explore, lm=lm,
                                      use_cache=False, progress=progress, seed=args.seed,
                                      full_order=False,
                                      on_round=lambda k, s_: rounds.append(s_))
@@ -541,6 +543,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                     help="with the exact arm: also verify each learned kernel's FL selection at "
                          "each budget for up to this many rounds (verify_selection, every pass "
                          "computed), reporting the value under the exact kernel after each round")
+    ap.add_argument("--verify-explore", type=float, default=0.0,
+                    help="with --verify-rounds: each round also scores the pairs of this share of "
+                         "the pool's unselected columns, those of highest predicted gain "
+                         "(verify_selection's explore; 0: covers only)")
     ap.add_argument("--default-arm", action=argparse.BooleanOptionalAction, default=True,
                     help="the learned kernel at --learned-neighbours (on by default)")
     ap.add_argument("--exact", action=argparse.BooleanOptionalAction, default=None,

@@ -230,6 +230,12 @@ _SETTINGS: list[Setting] = [
     _s("verify_rounds", "selection", int, 0, "learned kernel: rounds of scoring the selection's "
        "predicted covers (each row's best selected helper) exactly and selecting again; 0: off",
        label="Verification rounds", low=0, high=20, records=False, widget="page", suggested=2),
+    _s("verify_explore", "selection", float, 0.0, "learned kernel: each verification round also "
+       "scores every pair of this share of the pool's unselected columns, those of highest "
+       "predicted gain to the selection (helpers the prediction under-rates, which covers alone "
+       "never score), one pass per pair; 0.1 lifted 10 % selections (docs/learned_kernel.md); 0: "
+       "covers only", label="Explore (share of the pool's columns)", low=0.0, high=1.0, records=False,
+       widget="page", suggested=0.1),
     _s("method", "selection", str, "lazy", "the greedy algorithm", label="Greedy",
        choices={"lazy": "lazy greedy (exact)", "stochastic": "stochastic greedy (faster, "
                 "approximate)", "naive": "naive greedy (exact, slow)"}, widget="advanced"),

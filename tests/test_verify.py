@@ -13,6 +13,7 @@ from delift_core.data.dataset import load_dataset
 from delift_core.errors import KernelError, SelectionError
 from delift_core.kernels.builder import compute_kernels
 from delift_core.kernels.utility import UtilityKernel
+from delift_core.kernels.learned import verification_line
 from delift_core.kernels.utility_settings import UtilitySettings
 from delift_core.outputs.export import export_selection
 from delift_core.selection.cost import cost_line
@@ -88,6 +89,68 @@ def test_the_selections_covers_become_exact_with_the_engines_values(pool, tiny_l
     assert again.selected_ids == sel.selected_ids
 
 
+@pytest.mark.parametrize("neighbours", [None, 8])
+def test_exploring_scores_the_unselected_columns_of_highest_predicted_gain(pool, tiny_llama,
+                                                                          store, neighbours):
+    from delift_core.selection.select import select
+    from delift_core.selection.verify import EXPLORE_DENSE_ROWS, _explored
+
+    k = _learned(pool, tiny_llama, neighbours=neighbours)
+    first = select(pool, "fl", k, 0.1).selected_indices
+    share = 0.2
+    er, ec, n_cols = _explored(k, "pool", first, share)
+    # the share of the columns, none selected, the highest predicted gain first
+    scaled = k.scaled("pool")
+    dense = np.asarray(scaled.todense() if hasattr(scaled, "todense") else scaled, np.float64)
+    held = np.asarray((k.pool != 0).todense() if hasattr(k.pool, "todense")
+                      else np.ones(k.pool.shape), bool)
+    _, value = best_cover(scaled, first)
+    gain = (np.maximum(dense - value[:, None], 0) * held).sum(0)
+    gain[first] = -np.inf
+    want = set(np.argsort(-gain, kind="stable")[:round(share * len(pool))].tolist())
+    assert n_cols == round(share * len(pool)) and set(ec.tolist()) == want
+    assert not set(ec.tolist()) & set(first.tolist())
+    # a sparse kernel's explored column: every row it holds; a dense one's: the rows it lifts most
+    assert all(held[er, ec]) and not (er == ec).any()
+    per_col = np.bincount(ec, minlength=len(pool))[list(want)]
+    if neighbours is None:
+        assert per_col.max() <= EXPLORE_DENSE_ROWS
+    else:
+        from delift_core.kernels.diagonal import self_pairs
+
+        selfs = set(zip(*(a.tolist() for a in self_pairs("pool", k.meta, held.shape))))
+        hr, hc = np.nonzero(held[:, sorted(want)])
+        every = {(a, sorted(want)[b]) for a, b in zip(hr.tolist(), hc.tolist())} - selfs
+        assert set(zip(er.tolist(), ec.tolist())) == every
+    # verifying with exploration scores them exactly, with the engine's values, and says so
+    sel = verify_selection(pool, "fl", k, 0.1, rounds=1, explore=share, lm=tiny_llama,
+                           use_cache=False)
+    v = sel.kernels.meta.learned["pool"]["verification"]
+    b = v["by_round"][0]
+    assert b["explored_columns"] == n_cols and v["explore"] == share
+    assert v["covers_verified"] == b["covers_scored"]
+    assert v["explored_pairs_verified"] == b["explored_pairs_scored"] > 0
+    assert v["pairs_verified"] == v["covers_verified"] + v["explored_pairs_verified"]
+    exact = sel.kernels.exact["pool"]
+    pending = ~(np.asarray(k.exact["pool"][er, ec]).ravel() > 0)
+    assert (np.asarray(exact[er, ec]).ravel() > 0).all()
+    assert int(pending.sum()) >= v["explored_pairs_verified"]  # covers among them count once
+    r, c = er[pending], ec[pending]
+    rows = sorted(set(r.tolist()))
+    local = {a: i for i, a in enumerate(rows)}
+    direct = UtilityKernel(tiny_llama, use_cache=False).compute(
+        pool.subset(rows), pool, pairs=(np.array([local[a] for a in r]), c)).values
+    np.testing.assert_allclose(np.asarray(sel.kernels.pool[r, c]).ravel(),
+                               np.asarray(direct[[local[a] for a in r], c]).ravel(), atol=1e-6)
+    assert sel.params["verify_explore"] == share
+    assert "pairs of explored columns" in verification_line(v)
+    # without exploration none of those columns' pairs is scored unless it is a cover
+    plain = verify_selection(pool, "fl", k, 0.1, rounds=1, lm=tiny_llama, use_cache=False)
+    w = plain.kernels.meta.learned["pool"]["verification"]
+    assert w["explored_pairs_verified"] == 0 and w["pairs_verified"] == w["covers_verified"]
+    assert w["pairs_verified"] < v["pairs_verified"]
+
+
 def test_a_selection_of_every_row_has_no_cover_to_verify(pool, tiny_llama, store):
     k = _learned(pool, tiny_llama)
     sel = verify_selection(pool, "fl", k, 1.0, rounds=3, lm=tiny_llama)
@@ -125,6 +188,9 @@ def test_the_refusals_name_the_problem(pool, tiny_llama, store):
                          settings=UtilitySettings(max_response_tokens=7))
     with pytest.raises(Exception, match="verify_rounds"):
         verify_selection(pool, "fl", k, 0.1, rounds=-1, lm=tiny_llama)
+    for bad in (-0.1, 1.5):
+        with pytest.raises(Exception, match="verify_explore"):
+            verify_selection(pool, "fl", k, 0.1, explore=bad, lm=tiny_llama)
 
 
 @pytest.mark.parametrize("args", [["--kernel", "embedding"], ["--kernel", "utility"]])

@@ -313,7 +313,10 @@ def fidelity_line(role: str, meta: dict) -> str:
 def verification_line(v: dict) -> str:
     """What verifying a selection did (``meta[role]["verification"]``, :mod:`delift_core.selection.
     verify`), in words: for the CLI report, the Select page and the HTML report alike."""
-    return (f"{v.get('pairs_verified', 0):,} covers scored exactly in {v.get('rounds_run', 0)} "
+    explored = v.get("explored_pairs_verified", 0)
+    scored = (f"{v.get('covers_verified', 0):,} covers and {explored:,} pairs of explored "
+              f"columns" if explored else f"{v.get('pairs_verified', 0):,} covers")
+    return (f"{scored} scored exactly in {v.get('rounds_run', 0)} "
             f"round(s) ({v.get('passes_computed', 0):,} passes computed, "
             f"{v.get('passes_reused', 0):,} read from the pair store); "
             f"{v.get('final_covers_exact', 0):,} of the verified selection's "
