@@ -94,14 +94,21 @@ if learned and not spec.baseline:
                        "selected helper) are predicted. Verifying scores the predicted covers "
                        "exactly (one model pass each, plus a row's plain pass the pair store "
                        "lacks), puts those values in the kernel and selects again, for up to "
-                       "the rounds below. The kernel stays learned and records what was "
-                       "verified; the pairs stay in the pair store.")
-            st.number_input("Rounds", min_value=1, max_value=20, step=1, key="p_verify_rounds")
+                       "the rounds below. Exploring also scores every pair of that share of "
+                       "the unselected rows with the highest predicted gain, helpers the "
+                       "prediction under-rates (it lifted 10 % selections; 0: covers only). The "
+                       "kernel stays learned and records what was verified; the pairs stay in "
+                       "the pair store.")
+            vc1, vc2 = st.columns(2)
+            vc1.number_input("Rounds", min_value=1, max_value=20, step=1, key="p_verify_rounds")
+            with vc2:
+                ui.setting_widget("verify_explore", step=0.05, format="%.2f")
             job = state.current_verify_job()
             verifying = job is not None and job.running
             if st.button(f"Verify the {sel.budget} selected rows", key="verify_start",
                          disabled=verifying):
-                state.start_verify_job(sel, int(s["p_verify_rounds"]))
+                state.start_verify_job(sel, int(s["p_verify_rounds"]),
+                                       float(s["p_verify_explore"]))
                 verifying = True
 
             @st.fragment(run_every=1.0 if verifying else None)

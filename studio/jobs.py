@@ -252,6 +252,7 @@ class VerifyJob(Job):
     budget: int
     rounds: int
     options: dict
+    explore: float = 0.0
     round_index: int = 0
 
     def fraction(self) -> float:
@@ -268,7 +269,7 @@ class VerifyJob(Job):
         self.stage = "loading the causal LM"
         return verify_from_settings(self.pool, self.objective, self.kernels, self.budget,
                                     config_values(self.config), rounds=self.rounds,
-                                    target=self.target, progress=self._progress,
+                                    explore=self.explore, target=self.target, progress=self._progress,
                                     cancel=self.cancel,
                                     model_progress=lambda msg: setattr(self, "stage", msg),
                                     on_round=lambda k, _: setattr(self, "round_index", k),

@@ -64,7 +64,9 @@ SHORT_KERNEL = {"utility": "DELIFT", "embedding": "DELIFT-SE", "random": "Random
 STUDIO_DECIDES = {"learned": "the Kernel page turns it on for pools larger than an exact kernel "
                              "affords on a CPU (plan.default_learned)",
                   "verify_rounds": "the Select page's Verify button offers the spec's suggested "
-                                   "rounds (its default 0, off, is not pressing the button)"}
+                                   "rounds (its default 0, off, is not pressing the button)",
+                  "verify_explore": "the Select page's Verify button offers the spec's suggested "
+                                    "share (exploring is part of verifying)"}
 """Engine settings whose first value in the studio depends on the data, not the spec default."""
 
 
@@ -80,6 +82,7 @@ DEFAULTS: dict[str, Any] = {
     "p_budget_mode": "percent", "p_budget_pct": 30, "p_sparse": False,
     "p_neighbours": spec.get("neighbours").suggested,
     "p_verify_rounds": spec.get("verify_rounds").suggested,
+    "p_verify_explore": spec.get("verify_explore").suggested,
 }
 """Widget values a new session starts with: the engine settings' defaults from the spec, and the
 studio's own choices (stage, budget; K offered when the sparse kernel is switched on)."""
@@ -324,9 +327,10 @@ def adopt_finished_job() -> None:
     ss()["row_scores"] = job.scores  # what a score-based method (ifd, longest) ranks by
 
 
-def start_verify_job(sel: Selection, rounds: int) -> jobs.VerifyJob:
+def start_verify_job(sel: Selection, rounds: int, explore: float = 0.0) -> jobs.VerifyJob:
     """Verify the current selection of a learned kernel in a background thread: its predicted
-    covers scored exactly, ``rounds`` rounds at most, with the same objective, parameters,
+    covers (and with ``explore`` > 0 that share of the unselected columns of highest predicted
+    gain) scored exactly, ``rounds`` rounds at most, with the same objective, parameters,
     decisions and greedy settings (:class:`jobs.VerifyJob`)."""
     s = ss()
     options = {"params": objective_params(sel.objective),
@@ -336,7 +340,8 @@ def start_verify_job(sel: Selection, rounds: int) -> jobs.VerifyJob:
                "full_order": False}
     job = jobs.VerifyJob(pool=s["kernel_pool"], kernels=s["kernels"], target=s["kernel_target"],
                          config=dict(s["kernel_config"]), objective=sel.objective,
-                         budget=int(sel.budget), rounds=int(rounds), options=options)
+                         budget=int(sel.budget), rounds=int(rounds), explore=float(explore),
+                         options=options)
     return jobs.job_registry().start(session_id(), job, tab_open())
 
 

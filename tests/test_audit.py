@@ -7,6 +7,8 @@ gives what the CLI's steps gave; the demo pool's values are pinned."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import pickle
 from dataclasses import asdict, fields
@@ -270,7 +272,13 @@ def test_demo_embedding_cli_audit_is_pinned(tmp_path, capsys) -> None:
         {"group": 0, "ids": ["pool-0001", "pool-0042"], "kept": [], "max_cosine": 0.9659},
         {"group": 1, "ids": ["pool-0005", "pool-0077"], "kept": ["pool-0005"],
          "max_cosine": 0.9716}]
-    assert cov["count"] == 24 and cov["ids"][:3] == ["pool-0026", "pool-0188", "pool-0051"]
+    # the worst-covered rows, worst first; beyond the first two the order and even the selection
+    # rest on near-ties of the embeddings, which differ in the last bits between CPUs (AVX2 and
+    # AVX512 pick different FL rows here), so those are checked by their rule, not pinned
+    assert cov["count"] == 24 and cov["ids"][:2] == ["pool-0026", "pool-0188"]
+    rows = {r["id"]: r for r in csv.DictReader(io.StringIO((out / "audit.csv").read_text()))}
+    values = [float(rows[i]["cover_value"]) for i in cov["ids"]]
+    assert values == sorted(values) and all(rows[i]["selected"] == "False" for i in cov["ids"])
     assert len(cov["groups"]) == 8 and sum(g["worst_covered"] for g in cov["groups"]) == 24
     assert js["settings"] == {"known_max_distance": 0.25, "hurts_max_mean": 0.0,
                               "helped_max": 0.0, "copy_min_self": 0.1, "copy_max_ratio": 0.05,

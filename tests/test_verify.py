@@ -205,6 +205,17 @@ def test_the_cli_refuses_verification_without_a_learned_kernel_before_any_model_
     assert "--verify-rounds verifies a learned kernel" in capsys.readouterr().err
 
 
+def test_the_cli_refuses_exploring_without_verification_rounds(tmp_path, capsys, monkeypatch):
+    import delift_core.lm.models as models
+
+    monkeypatch.setattr(models, "load_causal_lm", lambda *a, **k: pytest.fail("model loaded"))
+    rc = main(["select", "--pool", "demo:pool", "--kernel", "utility", "--learned",
+               "--verify-explore", "0.1", "--out", str(tmp_path / "o")])
+    assert rc != 0 and not (tmp_path / "o").exists()
+    assert "--verify-explore explores columns in each verification round" in \
+        capsys.readouterr().err
+
+
 def test_the_manifest_says_what_was_verified(pool, tiny_llama, store, tmp_path):
     k = _learned(pool, tiny_llama)
     sel = verify_selection(pool, "fl", k, 0.1, rounds=2, lm=tiny_llama)

@@ -91,6 +91,9 @@ def cmd_select(args: argparse.Namespace) -> int:
                                     (args.kernel == "utility" and not args.learned)):
         raise SettingError("--verify-rounds verifies a learned kernel's selection: add --learned "
                            "(--kernel utility), or give a learned `delift kernel` folder")
+    if chosen["verify_explore"] and not chosen["verify_rounds"]:
+        raise SettingError("--verify-explore explores columns in each verification round: add "
+                           "--verify-rounds R (R >= 1)")
     kernels = selection_kernels(pool, args.objective, args.kernel, _engine_values(args, "utility"),
                                 target=target, existing=existing, trust=args.trust_kernel,
                                 target_kernel=args.target_kernel,
@@ -107,7 +110,8 @@ def cmd_select(args: argparse.Namespace) -> int:
 
         selection = verify_from_settings(pool, args.objective, kernels, args.budget,
                                          _engine_values(args, "utility"),
-                                         rounds=chosen["verify_rounds"], target=target,
+                                         rounds=chosen["verify_rounds"],
+                                         explore=chosen["verify_explore"], target=target,
                                          progress=_Bars(), **options)
     else:
         selection = select(pool, args.objective, kernels, args.budget, **options)
