@@ -4,4 +4,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --test
 . .venv/bin/activate
-python -m pytest -q -rs "$@"
+python -m pytest -q -rs --durations=15 "$@"

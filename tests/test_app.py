@@ -758,8 +758,12 @@ def test_select_page_verifies_a_learned_kernels_selection(tmp_path: Path,
     assert not at.exception, at.exception
     verified = at.session_state["kernels"]
     v = verified.meta.learned["pool"]["verification"]
-    assert v["rounds"] == 2 and v["pairs_verified"] > 0
+    # the spec's suggested rounds and exploration, both offered beside the button
+    assert v["rounds"] == 2 and v["explore"] == 0.1 and v["pairs_verified"] > 0
+    assert v["explored_pairs_verified"] > 0 and v["by_round"][0]["explored_columns"] == 24
     assert verified.exact["pool"].nnz == before + v["pairs_verified"]
     shown = [c for c in texts(at.caption) if c.startswith("**Verified**")]
-    assert len(shown) == 1 and f"{v['pairs_verified']:,} covers scored exactly" in shown[0]
+    assert len(shown) == 1 and (f"{v['covers_verified']:,} covers and "
+                                f"{v['explored_pairs_verified']:,} pairs of explored columns "
+                                "scored exactly") in shown[0]
     assert texts(at.metric)[0] == "24 of 240"

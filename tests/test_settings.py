@@ -89,7 +89,8 @@ def test_defaults_and_optional_values():
     assert spec.check("neighbours", None) is None  # ... unless None means "off"
     assert spec.check("neighbours", "7") == 7
     assert spec.check_all({"seed": 3}, ["selection"]) == {
-        "diagonal": "max", "verify_rounds": 0, "method": "lazy", "epsilon": 0.01, "seed": 3}
+        "diagonal": "max", "verify_rounds": 0, "verify_explore": 0.0, "method": "lazy",
+        "epsilon": 0.01, "seed": 3}
     with pytest.raises(SettingError, match="unknown setting"):
         spec.check_all({"neighbors": 3})
 
