@@ -245,15 +245,23 @@ def test_the_cli_verifies_a_learned_kernel_folders_selection(pool, tiny_llama, s
     assert len(selected) == 24 and manifest["selected"] == 24
 
 
-def test_the_audit_counts_verified_covers_as_exact(pool, tiny_llama, store):
+@pytest.mark.parametrize("explore", [0.0, 0.2])
+def test_the_audit_counts_verified_covers_as_exact(pool, tiny_llama, store, explore):
     from delift_core.outputs.audit import _learned_note
 
     k = _learned(pool.subset(range(120)), tiny_llama)
-    sel = verify_selection(pool.subset(range(120)), "fl", k, 0.1, rounds=2, lm=tiny_llama)
+    sel = verify_selection(pool.subset(range(120)), "fl", k, 0.1, rounds=2, explore=explore,
+                           lm=tiny_llama)
     m = k.meta.learned["pool"]
     v = sel.kernels.meta.learned["pool"]["verification"]
     total = m["exact_pairs"] + m["predicted_pairs"]
     assert _learned_note(k).startswith(f"{m['predicted_pairs'] / total:.0%} of the values")
     note = _learned_note(sel.kernels)
     assert note.startswith(f"{(m['predicted_pairs'] - v['pairs_verified']) / total:.0%} of the")
-    assert f"{v['pairs_verified']:,} of a selection's covers verified exactly" in note
+    if explore:
+        assert v["explored_pairs_verified"] > 0
+        assert (f"{v['covers_verified']:,} of a selection's covers and "
+                f"{v['explored_pairs_verified']:,} pairs of explored columns verified exactly"
+                in note)
+    else:
+        assert f"{v['pairs_verified']:,} of a selection's covers verified exactly" in note

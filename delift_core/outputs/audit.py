@@ -177,7 +177,9 @@ def _learned_note(kernels: Kernels | None) -> str | None:
     if not m:
         return None
     exact, predicted = int(m.get("exact_pairs", 0)), int(m.get("predicted_pairs", 0))
-    verified = int((m.get("verification") or {}).get("pairs_verified", 0))  # now exact
+    v = m.get("verification") or {}
+    verified = int(v.get("pairs_verified", 0))  # now exact
+    explored = int(v.get("explored_pairs_verified", 0))
     from delift_core.kernels.learned import interval_text
 
     f = m.get("fidelity") or {}
@@ -185,7 +187,9 @@ def _learned_note(kernels: Kernels | None) -> str | None:
             f"predicted (held-out median row Spearman {f.get('row_spearman_median')}"
             f"{interval_text(f, 'row_spearman_interval')}"
             + (", below the fidelity floor" if f.get("below_floor") else "")
-            + (f"; {verified:,} of a selection's covers verified exactly" if verified else "")
+            + (f"; {verified - explored:,} of a selection's covers"
+               + (f" and {explored:,} pairs of explored columns" if explored else "")
+               + " verified exactly" if verified else "")
             + ")")
 
 
