@@ -37,18 +37,30 @@ DATA = ROOT.parent / "shared" / "data" / "p3_sample.jsonl"
 ROWS, SEED, ROUNDS, BUDGETS = 600, 2, 4, (0.05, 0.1, 0.3)
 
 
-def dev_kernels(mult: int = 1) -> tuple:
-    """The development pool, its learned kernel (``mult`` tenths of the exact passes) and its
-    exact K = 8 + 2 kernel, through the pair store."""
+def pool_indices(n: int, rows: int, seed: int, exclude: tuple = ((1, 2000),),
+                 exclude_rows: set[int] | None = None) -> list[int]:
+    """The rows of a development pool: ``rows`` of the sample's ``n`` drawn with ``seed``,
+    outside each excluded (seed, rows) pool as bench_learned draws it and ``exclude_rows``."""
+    test = set(exclude_rows or ())
+    for s, k in exclude:
+        test |= set(np.random.default_rng(s).choice(n, k, replace=False).tolist())
+    rest = np.array(sorted(set(range(n)) - test))
+    return sorted(np.random.default_rng(seed).choice(rest, rows, replace=False).tolist())
+
+
+def dev_kernels(mult: int = 1, rows: int = ROWS, seed: int = SEED, dtype: str = "bfloat16",
+                exclude: tuple = ((1, 2000),), exclude_rows: set[int] | None = None,
+                progress: object = None) -> tuple:
+    """The development pool (``rows`` rows drawn with ``seed`` from the sample outside the
+    ``exclude`` pools, each (seed, rows) as bench_learned draws it), its learned kernel (``mult``
+    tenths of the exact passes) and its exact K = 8 + 2 kernel, through the pair store
+    (``progress(label, done, total)`` sees both computations)."""
     full = load_dataset(str(DATA))
-    test = set(np.random.default_rng(1).choice(len(full), 2000, replace=False).tolist())
-    rest = np.array(sorted(set(range(len(full))) - test))
-    pool = full.subset(sorted(np.random.default_rng(SEED).choice(rest, ROWS, replace=False)
-                              .tolist()))
-    lm, emb = load_causal_lm(None, dtype="bfloat16"), load_embedder()
+    pool = full.subset(pool_indices(len(full), rows, seed, exclude, exclude_rows))
+    lm, emb = load_causal_lm(None, dtype=dtype), load_embedder()
     common = dict(kind="utility", lm=lm, embedder=emb, neighbours=8, neighbour_random=2,
-                  neighbour_seed=SEED)
-    lk = compute_kernels(pool, learned=True, exact_passes=ROWS * 11 // 10 * mult,
+                  neighbour_seed=seed, progress=progress)
+    lk = compute_kernels(pool, learned=True, exact_passes=rows * 11 // 10 * mult,
                          exact_per_row=12, **common)
     return pool, lk, compute_kernels(pool, **common)
 

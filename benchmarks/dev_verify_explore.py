@@ -1,25 +1,34 @@
 """Development study (not a benchmark): why cover verification stalls at small budgets, and
 whether verifying candidate columns helps, on ``dev_verify``'s 600-row pool (never a benchmark
-pool), verification simulated with the exact kernel's values as there.
+pool) or, with ``--rows/--seed``, another pool outside every benchmark pool and that one,
+verification simulated with the exact kernel's values as there.
 
     python benchmarks/dev_verify_explore.py
+    python benchmarks/dev_verify_explore.py --rows 240 --seed 5 --dtype float32
 
 Modes, each for 4 rounds at 5, 10 and 30 %, for the learned kernel at one and two tenths of the
 exact passes:
 
-- ``covers``: what ``verify_selection`` does (each row's predicted cover scored exactly);
+- ``covers``: what ``verify_selection`` does with ``explore=0`` (each row's predicted cover
+  scored exactly);
 - ``oracle``: before round 0, every pair of the *exact* selection's columns made exact (what a
   verification would reach if it knew which helpers are under-predicted; not a method);
-- ``explore``: covers plus, each round, every pair of as many unselected columns as the budget,
-  those with the highest predicted gain to the current selection;
-- ``degree``: the same, the unselected columns that most rows list as candidates (not yet exact).
+- ``explore``: covers plus, each round, the engine's explored pairs
+  (``verify._explored``, ``--explore`` share of the columns, 0.1 by default: at 10 % as many
+  columns as the budget, the study's first form);
+- ``degree``: covers plus the pairs of as many unselected, not yet exact columns as the budget
+  that most rows list as candidates.
 
 Prints per mode the value ratio under the exact kernel by round and the passes so far / the
-exact kernel's (one pass per pair plus one plain pass per row not scored before).
+exact kernel's (one pass per pair plus one plain pass per row not scored before). The first run
+(2026-12-04) chose the explored columns with its own copy of the gain rule and as many as the
+budget at every budget; ``explore`` now runs the shipped code, so its 5 % and 30 % rows differ.
 """
 
 from __future__ import annotations
 
+import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -30,12 +39,12 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import numpy as np  # noqa: E402
 
 from bench_learned import fl_value  # noqa: E402
-from dev_verify import ROUNDS, ROWS, dev_kernels  # noqa: E402
+from dev_predictor_features import BENCH_POOLS  # noqa: E402
+from dev_verify import ROUNDS, ROWS, SEED, dev_kernels, pool_indices  # noqa: E402
 from delift_core.kernels.builder import Kernels  # noqa: E402
 from delift_core.kernels.diagonal import self_pairs  # noqa: E402
-from delift_core.selection.cover import best_cover  # noqa: E402
 from delift_core.selection.select import select  # noqa: E402
-from delift_core.selection.verify import _covers, _is_exact, _set_exact  # noqa: E402
+from delift_core.selection.verify import _covers, _explored, _is_exact, _set_exact  # noqa: E402
 
 
 def column_pairs(k: Kernels, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -43,35 +52,54 @@ def column_pairs(k: Kernels, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     p = k.pool.tocsc()[:, cols].tocoo()
     r, c = p.row.astype(np.int64), np.asarray(cols)[p.col].astype(np.int64)
     sr, sc = self_pairs("pool", k.meta, k.pool.shape)
-    keep = ~np.isin(r * ROWS + c, sr * ROWS + sc)
+    n = k.pool.shape[1]
+    keep = ~np.isin(r * n + c, sr * n + sc)
     return r[keep], c[keep]
-
-
-def top_gain(k: Kernels, chosen: np.ndarray, t: int) -> np.ndarray:
-    """The ``t`` unselected columns with the highest predicted FL gain to ``chosen``."""
-    s = k.scaled("pool").tocsc()
-    _, value = best_cover(k.scaled("pool"), chosen)
-    value = np.where(np.isfinite(value), value, 0.0)
-    gains = np.array([np.maximum(s.data[s.indptr[j]:s.indptr[j + 1]]
-                                 - value[s.indices[s.indptr[j]:s.indptr[j + 1]]], 0).sum()
-                      for j in range(ROWS)])
-    gains[chosen] = -1
-    return np.argsort(-gains)[:t]
 
 
 def top_degree(k: Kernels, chosen: np.ndarray, t: int) -> np.ndarray:
     """The ``t`` unselected, not yet exact columns that most rows list as candidates."""
-    deg = np.bincount(k.pool.tocoo().col, minlength=ROWS).astype(float)
+    deg = np.bincount(k.pool.tocoo().col, minlength=k.pool.shape[1]).astype(float)
     done = np.asarray(k.exact["pool"].sum(0)).ravel() >= deg
     deg[chosen], deg[done] = -1, -1
     return np.argsort(-deg)[:t]
 
 
-def main() -> None:
-    for mult in (1, 2):
-        pool, lk, ek = dev_kernels(mult)
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rows", type=int, default=ROWS)
+    ap.add_argument("--seed", type=int, default=SEED)
+    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--explore", type=float, default=0.1, help="the explore mode's share")
+    ap.add_argument("--mults", type=int, nargs="+", default=[1, 2],
+                    help="the learned kernels' exact passes, in tenths of the exact kernel's")
+    ap.add_argument("--budgets", type=float, nargs="+", default=[0.05, 0.1, 0.3])
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    if (args.rows, args.seed) == (ROWS, SEED):  # the first development pool, as it was drawn
+        where: dict = {}
+    else:  # another pool: outside every benchmark pool and the first development pool
+        from delift_core.data.dataset import load_dataset
+        from dev_verify import DATA
+
+        n = len(load_dataset(str(DATA)))
+        where = {"exclude": BENCH_POOLS, "exclude_rows": set(pool_indices(n, ROWS, SEED))}
+    last: dict = {}
+
+    def progress(label: str, done: int, total: int) -> None:
+        if done >= total or done - last.get(label, 0) >= 250:
+            last[label] = done
+            logging.info("%s: %d / %d", label, done, total)
+
+    for mult in args.mults:
+        pool, lk, ek = dev_kernels(mult, args.rows, args.seed, args.dtype, progress=progress,
+                                   **where)
+        rows = len(pool)
         exact_scaled, exact = ek.scaled("pool"), ek.pool.tocsr()
-        for frac in (0.05, 0.1, 0.3):
+        fid = lk.meta.learned["pool"]["fidelity"]
+        print(f"{rows} rows (seed {args.seed}, {args.dtype}), {mult}/10 of the passes: held-out "
+              f"median row Spearman {fid['row_spearman_median']}", flush=True)
+        for frac in args.budgets:
             best = select(pool, "fl", ek, frac, full_order=False).selected_indices
             ref = fl_value(exact_scaled, best)
             for mode in ("covers", "oracle", "explore", "degree"):
@@ -96,14 +124,16 @@ def main() -> None:
                 for k in range(ROUNDS + 1):
                     sel = select(pool, "fl", cur, frac, full_order=False)
                     ratios.append(round(fl_value(exact_scaled, sel.selected_indices) / ref, 4))
-                    spent.append(round(passes / (ROWS * 11), 3))
+                    spent.append(round(passes / (rows * 11), 3))
                     if k == ROUNDS:
                         break
                     r, c = _covers(cur, "pool", sel.selected_indices)
+                    if mode == "explore":
+                        r2, c2, _ = _explored(cur, "pool", sel.selected_indices, args.explore)
+                    elif mode == "degree":
+                        r2, c2 = column_pairs(cur, top_degree(cur, sel.selected_indices,
+                                                              len(sel.selected_indices)))
                     if mode in ("explore", "degree"):
-                        pick = (top_gain if mode == "explore" else top_degree)(
-                            cur, sel.selected_indices, len(sel.selected_indices))
-                        r2, c2 = column_pairs(cur, pick)
                         r, c = np.concatenate([r, r2]), np.concatenate([c, c2])
                     cur, n = verify(cur, r, c)
                     passes += n
