@@ -234,8 +234,8 @@ _SETTINGS: list[Setting] = [
        "scores every pair of this share of the pool's unselected columns, those of highest "
        "predicted gain to the selection (helpers the prediction under-rates, which covers alone "
        "never score), one pass per pair; 0.1 lifted 10 % selections (docs/learned_kernel.md); 0: "
-       "covers only", label="Explore (share of the pool's columns)", low=0.0, high=1.0, records=False,
-       widget="page", suggested=0.1),
+       "covers only", label="Explore (share of the pool's columns)", low=0.0, high=1.0,
+       records=False, widget="page", suggested=0.1),
     _s("method", "selection", str, "lazy", "the greedy algorithm", label="Greedy",
        choices={"lazy": "lazy greedy (exact)", "stochastic": "stochastic greedy (faster, "
                 "approximate)", "naive": "naive greedy (exact, slow)"}, widget="advanced"),

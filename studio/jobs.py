@@ -269,8 +269,8 @@ class VerifyJob(Job):
         self.stage = "loading the causal LM"
         return verify_from_settings(self.pool, self.objective, self.kernels, self.budget,
                                     config_values(self.config), rounds=self.rounds,
-                                    explore=self.explore, target=self.target, progress=self._progress,
-                                    cancel=self.cancel,
+                                    explore=self.explore, target=self.target,
+                                    progress=self._progress, cancel=self.cancel,
                                     model_progress=lambda msg: setattr(self, "stage", msg),
                                     on_round=lambda k, _: setattr(self, "round_index", k),
                                     **self.options)

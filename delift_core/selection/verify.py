@@ -177,7 +177,8 @@ def _set_exact(values: Any, mask: sp.csr_matrix, r: np.ndarray, c: np.ndarray,
 
 
 def verify_selection(pool: Dataset, objective: str, kernels: Kernels, budget: Any, *,
-                     rounds: int = 2, explore: float = 0.0, lm: Any = None, settings: UtilitySettings | None = None,
+                     rounds: int = 2, explore: float = 0.0, lm: Any = None,
+                     settings: UtilitySettings | None = None,
                      target: Dataset | None = None, use_cache: bool = True,
                      progress: StageProgress | None = None,
                      cancel: threading.Event | None = None,
@@ -267,7 +268,8 @@ def verify_selection(pool: Dataset, objective: str, kernels: Kernels, budget: An
             rows_ds, cols_ds = _sets(role, pool, target)
             transposed = "computed_as" in (learned.get(role) or {})
             stage = (lambda d, t, role=role, k=k: progress(
-                f"verifying {role} covers (round {k + 1})", d, t)) if progress else None
+                f"verifying {role} covers{' and explored columns' if explore else ''} "
+                f"(round {k + 1})", d, t)) if progress else None
             vals, meta = _exact_values(engine, rows_ds, cols_ds, r, c, transposed, cancel, stage)
             ok = np.isfinite(vals)
             new_values[role], new_exact[role] = _set_exact(new_values[role], new_exact[role],
