@@ -19,6 +19,9 @@ exact passes:
 - ``degree``: covers plus the pairs of as many unselected, not yet exact columns as the budget
   that most rows list as candidates.
 
+With ``--engine``, covers and explore also run through ``verify_selection`` itself (the model,
+the pair store on), to check the simulation against the shipped path.
+
 Prints per mode the value ratio under the exact kernel by round and the passes so far / the
 exact kernel's (one pass per pair plus one plain pass per row not scored before). The first run
 (2026-12-04) chose the explored columns with its own copy of the gain rule and as many as the
@@ -74,6 +77,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--mults", type=int, nargs="+", default=[1, 2],
                     help="the learned kernels' exact passes, in tenths of the exact kernel's")
     ap.add_argument("--budgets", type=float, nargs="+", default=[0.05, 0.1, 0.3])
+    ap.add_argument("--engine", action="store_true",
+                    help="also run covers and explore through verify_selection itself (the "
+                         "model, the pair store on: stored pairs are read back, the rest "
+                         "computed), to check the simulation against the shipped path")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     if (args.rows, args.seed) == (ROWS, SEED):  # the first development pool, as it was drawn
@@ -139,6 +146,23 @@ def main(argv: list[str] | None = None) -> None:
                     passes += n
                 print(f"{mult}/10 of the passes, {frac:g}, {mode:<8} value ratio by round "
                       f"{ratios}; passes / exact {spent}", flush=True)
+            if args.engine:
+                from delift_core.lm.models import load_causal_lm
+                from delift_core.selection.verify import verify_selection
+
+                lm = load_causal_lm(None, dtype=args.dtype)
+                for share in (0.0, args.explore):
+                    seen: list = []
+                    final = verify_selection(pool, "fl", lk, frac, rounds=ROUNDS, explore=share,
+                                             lm=lm, full_order=False,
+                                             on_round=lambda k, s_: seen.append(s_))
+                    v = final.kernels.meta.learned["pool"]["verification"]
+                    ratios = [round(fl_value(exact_scaled, x.selected_indices) / ref, 4)
+                              for x in [*seen[: v["rounds_run"]], final]]
+                    print(f"{mult}/10 of the passes, {frac:g}, engine explore={share:g} value "
+                          f"ratio by round {ratios}; pairs verified {v['pairs_verified']}, "
+                          f"passes computed {v['passes_computed']}, read back "
+                          f"{v['passes_reused']}", flush=True)
 
 
 if __name__ == "__main__":
