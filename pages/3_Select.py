@@ -11,6 +11,7 @@ from delift_core.outputs.views import gain_curve
 from delift_core.outputs import figures
 from delift_core.selection.cost import cost_line
 from delift_core.kernels.learned import verification_line
+from delift_core.selection.verify import first_round
 from studio import state, ui
 
 ui.setup("Selection", "🎯")
@@ -103,6 +104,14 @@ if learned and not spec.baseline:
             vc1.number_input("Rounds", min_value=1, max_value=20, step=1, key="p_verify_rounds")
             with vc2:
                 ui.setting_widget("verify_explore", step=0.05, format="%.2f")
+            plan = first_round(s["kernels"], sel, float(s["p_verify_explore"]))
+            st.caption(f"Round 1 scores {plan['covers']:,} predicted covers"
+                       + (f" and {plan['explored_pairs']:,} pairs of "
+                          f"{plan['explored_columns']:,} explored rows"
+                          if plan["explored_columns"] else "")
+                       + f": {plan['covers'] + plan['explored_pairs']:,} model passes, plus "
+                       "the plain passes the pair store lacks; later rounds score what it "
+                       "changes.")
             job = state.current_verify_job()
             verifying = job is not None and job.running
             if st.button(f"Verify the {sel.budget} selected rows", key="verify_start",

@@ -749,6 +749,8 @@ def test_select_page_verifies_a_learned_kernels_selection(tmp_path: Path,
     goto(at, "3_Select")
     assert texts(at.metric)[0] == "24 of 240"
     before = at.session_state["kernels"].exact["pool"].nnz
+    plan = [c for c in texts(at.caption) if c.startswith("Round 1 scores")]
+    assert len(plan) == 1
     at.button(key="verify_start").click().run()
     assert not at.exception, at.exception
     for t in threading.enumerate():
@@ -761,6 +763,11 @@ def test_select_page_verifies_a_learned_kernels_selection(tmp_path: Path,
     # the spec's suggested rounds and exploration, both offered beside the button
     assert v["rounds"] == 2 and v["explore"] == 0.1 and v["pairs_verified"] > 0
     assert v["explored_pairs_verified"] > 0 and v["by_round"][0]["explored_columns"] == 24
+    # the page said beforehand what round 1 would score, and it did
+    b = v["by_round"][0]
+    assert plan[0].startswith(f"Round 1 scores {b['covers_scored']:,} predicted covers and "
+                              f"{b['explored_pairs_scored']:,} pairs of 24 explored rows: "
+                              f"{b['covers_scored'] + b['explored_pairs_scored']:,} model passes")
     assert verified.exact["pool"].nnz == before + v["pairs_verified"]
     shown = [c for c in texts(at.caption) if c.startswith("**Verified**")]
     assert len(shown) == 1 and (f"{v['covers_verified']:,} covers and "

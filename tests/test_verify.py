@@ -18,7 +18,7 @@ from delift_core.kernels.utility_settings import UtilitySettings
 from delift_core.outputs.export import export_selection
 from delift_core.selection.cost import cost_line
 from delift_core.selection.cover import best_cover
-from delift_core.selection.verify import verify_selection
+from delift_core.selection.verify import first_round, verify_selection
 from conftest import learned_kernels as _learned
 
 
@@ -128,6 +128,10 @@ def test_exploring_scores_the_unselected_columns_of_highest_predicted_gain(pool,
     v = sel.kernels.meta.learned["pool"]["verification"]
     b = v["by_round"][0]
     assert b["explored_columns"] == n_cols and v["explore"] == share
+    # what first_round said beforehand (the Select page shows it) is what round 1 scored
+    assert first_round(k, select(pool, "fl", k, 0.1), share) == {
+        "covers": b["covers_scored"], "explored_columns": n_cols,
+        "explored_pairs": b["explored_pairs_scored"]}
     assert v["covers_verified"] == b["covers_scored"]
     assert v["explored_pairs_verified"] == b["explored_pairs_scored"] > 0
     assert v["pairs_verified"] == v["covers_verified"] + v["explored_pairs_verified"]
@@ -176,6 +180,10 @@ def test_the_refusals_name_the_problem(pool, tiny_llama, store):
     exact = compute_kernels(pool.subset(range(30)), kind="utility", lm=tiny_llama)
     with pytest.raises(SelectionError, match="only a learned kernel"):
         verify_selection(pool.subset(range(30)), "fl", exact, 0.2, lm=tiny_llama)
+    from delift_core.selection.select import select
+
+    assert first_round(exact, select(pool.subset(range(30)), "fl", exact, 0.2), 0.1) == {
+        "covers": 0, "explored_columns": 0, "explored_pairs": 0}
     k = _learned(pool, tiny_llama)
     unmarked = type(k)(k.kind, pool=k.pool, meta=k.meta, diagonal=k.diagonal)
     with pytest.raises(SelectionError, match="kernel_pool_exact.npz"):

@@ -41,7 +41,7 @@ from delift_core.kernels.utility_settings import UtilitySettings
 from delift_core.selection.cover import best_cover
 from delift_core.selection.select import Selection, select
 
-__all__ = ["verify_selection", "verify_from_settings", "VERIFIED_ROLES"]
+__all__ = ["verify_selection", "verify_from_settings", "first_round", "VERIFIED_ROLES"]
 
 logger = logging.getLogger(__name__)
 
@@ -176,6 +176,45 @@ def _set_exact(values: Any, mask: sp.csr_matrix, r: np.ndarray, c: np.ndarray,
     return values, mask
 
 
+def _round_pairs(kernels: Kernels, roles: list[str], chosen: np.ndarray, explore: float
+                 ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, int],
+                            dict[str, int]]:
+    """A round's pairs to score per role, covers first, then explored pairs (neither exact yet,
+    none twice), with the number of covers and of explored columns per role."""
+    todo: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    n_covers: dict[str, int] = {}
+    n_columns: dict[str, int] = {}
+    for role in roles:
+        rows, cols = _covers(kernels, role, chosen)
+        pending = ~_is_exact(kernels.exact[role], rows, cols)
+        rows, cols = rows[pending].astype(np.int64), cols[pending].astype(np.int64)
+        n_covers[role], n_columns[role] = int(len(rows)), 0
+        if explore:
+            er, ec, n_columns[role] = _explored(kernels, role, chosen, explore)
+            new = ~_is_exact(kernels.exact[role], er, ec)
+            width = kernels.exact[role].shape[1]
+            new &= ~np.isin(er * width + ec, rows * width + cols)
+            rows, cols = np.concatenate([rows, er[new]]), np.concatenate([cols, ec[new]])
+        todo[role] = (rows, cols)
+    return todo, n_covers, n_columns
+
+
+def first_round(kernels: Kernels, selection: Selection, explore: float = 0.0) -> dict[str, int]:
+    """What verifying ``selection`` would score in its first round, before any model loads:
+    ``covers``, ``explored_columns`` and ``explored_pairs`` summed over the verified roles
+    (one model pass per pair, plus each row's plain pass the pair store lacks); later rounds
+    score what the first one changes. Zeros for a kernel that cannot be verified."""
+    explore = spec.check("verify_explore", explore)
+    learned = kernels.meta.learned if kernels is not None else {}
+    roles = [r for r in VERIFIED_ROLES if r in learned and getattr(kernels, r) is not None
+             and r in kernels.exact]
+    todo, n_covers, n_columns = _round_pairs(kernels, roles, selection.selected_indices,
+                                             explore) if roles else ({}, {}, {})
+    covers = sum(n_covers.values())
+    return {"covers": covers, "explored_columns": sum(n_columns.values()),
+            "explored_pairs": sum(len(r) for r, _ in todo.values()) - covers}
+
+
 def verify_selection(pool: Dataset, objective: str, kernels: Kernels, budget: Any, *,
                      rounds: int = 2, explore: float = 0.0, lm: Any = None,
                      settings: UtilitySettings | None = None,
@@ -240,21 +279,7 @@ def verify_selection(pool: Dataset, objective: str, kernels: Kernels, budget: An
         if on_round:
             on_round(k, sel)
         chosen = sel.selected_indices
-        todo: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        n_covers: dict[str, int] = {}
-        n_columns: dict[str, int] = {}
-        for role in roles:
-            rows, cols = _covers(current, role, chosen)
-            pending = ~_is_exact(current.exact[role], rows, cols)
-            rows, cols = rows[pending].astype(np.int64), cols[pending].astype(np.int64)
-            n_covers[role], n_columns[role] = int(len(rows)), 0
-            if explore:
-                er, ec, n_columns[role] = _explored(current, role, chosen, explore)
-                new = ~_is_exact(current.exact[role], er, ec)
-                width = current.exact[role].shape[1]
-                new &= ~np.isin(er * width + ec, rows * width + cols)
-                rows, cols = np.concatenate([rows, er[new]]), np.concatenate([cols, ec[new]])
-            todo[role] = (rows, cols)
+        todo, n_covers, n_columns = _round_pairs(current, roles, chosen, explore)
         if not any(len(r) for r, _ in todo.values()):
             break
         new_values = {r: getattr(current, r) for r in ("pool", "target", "existing")}
