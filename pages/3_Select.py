@@ -97,9 +97,9 @@ if learned and not spec.baseline:
                        "lacks), puts those values in the kernel and selects again, for up to "
                        "the rounds below. Exploring also scores every pair of that share of "
                        "the unselected rows with the highest predicted gain, helpers the "
-                       "prediction under-rates (it lifted 10 % selections; 0: covers only). The "
-                       "kernel stays learned and records what was verified; the pairs stay in "
-                       "the pair store.")
+                       "prediction under-rates (it lifted 10 % selections on two development "
+                       "pools; 0: covers only). The kernel stays learned and records what was "
+                       "verified; the pairs stay in the pair store.")
             vc1, vc2 = st.columns(2)
             vc1.number_input("Rounds", min_value=1, max_value=20, step=1, key="p_verify_rounds")
             with vc2:
