@@ -39,6 +39,7 @@ from delift_core.kernels.matrices import is_sparse
 from delift_core.kernels.utility import UtilityKernel
 from delift_core.kernels.utility_settings import UtilitySettings
 from delift_core.selection.cover import best_cover
+from delift_core.selection.objectives.facility_location import FacilityLocation
 from delift_core.selection.select import Selection, select
 
 __all__ = ["verify_selection", "verify_from_settings", "first_round", "VERIFIED_ROLES"]
@@ -123,15 +124,9 @@ def _explored(kernels: Kernels, role: str, chosen: np.ndarray,
     n_explore = min(int(round(share * n_c)), n_c - len(np.unique(chosen)))
     if n_explore <= 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), 0
-    _, value = best_cover(scaled, chosen)
-    value = np.where(np.isfinite(value), value, 0.0).astype(np.float64)
-    if is_sparse(scaled):
-        coo = scaled.tocoo()
-        margin = coo.data.astype(np.float64) - value[coo.row]
-        gains = np.bincount(coo.col, weights=np.maximum(margin, 0.0), minlength=n_c)
-    else:
-        margin_dense = np.asarray(scaled, np.float64) - value[:, None]
-        gains = np.maximum(margin_dense, 0.0).sum(axis=0)
+    fl = FacilityLocation(scaled)  # the selection's own gain, on the kernel the selection used
+    state = fl.cover_state(np.asarray(chosen, np.int64))
+    gains = np.asarray(fl.gains(state), np.float64)
     gains[np.asarray(chosen, np.int64)] = -np.inf
     pick = np.argsort(-gains, kind="stable")[:n_explore]
     if is_sparse(scaled):
@@ -139,7 +134,7 @@ def _explored(kernels: Kernels, role: str, chosen: np.ndarray,
         rows = [csc.indices[csc.indptr[j]:csc.indptr[j + 1]] for j in pick]
     else:
         top = min(EXPLORE_DENSE_ROWS, n_r)
-        rows = [np.argsort(-margin_dense[:, j], kind="stable")[:top] for j in pick]
+        rows = [np.argsort(-(fl.column(int(j)) - state), kind="stable")[:top] for j in pick]
     r = np.concatenate(rows).astype(np.int64) if rows else np.zeros(0, np.int64)
     c = np.repeat(pick.astype(np.int64), [len(x) for x in rows])
     sr, sc = self_pairs(role, kernels.meta, (n_r, n_c))

@@ -227,6 +227,10 @@ class CoverageObjective(Objective):
             return out
         return np.maximum(state, self.column(j))
 
+    def cover_state(self, selected: Iterable[int]) -> np.ndarray:
+        """The per-row coverage (``state``) of a set of candidate indices, for :meth:`gains`."""
+        return self._cover_state(np.fromiter(selected, dtype=np.int64))
+
     def _cover_state(self, sel: np.ndarray) -> np.ndarray:
         state = self.initial_state()
         if sel.size == 0:
