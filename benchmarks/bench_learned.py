@@ -309,9 +309,11 @@ def verify_all(pool: Dataset, arms: dict[str, tuple[Kernels | None, dict]], exac
                lm: Any, args: argparse.Namespace, nominal_exact: int,
                progress: Progress) -> dict[str, Any]:
     """Each learned kernel's FL selection verified (:func:`verify_selection`, pair store off:
-    every pass computed, a row's plain pass again in each round it appears) at each budget: the
-    value under the exact kernel / the exact selection's, its overlap with the exact selection,
-    and the passes spent, after each round (round 0: unverified)."""
+    every pass computed, a row's plain pass again in each round it appears; with
+    ``--verify-store`` the store serves what it holds and a round's passes are those computed
+    plus those read back) at each budget: the value under the exact kernel / the exact
+    selection's, its overlap with the exact selection, and the passes spent, after each round
+    (round 0: unverified)."""
     from delift_core.selection.verify import verify_selection
 
     exact_scaled = exact_k.scaled("pool")
@@ -328,7 +330,8 @@ def verify_all(pool: Dataset, arms: dict[str, tuple[Kernels | None, dict]], exac
             t0 = time.perf_counter()
             final = verify_selection(pool, "fl", kern, frac, rounds=args.verify_rounds,
                                      explore=args.verify_explore, lm=lm,
-                                     use_cache=False, progress=progress, seed=args.seed,
+                                     use_cache=args.verify_store, progress=progress,
+                                     seed=args.seed,
                                      full_order=False,
                                      on_round=lambda k, s_: rounds.append(s_))
             secs = time.perf_counter() - t0
@@ -338,6 +341,7 @@ def verify_all(pool: Dataset, arms: dict[str, tuple[Kernels | None, dict]], exac
             for k, sel in enumerate([*rounds[: v["rounds_run"]], final]):
                 if k:
                     passes += v["by_round"][k - 1]["passes_computed"]
+                    passes += v["by_round"][k - 1]["passes_reused"]  # 0 with the store off
                 value = fl_value(exact_scaled, sel.selected_indices)
                 by_round.append({
                     "round": k, "verify_passes": passes,
@@ -547,6 +551,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                     help="with --verify-rounds: each round also scores the pairs of this share of "
                          "the pool's unselected columns, those of highest predicted gain "
                          "(verify_selection's explore; 0: covers only)")
+    ap.add_argument("--verify-store", action="store_true",
+                    help="with --verify-rounds: the pair store serves the verification's passes "
+                         "(the exact kernel's own pairs are read back, not recomputed), each "
+                         "round's cost counted as passes computed + read back; same values, "
+                         "for a machine too slow to recompute them")
     ap.add_argument("--default-arm", action=argparse.BooleanOptionalAction, default=True,
                     help="the learned kernel at --learned-neighbours (on by default)")
     ap.add_argument("--exact", action=argparse.BooleanOptionalAction, default=None,

@@ -54,6 +54,9 @@ def test_the_selections_covers_become_exact_with_the_engines_values(pool, tiny_l
     v = sel.kernels.meta.learned["pool"]["verification"]
     assert v["rounds_run"] >= 1 and seen[: v["rounds_run"]] == list(range(v["rounds_run"]))
     assert v["pairs_verified"] > 0 and v["passes_computed"] > 0
+    # each round's passes, computed and read back, add up to the record's
+    assert sum(b["passes_computed"] for b in v["by_round"]) == v["passes_computed"]
+    assert sum(b["passes_reused"] for b in v["by_round"]) == v["passes_reused"]
     # the given kernels are not changed
     assert (k.exact["pool"] != before_mask).nnz == 0
     diff = k.pool - before_values

@@ -311,6 +311,9 @@ def verify_selection(pool: Dataset, objective: str, kernels: Kernels, budget: An
                                              "passes_computed": record[role]["passes_computed"]
                                              - sum(b["passes_computed"]
                                                    for b in record[role]["by_round"]),
+                                             "passes_reused": record[role]["passes_reused"]
+                                             - sum(b["passes_reused"]
+                                                   for b in record[role]["by_round"]),
                                              "value_before": round(sel.objective_value, 6)})
         for role in roles:
             roles_meta[role] = {**roles_meta[role], "verification": dict(record[role])}
