@@ -322,14 +322,14 @@ def verify_all(pool: Dataset, arms: dict[str, tuple[Kernels | None, dict]], exac
         if kern is None:
             continue
         per: dict[str, Any] = {}
-        for frac in args.budgets:
+        for frac, share in [(f, x) for f in args.budgets for x in args.verify_explore]:
             ref = select(pool, "fl", exact_k, frac, seed=args.seed, full_order=False)
             ref_value = fl_value(exact_scaled, ref.selected_indices)
             ref_set = set(ref.selected_indices.tolist())
             rounds: list[Selection] = []
             t0 = time.perf_counter()
             final = verify_selection(pool, "fl", kern, frac, rounds=args.verify_rounds,
-                                     explore=args.verify_explore, lm=lm,
+                                     explore=share, lm=lm,
                                      use_cache=args.verify_store, progress=progress,
                                      seed=args.seed,
                                      full_order=False,
@@ -350,10 +350,11 @@ def verify_all(pool: Dataset, arms: dict[str, tuple[Kernels | None, dict]], exac
                     "value_ratio": _round(value / ref_value, 6),
                     "overlap": _round(len(ref_set & set(sel.selected_indices.tolist()))
                                       / len(ref_set), 6)})
-                log.info("verify %s @ %g, round %d: value ratio %.4f, %d verify passes", name,
-                         frac, k, value / ref_value, passes)
-            per[f"{frac:g}"] = {"budget": int(final.budget), "seconds": round(secs, 3),
-                                "record": v, "by_round": by_round}
+                log.info("verify %s @ %g, explore %g, round %d: value ratio %.4f, %d verify "
+                         "passes", name, frac, share, k, value / ref_value, passes)
+            key = f"{frac:g}" if len(args.verify_explore) == 1 else f"{frac:g} explore {share:g}"
+            per[key] = {"budget": int(final.budget), "explore": share,
+                        "seconds": round(secs, 3), "record": v, "by_round": by_round}
         out[name] = per
     return out
 
@@ -547,10 +548,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                     help="with the exact arm: also verify each learned kernel's FL selection at "
                          "each budget for up to this many rounds (verify_selection, every pass "
                          "computed), reporting the value under the exact kernel after each round")
-    ap.add_argument("--verify-explore", type=float, default=0.0,
+    ap.add_argument("--verify-explore", type=float, nargs="+", default=[0.0],
                     help="with --verify-rounds: each round also scores the pairs of this share of "
                          "the pool's unselected columns, those of highest predicted gain "
-                         "(verify_selection's explore; 0: covers only)")
+                         "(verify_selection's explore; 0: covers only); several shares: each "
+                         "verified in turn, keyed '<budget> explore <share>' in the JSON")
     ap.add_argument("--verify-store", action="store_true",
                     help="with --verify-rounds: the pair store serves the verification's passes "
                          "(the exact kernel's own pairs are read back, not recomputed), each "
