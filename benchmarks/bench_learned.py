@@ -484,7 +484,9 @@ def table(res: dict[str, Any], args: argparse.Namespace) -> str:
     for name, per in (res.get("verification") or {}).items():
         for frac, vr in per.items():
             for b in vr["by_round"]:
-                rows.append((f"{name} verified @ {float(frac) * 100:g} %, round {b['round']}: "
+                label = f"{float(frac.split()[0]) * 100:g} %" + (
+                    f", explore {vr['explore']:g}" if " explore " in frac else "")
+                rows.append((f"{name} verified @ {label}, round {b['round']}: "
                              f"value ratio / overlap / passes vs exact",
                              {name: f"{b['value_ratio']:.3f} / {b['overlap']:.3f} / "
                                     f"{b['passes_vs_exact_nominal']:.3f}"}))
