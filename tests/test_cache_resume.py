@@ -67,6 +67,30 @@ def test_cancelled_run_resumes_with_only_the_missing_pairs(tiny_llama, reference
     np.testing.assert_array_equal(again.values, res.values)
 
 
+def test_a_run_stopped_among_its_plain_passes_keeps_the_finished_ones(tiny_llama, reference,
+                                                                      tmp_path, monkeypatch):
+    """Plain distances are stored a unit at a time, like pairs: a run cancelled after the first
+    plain unit keeps it (they were once stored only after the last, so a long plain phase that was
+    stopped was lost whole), and the next run computes only the rest, to the same values."""
+    import delift_core.kernels.utility as utility
+
+    monkeypatch.setattr(utility, "UNIT_PAIRS", 2)  # units of one batch (batch_size 2)
+    cancel = threading.Event()
+
+    def progress(done: int, total: int) -> None:
+        if done >= 2:  # the first plain unit (2 of the 3 targets) is done
+            cancel.set()
+
+    with pytest.raises(KernelCancelled):
+        UtilityKernel(tiny_llama, SETTINGS, cache_root=tmp_path).compute(
+            T, E, progress=progress, cancel=cancel)
+    assert count(tmp_path, "plain") == 2 and count(tmp_path) == 0
+    res = UtilityKernel(tiny_llama, SETTINGS, cache_root=tmp_path).compute(T, E)
+    assert res.meta["plain_computed"] == 1
+    assert res.meta["pairs_computed"] == 1 + N_T * N_E
+    np.testing.assert_allclose(res.values, reference, atol=1e-6, rtol=0)
+
+
 def test_cancel_before_anything_is_computed(tiny_llama, tmp_path):
     cancel = threading.Event()
     cancel.set()

@@ -200,11 +200,10 @@ class UtilityKernel:
             d_with, plan = self._stored_pairs(store, space, t_keys, e_keys, cols, rows)
             run = self._start(targets.responses, len(plain_todo) + len(plan.todo), progress,
                               cancel)
-            if len(plain_todo):
-                vals = self._plain(run, targets, plain_todo)
-                d_plain[plain_todo] = vals
-                if store:
-                    store.put_plain(space, [(t_keys[i], v) for i, v in zip(plain_todo.tolist(),
+            for unit, vals in self._plain_units(run, targets, plain_todo):
+                d_plain[unit] = vals
+                if store:  # each unit in one transaction: a stopped run keeps the finished ones
+                    store.put_plain(space, [(t_keys[i], v) for i, v in zip(unit.tolist(),
                                                                            vals.tolist())
                                             if np.isfinite(v)])
             d_plain = d_plain[_first_index(t_keys)]
@@ -329,16 +328,27 @@ class UtilityKernel:
         run.check()
         return run
 
-    def _plain(self, run: _Run, targets: TextRows, todo: np.ndarray) -> np.ndarray:
-        """d(i, plain) for the targets ``todo``: the template head runs once, prompts + responses
-        behind it."""
+    def _plain_units(self, run: _Run, targets: TextRows, todo: np.ndarray) -> Any:
+        """d(i, plain) for the targets ``todo``, yielded as (targets, distances) in units of at
+        most about :data:`UNIT_PAIRS` targets, so the caller can store each as it ends.
+
+        The template head runs once per unit, prompts + responses behind it. Units follow the
+        suffixes' length order and hold whole batches, so they make the same batches (and the
+        same values) as one call over every target would."""
         heads, suffixes = [], []
         for i in todo.tolist():
             head, rest = split_prompt(run.tok, self.settings.plain_template,
                                       {"prompt": targets.prompts[i]})
             heads.append(head)
             suffixes.append(rest + run.resp[i])
-        return self._grouped(run, heads, suffixes, [len(run.resp[i]) for i in todo.tolist()])
+        order = sorted(range(len(todo)), key=lambda k: len(suffixes[k]))  # stable, as in a batch
+        batch = max(1, self.settings.batch_size)
+        step = max(1, UNIT_PAIRS // batch) * batch
+        for s in range(0, len(order), step):
+            part = order[s: s + step]
+            unit = todo[part]
+            yield unit, self._grouped(run, [heads[k] for k in part], [suffixes[k] for k in part],
+                                      [len(run.resp[i]) for i in unit.tolist()])
 
     def _run_local(self, run: _Run, plan: _Plan, targets: TextRows, examples: TextRows
                    ) -> Any:
