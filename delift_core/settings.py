@@ -21,6 +21,7 @@ This module imports nothing heavy: the CLI builds its parser from it before any 
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
@@ -98,9 +99,11 @@ class Setting:
                 raise SettingError(f"{where}: must be a number, got {value!r}")
             try:
                 number = self.type(value)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 raise SettingError(f"{where}: must be {'a whole number' if self.type is int else 'a number'}, "
                                    f"got {value!r}") from None
+            if not math.isfinite(number):  # NaN passes every bound check below
+                raise SettingError(f"{where}: must be a finite number, got {value!r}")
             if self.type is int and isinstance(value, float) and value != number:
                 raise SettingError(f"{where}: must be a whole number, got {value!r}")
             if self.low is not None and number < self.low:

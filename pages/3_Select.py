@@ -83,11 +83,17 @@ with c1:
                    "the per-row scores' passes, and the selection's own time; recorded in the "
                    "manifest as `cost`).")
 learned = sel.kernels.meta.learned if sel is not None and sel.kernels is not None else {}
-if learned and not spec.baseline:
+if learned and spec.build is not None:  # a ranking by scores (IFD, longest) reads no kernel
     with c1:
         for role, m in learned.items():
             if m.get("verification"):
-                st.caption(f"**Verified** ({role} kernel): "
+                scope = m["verification"].get("selection") or {}
+                same = (scope.get("objective") == sel.objective
+                        and scope.get("budget") == sel.budget
+                        and scope.get("diagonal") == sel.params.get("diagonal"))
+                st.caption(("**Verified**" if same else
+                            "**Verified for another selection**, not this one (its covers may "
+                            "be predicted)") + f" ({role} kernel): "
                            + ui.md_escape(verification_line(m["verification"])) + ".")
         with st.expander("Verify this selection with exact passes",
                          expanded=state.current_verify_job() is not None):

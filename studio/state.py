@@ -337,7 +337,7 @@ def start_verify_job(sel: Selection, rounds: int, explore: float = 0.0) -> jobs.
                "seed": int(s["p_seed"]), "pinned": list(sel.pinned), "banned": list(sel.banned),
                "diagonal": s["p_diagonal"], "method": s["p_method"],
                "epsilon": float(s["p_epsilon"]), "scores": s.get("row_scores"),
-               "full_order": False}
+               "full_order": True}  # as the page selects: the same rows, stochastic greedy too
     job = jobs.VerifyJob(pool=s["kernel_pool"], kernels=s["kernels"], target=s["kernel_target"],
                          config=dict(s["kernel_config"]), objective=sel.objective,
                          budget=int(sel.budget), rounds=int(rounds), explore=float(explore),

@@ -746,8 +746,10 @@ def test_select_page_verifies_a_learned_kernels_selection(tmp_path: Path,
                           "engine": {"learned": True, "exact_passes": 400}}
     s["kernels_version"] += 1
     s["p_budget_pct"] = 10
+    s["p_method"] = "stochastic"  # its sample size follows the budget: the job must select alike
     goto(at, "3_Select")
     assert texts(at.metric)[0] == "24 of 240"
+    shown_value = at.session_state["selection"].objective_value
     before = at.session_state["kernels"].exact["pool"].nnz
     plan = [c for c in texts(at.caption) if c.startswith("Round 1 scores")]
     assert len(plan) == 1
@@ -774,3 +776,11 @@ def test_select_page_verifies_a_learned_kernels_selection(tmp_path: Path,
                                 f"{v['explored_pairs_verified']:,} pairs of explored columns "
                                 "scored exactly") in shown[0]
     assert texts(at.metric)[0] == "24 of 240"
+    # the job verified the selection the page showed (the same full greedy order, cut at 24)
+    assert b["value_before"] == round(shown_value, 6)
+    # at another budget the page says the verification served another selection
+    at.session_state["p_budget_pct"] = 20
+    at.run()
+    other = [c for c in texts(at.caption) if "Verified" in c]
+    assert len(other) == 1 and other[0].startswith("**Verified for another selection**")
+    assert other[0].endswith("it verified FL at 24 rows.")

@@ -210,3 +210,23 @@ def test_a_setting_added_to_the_spec_reaches_the_engine_from_the_cli(tmp_path, m
     assert main(["kernel", "--pool", "demo:pool", "--kernel", "embedding", "--embed-batch-size",
                  "0", "--out", str(tmp_path / "k2")]) == 2
     assert "embed_batch_size (--embed-batch-size): must be at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", [float("nan"), "nan", float("inf"), "-inf"])
+def test_a_number_that_is_not_finite_is_refused_by_name(value):
+    """NaN passes every bound check (each comparison is false) and once reached the greedy or
+    the verification as a traceback; infinities are no setting's value either."""
+    for name in ("verify_explore", "epsilon", "verify_rounds"):
+        with pytest.raises(SettingError, match=name):
+            spec.check(name, value)
+
+
+def test_the_cli_refuses_verifying_a_method_without_a_kernel_before_any_work(tmp_path, capsys,
+                                                                             monkeypatch):
+    import delift_core.lm.models as models
+
+    monkeypatch.setattr(models, "load_causal_lm", lambda *a, **k: pytest.fail("model loaded"))
+    code = main(["select", "--pool", "demo:pool", "--objective", "longest", "--kernel",
+                 "utility", "--learned", "--verify-rounds", "2", "--out", str(tmp_path / "o")])
+    assert code == 2 and not (tmp_path / "o").exists()
+    assert "longest selects without a kernel: drop --verify-rounds" in capsys.readouterr().err

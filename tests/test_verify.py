@@ -238,7 +238,7 @@ def test_the_manifest_says_what_was_verified(pool, tiny_llama, store, tmp_path):
 
 
 def test_the_cli_verifies_a_learned_kernel_folders_selection(pool, tiny_llama, store, tmp_path,
-                                                             monkeypatch):
+                                                             monkeypatch, capsys):
     import delift_core.lm.models as models
     from delift_core.kernels.files import save_kernels
 
@@ -254,6 +254,8 @@ def test_the_cli_verifies_a_learned_kernel_folders_selection(pool, tiny_llama, s
     assert v["rounds"] == 2 and v["pairs_verified"] > 0
     selected = [json.loads(line)["id"] for line in (out / "selected.jsonl").open()]
     assert len(selected) == 24 and manifest["selected"] == 24
+    printed = capsys.readouterr().out  # the summary says what was verified, as the page does
+    assert f"verified (pool kernel): {verification_line(v)}" in printed
 
 
 @pytest.mark.parametrize("explore", [0.0, 0.2])
@@ -276,3 +278,71 @@ def test_the_audit_counts_verified_covers_as_exact(pool, tiny_llama, store, expl
                 in note)
     else:
         assert f"{v['pairs_verified']:,} of a selection's covers verified exactly" in note
+
+
+def test_verification_follows_the_objective_the_diagonal_and_the_bans(pool, tiny_llama, store):
+    """Only the learned kernels the objective reads are verified (FLQMI reads the target's
+    alone), covers are taken under the selection's own diagonal policy (not the kernel's), banned
+    rows are never explored, and a method that selects without a kernel is refused."""
+    from delift_core.selection.select import select
+    from delift_core.selection.verify import _covers as covers_of, _explored
+
+    target = load_dataset("demo:target")
+    small = pool.subset(range(120))
+    kt = _learned(small, tiny_llama, target=target, exact_passes=600)
+    sel = verify_selection(small, "flqmi", kt, 0.2, rounds=1, lm=tiny_llama, target=target)
+    learned = sel.kernels.meta.learned
+    assert learned["target"]["verification"]["pairs_verified"] > 0
+    assert "verification" not in learned["pool"]  # FLQMI never reads the pool kernel
+    assert (sel.kernels.exact["pool"] != kt.exact["pool"]).nnz == 0
+
+    k = _learned(pool, tiny_llama)
+    assert k.diagonal != "reference"
+    ref = select(pool, "fl", k, 0.1, diagonal="reference")
+    want_r, want_c = covers_of(k.with_diagonal("reference"), "pool", ref.selected_indices)
+    other_r, _ = covers_of(k, "pool", ref.selected_indices)
+    assert len(want_r) != len(other_r)  # the two policies disagree on this selection's covers
+    pending = ~(np.asarray(k.exact["pool"][want_r, want_c]).ravel() > 0)
+    assert first_round(k, ref, 0.0)["covers"] == int(pending.sum())
+    v = verify_selection(pool, "fl", k, 0.1, rounds=1, lm=tiny_llama, diagonal="reference"
+                         ).kernels.meta.learned["pool"]["verification"]
+    assert v["by_round"][0]["covers_scored"] == int(pending.sum())
+    assert v["selection"]["diagonal"] == "reference"
+
+    first = select(pool, "fl", k, 0.1).selected_indices
+    _, ec, _ = _explored(k, "pool", first, 0.1)
+    ban = sorted(set(ec.tolist()))[:3]  # columns exploring would score first
+    banned = [pool.ids[j] for j in ban]
+    out = verify_selection(pool, "fl", k, 0.1, rounds=1, explore=0.1, lm=tiny_llama,
+                           banned=banned)
+    _, cols = (out.kernels.exact["pool"] - k.exact["pool"]).nonzero()
+    assert len(cols) and not set(cols.tolist()) & set(ban)
+    plan = first_round(k, select(pool, "fl", k, 0.1, banned=banned), 0.1)
+    assert plan["explored_columns"] == out.kernels.meta.learned["pool"]["verification"][
+        "by_round"][0]["explored_columns"]
+
+    with pytest.raises(SelectionError, match="ifd does not select with a kernel"):
+        verify_selection(pool, "ifd", k, 0.1, lm=tiny_llama)
+
+
+def test_verifying_a_verified_kernel_again_adds_to_its_record(pool, tiny_llama, store):
+    """A second verification (another budget) keeps the first one's pairs, passes and rounds in
+    the record, as the kernel keeps their exact values: the cost and the audit count them all."""
+    k = _learned(pool, tiny_llama)
+    one = verify_selection(pool, "fl", k, 0.1, rounds=1, lm=tiny_llama)
+    two = verify_selection(pool, "fl", one.kernels, 0.3, rounds=1, lm=tiny_llama)
+    v1 = one.kernels.meta.learned["pool"]["verification"]
+    v2 = two.kernels.meta.learned["pool"]["verification"]
+    assert v1["runs"] == 1 and v2["runs"] == 2
+    assert v1["selection"]["budget"] == 24 and v2["selection"]["budget"] == 72
+    added = (two.kernels.exact["pool"] - one.kernels.exact["pool"]).nnz
+    assert added > 0
+    assert v2["pairs_verified"] == v1["pairs_verified"] + added == \
+        (two.kernels.exact["pool"] - k.exact["pool"]).nnz
+    assert v2["rounds_run"] == v1["rounds_run"] + 1 and len(v2["by_round"]) == v2["rounds_run"]
+    assert v2["passes_computed"] + v2["passes_reused"] == sum(
+        b["passes_computed"] + b["passes_reused"] for b in v2["by_round"])
+    assert two.cost()["verification_passes"] == v2["passes_computed"] + v2["passes_reused"] > \
+        v1["passes_computed"] + v1["passes_reused"]
+    line = verification_line(v2)
+    assert "over 2 verifications" in line and line.endswith("it verified FL at 72 rows")

@@ -91,6 +91,9 @@ def cmd_select(args: argparse.Namespace) -> int:
                                     (args.kernel == "utility" and not args.learned)):
         raise SettingError("--verify-rounds verifies a learned kernel's selection: add --learned "
                            "(--kernel utility), or give a learned `delift kernel` folder")
+    if chosen["verify_rounds"] and objectives.get(args.objective).build is None:
+        raise SettingError(f"--verify-rounds verifies the kernel values a selection stands on; "
+                           f"{args.objective} selects without a kernel: drop --verify-rounds")
     if chosen["verify_explore"] and not chosen["verify_rounds"]:
         raise SettingError("--verify-explore explores columns in each verification round: add "
                            "--verify-rounds R (R >= 1)")
@@ -125,6 +128,12 @@ def cmd_select(args: argparse.Namespace) -> int:
           f"(objective {args.objective}, value {selection.objective_value:.4f}); wrote "
           + ", ".join(sorted(p.name for p in paths.values())) + f" to {args.out}")
     print(cost_line(cost))
+    if chosen["verify_rounds"]:
+        from delift_core.kernels.learned import verification_line
+
+        for role, m in selection.kernels.meta.learned.items():
+            if m.get("verification"):
+                print(f"verified ({role} kernel): {verification_line(m['verification'])}")
     for note in selection.notes:
         print(f"note: {note}", file=sys.stderr)
     if args.push_to_hub:

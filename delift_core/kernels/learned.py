@@ -316,11 +316,16 @@ def verification_line(v: dict) -> str:
     explored = v.get("explored_pairs_verified", 0)
     scored = (f"{v.get('covers_verified', 0):,} covers and {explored:,} pairs of explored "
               f"columns" if explored else f"{v.get('pairs_verified', 0):,} covers")
+    scope = v.get("selection") or {}
+    of = (f"; it verified {str(scope['objective']).upper()} at {scope['budget']:,} rows"
+          if "objective" in scope and "budget" in scope else "")
+    runs = int(v.get("runs", 1))
     return (f"{scored} scored exactly in {v.get('rounds_run', 0)} "
-            f"round(s) ({v.get('passes_computed', 0):,} passes computed, "
+            f"round(s){f' over {runs} verifications' if runs > 1 else ''} "
+            f"({v.get('passes_computed', 0):,} passes computed, "
             f"{v.get('passes_reused', 0):,} read from the pair store); "
             f"{v.get('final_covers_exact', 0):,} of the verified selection's "
-            f"{v.get('final_covers', 0):,} covers are exact")
+            f"{v.get('final_covers', 0):,} covers are exact{of}")
 
 
 # ------------------------------------------------------------------------------------------------

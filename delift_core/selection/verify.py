@@ -5,7 +5,7 @@ selected row that helps it most (:func:`~delift_core.selection.cover.best_cover`
 kernel most covers are predicted. :func:`verify_selection` scores the predicted covers exactly
 (one model pass each, plus the row's plain pass when the pair store lacks it; through the pair
 store), puts the exact values into the kernel in place of the predictions, selects again, and
-repeats for ``rounds`` rounds or until every cover of the selection is exact. The pairs it scores
+repeats for ``rounds`` rounds or until a round has nothing left to score. The pairs it scores
 stay in the pair store, so the next kernel or selection of the same rows reads them back.
 
 Covers alone only correct helpers the prediction *over*-rates: a helper it under-rates is never
@@ -38,6 +38,7 @@ from delift_core.kernels.diagonal import self_pairs
 from delift_core.kernels.matrices import is_sparse
 from delift_core.kernels.utility import UtilityKernel
 from delift_core.kernels.utility_settings import UtilitySettings
+from delift_core.selection import objectives
 from delift_core.selection.cover import best_cover
 from delift_core.selection.objectives.facility_location import FacilityLocation
 from delift_core.selection.select import Selection, select
@@ -112,22 +113,24 @@ rows with the highest predicted value over their current cover, this many (a spa
 default candidate count, ``learned.LEARNED_NEIGHBOURS``); a sparse kernel's are all its rows."""
 
 
-def _explored(kernels: Kernels, role: str, chosen: np.ndarray,
-              share: float) -> tuple[np.ndarray, np.ndarray, int]:
+def _explored(kernels: Kernels, role: str, chosen: np.ndarray, share: float,
+              banned: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, int]:
     """(rows, columns, number of columns) of the pairs to explore in kernel ``role``: the
-    ``share`` of its columns, unselected, with the highest predicted facility-location gain to
-    ``chosen`` (each row's improvement over its current cover, summed), every pair the kernel
-    holds in them (at most :data:`EXPLORE_DENSE_ROWS` per column when dense), self pairs left
-    out."""
+    ``share`` of its columns, unselected and not ``banned`` (columns no selection may take),
+    with the highest predicted facility-location gain to ``chosen`` (each row's improvement over
+    its current cover, summed), every pair the kernel holds in them (at most
+    :data:`EXPLORE_DENSE_ROWS` per column when dense), self pairs left out."""
     scaled = kernels.scaled(role)
     n_r, n_c = scaled.shape
-    n_explore = min(int(round(share * n_c)), n_c - len(np.unique(chosen)))
+    off = np.union1d(np.asarray(chosen, np.int64),
+                     np.asarray(banned if banned is not None else [], np.int64))
+    n_explore = min(int(round(share * n_c)), n_c - len(off))
     if n_explore <= 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), 0
     fl = FacilityLocation(scaled)  # the selection's own gain, on the kernel the selection used
     state = fl.cover_state(np.asarray(chosen, np.int64))
     gains = np.asarray(fl.gains(state), np.float64)
-    gains[np.asarray(chosen, np.int64)] = -np.inf
+    gains[off] = -np.inf
     pick = np.argsort(-gains, kind="stable")[:n_explore]
     if is_sparse(scaled):
         csc = scaled.tocsc()
@@ -171,7 +174,8 @@ def _set_exact(values: Any, mask: sp.csr_matrix, r: np.ndarray, c: np.ndarray,
     return values, mask
 
 
-def _round_pairs(kernels: Kernels, roles: list[str], chosen: np.ndarray, explore: float
+def _round_pairs(kernels: Kernels, roles: list[str], chosen: np.ndarray, explore: float,
+                 banned: np.ndarray | None = None
                  ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, int],
                             dict[str, int]]:
     """A round's pairs to score per role, covers first, then explored pairs (neither exact yet,
@@ -185,7 +189,7 @@ def _round_pairs(kernels: Kernels, roles: list[str], chosen: np.ndarray, explore
         rows, cols = rows[pending].astype(np.int64), cols[pending].astype(np.int64)
         n_covers[role], n_columns[role] = int(len(rows)), 0
         if explore:
-            er, ec, n_columns[role] = _explored(kernels, role, chosen, explore)
+            er, ec, n_columns[role] = _explored(kernels, role, chosen, explore, banned)
             new = ~_is_exact(kernels.exact[role], er, ec)
             width = kernels.exact[role].shape[1]
             new &= ~np.isin(er * width + ec, rows * width + cols)
@@ -194,20 +198,66 @@ def _round_pairs(kernels: Kernels, roles: list[str], chosen: np.ndarray, explore
     return todo, n_covers, n_columns
 
 
+def _objective(name: str) -> Any:
+    """The objective's spec; an unknown name is a SelectionError that names the choices."""
+    try:
+        return objectives.get(name)
+    except KeyError as e:
+        raise SelectionError(str(e.args[0])) from None
+
+
+def _verified_roles(kernels: Kernels, objective: str) -> list[str]:
+    """The learned kernels a selection with ``objective`` stands on: those its objective is
+    built from (an FLQMI selection reads only the target kernel, an FL one only the pool's)."""
+    reads = _objective(objective).reads
+    learned = kernels.meta.learned
+    return [r for r in VERIFIED_ROLES
+            if r in reads and r in learned and getattr(kernels, r) is not None]
+
+
+def _banned_indices(pool: Dataset, banned: Any) -> np.ndarray:
+    """Pool positions of the banned ids (columns no selection may take, so none to explore)."""
+    ids = set(pool.ids)
+    return np.array([pool.index_of(x) for x in (banned or ()) if x in ids], np.int64)
+
+
 def first_round(kernels: Kernels, selection: Selection, explore: float = 0.0) -> dict[str, int]:
     """What verifying ``selection`` would score in its first round, before any model loads:
-    ``covers``, ``explored_columns`` and ``explored_pairs`` summed over the verified roles
-    (one model pass per pair, plus each row's plain pass the pair store lacks); later rounds
-    score what the first one changes. Zeros for a kernel that cannot be verified."""
+    ``covers``, ``explored_columns`` and ``explored_pairs`` summed over the learned kernels its
+    objective reads (one model pass per pair, plus each row's plain pass the pair store lacks);
+    later rounds score what the first one changes. The covers are taken under the selection's
+    own diagonal policy. Zeros for a selection that cannot be verified."""
     explore = spec.check("verify_explore", explore)
-    learned = kernels.meta.learned if kernels is not None else {}
-    roles = [r for r in VERIFIED_ROLES if r in learned and getattr(kernels, r) is not None
-             and r in kernels.exact]
-    todo, n_covers, n_columns = _round_pairs(kernels, roles, selection.selected_indices,
-                                             explore) if roles else ({}, {}, {})
+    if kernels is None or _objective(selection.objective).build is None:
+        return {"covers": 0, "explored_columns": 0, "explored_pairs": 0}
+    diagonal = selection.params.get("diagonal")
+    if diagonal is not None:
+        kernels = kernels.with_diagonal(diagonal)
+    roles = [r for r in _verified_roles(kernels, selection.objective) if r in kernels.exact]
+    todo, n_covers, n_columns = _round_pairs(
+        kernels, roles, selection.selected_indices, explore,
+        _banned_indices(selection.pool, selection.banned)) if roles else ({}, {}, {})
     covers = sum(n_covers.values())
     return {"covers": covers, "explored_columns": sum(n_columns.values()),
             "explored_pairs": sum(len(r) for r, _ in todo.values()) - covers}
+
+
+_TOTALS = ("rounds_run", "pairs_verified", "covers_verified", "explored_pairs_verified",
+           "passes_computed", "passes_reused", "seconds")
+
+
+def _start_record(earlier: dict | None, rounds: int, explore: float) -> dict:
+    """A role's verification record at the start of a run: zeros, or on a kernel verified
+    before, the earlier runs' totals and rounds (its exact values include theirs, so its record
+    and cost must too), with ``runs`` counting them."""
+    record: dict[str, Any] = {"rounds": rounds, "explore": explore, "runs": 1, "by_round": [],
+                              **{k: 0 for k in _TOTALS}}
+    record["seconds"] = 0.0
+    if earlier:
+        record.update({k: earlier.get(k, 0) for k in _TOTALS})
+        record["by_round"] = list(earlier.get("by_round", []))
+        record["runs"] = int(earlier.get("runs", 1)) + 1
+    return record
 
 
 def verify_selection(pool: Dataset, objective: str, kernels: Kernels, budget: Any, *,
@@ -219,7 +269,9 @@ def verify_selection(pool: Dataset, objective: str, kernels: Kernels, budget: An
                      on_round: Callable[[int, Selection], None] | None = None,
                      **select_options: Any) -> Selection:
     """Select on a learned kernel, score the selection's predicted covers exactly, and select
-    again, ``rounds`` times at most (fewer when every cover is exact); with ``explore`` > 0,
+    again, ``rounds`` times at most (fewer when a round has nothing to score: every cover exact
+    and no explored pair left); only the learned kernels ``objective`` reads, under the
+    selection's diagonal policy (``select_options["diagonal"]``); with ``explore`` > 0,
     each round also scores the pairs of that share of the unselected columns, those of highest
     predicted gain (see the module's docstring). Returns the last
     selection, made on the kernel with the verified values (``selection.kernels``; the given
@@ -235,9 +287,20 @@ def verify_selection(pool: Dataset, objective: str, kernels: Kernels, budget: An
     if kernels is None:
         raise SelectionError("only a learned kernel's selection can be verified (this selection "
                              "has no kernel)")
+    ospec = _objective(objective)
+    if ospec.build is None:
+        raise SelectionError(f"{objective} does not select with a kernel ({ospec.label}): "
+                             "there is nothing to verify")
+    diagonal = select_options.get("diagonal")
+    if diagonal is not None:  # covers and explored columns under the selection's own policy
+        kernels = kernels.with_diagonal(diagonal)
     learned = kernels.meta.learned
-    roles = [r for r in VERIFIED_ROLES if r in learned and getattr(kernels, r) is not None]
+    roles = _verified_roles(kernels, objective)
     if not roles:
+        if any(r in learned for r in VERIFIED_ROLES):
+            raise SelectionError(
+                f"{objective} selects on the {' and '.join(ospec.reads)} kernel, which is exact: "
+                "only a learned kernel's values can be verified")
         raise SelectionError("only a learned kernel's selection can be verified (an exact "
                              "kernel's values are all exact already)")
     unmarked = [r for r in roles if r not in kernels.exact]
@@ -266,15 +329,20 @@ def verify_selection(pool: Dataset, objective: str, kernels: Kernels, budget: An
     _check_engine(kernels, lm, settings)
     engine = UtilityKernel(lm, settings, use_cache=use_cache)
     current = kernels
-    record = {r: {"rounds": rounds, "explore": explore, "rounds_run": 0, "pairs_verified": 0,
-                  "covers_verified": 0, "explored_pairs_verified": 0, "passes_computed": 0,
-                  "passes_reused": 0, "seconds": 0.0, "by_round": []} for r in roles}
+    banned = _banned_indices(pool, select_options.get("banned"))
+    record = {r: _start_record(learned[r].get("verification"), rounds, explore) for r in roles}
     sel = select(pool, objective, current, budget, **select_options)
+    scope = {"objective": objective, "budget": int(sel.budget), "diagonal": current.diagonal,
+             "method": sel.params.get("method"), "pinned": len(sel.pinned),
+             "banned": len(sel.banned)}
+    for r in roles:
+        record[r]["selection"] = scope  # the selection it served (each run serves one)
+    done_before = {r: record[r]["rounds_run"] for r in roles}
     for k in range(rounds):
         if on_round:
             on_round(k, sel)
         chosen = sel.selected_indices
-        todo, n_covers, n_columns = _round_pairs(current, roles, chosen, explore)
+        todo, n_covers, n_columns = _round_pairs(current, roles, chosen, explore, banned)
         if not any(len(r) for r, _ in todo.values()):
             break
         new_values = {r: getattr(current, r) for r in ("pool", "target", "existing")}
@@ -303,7 +371,7 @@ def verify_selection(pool: Dataset, objective: str, kernels: Kernels, budget: An
             rec["seconds"] = round(rec["seconds"] + time.time() - t0, 3)
         for role in roles:
             r, c = todo[role]
-            record[role]["rounds_run"] = k + 1
+            record[role]["rounds_run"] = done_before[role] + k + 1
             record[role]["by_round"].append({"covers_scored": n_covers[role],
                                              "explored_columns": n_columns[role],
                                              "explored_pairs_scored": int(len(r))

@@ -30,6 +30,7 @@ ETA = Param("eta", "η (eta): weight of covering the target", 1.0, 0.0, 5.0,
 
 SPEC = ObjectiveSpec(
     name="flmi", label="FLMI (mutual information)", stage="task", needs="target",
+    reads=("pool", "target"),
     params=(ETA,),
     help="Balances covering the target with covering the pool.",
     build=lambda kernels, eta: FacilityLocationMutualInformation(

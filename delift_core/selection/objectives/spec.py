@@ -53,6 +53,9 @@ class ObjectiveSpec:
     (``keep``) and maximises the built objective on what is left."""
     needs_kernel: bool = True
     """Whether it needs a pool kernel (a ranking by scores does not)."""
+    reads: tuple[str, ...] = ("pool",)
+    """The kernels its objective is built from (``build``): the ones whose values a selection
+    stands on, so the ones a verification scores; none for a method without ``build``."""
 
     def defaults(self) -> dict[str, float]:
         """Every parameter at its default."""
