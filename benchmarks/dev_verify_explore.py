@@ -68,6 +68,49 @@ def top_degree(k: Kernels, chosen: np.ndarray, t: int) -> np.ndarray:
     return np.argsort(-deg)[:t]
 
 
+class Simulation:
+    """Verification of a learned kernel's FL selection simulated with the exact kernel's values:
+    each round selects, measures the value ratio under the exact kernel, and makes the covers
+    plus ``extra(kernel, chosen)``'s pairs exact, counting one pass per pair plus one plain pass
+    per row not scored before (the learned kernel's own rows count as scored)."""
+
+    def __init__(self, pool, lk: Kernels, exact, exact_scaled, ref: float, frac: float) -> None:
+        self.pool, self.cur, self.exact, self.exact_scaled = pool, lk, exact, exact_scaled
+        self.ref, self.frac, self.passes = ref, frac, 0
+        self.scored = set(np.flatnonzero(np.asarray(lk.exact["pool"].sum(1)).ravel()).tolist())
+
+    def verify(self, r: np.ndarray, c: np.ndarray) -> None:
+        """Make the pairs (r, c) not yet exact exact, paying for them."""
+        k = self.cur
+        todo = ~_is_exact(k.exact["pool"], r, c)
+        r, c = r[todo], c[todo]
+        if not len(r):
+            return
+        self.passes += len(r) + len(set(r.tolist()) - self.scored)
+        self.scored.update(r.tolist())
+        v, m = _set_exact(k.pool, k.exact["pool"], r, c,
+                          np.asarray(self.exact[r, c]).ravel().astype(np.float32))
+        self.cur = Kernels("utility", pool=v, exact={"pool": m}, meta=k.meta, diagonal=k.diagonal)
+
+    def run(self, extra, after=None) -> tuple[list[float], list[float]]:
+        """ROUNDS rounds (``after(kernel)`` may change the kernel after each): the value ratio
+        and the passes / the exact kernel's (11 per row) before each round and after the last."""
+        rows, ratios, spent = self.cur.pool.shape[0], [], []
+        for k in range(ROUNDS + 1):
+            sel = select(self.pool, "fl", self.cur, self.frac, full_order=False)
+            ratios.append(round(fl_value(self.exact_scaled, sel.selected_indices) / self.ref, 4))
+            spent.append(round(self.passes / (rows * 11), 3))
+            if k == ROUNDS:
+                break
+            r, c = _covers(self.cur, "pool", sel.selected_indices)
+            r2, c2 = extra(self.cur, sel.selected_indices)
+            self.verify(np.concatenate([r, r2]).astype(np.int64),
+                        np.concatenate([c, c2]).astype(np.int64))
+            if after is not None:
+                self.cur = after(self.cur)
+        return ratios, spent
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=ROWS)
@@ -110,40 +153,18 @@ def main(argv: list[str] | None = None) -> None:
             best = select(pool, "fl", ek, frac, full_order=False).selected_indices
             ref = fl_value(exact_scaled, best)
             for mode in ("covers", "oracle", "explore", "degree"):
-                scored = set(np.flatnonzero(np.asarray(lk.exact["pool"].sum(1)).ravel()).tolist())
-                cur, passes, ratios, spent = lk, 0, [], []
-
-                def verify(k: Kernels, r: np.ndarray, c: np.ndarray) -> tuple[Kernels, int]:
-                    todo = ~_is_exact(k.exact["pool"], r, c)
-                    r, c = r[todo], c[todo]
-                    if not len(r):
-                        return k, 0
-                    cost = len(r) + len(set(r.tolist()) - scored)
-                    scored.update(r.tolist())
-                    v, m = _set_exact(k.pool, k.exact["pool"], r, c,
-                                      np.asarray(exact[r, c]).ravel().astype(np.float32))
-                    return Kernels("utility", pool=v, exact={"pool": m}, meta=k.meta,
-                                   diagonal=k.diagonal), cost
-
+                sim = Simulation(pool, lk, exact, exact_scaled, ref, frac)
                 if mode == "oracle":
-                    cur, n = verify(cur, *column_pairs(cur, best))
-                    passes += n
-                for k in range(ROUNDS + 1):
-                    sel = select(pool, "fl", cur, frac, full_order=False)
-                    ratios.append(round(fl_value(exact_scaled, sel.selected_indices) / ref, 4))
-                    spent.append(round(passes / (rows * 11), 3))
-                    if k == ROUNDS:
-                        break
-                    r, c = _covers(cur, "pool", sel.selected_indices)
+                    sim.verify(*column_pairs(sim.cur, best))
+
+                def extra(k: Kernels, chosen: np.ndarray, mode: str = mode) -> tuple:
                     if mode == "explore":
-                        r2, c2, _ = _explored(cur, "pool", sel.selected_indices, args.explore)
-                    elif mode == "degree":
-                        r2, c2 = column_pairs(cur, top_degree(cur, sel.selected_indices,
-                                                              len(sel.selected_indices)))
-                    if mode in ("explore", "degree"):
-                        r, c = np.concatenate([r, r2]), np.concatenate([c, c2])
-                    cur, n = verify(cur, r, c)
-                    passes += n
+                        return _explored(k, "pool", chosen, args.explore)[:2]
+                    if mode == "degree":
+                        return column_pairs(k, top_degree(k, chosen, len(chosen)))
+                    return np.zeros(0, np.int64), np.zeros(0, np.int64)
+
+                ratios, spent = sim.run(extra)
                 print(f"{mult}/10 of the passes, {frac:g}, {mode:<8} value ratio by round "
                       f"{ratios}; passes / exact {spent}", flush=True)
             if args.engine:

@@ -30,14 +30,15 @@ import scipy.sparse as sp  # noqa: E402
 
 from bench_learned import fl_value  # noqa: E402
 from dev_predictor_features import BENCH_POOLS  # noqa: E402
-from dev_verify import ROUNDS, ROWS, SEED, dev_kernels, pool_indices  # noqa: E402
+from dev_verify import ROWS, SEED, dev_kernels, pool_indices  # noqa: E402
+from dev_verify_explore import Simulation  # noqa: E402
 from delift_core.kernels.builder import Kernels  # noqa: E402
 from delift_core.kernels.diagonal import self_pairs  # noqa: E402
 from delift_core.kernels.embedding import embed_rows  # noqa: E402
 from delift_core.kernels.learned import Predictor  # noqa: E402
 from delift_core.lm.models import load_embedder  # noqa: E402
 from delift_core.selection.select import select  # noqa: E402
-from delift_core.selection.verify import _covers, _explored, _is_exact, _set_exact  # noqa: E402
+from delift_core.selection.verify import _explored, _is_exact  # noqa: E402
 
 SHRINK = 5.0  # pairs a row or column needs before its mean residual counts half
 MODES = ("covers", "covers+refit", "covers+refit+offsets", "explore", "explore+refit",
@@ -111,32 +112,17 @@ def main(argv: list[str] | None = None) -> None:
             best = select(pool, "fl", ek, frac, full_order=False).selected_indices
             ref = fl_value(exact_scaled, best)
             for mode in MODES:
-                scored = set(np.flatnonzero(np.asarray(lk.exact["pool"].sum(1)).ravel()).tolist())
-                cur, passes, ratios, spent = lk, 0, [], []
-                for k in range(ROUNDS + 1):
-                    sel = select(pool, "fl", cur, frac, full_order=False)
-                    ratios.append(round(fl_value(exact_scaled, sel.selected_indices) / ref, 4))
-                    spent.append(round(passes / (rows * 11), 3))
-                    if k == ROUNDS:
-                        break
-                    r, c = _covers(cur, "pool", sel.selected_indices)
+                def extra(k: Kernels, chosen: np.ndarray, mode: str = mode) -> tuple:
                     if mode.startswith("explore"):
-                        r2, c2, _ = _explored(cur, "pool", sel.selected_indices, args.explore)
-                        r, c = np.concatenate([r, r2]), np.concatenate([c, c2])
-                    todo = ~_is_exact(cur.exact["pool"], r, c)
-                    r, c = r[todo], c[todo]
-                    if len(r):
-                        passes += len(r) + len(set(r.tolist()) - scored)
-                        scored.update(r.tolist())
-                        v, m = _set_exact(cur.pool, cur.exact["pool"], r, c,
-                                          np.asarray(exact[r, c]).ravel().astype(np.float32))
-                        cur = Kernels("utility", pool=v, exact={"pool": m}, meta=cur.meta,
-                                      diagonal=cur.diagonal)
-                    if "refit" in mode:
-                        cur = refit(cur, offsets="offsets" in mode)
+                        return _explored(k, "pool", chosen, args.explore)[:2]
+                    return np.zeros(0, np.int64), np.zeros(0, np.int64)
+
+                after = ((lambda k, o="offsets" in mode: refit(k, offsets=o))
+                         if "refit" in mode else None)
+                ratios, spent = Simulation(pool, lk, exact, exact_scaled, ref, frac).run(
+                    extra, after)
                 print(f"{mult}/10, {frac:g}, {mode:<22} value ratio by round {ratios}; "
                       f"passes / exact {spent}", flush=True)
-
 
 if __name__ == "__main__":
     main()
