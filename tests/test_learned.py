@@ -218,3 +218,46 @@ def test_importing_the_engine_bounds_onednn_primitive_cache_unless_the_user_set_
     assert run({}) == ["128", "None"]
     assert run({"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "7"}) == ["7", "None"]
     assert run({"DNNL_PRIMITIVE_CACHE_CAPACITY": "9"}) == ["None", "9"]
+
+
+@pytest.mark.parametrize("neighbours", [None, 8])
+def test_an_exact_value_of_zero_is_kept_where_the_mask_says_exact(neighbours):
+    """Exact values replace predictions without sparse arithmetic, which drops entries that come
+    out exactly 0: an exact utility of 0.0 once vanished from a sparse learned kernel while its
+    mask still called the pair exact (read as absent, not as 0)."""
+    import scipy.sparse as sp
+    from types import SimpleNamespace
+
+    from delift_core.kernels.learned import LearnedSpec, build_learned
+
+    rows = load_dataset("demo:pool").subset(range(120))
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(len(rows), 16)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+
+    class Engine:
+        """Exact utilities from a rule: every third pair exactly 0."""
+        lm = SimpleNamespace(name="fake", dtype="float32")
+
+        def compute(self, targets, examples, *, pairs, cancel=None, progress=None):
+            r, c = pairs
+            v = np.where((r + c) % 3 == 0, 0.0, 0.05 + 0.01 * (c % 7)).astype(np.float32)
+            return SimpleNamespace(values=sp.csr_matrix(
+                (v, (r, c)), shape=(len(targets.prompts), len(examples.prompts))),
+                meta={"pairs_computed": len(r), "pairs_reused": 0})
+
+    values, mask, meta = build_learned(Engine(), rows, rows, emb, emb,
+                                       learned=LearnedSpec(exact_passes=520, seed=1),
+                                       neighbours=neighbours, neighbour_random=2, same_set=True,
+                                       label="utility pool")
+    m = mask.tocoo()
+    assert m.nnz == meta["exact_pairs"] > 0
+    v = sp.csr_matrix(values)
+    got = np.asarray(v[m.row, m.col]).ravel()
+    zeros = got == 0
+    assert zeros.any()  # some exact pairs are exactly 0 ...
+    held = sp.csr_matrix((np.ones(len(m.row)), (m.row, m.col)), shape=v.shape)
+    if neighbours is not None:  # ... and each is a stored entry of the sparse kernel
+        stored = v.copy()
+        stored.data[:] = 1.0
+        assert (held - held.multiply(stored)).nnz == 0

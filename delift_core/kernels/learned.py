@@ -451,11 +451,14 @@ def build_learned(engine: Any, rows: Any, cols: Any, e_rows: np.ndarray, e_cols:
     t3 = time.time()
     pred = model.predict(e_rows, e_cols, pr, pc, len_r, len_c, stage("predicting"))
     times["prediction"] = time.time() - t3
-    values = sp.csr_matrix((pred, (pr, pc)), shape=(n_r, n_c), dtype=np.float32)
-    exact_vals = sp.csr_matrix((v_ex, (r_ex, c_ex)), shape=(n_r, n_c), dtype=np.float32)
+    # exact values in place of predictions, built in one piece: sparse arithmetic would drop an
+    # exact value of exactly 0 (the mask would still call that absent pair exact)
+    keep = ~np.isin(pr.astype(np.int64) * n_c + pc, r_ex.astype(np.int64) * n_c + c_ex)
+    values = sp.csr_matrix((np.concatenate([pred[keep], v_ex]),
+                            (np.concatenate([pr[keep], r_ex]), np.concatenate([pc[keep], c_ex]))),
+                           shape=(n_r, n_c), dtype=np.float32)
     mask = sp.csr_matrix((np.ones(len(r_ex), np.float32), (r_ex, c_ex)), shape=(n_r, n_c),
                          dtype=np.float32)
-    values = (values - values.multiply(mask) + exact_vals).tocsr()  # exact overwrite predicted
     values.sort_indices()
     if dense:
         values = values.toarray()
