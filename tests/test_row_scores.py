@@ -94,6 +94,8 @@ def test_ifd_fl_is_the_top_ifd_share_then_facility_location(tiny_llama) -> None:
     assert sel.selected_indices.tolist() == fl.selected_indices.tolist()
     assert set(sel.selected_indices.tolist()) <= kept
     assert sel.params["kept_by_score"] == len(kept)
+    # the rows the filter left out are recorded, so a verification never explores them
+    assert set(sel.excluded.tolist()) == set(range(len(pool))) - kept
 
 
 def test_a_stale_or_missing_score_file_is_refused(tmp_path: Path, tiny_llama) -> None:

@@ -116,6 +116,9 @@ class Selection:
     seconds: float = 0.0
     scores: Any = None
     """The per-row scores a score-based method ranked by (``RowScores``), else None."""
+    excluded: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    """Pool positions the method could not take: the banned rows, and those a score filter
+    (IFD-FL's ``keep``) left out. A verification never explores them."""
 
     def cost(self) -> dict[str, Any]:
         """What this selection cost on this machine (:func:`delift_core.selection.cost.selection_cost`)."""
@@ -285,7 +288,8 @@ def select(pool: Dataset, objective: str, kernels: Kernels | None, budget: str |
                      gains=result.gains, values=result.values, kernels=kernels, params=run_params,
                      pinned=list(pinned), banned=list(banned), notes=result.notes,
                      seconds=round(time.time() - start, 3),
-                     scores=scores if spec.scores is not None else None)
+                     scores=scores if spec.scores is not None else None,
+                     excluded=np.asarray(sorted(ban_idx), np.int64))
 
 
 def _ranking(values: np.ndarray, kind: str, banned: set[int]) -> np.ndarray:

@@ -116,7 +116,8 @@ default candidate count, ``learned.LEARNED_NEIGHBOURS``); a sparse kernel's are 
 def _explored(kernels: Kernels, role: str, chosen: np.ndarray, share: float,
               banned: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, int]:
     """(rows, columns, number of columns) of the pairs to explore in kernel ``role``: the
-    ``share`` of its columns, unselected and not ``banned`` (columns no selection may take),
+    ``share`` of its columns, unselected and not ``banned`` (columns the method cannot take:
+    banned or left out by a score filter, ``Selection.excluded``),
     with the highest predicted facility-location gain to ``chosen`` (each row's improvement over
     its current cover, summed), every pair the kernel holds in them (at most
     :data:`EXPLORE_DENSE_ROWS` per column when dense), self pairs left out."""
@@ -215,12 +216,6 @@ def _verified_roles(kernels: Kernels, objective: str) -> list[str]:
             if r in reads and r in learned and getattr(kernels, r) is not None]
 
 
-def _banned_indices(pool: Dataset, banned: Any) -> np.ndarray:
-    """Pool positions of the banned ids (columns no selection may take, so none to explore)."""
-    ids = set(pool.ids)
-    return np.array([pool.index_of(x) for x in (banned or ()) if x in ids], np.int64)
-
-
 def first_round(kernels: Kernels, selection: Selection, explore: float = 0.0) -> dict[str, int]:
     """What verifying ``selection`` would score in its first round, before any model loads:
     ``covers``, ``explored_columns`` and ``explored_pairs`` summed over the learned kernels its
@@ -236,7 +231,7 @@ def first_round(kernels: Kernels, selection: Selection, explore: float = 0.0) ->
     roles = [r for r in _verified_roles(kernels, selection.objective) if r in kernels.exact]
     todo, n_covers, n_columns = _round_pairs(
         kernels, roles, selection.selected_indices, explore,
-        _banned_indices(selection.pool, selection.banned)) if roles else ({}, {}, {})
+        selection.excluded) if roles else ({}, {}, {})
     covers = sum(n_covers.values())
     return {"covers": covers, "explored_columns": sum(n_columns.values()),
             "explored_pairs": sum(len(r) for r, _ in todo.values()) - covers}
@@ -329,7 +324,6 @@ def verify_selection(pool: Dataset, objective: str, kernels: Kernels, budget: An
     _check_engine(kernels, lm, settings)
     engine = UtilityKernel(lm, settings, use_cache=use_cache)
     current = kernels
-    banned = _banned_indices(pool, select_options.get("banned"))
     record = {r: _start_record(learned[r].get("verification"), rounds, explore) for r in roles}
     sel = select(pool, objective, current, budget, **select_options)
     scope = {"objective": objective, "budget": int(sel.budget), "diagonal": current.diagonal,
@@ -342,7 +336,7 @@ def verify_selection(pool: Dataset, objective: str, kernels: Kernels, budget: An
         if on_round:
             on_round(k, sel)
         chosen = sel.selected_indices
-        todo, n_covers, n_columns = _round_pairs(current, roles, chosen, explore, banned)
+        todo, n_covers, n_columns = _round_pairs(current, roles, chosen, explore, sel.excluded)
         if not any(len(r) for r, _ in todo.values()):
             break
         new_values = {r: getattr(current, r) for r in ("pool", "target", "existing")}
