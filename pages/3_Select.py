@@ -11,7 +11,7 @@ from delift_core.outputs.views import gain_curve
 from delift_core.outputs import figures
 from delift_core.selection.cost import cost_line
 from delift_core.kernels.learned import verification_line
-from delift_core.selection.verify import first_round
+from delift_core.selection.verify import first_round, serves
 from studio import state, ui
 
 ui.setup("Selection", "🎯")
@@ -87,11 +87,7 @@ if learned and spec.build is not None:  # a ranking by scores (IFD, longest) rea
     with c1:
         for role, m in learned.items():
             if m.get("verification"):
-                scope = m["verification"].get("selection") or {}
-                same = (scope.get("objective") == sel.objective
-                        and scope.get("budget") == sel.budget
-                        and scope.get("diagonal") == sel.params.get("diagonal"))
-                st.caption(("**Verified**" if same else
+                st.caption(("**Verified**" if serves(m["verification"], sel) else
                             "**Verified for another selection**, not this one (its covers may "
                             "be predicted)") + f" ({role} kernel): "
                            + ui.md_escape(verification_line(m["verification"])) + ".")

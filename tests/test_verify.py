@@ -344,5 +344,8 @@ def test_verifying_a_verified_kernel_again_adds_to_its_record(pool, tiny_llama, 
         b["passes_computed"] + b["passes_reused"] for b in v2["by_round"])
     assert two.cost()["verification_passes"] == v2["passes_computed"] + v2["passes_reused"] > \
         v1["passes_computed"] + v1["passes_reused"]
+    from delift_core.selection.verify import serves
+
+    assert serves(v2, two) and not serves(v2, one) and serves(v1, one)
     line = verification_line(v2)
     assert "over 2 verifications" in line and line.endswith("it verified FL at 72 rows")

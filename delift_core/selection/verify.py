@@ -43,7 +43,7 @@ from delift_core.selection.cover import best_cover
 from delift_core.selection.objectives.facility_location import FacilityLocation
 from delift_core.selection.select import Selection, select
 
-__all__ = ["verify_selection", "verify_from_settings", "first_round", "VERIFIED_ROLES"]
+__all__ = ["verify_selection", "verify_from_settings", "first_round", "serves", "VERIFIED_ROLES"]
 
 logger = logging.getLogger(__name__)
 
@@ -235,6 +235,16 @@ def first_round(kernels: Kernels, selection: Selection, explore: float = 0.0) ->
     covers = sum(n_covers.values())
     return {"covers": covers, "explored_columns": sum(n_columns.values()),
             "explored_pairs": sum(len(r) for r, _ in todo.values()) - covers}
+
+
+def serves(record: Mapping[str, Any], selection: Selection) -> bool:
+    """Whether a verification ``record`` (``meta[role]["verification"]``) was made for
+    ``selection``: the same objective, budget and diagonal policy. A verified kernel serves one
+    selection; any other one on it may stand on predicted covers."""
+    scope = record.get("selection") or {}
+    return (scope.get("objective") == selection.objective
+            and scope.get("budget") == selection.budget
+            and scope.get("diagonal") == selection.params.get("diagonal"))
 
 
 _TOTALS = ("rounds_run", "pairs_verified", "covers_verified", "explored_pairs_verified",
