@@ -220,8 +220,7 @@ def test_importing_the_engine_bounds_onednn_primitive_cache_unless_the_user_set_
     assert run({"DNNL_PRIMITIVE_CACHE_CAPACITY": "9"}) == ["None", "9"]
 
 
-@pytest.mark.parametrize("neighbours", [None, 8])
-def test_an_exact_value_of_zero_is_kept_where_the_mask_says_exact(neighbours):
+def test_an_exact_value_of_zero_is_kept_where_the_mask_says_exact():
     """Exact values replace predictions without sparse arithmetic, which drops entries that come
     out exactly 0: an exact utility of 0.0 once vanished from a sparse learned kernel while its
     mask still called the pair exact (read as absent, not as 0)."""
