@@ -223,7 +223,8 @@ def test_importing_the_engine_bounds_onednn_primitive_cache_unless_the_user_set_
 def test_an_exact_value_of_zero_is_kept_where_the_mask_says_exact():
     """Exact values replace predictions without sparse arithmetic, which drops entries that come
     out exactly 0: an exact utility of 0.0 once vanished from a sparse learned kernel while its
-    mask still called the pair exact (read as absent, not as 0)."""
+    mask still called the pair exact (read as absent, not as 0). Sparse only: a dense kernel's
+    absent entry is 0 anyway."""
     import scipy.sparse as sp
     from types import SimpleNamespace
 
@@ -247,7 +248,7 @@ def test_an_exact_value_of_zero_is_kept_where_the_mask_says_exact():
 
     values, mask, meta = build_learned(Engine(), rows, rows, emb, emb,
                                        learned=LearnedSpec(exact_passes=520, seed=1),
-                                       neighbours=neighbours, neighbour_random=2, same_set=True,
+                                       neighbours=8, neighbour_random=2, same_set=True,
                                        label="utility pool")
     m = mask.tocoo()
     assert m.nnz == meta["exact_pairs"] > 0
@@ -256,7 +257,6 @@ def test_an_exact_value_of_zero_is_kept_where_the_mask_says_exact():
     zeros = got == 0
     assert zeros.any()  # some exact pairs are exactly 0 ...
     held = sp.csr_matrix((np.ones(len(m.row)), (m.row, m.col)), shape=v.shape)
-    if neighbours is not None:  # ... and each is a stored entry of the sparse kernel
-        stored = v.copy()
-        stored.data[:] = 1.0
-        assert (held - held.multiply(stored)).nnz == 0
+    stored = v.copy()  # ... and each is a stored entry of the sparse kernel
+    stored.data[:] = 1.0
+    assert (held - held.multiply(stored)).nnz == 0
