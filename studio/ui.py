@@ -276,12 +276,14 @@ def advanced_settings(page: str, groups: tuple[str, ...] | None = None) -> dict[
 
 def learned_fidelity(kernels: Any) -> None:
     """For a learned kernel: what is exact and what predicted, and its held-out fidelity (a
-    warning below the fidelity floor); nothing for an exact kernel."""
+    warning below the fidelity floor or when a cancel stopped it early); nothing for an exact
+    kernel."""
     from delift_core.kernels.learned import fidelity_line
 
     for role, m in kernels.meta.learned.items():
         line = fidelity_line(role, m)
-        (st.warning if (m.get("fidelity") or {}).get("below_floor") else st.info)(
+        loud = (m.get("fidelity") or {}).get("below_floor") or m.get("stopped") == "cancelled"
+        (st.warning if loud else st.info)(
             md_escape(line) + " · R² and Spearman compare predictions with exact values of "
             "rows the predictor never saw; 'cosine alone' is the same figure for plain "
             "embedding similarity (DELIFT-SE); a bracket is the range the figure would likely "

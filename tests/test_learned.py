@@ -72,6 +72,10 @@ def test_the_record_says_learned_with_its_figures(pool, tiny_llama, store, tmp_p
     got = manifest["learned_kernel"]["pool"]
     assert got["exact_pairs"] == k.meta.learned["pool"]["exact_pairs"]
     assert "row_spearman_median" in got["fidelity"] and "below_floor" in got["fidelity"]
+    assert got["stopped"] == "budget" and got["budget"]["exact_passes"] == 400
+    # the model that made its exact values, as for an exact kernel (once null for a learned one)
+    assert manifest["model_fingerprint"] == tiny_llama.fingerprint
+    assert manifest["templates"]["plain"] and manifest["templates"]["example"]
 
 
 def test_exact_pairs_come_from_and_go_to_the_pair_store(pool, tiny_llama, store):
@@ -98,6 +102,10 @@ def test_cancel_keeps_the_exact_pairs_and_fits_from_what_is_there(pool, tiny_lla
     k = _learned(pool, tiny_llama, exact_passes=2000, cancel=cancel, progress=progress)
     m = k.meta.learned["pool"]
     assert m["stopped"] == "cancelled" and 300 <= m["passes_computed"] < 2000 and m["exact_rows"] >= 32
+    # a kernel a cancel stopped early says so wherever its line shows (CLI, Kernel page)
+    assert f"STOPPED EARLY (cancelled): fitted from the {m['passes_computed']:,} passes " \
+        "finished of its 2,000" in fidelity_line("pool", m)
+    assert "STOPPED EARLY" not in fidelity_line("pool", {**m, "stopped": "budget"})
     cancel2 = threading.Event()
     cancel2.set()  # cancelled before the first pair: nothing to fit from
     with pytest.raises(KernelCancelled):
@@ -110,6 +118,107 @@ def test_cancel_keeps_the_exact_pairs_and_fits_from_what_is_there(pool, tiny_lla
 def test_too_few_exact_pairs_is_a_named_refusal(pool, tiny_llama, store):
     with pytest.raises(LearnedKernelError, match=r"raise --exact-passes or --exact-minutes"):
         _learned(pool, tiny_llama, exact_passes=30)
+
+
+def test_a_set_too_small_to_hold_rows_out_is_refused_before_any_pass(pool, tiny_llama, store):
+    """No budget can fit a learned kernel over fewer than 10 rows: the refusal says so and names
+    the set before the first pass (it once asked for a larger budget after the pool kernel's
+    passes, and a 1-row pool ended in a traceback)."""
+    seen = []
+    with pytest.raises(LearnedKernelError, match=r"utility target: 9 rows; .* use the exact"):
+        _learned(pool.subset(range(60)), tiny_llama, target=load_dataset("demo:target").subset(
+            range(9)), exact_passes=600, progress=lambda *a: seen.append(a))
+    assert seen == []
+    with pytest.raises(LearnedKernelError, match=r"utility pool: 1 row; "):
+        _learned(pool.subset([0]), tiny_llama)
+
+def test_the_cli_refuses_a_learned_kernel_of_too_few_rows_before_any_model_loads(
+        tmp_path, capsys, monkeypatch):
+    import delift_core.kernels.request as request
+
+    monkeypatch.setattr(request, "load_models", lambda *a, **k: pytest.fail("a model loaded"))
+    assert main(["kernel", "--pool", "demo:pool", "--limit", "5", "--learned", "--out",
+                 str(tmp_path / "k")]) == 2
+    assert "utility pool: 5 rows; a learned kernel needs at least 10" in capsys.readouterr().err
+
+
+def test_the_exact_budget_is_the_whole_runs_not_each_kernels(pool, tiny_llama, store):
+    """--exact-passes N is N passes in all: the pool and existing (or target) kernels share it
+    as the work estimate does; each kernel once spent all of it."""
+    from delift_core.kernels.estimates import estimate_work
+    from delift_core.kernels.learned import budget_shares
+
+    small, existing = pool.subset(range(120)), load_dataset("demo:existing").subset(range(30))
+    k = _learned(small, tiny_llama, existing=existing, exact_passes=600)
+    spent = {r: m["passes_computed"] + m["passes_reused"] for r, m in k.meta.learned.items()}
+    shares = budget_shares(600, {"pool": 120, "existing": 120})
+    assert sum(spent.values()) <= 600 and all(spent[r] <= shares[r] for r in spent)
+    assert all(m["budget"]["exact_passes"] == shares[r] and
+               m["budget"]["whole_run"]["exact_passes"] == 600
+               for r, m in k.meta.learned.items())
+    est = {label: units for label, units, _ in estimate_work(
+        small, existing=existing, exact_passes=600).stages if label.endswith("exact pairs")}
+    assert est == {f"utility {r}: exact pairs": shares[r] for r in ("pool", "existing")}
+    assert sum(budget_shares(1001, {"a": 240, "b": 40, "c": 240}).values()) == 1001
+
+
+def test_a_learned_kernel_takes_the_random_columns_it_is_given(pool, tiny_llama, monkeypatch):
+    """--neighbour-random reaches a learned kernel without --neighbours (it once kept 4)."""
+    import delift_core.kernels.builder as builder
+
+    got = {}
+
+    def capture(*a, **kw):
+        got.update(kw)
+        raise LearnedKernelError("captured")
+
+    monkeypatch.setattr(builder, "build_learned", capture)
+    with pytest.raises(LearnedKernelError, match="captured"):
+        _learned(pool, tiny_llama, neighbour_random=0)
+    assert got["neighbour_random"] == 0 and got["neighbours"] is None
+
+
+def test_copies_of_a_row_are_never_split_between_training_and_held_out():
+    """The pair store values rows by content, so a copy of a training row held out would
+    measure the predictor on what it was trained on; and a row's copy is its self pair, never
+    an exact example of it."""
+    from types import SimpleNamespace
+
+    import scipy.sparse as sp
+
+    from delift_core.kernels.learned import LearnedSpec, build_learned
+
+    base = load_dataset("demo:pool").subset(range(60))
+    idx = list(range(60)) + list(range(60))  # every row twice
+    rows = SimpleNamespace(prompts=[base.prompts[i] for i in idx],
+                           responses=[base.responses[i] for i in idx],
+                           subset=lambda ix: SimpleNamespace(prompts=[0] * len(list(ix))))
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(60, 16)).astype(np.float32)
+    emb = np.concatenate([emb, emb + 1e-3 * rng.normal(size=emb.shape).astype(np.float32)])
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+
+    class Engine:
+        lm = SimpleNamespace(name="fake", dtype="float32")
+
+        def model_record(self):
+            return {"model": "fake", "dtype": "float32"}
+
+        def compute(self, targets, examples, *, pairs, cancel=None, progress=None):
+            r, c = pairs
+            v = (0.01 * ((c % 60) % 7) + 0.001 * (r % 5)).astype(np.float32)
+            return SimpleNamespace(values=sp.csr_matrix(
+                (v, (r, c)), shape=(len(targets.prompts), len(examples.prompts))),
+                meta={"pairs_computed": len(r), "pairs_reused": 0})
+
+    _, mask, meta = build_learned(Engine(), rows, rows, emb, emb,
+                                  learned=LearnedSpec(exact_passes=1040, seed=1), neighbours=8,
+                                  neighbour_random=2, same_set=True, label="utility pool")
+    held = {i % 60 for i in meta["heldout_rows_list"]}
+    trained = {i % 60 for i in meta["train_rows_list"]}
+    assert held and trained and not held & trained
+    m = mask.tocoo()
+    assert m.nnz and not np.any(m.row % 60 == m.col % 60)
 
 
 @pytest.mark.parametrize("args, message", [
@@ -238,6 +347,9 @@ def test_an_exact_value_of_zero_is_kept_where_the_mask_says_exact():
     class Engine:
         """Exact utilities from a rule: every third pair exactly 0."""
         lm = SimpleNamespace(name="fake", dtype="float32")
+
+        def model_record(self):
+            return {"model": "fake", "dtype": "float32"}
 
         def compute(self, targets, examples, *, pairs, cancel=None, progress=None):
             r, c = pairs

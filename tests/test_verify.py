@@ -166,17 +166,38 @@ def test_a_selection_of_every_row_has_no_cover_to_verify(pool, tiny_llama, store
     assert v["rounds_run"] == 0 and v["pairs_verified"] == 0 and v["final_covers"] == 0
 
 
-def test_a_learned_target_kernels_covers_are_verified_too(pool, tiny_llama, store):
+def _pending(k, role, pairs):
+    return {(a, b) for a, b in pairs if not k.exact[role][a, b]}
+
+
+def test_a_learned_target_kernel_is_verified_where_the_objective_reads_it(pool, tiny_llama,
+                                                                          store):
+    """FLMI reads the target kernel only through each pool row's cap eta * max_q s_qi, so its
+    verification scores each column's best target row (once the covers of target rows among the
+    selected columns were scored instead, pairs FLMI never reads); FLQMI reads the target rows'
+    covers and, in its modular term, each selected column's best target row."""
     target = load_dataset("demo:target")
     small = pool.subset(range(120))
     k = _learned(small, tiny_llama, target=target, exact_passes=600)
-    chosen: set[int] = set()
-    sel = verify_selection(small, "flmi", k, 0.2, rounds=2, lm=tiny_llama, target=target,
-                           on_round=lambda r, s: chosen.update(s.selected_indices.tolist()))
+    scaled = np.asarray(k.scaled("target"))
+    caps = {(int(scaled[:, i].argmax()), i) for i in range(scaled.shape[1])}
+    sel = verify_selection(small, "flmi", k, 0.2, rounds=1, lm=tiny_llama, target=target)
     t = sel.kernels.meta.learned["target"]["verification"]
-    assert t["pairs_verified"] > 0
     r, c = (sel.kernels.exact["target"] - k.exact["target"]).nonzero()
-    assert len(r) == t["pairs_verified"] and set(c.tolist()) <= chosen  # covers: selected columns
+    assert len(r) == t["pairs_verified"] > 0
+    assert set(zip(r.tolist(), c.tolist())) == _pending(k, "target", caps)
+    assert t["explored_pairs_verified"] == 0
+
+    from delift_core.selection.select import select
+
+    first = select(small, "flqmi", k, 0.2).selected_indices.tolist()
+    cover_r, cover_c = _covers(k, "target", first)
+    want = set(zip(cover_r.tolist(), cover_c.tolist())) | {(q, i) for q, i in caps if i in first}
+    q = verify_selection(small, "flqmi", k, 0.2, rounds=1, lm=tiny_llama, target=target)
+    r, c = (q.kernels.exact["target"] - k.exact["target"]).nonzero()
+    assert set(zip(r.tolist(), c.tolist())) == _pending(k, "target", want)
+    assert first_round(k, select(small, "flqmi", k, 0.2))["covers"] == len(
+        _pending(k, "target", want))
 
 
 def test_the_refusals_name_the_problem(pool, tiny_llama, store):
@@ -347,5 +368,13 @@ def test_verifying_a_verified_kernel_again_adds_to_its_record(pool, tiny_llama, 
     from delift_core.selection.verify import serves
 
     assert serves(v2, two) and not serves(v2, one) and serves(v1, one)
+    # anything else that decides the rows taken makes it another selection
+    from delift_core.selection.select import select
+
+    assert serves(v2, select(pool, "fl", two.kernels, 0.3))
+    assert not serves(v2, select(pool, "fl", two.kernels, 0.3, pinned=[pool.ids[5]]))
+    assert not serves(v2, select(pool, "fl", two.kernels, 0.3, banned=[pool.ids[5]]))
+    assert not serves(v2, select(pool, "fl", two.kernels, 0.3, method="stochastic", seed=3))
+    assert not serves(v2, select(pool, "gc", two.kernels, 0.3))
     line = verification_line(v2)
     assert "over 2 verifications" in line and line.endswith("it verified FL at 72 rows")

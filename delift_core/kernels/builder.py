@@ -25,14 +25,15 @@ from delift_core.data.dataset import Dataset
 from delift_core.kernels.diagonal import diagonal_record, scale_with_diagonal, self_pairs
 from delift_core.kernels.embedding import EmbedStats, embed_rows, embedding_kernel
 from delift_core.errors import SelectionError
-from delift_core.kernels.learned import LearnedSpec, build_learned, fidelity_line
+from delift_core.kernels.learned import LearnedSpec, build_learned, check_rows, fidelity_line
 from delift_core.kernels.matrices import KernelMatrix, is_sparse
 from delift_core.kernels.meta import KernelMeta
 from delift_core.kernels.sparse import neighbour_pairs
 from delift_core.kernels.utility import UtilityKernel
 from delift_core.kernels.utility_settings import UtilitySettings
 
-__all__ = ["ROLES", "Kernels", "SparseSpec", "StageProgress", "compute_kernels", "kernel_report",
+__all__ = ["ROLES", "Kernels", "SparseSpec", "StageProgress", "check_learned_sizes",
+           "compute_kernels", "kernel_report",
            "row_hashes", "MAX_DENSE_BYTES"]
 
 logger = logging.getLogger(__name__)
@@ -171,6 +172,7 @@ class _Builder:
         self.embed_stats: dict[str, dict] = {}
         self.engine_options: dict[str, Any] = {}  # backend and ray_options of UtilityKernel
         self.learned: LearnedSpec | None = None
+        self.neighbour_random: int = spec.default("neighbour_random")  # a learned kernel's R
 
     def _stage(self, label: str) -> Callable[[int, int], None] | None:
         progress = self.progress
@@ -201,18 +203,25 @@ class _Builder:
         return self._engine
 
     def build_learned(self, role: str, rows: Dataset, cols: Dataset, row_role: str,
-                      col_role: str, transpose: bool) -> tuple[KernelMatrix, Any, dict]:
-        """A learned utility kernel of ``role`` (values, exact mask, record); with ``transpose``
-        the pairs are valued the other way and returned rows x columns, like :meth:`build`."""
+                      col_role: str, transpose: bool, learned: LearnedSpec
+                      ) -> tuple[KernelMatrix, Any, dict]:
+        """A learned utility kernel of ``role`` (values, exact mask, record) on its share
+        ``learned`` of the run's budget; with ``transpose`` the pairs are valued the other way
+        and returned rows x columns, like :meth:`build`."""
         if transpose:
             rows, cols, row_role, col_role = cols, rows, col_role, row_role
         values, mask, meta = build_learned(
             self.engine(), rows, cols, self.embeddings(rows, row_role),
-            self.embeddings(cols, col_role), learned=self.learned,
+            self.embeddings(cols, col_role), learned=learned,
             neighbours=self.sparse.k if self.sparse else None,
-            neighbour_random=self.sparse.random if self.sparse else spec.default(
-                "neighbour_random"), same_set=row_role == col_role, label=f"utility {role}",
+            neighbour_random=self.sparse.random if self.sparse else self.neighbour_random,
+            same_set=row_role == col_role, label=f"utility {role}",
             progress=self.progress, cancel=self.cancel)
+        if learned != self.learned and self.learned is not None:
+            meta["budget"]["whole_run"] = {
+                "exact_passes": self.learned.exact_passes,
+                "exact_minutes": self.learned.exact_minutes,
+                "split": "among the run's kernels in proportion to their rows"}
         if transpose:
             values = values.T.tocsr() if is_sparse(values) else np.ascontiguousarray(values.T)
             mask = mask.T.tocsr()
@@ -287,6 +296,17 @@ def _check_dense_size(pool: Dataset, target: Dataset | None, existing: Dataset |
                              f"{spec.default('neighbour_random')} random ones")
 
 
+def check_learned_sizes(pool: Dataset, target: Dataset | None, existing: Dataset | None,
+                        target_direction: str = spec.default("target_direction")) -> None:
+    """A :class:`LearnedKernelError` naming the set, before any model loads, when a learned
+    kernel would anchor on too few rows to hold any out (:func:`learned.check_rows`)."""
+    sets = {"pool": pool, "target": target, "existing": existing}
+    for role, (r, c) in ROLES.items():
+        if sets[r] is not None and sets[c] is not None:
+            reference = role == "target" and target_direction == "reference"
+            check_rows(f"utility {role}", len(sets[c if reference else r]))
+
+
 def compute_kernels(pool: Dataset, *, target: Dataset | None = None,
                     existing: Dataset | None = None, kind: str = "utility", lm: Any = None,
                     embedder: Any = None, settings: UtilitySettings | None = None,
@@ -346,6 +366,7 @@ def compute_kernels(pool: Dataset, *, target: Dataset | None = None,
     builder = _Builder(kind, lm, embedder, settings, progress, cancel, use_cache, sparse or None,
                        embed_batch_size)
     if learned:
+        builder.neighbour_random = spec.check("neighbour_random", neighbour_random)
         builder.learned = LearnedSpec(exact_passes, exact_minutes, exact_per_row,
                                       sparse.seed if sparse else neighbour_seed)
     if backend == "ray" and kind == "utility":
@@ -355,6 +376,11 @@ def compute_kernels(pool: Dataset, *, target: Dataset | None = None,
         builder.engine_options = {"backend": "ray", "ray_options": {
             "address": ray_address, "workers": workers, "threads": 1}}
     kernels = Kernels(kind, meta=meta)
+    shares: dict[str, LearnedSpec] = {}
+    if builder.learned is not None:
+        check_learned_sizes(pool, target, existing, target_direction)
+        shares = builder.learned.split({role: len(sets[r]) for role, (r, c) in ROLES.items()
+                                        if sets[r] is not None and sets[c] is not None})
     for role, (row_role, col_role) in ROLES.items():
         rows, cols = sets[row_role], sets[col_role]
         if rows is None or cols is None:
@@ -362,7 +388,7 @@ def compute_kernels(pool: Dataset, *, target: Dataset | None = None,
         transpose = role == "target" and kind == "utility" and target_direction == "reference"
         if builder.learned is not None:
             values, kernels.exact[role], role_meta = builder.build_learned(
-                role, rows, cols, row_role, col_role, transpose)
+                role, rows, cols, row_role, col_role, transpose, shares[role])
         else:
             values, role_meta = builder.build(role, rows, cols, row_role, col_role,
                                               transpose=transpose)

@@ -26,6 +26,7 @@ import numpy as np
 from delift_core import settings as spec
 from delift_core.data.dataset import Dataset
 from delift_core.lm.models import DEFAULT_MODEL, packaged_model
+from delift_core.kernels.learned import budget_shares
 from delift_core.kernels.utility_settings import (DEFAULT_EXAMPLE_TEMPLATE, DEFAULT_PLAIN_TEMPLATE,
                                                   UtilitySettings)
 
@@ -106,10 +107,10 @@ def estimate_work(pool: Dataset, *, target: Dataset | None = None,
     full = sum(u for _, u, _ in stages)
     rows = {"utility pool": len(pool), "utility target": len(target or []),
             "utility existing": len(pool)}
-    all_rows = sum(rows[label] for label, _, _ in stages) or 1
+    shares = budget_shares(exact_passes, {label: rows[label] for label, _, _ in stages})
     learned: list[tuple[str, int, int]] = []
     for label, units, tokens in stages:
-        share = min(units, round(exact_passes * rows[label] / all_rows))
+        share = min(units, shares[label])
         learned += [(f"{label}: exact pairs", share, int(tokens * share / max(units, 1))),
                     (f"{label}: training", max(1, share // 30), 0),
                     (f"{label}: predicting", max(1, share // 50), 0)]

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -36,8 +36,9 @@ from delift_core import settings as spec
 from delift_core.errors import KernelError
 from delift_core.kernels.sparse import neighbour_pairs
 from delift_core.kernels.utility_settings import KernelCancelled
+from delift_core.stores.pairstore import row_key
 
-__all__ = ["LearnedSpec", "LearnedKernelError", "FIDELITY_FLOOR", "DENSE_MAX_ROWS",
+__all__ = ["LearnedSpec", "LearnedKernelError", "budget_shares", "check_rows", "FIDELITY_FLOOR", "DENSE_MAX_ROWS",
            "LEARNED_NEIGHBOURS",
            "anchor_order", "fidelity", "build_learned", "fidelity_line", "interval_text",
            "verification_line"]
@@ -52,6 +53,7 @@ LEARNED_NEIGHBOURS = 32
 """Without ``neighbours``, a larger learned kernel predicts each row's 32 nearest columns (plus
 the random ones): twice the exact sparse kernel's usual K, since predictions cost no passes."""
 MIN_TRAIN_ROWS, MIN_HELDOUT_ROWS = 8, 2
+_FIT_ROWS = (MIN_TRAIN_ROWS + MIN_HELDOUT_ROWS) * 5 // 4  # anchors that hold out enough rows
 _CHUNK_ROWS = 32  # anchor rows per engine call: the granularity of the time budget and cancel
 
 
@@ -76,6 +78,48 @@ class LearnedSpec:
         spec.check("exact_passes", self.exact_passes)
         spec.check("exact_minutes", self.exact_minutes)
         spec.check("exact_per_row", self.exact_per_row)
+
+    def split(self, rows: dict[str, int]) -> dict[str, LearnedSpec]:
+        """This run's budget shared among its kernels (``rows``: kernel role -> its row count) in
+        proportion to their rows, as the work estimate shares it: ``exact_passes`` and
+        ``exact_minutes`` are the whole run's, not each kernel's."""
+        if len(rows) <= 1:
+            return {role: self for role in rows}
+        weight = sum(rows.values()) or 1
+        passes = (budget_shares(self.exact_passes, rows, self.exact_per_row)
+                  if self.exact_passes is not None else None)
+        return {role: replace(
+            self, exact_passes=None if passes is None else max(1, passes[role]),
+            exact_minutes=None if self.exact_minutes is None
+            else max(0.01, self.exact_minutes * n / weight)) for role, n in rows.items()}
+
+
+def check_rows(label: str, n_rows: int) -> None:
+    """Refuse, before any pass, a learned kernel over too few rows to hold any out: no budget
+    can fit it, so the message says to use the exact kernel."""
+    least = MIN_TRAIN_ROWS + MIN_HELDOUT_ROWS
+    if n_rows < least:
+        raise LearnedKernelError(
+            f"{label}: {n_rows} row{'s' if n_rows != 1 else ''}; a learned kernel needs at least "
+            f"{least} ({MIN_TRAIN_ROWS} to train on, {MIN_HELDOUT_ROWS} held out to measure it), "
+            "whatever its budget: use the exact utility kernel for a set this small")
+
+
+def budget_shares(total: int, rows: dict[str, int],
+                  per_row: int = spec.default("exact_per_row")) -> dict[str, int]:
+    """``total`` passes shared among kernels of ``rows`` rows each: first what the smallest
+    learned kernel needs (the exact pairs of ``_FIT_ROWS`` rows, or of all its rows) where the
+    total allows it, the rest in proportion to the rows (largest remainders first, so the shares
+    add up to ``total``). The one rule for the learned kernels and their work estimate."""
+    first = {role: min(n, _FIT_ROWS) * (per_row + 1) for role, n in rows.items()}
+    if sum(first.values()) > total:
+        first = dict.fromkeys(rows, 0)
+    rest, weight = total - sum(first.values()), sum(rows.values()) or 1
+    raw = {role: first[role] + rest * n / weight for role, n in rows.items()}
+    out = {role: int(v) for role, v in raw.items()}
+    for role in sorted(raw, key=lambda r: out[r] - raw[r])[: total - sum(out.values())]:
+        out[role] += 1
+    return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -106,15 +150,17 @@ def anchor_order(emb: np.ndarray, seed: int) -> np.ndarray:
     return np.asarray(order, dtype=np.int64)
 
 
-def _anchor_examples(row: int, candidates: np.ndarray, shared: np.ndarray, m: int,
-                     same_set: bool, rng: np.random.Generator) -> np.ndarray:
+def _anchor_examples(candidates: np.ndarray, shared: np.ndarray, m: int, itself: np.ndarray,
+                     rng: np.random.Generator) -> np.ndarray:
     """The exact examples of one anchor row: half of ``m`` drawn from its predicted columns (its
     neighbours and random ones), the rest the chunk's ``shared`` random columns (one example
-    prefix serves every anchor of the chunk, so these passes are cheap); never the row itself."""
-    cand = candidates[candidates != row] if same_set else candidates
+    prefix serves every anchor of the chunk, so these passes are cheap); never a column in
+    ``itself`` (the row, or any column of the same content: a self pair, whose value the
+    diagonal policy sets)."""
+    cand = candidates[~np.isin(candidates, itself)]
     near = rng.permutation(cand)[: max(1, m // 2)]
-    rest = [j for j in shared.tolist() if j not in set(near.tolist()) and
-            not (same_set and j == row)][: m - len(near)]
+    off = set(near.tolist()) | set(itself.tolist())
+    rest = [j for j in shared.tolist() if j not in off][: m - len(near)]
     return np.unique(np.concatenate([near, np.asarray(rest, np.int64)]).astype(np.int64))
 
 
@@ -296,6 +342,12 @@ def fidelity_line(role: str, meta: dict) -> str:
             f"alone {f.get('cosine_row_spearman_median')}"
             f"{interval_text(f, 'cosine_row_spearman_interval')}{diff}),"
             f" top-{f.get('top_k')} recovered {f.get('top_k_recovered')}")
+    if meta.get("stopped") == "cancelled":
+        budget = (meta.get("budget") or {}).get("exact_passes")
+        line += (". STOPPED EARLY (cancelled): fitted from the "
+                 f"{meta.get('passes_computed', 0) + meta.get('passes_reused', 0):,} passes "
+                 f"finished{f' of its {budget:,}' if budget else ''}; run it again to finish "
+                 "(the pair store keeps them)")
     if meta.get("verification"):
         line += "; selection verified: " + verification_line(meta["verification"])
     if f.get("below_floor"):
@@ -343,6 +395,7 @@ def build_learned(engine: Any, rows: Any, cols: Any, e_rows: np.ndarray, e_cols:
     pairs (local or Ray, through the pair store)."""
     times: dict[str, float] = {}
     n_r, n_c = len(e_rows), len(e_cols)
+    check_rows(label, n_r)
     stage = (lambda name: (lambda d, t: progress(f"{label}: {name}", d, t))) if progress else \
         (lambda name: None)
     t0 = time.time()
@@ -353,17 +406,26 @@ def build_learned(engine: Any, rows: Any, cols: Any, e_rows: np.ndarray, e_cols:
         k = neighbours or LEARNED_NEIGHBOURS
         pr, pc = neighbour_pairs(e_rows, e_cols, k, n_random=neighbour_random, seed=learned.seed)
     starts = np.searchsorted(pr, np.arange(n_r + 1))  # pairs are grouped by row, rows ascending
-    order = anchor_order(e_rows, learned.seed)
+    key_r = [row_key(p, q) for p, q in zip(rows.prompts, rows.responses)]
+    by_key: dict[bytes, list[int]] = {}
+    for j, (p, q) in enumerate(zip(cols.prompts, cols.responses)):
+        by_key.setdefault(row_key(p, q), []).append(j)
+    order, seen = [], set()
+    for a in anchor_order(e_rows, learned.seed).tolist():  # one anchor per content: a copy of a
+        if key_r[a] not in seen:  # training row must never be held out (nor trained on twice)
+            seen.add(key_r[a])
+            order.append(int(a))
     per_row = learned.exact_per_row
-    anchors = [int(a) for a in order[: _max_anchors(learned, per_row, n_r)]]
+    anchors = order[: _max_anchors(learned, per_row, n_r)]
 
     def chunk_examples_of(index: int, chunk: list[int]) -> list[np.ndarray]:
         """Each anchor's exact examples; the shared columns depend on the chunk's index only,
         so a later run (a larger budget) scores the same pairs and finds them stored."""
         shared = np.random.default_rng([learned.seed, 1, index]).choice(
             n_c, size=min(n_c, per_row), replace=False)
-        return [_anchor_examples(a, pc[starts[a]: starts[a + 1]], shared, per_row, same_set,
-                                 np.random.default_rng([learned.seed, a])) for a in chunk]
+        return [_anchor_examples(pc[starts[a]: starts[a + 1]], shared, per_row, np.asarray(
+            by_key.get(key_r[a], []) + ([a] if same_set else []), np.int64),
+            np.random.default_rng([learned.seed, a])) for a in chunk]
     times["plan"] = time.time() - t0
 
     # exact pairs, anchor chunk by anchor chunk, until the budget is spent
@@ -421,16 +483,17 @@ def build_learned(engine: Any, rows: Any, cols: Any, e_rows: np.ndarray, e_cols:
     held = np.array([rank[int(a)] % 5 == 4 for a in r_ex], dtype=bool)
     n_train_rows = len({int(a) for a in r_ex[~held]})
     n_held_rows = len({int(a) for a in r_ex[held]})
-    need = (MIN_TRAIN_ROWS + MIN_HELDOUT_ROWS) * 5 // 4
+    need = _FIT_ROWS
     if n_train_rows < MIN_TRAIN_ROWS or n_held_rows < MIN_HELDOUT_ROWS:
         if cancelled:
             raise KernelCancelled("cancelled before enough exact pairs for a learned kernel; "
                                   "the exact pairs finished are in the pair store")
+        share = "" if budget_p is None else f" of its {budget_p:,}-pass budget"
         raise LearnedKernelError(
-            f"a learned kernel needs exact pairs of at least {MIN_TRAIN_ROWS} training and "
-            f"{MIN_HELDOUT_ROWS} held-out rows (about {need * (per_row + 1):,} passes); this run "
-            f"scored {len(done_rows)} rows ({computed:,} passes computed): raise --exact-passes "
-            "or --exact-minutes")
+            f"{label}: a learned kernel needs exact pairs of at least {MIN_TRAIN_ROWS} training "
+            f"and {MIN_HELDOUT_ROWS} held-out rows (about {need * (per_row + 1):,} passes); this "
+            f"run scored {len(done_rows)} rows ({computed + reused:,} passes{share}): raise "
+            "--exact-passes or --exact-minutes")
 
     # fit on the training rows only, measure on the held-out rows
     t2 = time.time()
@@ -477,8 +540,7 @@ def build_learned(engine: Any, rows: Any, cols: Any, e_rows: np.ndarray, e_cols:
             "neighbours": None if dense else int(k), "neighbour_random": neighbour_random,
             "anchor_rule": "k-means clusters of the sentence embeddings, round-robin, seeded; "
                            "every fifth anchor held out",
-            "model": getattr(engine.lm, "name", None),
-            "dtype": str(getattr(engine.lm, "dtype", "")).replace("torch.", "")}
+            **engine.model_record()}  # the model, precision and templates of its exact values
     if fid["below_floor"]:
         logger.warning(fidelity_line(label.split()[-1], meta))
     meta["train_rows_list"] = info["trained_on_rows"]

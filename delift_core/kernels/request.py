@@ -17,7 +17,8 @@ from typing import Any, Callable, Mapping
 from delift_core import settings as spec
 from delift_core.data.dataset import Dataset
 from delift_core.errors import SettingError
-from delift_core.kernels.builder import Kernels, StageProgress, compute_kernels
+from delift_core.kernels.builder import (Kernels, StageProgress, check_learned_sizes,
+                                         compute_kernels)
 from delift_core.kernels.utility_settings import UtilitySettings
 
 __all__ = ["kernels_from_settings", "scores_from_settings", "load_models", "engine_values"]
@@ -75,6 +76,8 @@ def kernels_from_settings(pool: Dataset, values: Mapping[str, Any], *,
     """
     v = engine_values({**values, "kernel": values.get("kernel", spec.default("kernel"))})
     kind = v["kernel"]
+    if kind == "utility" and v["learned"]:  # a set too small for one: refused before any load
+        check_learned_sizes(pool, target, existing, v["target_direction"])
     loaded = dict(models or {})
     if kind == "utility" and "lm" not in loaded or \
             (v["neighbours"] is not None or kind == "embedding" or v["learned"]) and \

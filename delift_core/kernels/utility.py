@@ -394,14 +394,11 @@ class UtilityKernel:
         return (sum(len(tok.ids(t)) > s.max_field_tokens for t in fields),
                 sum(len(tok.ids(r)) > s.max_response_tokens for r in targets.responses))
 
-    def _meta(self, run: _Run, targets: TextRows, examples: TextRows, start: float,
-              d_plain: np.ndarray) -> dict:
-        """What a kernel result records about how it was made."""
+    def model_record(self) -> dict:
+        """How this engine values a pair (model, precision, templates, tokenisation): what every
+        kernel it serves records, exact or learned."""
         s, lm = self.settings, self.lm
-        n_t, n_e = len(targets.prompts), len(examples.prompts)
-        trunc_fields, trunc_resps = self._truncation(targets, examples)
         return {
-            "kind": "utility",
             "model": lm.name, "model_source": lm.source,
             "model_fingerprint": lm.fingerprint, "dtype": str(lm.dtype).replace("torch.", ""),
             "device": str(lm.device),
@@ -418,12 +415,20 @@ class UtilityKernel:
             "segments": {"plain": template_segments(s.plain_template),
                          "example": template_segments(s.example_template)},
             "max_field_tokens": s.max_field_tokens, "max_response_tokens": s.max_response_tokens,
+            "distance": "d = ||1 - p||_2 / sqrt(T) over the scored positions",
+            "utility": "UF(i, j) = d(i, plain) - d(i, with example j)"}
+
+    def _meta(self, run: _Run, targets: TextRows, examples: TextRows, start: float,
+              d_plain: np.ndarray) -> dict:
+        """What a kernel result records about how it was made."""
+        n_t, n_e = len(targets.prompts), len(examples.prompts)
+        trunc_fields, trunc_resps = self._truncation(targets, examples)
+        return {
+            "kind": "utility", **self.model_record(),
             "truncated_field_values": trunc_fields,
             "truncated_responses": trunc_resps,
             "truncation_counts": "rows whose target prompt, example prompt or example response "
                                  "(field values) or target response was cut at its limit",
-            "distance": "d = ||1 - p||_2 / sqrt(T) over the scored positions",
-            "utility": "UF(i, j) = d(i, plain) - d(i, with example j)",
             "rows": "targets i (items helped)", "columns": "in-context examples j",
             "row_ids": list(targets.ids), "col_ids": list(examples.ids),
             "shape": [n_t, n_e],

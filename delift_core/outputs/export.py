@@ -154,6 +154,7 @@ def build_manifest(selection: Selection, *, target: Dataset | None = None,
         "kernel_settings": kmeta.get("settings"),
         "learned_kernel": ({role: {k: m.get(k) for k in ("exact_pairs", "exact_rows",
                                                          "predicted_pairs", "passes_computed",
+                                                         "passes_reused", "budget", "stopped",
                                                          "fidelity", "verification")}
                             for role, m in kmeta.learned.items()} or None)
         if selection.kernels is not None else None,

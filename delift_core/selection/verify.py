@@ -22,6 +22,8 @@ were verified, what they cost and how the selection moved each round.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import threading
 import time
@@ -64,6 +66,11 @@ def _check_engine(kernels: Kernels, lm: Any, settings: UtilitySettings) -> None:
     if missing:
         raise KernelError(f"the learned kernel does not record its {' and '.join(missing)}: "
                           "its selection cannot be verified (recompute the kernel)")
+    prints = {m.get("model_fingerprint") for m in kernels.meta.learned.values()} - {None}
+    if prints and getattr(lm, "fingerprint", None) not in prints:
+        raise KernelError(f"the learned kernel's exact values come from other model weights "
+                          f"(fingerprint {', '.join(sorted(prints))}) than the model given to "
+                          f"verify it ({getattr(lm, 'fingerprint', None)})")
     if differ:
         raise KernelError("the learned kernel was computed with other settings than the model "
                           "given to verify it: " + ", ".join(
@@ -105,6 +112,56 @@ def _covers(kernels: Kernels, role: str, chosen: np.ndarray) -> tuple[np.ndarray
     cols = cover[rows].astype(np.int64)
     keep = ~np.isin(rows * shape[1] + cols, sr * shape[1] + sc)
     return rows[keep], cols[keep]
+
+
+def _column_best(kernels: Kernels, role: str, columns: np.ndarray | None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, columns) of each column's best row in kernel ``role`` (every column, or those in
+    ``columns``): the pair a cap or modular term max_q s_qj reads; self pairs left out (the
+    diagonal policy sets their value)."""
+    scaled = kernels.scaled(role)
+    n_c = scaled.shape[1]
+    if is_sparse(scaled):
+        coo = scaled.tocoo()
+        order = np.lexsort((-coo.data, coo.col))  # by column, the highest value first
+        col = coo.col[order]
+        first = np.r_[True, col[1:] != col[:-1]] if len(col) else np.zeros(0, bool)
+        rows, cols = coo.row[order][first].astype(np.int64), col[first].astype(np.int64)
+    else:
+        dense = np.asarray(scaled)
+        rows = dense.argmax(axis=0).astype(np.int64) if dense.shape[0] else np.zeros(0, np.int64)
+        cols = np.arange(n_c, dtype=np.int64)[: len(rows)]
+    if columns is not None:
+        keep = np.isin(cols, np.asarray(columns, np.int64))
+        rows, cols = rows[keep], cols[keep]
+    sr, sc = self_pairs(role, kernels.meta, scaled.shape)
+    keep = ~np.isin(rows * n_c + cols, sr.astype(np.int64) * n_c + sc)
+    return rows[keep], cols[keep]
+
+
+def _stands_on(kernels: Kernels, role: str, chosen: np.ndarray, rules: tuple[str, ...]
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, columns) of the pairs of kernel ``role`` that a selection ``chosen`` stands on
+    under the objective's ``rules`` (:meth:`ObjectiveSpec.pair_rules`), each pair once: its
+    covers, and for a cap or modular term the best row of every or of each selected column."""
+    parts = []
+    for rule in rules:
+        if rule == "covers":
+            parts.append(_covers(kernels, role, chosen))
+        elif rule == "column_best":
+            parts.append(_column_best(kernels, role, None))
+        elif rule == "selected_column_best":
+            parts.append(_column_best(kernels, role, chosen))
+        else:
+            raise ValueError(f"unknown pair rule {rule!r}")
+    if len(parts) == 1:
+        return parts[0]
+    width = kernels.scaled(role).shape[1]
+    rows = np.concatenate([r for r, _ in parts]).astype(np.int64)
+    cols = np.concatenate([c for _, c in parts]).astype(np.int64)
+    _, first = np.unique(rows * width + cols, return_index=True)
+    first.sort()  # the first rule's pairs first, as they came
+    return rows[first], cols[first]
 
 
 EXPLORE_DENSE_ROWS = 32
@@ -176,20 +233,23 @@ def _set_exact(values: Any, mask: sp.csr_matrix, r: np.ndarray, c: np.ndarray,
 
 
 def _round_pairs(kernels: Kernels, roles: list[str], chosen: np.ndarray, explore: float,
-                 banned: np.ndarray | None = None
+                 banned: np.ndarray | None = None, objective: str = "fl"
                  ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, int],
                             dict[str, int]]:
-    """A round's pairs to score per role, covers first, then explored pairs (neither exact yet,
-    none twice), with the number of covers and of explored columns per role."""
+    """A round's pairs to score per role, the pairs the selection stands on ("covers") first,
+    then explored pairs (neither exact yet, none twice), with the number of covers and of
+    explored columns per role. Only a kernel read by covers is explored."""
     todo: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     n_covers: dict[str, int] = {}
     n_columns: dict[str, int] = {}
+    ospec = _objective(objective)
     for role in roles:
-        rows, cols = _covers(kernels, role, chosen)
+        rules = ospec.pair_rules(role)
+        rows, cols = _stands_on(kernels, role, chosen, rules)
         pending = ~_is_exact(kernels.exact[role], rows, cols)
         rows, cols = rows[pending].astype(np.int64), cols[pending].astype(np.int64)
         n_covers[role], n_columns[role] = int(len(rows)), 0
-        if explore:
+        if explore and "covers" in rules:
             er, ec, n_columns[role] = _explored(kernels, role, chosen, explore, banned)
             new = ~_is_exact(kernels.exact[role], er, ec)
             width = kernels.exact[role].shape[1]
@@ -231,20 +291,37 @@ def first_round(kernels: Kernels, selection: Selection, explore: float = 0.0) ->
     roles = [r for r in _verified_roles(kernels, selection.objective) if r in kernels.exact]
     todo, n_covers, n_columns = _round_pairs(
         kernels, roles, selection.selected_indices, explore,
-        selection.excluded) if roles else ({}, {}, {})
+        selection.excluded, selection.objective) if roles else ({}, {}, {})
     covers = sum(n_covers.values())
     return {"covers": covers, "explored_columns": sum(n_columns.values()),
             "explored_pairs": sum(len(r) for r, _ in todo.values()) - covers}
 
 
+_NOT_SCOPE = {"budget_requested", "kernel", "verify_rounds", "verify_explore", "kept_by_score",
+              "scores_model", "gains_measured_with"}  # params that do not decide the rows taken
+
+
+def _scope(selection: Selection) -> dict[str, Any]:
+    """What a verification serves: everything that decides which rows ``selection`` takes
+    (objective, budget, diagonal policy, method, seed, the objective's parameters, the pinned and
+    banned rows), readable, with the pins and bans as a digest."""
+    p = selection.params
+    marks = hashlib.sha256(json.dumps([sorted(map(str, selection.pinned)),
+                                       sorted(map(str, selection.banned))]).encode()).hexdigest()
+    return {"objective": selection.objective, "budget": int(selection.budget),
+            "diagonal": p.get("diagonal"), "method": p.get("method"),
+            "params": {k: v for k, v in sorted(p.items())
+                       if k not in _NOT_SCOPE and k not in ("diagonal", "method")},
+            "pinned": len(selection.pinned), "banned": len(selection.banned),
+            "pins_and_bans": marks[:16]}
+
+
 def serves(record: Mapping[str, Any], selection: Selection) -> bool:
     """Whether a verification ``record`` (``meta[role]["verification"]``) was made for
-    ``selection``: the same objective, budget and diagonal policy. A verified kernel serves one
-    selection; any other one on it may stand on predicted covers."""
-    scope = record.get("selection") or {}
-    return (scope.get("objective") == selection.objective
-            and scope.get("budget") == selection.budget
-            and scope.get("diagonal") == selection.params.get("diagonal"))
+    ``selection``: the same objective, budget, diagonal policy, method, seed, parameters, pins
+    and bans. A verified kernel serves one selection; any other one on it may stand on predicted
+    covers."""
+    return (record.get("selection") or {}) == _scope(selection)
 
 
 _TOTALS = ("rounds_run", "pairs_verified", "covers_verified", "explored_pairs_verified",
@@ -336,9 +413,7 @@ def verify_selection(pool: Dataset, objective: str, kernels: Kernels, budget: An
     current = kernels
     record = {r: _start_record(learned[r].get("verification"), rounds, explore) for r in roles}
     sel = select(pool, objective, current, budget, **select_options)
-    scope = {"objective": objective, "budget": int(sel.budget), "diagonal": current.diagonal,
-             "method": sel.params.get("method"), "pinned": len(sel.pinned),
-             "banned": len(sel.banned)}
+    scope = _scope(sel)
     for r in roles:
         record[r]["selection"] = scope  # the selection it served (each run serves one)
     done_before = {r: record[r]["rounds_run"] for r in roles}
@@ -346,7 +421,8 @@ def verify_selection(pool: Dataset, objective: str, kernels: Kernels, budget: An
         if on_round:
             on_round(k, sel)
         chosen = sel.selected_indices
-        todo, n_covers, n_columns = _round_pairs(current, roles, chosen, explore, sel.excluded)
+        todo, n_covers, n_columns = _round_pairs(current, roles, chosen, explore, sel.excluded,
+                                                 objective)
         if not any(len(r) for r, _ in todo.values()):
             break
         new_values = {r: getattr(current, r) for r in ("pool", "target", "existing")}
@@ -400,7 +476,8 @@ def verify_selection(pool: Dataset, objective: str, kernels: Kernels, budget: An
             last["rows_changed"] = int(len(set(sel.selected_indices.tolist()) - previous))
     covers_exact = {}
     for role in roles:
-        rows, cols = _covers(current, role, sel.selected_indices)
+        rows, cols = _stands_on(current, role, sel.selected_indices,
+                                ospec.pair_rules(role))
         exact = _is_exact(current.exact[role], rows, cols)
         covers_exact[role] = {"covers": int(len(rows)), "exact": int(exact.sum())}
     roles_meta = {r: dict(m) if isinstance(m, dict) else m for r, m in current.meta.roles.items()}

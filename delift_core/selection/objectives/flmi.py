@@ -31,6 +31,7 @@ ETA = Param("eta", "η (eta): weight of covering the target", 1.0, 0.0, 5.0,
 SPEC = ObjectiveSpec(
     name="flmi", label="FLMI (mutual information)", stage="task", needs="target",
     reads=("pool", "target"),
+    stands_on={"target": ("column_best",)},  # each pool row's cap eta * max_q s_qi
     params=(ETA,),
     help="Balances covering the target with covering the pool.",
     build=lambda kernels, eta: FacilityLocationMutualInformation(

@@ -26,6 +26,7 @@ class FacilityLocationQueryMutualInformation(CoverageObjective):
 SPEC = ObjectiveSpec(
     name="flqmi", label="FLQMI (query mutual information)", stage="task", needs="target",
     reads=("target",),
+    stands_on={"target": ("covers", "selected_column_best")},  # the sum and the modular term
     params=(Param("eta", "η (eta): weight of each pick's best target similarity", 1.0, 0.0, 5.0,
                   help="weight of the modular term sum_{j in A} max_q s_qj"),),
     help="Only looks at the target: covers the target rows.",

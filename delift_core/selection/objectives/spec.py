@@ -56,6 +56,15 @@ class ObjectiveSpec:
     reads: tuple[str, ...] = ("pool",)
     """The kernels its objective is built from (``build``): the ones whose values a selection
     stands on, so the ones a verification scores; none for a method without ``build``."""
+    stands_on: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """For a kernel in ``reads`` that the objective does not read by covers (each row's best
+    selected column), the pairs its value stands on instead: ``"column_best"`` (every column's
+    best row, a cap max_q s_qi), ``"selected_column_best"`` (the selected columns' best rows, a
+    modular term), ``"covers"``; :mod:`delift_core.selection.verify` scores them."""
+
+    def pair_rules(self, role: str) -> tuple[str, ...]:
+        """Which pairs of kernel ``role`` a selection with this objective stands on."""
+        return tuple(self.stands_on.get(role, ("covers",)))
 
     def defaults(self) -> dict[str, float]:
         """Every parameter at its default."""
