@@ -78,6 +78,23 @@ def test_the_record_says_learned_with_its_figures(pool, tiny_llama, store, tmp_p
     assert manifest["templates"]["plain"] and manifest["templates"]["example"]
 
 
+def test_a_target_kernel_from_another_file_is_not_labelled_with_the_folders_record(
+        pool, tiny_llama, store, tmp_path):
+    """--target-kernel FILE with a learned kernel folder: the folder's learned record and exact
+    mask describe its own target kernel, not the file's; they once went with the file's matrix."""
+    target = load_dataset("demo:target")
+    small = pool.subset(range(120))
+    k = _learned(small, tiny_llama, target=target, exact_passes=600)
+    save_kernels(k, tmp_path / "k")
+    other = tmp_path / "other_target.npy"
+    np.save(other, np.full((len(target), len(small)), 0.5, np.float32))
+    back = load_kernels(tmp_path / "k", small, target=target, target_kernel=other)
+    assert "target" not in back.exact and "target" not in back.meta.learned
+    assert "pool" in back.exact and "pool" in back.meta.learned
+    same = load_kernels(tmp_path / "k", small, target=target)
+    assert "target" in same.exact and "target" in same.meta.learned
+
+
 def test_exact_pairs_come_from_and_go_to_the_pair_store(pool, tiny_llama, store):
     first = _learned(pool, tiny_llama).meta.learned["pool"]
     again = _learned(pool, tiny_llama).meta.learned["pool"]
@@ -292,6 +309,8 @@ def test_the_audit_says_which_findings_stand_on_predicted_values(pool, tiny_llam
     assert f"[{lo:.3f}, {hi:.3f}]" in a.meta["learned_kernel"]  # the median's interval too
     utility = [f for f in a.findings.values() if f.available and "ON A LEARNED KERNEL" in f.rule]
     assert utility, [f.rule for f in a.findings.values()]
+    known = a.findings["already_known"]  # no plain distance of every row: said, not misnamed
+    assert not known.available and "anchor rows only" in known.reason
 
 
 @pytest.mark.parametrize("direction", ["helps-target", "reference"])

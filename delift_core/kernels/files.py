@@ -156,6 +156,9 @@ def load_kernels(path: str | Path, pool: Dataset, *, target: Dataset | None = No
             raise KernelError(f"{meta_file}: not a kernel record (a JSON object)")
     meta = KernelMeta.from_json(saved or {"kind": "utility"}).with_(
         source={"file": str(pool_file), "trusted": bool(trust)})
+    other_file = {r for r, f in (("target", target_kernel), ("existing", existing_kernel)) if f}
+    if other_file & set(meta.roles):  # the folder's record of that kernel is not the file's
+        meta = meta.with_(roles={r: m for r, m in meta.roles.items() if r not in other_file})
     if not trust:
         if saved is None:
             raise KernelError(f"{pool_file}: no kernel_meta.json beside it says which rows this "
@@ -173,9 +176,9 @@ def load_kernels(path: str | Path, pool: Dataset, *, target: Dataset | None = No
     if existing is not None:
         f = existing_kernel or folder / "kernel_existing.npy"
         k.existing = _load_matrix(f, (n, len(existing)), "existing")
-    for which in ROLES:  # a learned kernel: which values are exact
+    for which in ROLES:  # a learned kernel: which values are exact (not of another file's)
         mask_file = folder / f"kernel_{which}_exact.npz"
-        if getattr(k, which) is not None and mask_file.exists():
+        if getattr(k, which) is not None and mask_file.exists() and which not in other_file:
             k.exact[which] = _load_matrix(mask_file, getattr(k, which).shape, f"{which} exact-mask")
     return k
 

@@ -337,8 +337,11 @@ def already_known(inputs: AuditInputs) -> Outcome:
     """Rows with a low plain distance d(i, plain), lowest first."""
     S, d = inputs.settings, inputs.d_plain
     if d is None:
-        reason = inputs.missing("utility") or ("the kernel records no plain distances (a bare "
-                                               "kernel file); give the `delift kernel` folder")
+        learned = inputs.kernels is not None and "pool" in inputs.kernels.meta.learned
+        reason = inputs.missing("utility") or (
+            "a learned kernel has plain distances of its anchor rows only" if learned else
+            "the kernel records no plain distances (a bare kernel file); give the `delift "
+            "kernel` folder")
         return Outcome(False, {"d_plain": inputs.blank()}, reason=reason)
     order = np.argsort(d, kind="stable")
     ids = [inputs.pool.ids[k] for k in order if d[k] <= S.known_max_distance]

@@ -6,7 +6,9 @@ kernel most covers are predicted. :func:`verify_selection` scores the predicted 
 (one model pass each, plus the row's plain pass when the pair store lacks it; through the pair
 store), puts the exact values into the kernel in place of the predictions, selects again, and
 repeats for ``rounds`` rounds or until a round has nothing left to score. The pairs it scores
-stay in the pair store, so the next kernel or selection of the same rows reads them back.
+stay in the pair store, so the same verification again, or an exact kernel of the same rows,
+reads them back (a learned kernel computed again scores its own anchors' pairs and predicts the
+rest: it does not read them).
 
 Covers alone only correct helpers the prediction *over*-rates: a helper it under-rates is never
 selected, so never a cover, so never scored. With ``explore`` > 0 each round also scores the pairs
