@@ -329,6 +329,27 @@ def test_every_stage_gets_a_learned_kernel(pool, tiny_llama, store, direction):
     assert k2.existing.shape == (120, 30) and set(k2.meta.learned) == {"pool", "existing"}
 
 
+def test_a_sparse_learned_reference_target_kernel_holds_the_exact_kernels_pairs(
+        pool, tiny_llama, store):
+    """A sparse target kernel values the same (q, i) pairs in either direction (each target
+    row's nearest pool rows); the learned one in the reference direction once took each pool
+    row's nearest target rows instead."""
+    import scipy.sparse as sp
+
+    target = load_dataset("demo:target")
+    small = pool.subset(range(120))
+    emb = compute_kernels(small, target=target, kind="embedding", neighbours=4,
+                          neighbour_random=1)
+    want = emb.target.tocoo()
+    k = _learned(small, tiny_llama, target=target, exact_passes=600, neighbours=4,
+                 neighbour_random=1, target_direction="reference")
+    got = sp.csr_matrix(k.target)
+    held = got[want.row, want.col]
+    assert k.target.shape == emb.target.shape and held.size == want.nnz
+    have = sp.csr_matrix((np.ones(got.nnz), got.indices, got.indptr), shape=got.shape)
+    assert np.asarray(have[want.row, want.col]).ravel().all()
+
+
 def test_importing_the_engine_bounds_onednn_primitive_cache_unless_the_user_set_it():
     """oneDNN's default cache (1,024 primitives) kept 0.36 to 0.45 GiB more at the peak of exact
     passes for no speed (benchmarks/README.md); the engine sets 128 before any primitive is made,

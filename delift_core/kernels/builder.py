@@ -215,7 +215,7 @@ class _Builder:
             self.embeddings(cols, col_role), learned=learned,
             neighbours=self.sparse.k if self.sparse else None,
             neighbour_random=self.sparse.random if self.sparse else self.neighbour_random,
-            same_set=row_role == col_role, label=f"utility {role}",
+            same_set=row_role == col_role, label=f"utility {role}", pairs_by_column=transpose,
             progress=self.progress, cancel=self.cancel)
         if learned != self.learned and self.learned is not None:
             meta["budget"]["whole_run"] = {

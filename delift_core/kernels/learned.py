@@ -386,13 +386,15 @@ def verification_line(v: dict) -> str:
 
 def build_learned(engine: Any, rows: Any, cols: Any, e_rows: np.ndarray, e_cols: np.ndarray, *,
                   learned: LearnedSpec, neighbours: int | None, neighbour_random: int,
-                  same_set: bool, label: str,
+                  same_set: bool, label: str, pairs_by_column: bool = False,
                   progress: Callable[[str, int, int], None] | None = None,
                   cancel: threading.Event | None = None) -> tuple[sp.csr_matrix, sp.csr_matrix,
                                                                    dict]:
     """The learned kernel of ``rows`` helped by ``cols`` (CSR float32), its exact-pair mask (CSR,
     1 where exact) and its record. ``engine`` is the :class:`UtilityKernel` that scores the exact
-    pairs (local or Ray, through the pair store)."""
+    pairs (local or Ray, through the pair store). ``pairs_by_column``: a sparse kernel's pairs are
+    each column's nearest rows (a reference-direction target kernel, valued transposed: the same
+    (q, i) pairs as the exact sparse kernel)."""
     times: dict[str, float] = {}
     n_r, n_c = len(e_rows), len(e_cols)
     check_rows(label, n_r)
@@ -404,7 +406,14 @@ def build_learned(engine: Any, rows: Any, cols: Any, e_rows: np.ndarray, e_cols:
         pr, pc = np.repeat(np.arange(n_r), n_c), np.tile(np.arange(n_c), n_r)
     else:
         k = neighbours or LEARNED_NEIGHBOURS
-        pr, pc = neighbour_pairs(e_rows, e_cols, k, n_random=neighbour_random, seed=learned.seed)
+        if pairs_by_column:
+            pc, pr = neighbour_pairs(e_cols, e_rows, k, n_random=neighbour_random,
+                                     seed=learned.seed)
+            by_row = np.lexsort((pc, pr))
+            pr, pc = pr[by_row], pc[by_row]
+        else:
+            pr, pc = neighbour_pairs(e_rows, e_cols, k, n_random=neighbour_random,
+                                     seed=learned.seed)
     starts = np.searchsorted(pr, np.arange(n_r + 1))  # pairs are grouped by row, rows ascending
     key_r = [row_key(p, q) for p, q in zip(rows.prompts, rows.responses)]
     by_key: dict[bytes, list[int]] = {}
