@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import threading
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 from delift_core.cli import main
 from delift_core.data.dataset import load_dataset
@@ -21,6 +23,22 @@ from delift_core.kernels.utility_settings import KernelCancelled
 from delift_core.outputs.export import export_selection
 from delift_core.selection.select import select
 from conftest import learned_kernels as _learned
+
+
+class _RuleEngine:
+    """A stand-in utility engine: exact utilities from ``rule(rows, cols)``, no model."""
+
+    def __init__(self, rule):
+        self.rule, self.lm = rule, SimpleNamespace(name="fake", dtype="float32")
+
+    def model_record(self):
+        return {"model": "fake", "dtype": "float32"}
+
+    def compute(self, targets, examples, *, pairs, cancel=None, progress=None):
+        r, c = pairs
+        return SimpleNamespace(values=sp.csr_matrix(
+            (self.rule(r, c), (r, c)), shape=(len(targets.prompts), len(examples.prompts))),
+            meta={"pairs_computed": len(r), "pairs_reused": 0})
 
 
 def test_exact_values_stay_exact_and_are_marked(pool, tiny_llama, store):
@@ -199,10 +217,6 @@ def test_copies_of_a_row_are_never_split_between_training_and_held_out():
     """The pair store values rows by content, so a copy of a training row held out would
     measure the predictor on what it was trained on; and a row's copy is its self pair, never
     an exact example of it."""
-    from types import SimpleNamespace
-
-    import scipy.sparse as sp
-
     from delift_core.kernels.learned import LearnedSpec, build_learned
 
     base = load_dataset("demo:pool").subset(range(60))
@@ -215,20 +229,8 @@ def test_copies_of_a_row_are_never_split_between_training_and_held_out():
     emb = np.concatenate([emb, emb + 1e-3 * rng.normal(size=emb.shape).astype(np.float32)])
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
 
-    class Engine:
-        lm = SimpleNamespace(name="fake", dtype="float32")
-
-        def model_record(self):
-            return {"model": "fake", "dtype": "float32"}
-
-        def compute(self, targets, examples, *, pairs, cancel=None, progress=None):
-            r, c = pairs
-            v = (0.01 * ((c % 60) % 7) + 0.001 * (r % 5)).astype(np.float32)
-            return SimpleNamespace(values=sp.csr_matrix(
-                (v, (r, c)), shape=(len(targets.prompts), len(examples.prompts))),
-                meta={"pairs_computed": len(r), "pairs_reused": 0})
-
-    _, mask, meta = build_learned(Engine(), rows, rows, emb, emb,
+    rule = lambda r, c: (0.01 * ((c % 60) % 7) + 0.001 * (r % 5)).astype(np.float32)  # noqa: E731
+    _, mask, meta = build_learned(_RuleEngine(rule), rows, rows, emb, emb,
                                   learned=LearnedSpec(exact_passes=1040, seed=1), neighbours=8,
                                   neighbour_random=2, same_set=True, label="utility pool")
     held = {i % 60 for i in meta["heldout_rows_list"]}
@@ -334,8 +336,6 @@ def test_a_sparse_learned_reference_target_kernel_holds_the_exact_kernels_pairs(
     """A sparse target kernel values the same (q, i) pairs in either direction (each target
     row's nearest pool rows); the learned one in the reference direction once took each pool
     row's nearest target rows instead."""
-    import scipy.sparse as sp
-
     target = load_dataset("demo:target")
     small = pool.subset(range(120))
     emb = compute_kernels(small, target=target, kind="embedding", neighbours=4,
@@ -374,9 +374,6 @@ def test_an_exact_value_of_zero_is_kept_where_the_mask_says_exact():
     out exactly 0: an exact utility of 0.0 once vanished from a sparse learned kernel while its
     mask still called the pair exact (read as absent, not as 0). Sparse only: a dense kernel's
     absent entry is 0 anyway."""
-    import scipy.sparse as sp
-    from types import SimpleNamespace
-
     from delift_core.kernels.learned import LearnedSpec, build_learned
 
     rows = load_dataset("demo:pool").subset(range(120))
@@ -384,21 +381,10 @@ def test_an_exact_value_of_zero_is_kept_where_the_mask_says_exact():
     emb = rng.normal(size=(len(rows), 16)).astype(np.float32)
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
 
-    class Engine:
-        """Exact utilities from a rule: every third pair exactly 0."""
-        lm = SimpleNamespace(name="fake", dtype="float32")
+    def rule(r, c):  # every third pair exactly 0
+        return np.where((r + c) % 3 == 0, 0.0, 0.05 + 0.01 * (c % 7)).astype(np.float32)
 
-        def model_record(self):
-            return {"model": "fake", "dtype": "float32"}
-
-        def compute(self, targets, examples, *, pairs, cancel=None, progress=None):
-            r, c = pairs
-            v = np.where((r + c) % 3 == 0, 0.0, 0.05 + 0.01 * (c % 7)).astype(np.float32)
-            return SimpleNamespace(values=sp.csr_matrix(
-                (v, (r, c)), shape=(len(targets.prompts), len(examples.prompts))),
-                meta={"pairs_computed": len(r), "pairs_reused": 0})
-
-    values, mask, meta = build_learned(Engine(), rows, rows, emb, emb,
+    values, mask, meta = build_learned(_RuleEngine(rule), rows, rows, emb, emb,
                                        learned=LearnedSpec(exact_passes=520, seed=1),
                                        neighbours=8, neighbour_random=2, same_set=True,
                                        label="utility pool")
