@@ -130,6 +130,10 @@ st.data_editor(
                                                                       "here clears a pin)"),
                    "note": st.column_config.TextColumn("note", width="medium")})
 st.caption(bulk.saved_state())
+if sel.kernels is not None and sel.kernels.meta.learned:
+    st.caption("gain, covered_by and coverage stand on a LEARNED kernel: most of its values are "
+               "predicted (the Kernel page gives its held-out fidelity; the Select page can "
+               "verify the selection's covers).")
 
 # -- one sample in detail
 if not visible_ids:

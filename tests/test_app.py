@@ -784,3 +784,7 @@ def test_select_page_verifies_a_learned_kernels_selection(tmp_path: Path,
     other = [c for c in texts(at.caption) if "Verified" in c]
     assert len(other) == 1 and other[0].startswith("**Verified for another selection**")
     assert other[0].endswith("it verified FL at 24 rows.")
+    # the Review page's gain and covers say they stand on a learned kernel
+    goto(at, "5_Review")
+    assert not at.exception, at.exception
+    assert any("stand on a LEARNED kernel" in c for c in texts(at.caption))
