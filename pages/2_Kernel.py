@@ -244,7 +244,8 @@ if s["kernels"] is not None:
         m = getattr(k, w)
         if m is not None:
             a, b = m.shape
-            parts.append(f"{w} {a}×{b}" + (f" (sparse: {m.nnz:,} pairs valued, "
+            valued = "valued, most predicted" if w in k.meta.learned else "scored"
+            parts.append(f"{w} {a}×{b}" + (f" (sparse: {m.nnz:,} pairs {valued}, "
                                            f"{m.nnz / (a * b):.0%})" if hasattr(m, "nnz") else ""))
     st.caption("Kernels: " + ", ".join(parts))
     ui.learned_fidelity(k)
