@@ -128,3 +128,30 @@ def test_without_ray_the_backend_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(MissingDependencyError, match=r'pip install "delift-studio\[ray\]"'):
         ray_backend.ensure_ray()
+
+
+def test_a_learned_kernels_selection_is_verified_on_ray(cluster, lm, tmp_path, monkeypatch):
+    """Verification scores its pairs where the kernel's were (it once ran them in the driver
+    whatever the backend), with the same values as in one process."""
+    from delift_core.data.dataset import Dataset
+    from delift_core.kernels.builder import compute_kernels
+    from delift_core.kernels.ray_backend import engine_options
+    from delift_core.selection.verify import verify_selection
+
+    monkeypatch.setenv("DELIFT_CACHE_DIR", str(tmp_path))
+    prompts = [f"Question {k}: what is {k} times {k % 5 + 2}?" for k in range(24)]
+    resps = [f"It is {k * (k % 5 + 2)}." for k in range(24)]
+    pool = Dataset(rows=[{"prompt": p, "response": r} for p, r in zip(prompts, resps)],
+                   ids=[f"r{k}" for k in range(24)], prompts=prompts, responses=resps,
+                   layout="prompt-response", source="test", source_format="list")
+    k = compute_kernels(pool, kind="utility", lm=lm, settings=SETTINGS, learned=True,
+                        exact_passes=200, use_cache=False)
+    local = verify_selection(pool, "fl", k, 0.25, rounds=1, lm=lm, settings=SETTINGS,
+                             use_cache=False)
+    on_ray = verify_selection(pool, "fl", k, 0.25, rounds=1, lm=lm, settings=SETTINGS,
+                              use_cache=False, engine_options=engine_options(None, 2))
+    v, w = (s.kernels.meta.learned["pool"]["verification"] for s in (local, on_ray))
+    assert v["backend"] == "local" and w["backend"] == "ray" and w["pairs_verified"] > 0
+    assert (on_ray.kernels.exact["pool"] != local.kernels.exact["pool"]).nnz == 0
+    np.testing.assert_allclose(on_ray.kernels.pool, local.kernels.pool, atol=1e-6, rtol=0)
+    assert on_ray.selected_ids == local.selected_ids

@@ -370,11 +370,9 @@ def compute_kernels(pool: Dataset, *, target: Dataset | None = None,
         builder.learned = LearnedSpec(exact_passes, exact_minutes, exact_per_row,
                                       sparse.seed if sparse else neighbour_seed)
     if backend == "ray" and kind == "utility":
-        from delift_core.kernels.ray_backend import ensure_ray
+        from delift_core.kernels.ray_backend import engine_options
 
-        ensure_ray(ray_address, workers)  # says how to install Ray, or joins the cluster, first
-        builder.engine_options = {"backend": "ray", "ray_options": {
-            "address": ray_address, "workers": workers, "threads": 1}}
+        builder.engine_options = engine_options(ray_address, workers)  # Ray joined first
     kernels = Kernels(kind, meta=meta)
     shares: dict[str, LearnedSpec] = {}
     if builder.learned is not None:

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from delift_core.kernels.utility_settings import TextRows
     from delift_core.kernels.utility import UtilityKernel
 
-__all__ = ["MAX_ATTEMPTS", "ensure_ray", "run_units", "current_actors", "shutdown_workers"]
+__all__ = ["MAX_ATTEMPTS", "engine_options", "ensure_ray", "run_units", "current_actors", "shutdown_workers"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +46,15 @@ _POOLS: dict[tuple, list[Any]] = {}
 
 def _ray() -> Any:
     return optional_import("ray", "ray", "the Ray backend (--backend ray)")
+
+
+def engine_options(address: str | None = None, workers: int | None = None) -> dict[str, Any]:
+    """The :class:`~delift_core.kernels.utility.UtilityKernel` options that run its passes on Ray
+    workers (one thread each), after joining or starting the cluster (:func:`ensure_ray`, which
+    says how to install Ray first): one place for the kernel builder and verification."""
+    ensure_ray(address, workers)
+    return {"backend": "ray", "ray_options": {"address": address, "workers": workers,
+                                              "threads": 1}}
 
 
 def ensure_ray(address: str | None = None, workers: int | None = None, threads: int = 1) -> Any:

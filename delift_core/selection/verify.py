@@ -351,6 +351,7 @@ def verify_selection(pool: Dataset, objective: str, kernels: Kernels, budget: An
                      progress: StageProgress | None = None,
                      cancel: threading.Event | None = None,
                      on_round: Callable[[int, Selection], None] | None = None,
+                     engine_options: Mapping[str, Any] | None = None,
                      **select_options: Any) -> Selection:
     """Select on a learned kernel, score the selection's predicted covers exactly, and select
     again, ``rounds`` times at most (fewer when a round has nothing to score: every cover exact
@@ -360,7 +361,8 @@ def verify_selection(pool: Dataset, objective: str, kernels: Kernels, budget: An
     predicted gain (see the module's docstring). Returns the last
     selection, made on the kernel with the verified values (``selection.kernels``; the given
     ``kernels`` are not changed). ``lm`` and ``settings`` must be the kernel's own (a
-    KernelError otherwise); ``select_options`` go to :func:`select` each round; ``on_round(k,
+    KernelError otherwise); ``engine_options`` go to the :class:`UtilityKernel` that scores the
+    pairs (``backend="ray"``: on Ray workers, :func:`ray_backend.engine_options`); ``select_options`` go to :func:`select` each round; ``on_round(k,
     selection)`` sees each round's selection before its covers are scored (k = 0, 1, ...).
 
     A cancel keeps the pairs already scored (in the pair store) and raises
@@ -411,7 +413,7 @@ def verify_selection(pool: Dataset, objective: str, kernels: Kernels, budget: An
                             spec.default("dtype"))
     settings = settings or UtilitySettings()
     _check_engine(kernels, lm, settings)
-    engine = UtilityKernel(lm, settings, use_cache=use_cache)
+    engine = UtilityKernel(lm, settings, use_cache=use_cache, **(engine_options or {}))
     current = kernels
     record = {r: _start_record(learned[r].get("verification"), rounds, explore) for r in roles}
     sel = select(pool, objective, current, budget, **select_options)
@@ -450,6 +452,7 @@ def verify_selection(pool: Dataset, objective: str, kernels: Kernels, budget: An
             rec["explored_pairs_verified"] += int(ok[n_covers[role]:].sum())
             rec["passes_computed"] += int(meta.get("pairs_computed", 0))
             rec["passes_reused"] += int(meta.get("pairs_reused", 0))
+            rec["backend"] = meta.get("backend", "local")
             rec["seconds"] = round(rec["seconds"] + time.time() - t0, 3)
         for role in roles:
             r, c = todo[role]
@@ -515,8 +518,13 @@ def verify_from_settings(pool: Dataset, objective: str, kernels: Kernels, budget
     from delift_core.kernels.request import engine_values, load_models
 
     v = engine_values({**values, "kernel": "utility"})
+    options = None
+    if v["backend"] == "ray":  # the passes go where the kernel's went
+        from delift_core.kernels.ray_backend import engine_options
+
+        options = engine_options(v["ray_address"], v["workers"])
     models = load_models(v, "utility", progress=model_progress)
     return verify_selection(pool, objective, kernels, budget, rounds=rounds, explore=explore,
                             lm=models["lm"], settings=models["settings"], target=target,
-                            use_cache=v["use_cache"],
-                            progress=progress, cancel=cancel, **select_options)
+                            use_cache=v["use_cache"], progress=progress, cancel=cancel,
+                            engine_options=options, **select_options)
