@@ -155,7 +155,8 @@ _SETTINGS: list[Setting] = [
        "columns by sentence embedding (plus --neighbour-random random ones)", label="Neighbours "
        "per sample (K)", low=1, optional=True, metavar="K", widget="page", suggested=16),
     _s("neighbour_random", "kernel", int, 4, "sparse kernel: seeded random columns added to each "
-       "row's neighbours", label="Random columns per sample", low=0, widget="advanced"),
+       "row's neighbours", label="Random columns per sample", low=0, high=256,
+       widget="advanced"),
     _s("neighbour_seed", "kernel", int, 0, "sparse kernel: the seed of the random columns (its "
        "own: --seed never changes a kernel)", label="Seed of the random columns", low=0,
        widget="advanced"),

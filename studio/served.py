@@ -28,7 +28,10 @@ from delift_core.lm.models import packaged_embedder, packaged_model
 __all__ = ["ServedSettings", "AccessRefused", "served_settings", "data_source", "model_source",
            "check_loaded_source", "auth_configured", "require_sign_in", "user_allowed"]
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+"""A hub id a served studio takes: owner/name. A bare name is never one there: ``datasets``
+reads ``text``, ``json``, ``csv`` or ``parquet`` as its own loaders over the server's working
+folder."""
 
 
 class AccessRefused(DeliftError):
@@ -149,6 +152,13 @@ def _looks_local(text: str, root: Path, suffixes: tuple[str, ...] = ()) -> bool:
             or os.path.lexists(root / text))
 
 
+def _unusable(text: str, e: Exception) -> AccessRefused:
+    """A name the file system cannot even look up (too long, a NUL byte): refused by name."""
+    shown = text if len(text) <= 80 else text[:77] + "..."
+    return AccessRefused(f"'{shown}' is not a path or hub id this studio can use "
+                         f"({type(e).__name__}: {getattr(e, 'strerror', None) or e})")
+
+
 def data_source(text: str, settings: ServedSettings | None = None) -> str:
     """What to load for a data source typed on a page: as typed on a local run; in served mode
     a demo name, a resolved path inside the data root, or an allowed hub id (AccessRefused)."""
@@ -156,6 +166,14 @@ def data_source(text: str, settings: ServedSettings | None = None) -> str:
     text = text.strip()
     if settings.data_root is None or text.startswith("demo:"):
         return text
+    try:
+        return _served_data_source(text, settings)
+    except (OSError, ValueError) as e:
+        raise _unusable(text, e) from None
+
+
+def _served_data_source(text: str, settings: ServedSettings) -> str:
+    assert settings.data_root is not None
     if _looks_local(text, settings.data_root, tuple(EXTENSIONS)) or not _HUB_ID.match(text):
         return str(_local(text, settings.data_root))
     return _hub(text, "datasets", settings)
@@ -169,6 +187,14 @@ def model_source(text: str | None, *, embedder: bool = False,
     text = (text or "").strip()
     if not text or settings.data_root is None:
         return text or None
+    try:
+        return _served_model_source(text, embedder, settings)
+    except (OSError, ValueError) as e:
+        raise _unusable(text, e) from None
+
+
+def _served_model_source(text: str, embedder: bool, settings: ServedSettings) -> str:
+    assert settings.data_root is not None
     if (packaged_embedder(text) if embedder else packaged_model(text) is not None) \
             and not os.path.lexists(settings.data_root / text):
         return text
@@ -213,6 +239,8 @@ def _signed_in_and_allowed() -> tuple[bool, str]:
     if not st.user.is_logged_in:
         return False, ""
     email = str(st.user.get("email") or "")
+    if st.user.get("email_verified") is False:  # anyone can claim an address the provider
+        return False, email  # did not check: never on the allow-list, never its owner's files
     return user_allowed(email, served_settings().allowed_users), email
 
 
@@ -223,8 +251,12 @@ def _sign_in_screen() -> None:
         st.button("Sign in", type="primary", on_click=st.login, key="_sign_in")
         return
     email = str(st.user.get("email") or "")
-    st.error(f"{email or 'This account'} is not allowed to use this studio. Ask its "
-             "administrator to add the address or its domain to DELIFT_ALLOWED_USERS.")
+    if st.user.get("email_verified") is False:
+        st.error(f"The sign-in provider has not verified {email or 'this account'}'s address: "
+                 "verify it with the provider, then sign in again.")
+    else:
+        st.error(f"{email or 'This account'} is not allowed to use this studio. Ask its "
+                 "administrator to add the address or its domain to DELIFT_ALLOWED_USERS.")
     st.button("Sign out", on_click=st.logout, key="_sign_out_refused")
 
 

@@ -288,8 +288,14 @@ def start_kernel_job(config: dict, pool: Dataset, target: Dataset | None,
                      existing: Dataset | None, est: Any) -> jobs.KernelJob:
     """Start computing kernels for this session in a background thread (``est``: the page's
     work estimate of exactly this computation, which the job's progress is weighted by).
-    A model or embedder the served studio does not allow is refused here (AccessRefused)."""
+    A model or embedder the served studio does not allow, or Ray on a served studio, is
+    refused here (AccessRefused)."""
     config = dict(config)
+    if config.get("backend") == "ray" and served.served_settings().served:
+        raise served.AccessRefused(  # a cluster per request, workers for everyone to stop
+            "Ray is not offered on a shared studio: its workers and cluster are the server's, "
+            "not a session's; compute in this process (Compute on) or run `delift kernel "
+            "--backend ray` on the cluster")
     for key, embedder in (("model", False), ("embedder", True)):
         if config.get(key):
             config[key] = served.model_source(config[key], embedder=embedder)
@@ -519,8 +525,14 @@ def _embed(key: str, _ds: Dataset, embedder: str) -> np.ndarray:
 
 
 def embeddings(ds: Dataset, embedder: str | None = None) -> np.ndarray:
-    """Unit sentence embeddings of a dataset's samples (cached by content)."""
-    name = embedder or ss()["p_embedder"]
+    """Unit sentence embeddings of a dataset's samples (cached by content), with the embedder
+    checked as every model a page takes is (a served studio: packaged, inside the data root, or
+    an allowed hub id); a refused one stops the page with its message."""
+    try:
+        name = served.model_source(embedder or ss()["p_embedder"], embedder=True) or ""
+    except served.AccessRefused as e:
+        st.error(str(e))
+        st.stop()
     return _embed(ds.text_sha256 + name, ds, name)
 
 

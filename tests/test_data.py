@@ -149,6 +149,29 @@ def test_parquet(tmp_path):
     assert ds.source_format == "parquet" and ds.rows == ALPACA
 
 
+def test_a_parquet_file_that_decodes_to_far_more_than_text_does_is_refused(monkeypatch):
+    """A few KB of Parquet can decode to hundreds of GB (an upload once decoded it whole on the
+    Data page, before any check): decoding stops past 64 times the file or 256 MiB."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import delift_core.data.formats as formats
+
+    monkeypatch.setattr(formats, "PARQUET_MIN_CAP", 2**20)  # 1 MiB here, 256 MiB in use
+    rows = [{"prompt": "a" * 100_000, "response": "b"} for _ in range(40)]  # 4 MB of text
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows), buf, compression="zstd")
+    data = buf.getvalue()
+    assert len(data) * 64 < 2**20  # a small file
+    with pytest.raises(DataError, match=r"bomb.parquet: decodes to more than 1 MiB"):
+        load_dataset_bytes(data, "bomb.parquet")
+    small = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(ALPACA), small, compression="zstd")
+    assert load_dataset_bytes(small.getvalue(), "a.parquet").rows == ALPACA
+
+
 def test_save_to_disk_folder(tmp_path):
     import datasets
 

@@ -227,3 +227,78 @@ def test_two_slots_run_two_jobs_and_embedding_kernels_never_queue() -> None:
                           estimate=None).needs_model()
     a.go.set(), b.go.set()
     _until(lambda: a.status == b.status == "done")
+
+
+# ------------------------------------------------------------------------------------------
+# A review of the served studio (2026-12-05): each case once got through
+
+
+def test_a_bare_name_is_never_a_hub_id_on_a_served_studio(root: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """``datasets`` reads a bare ``text``, ``json``, ``csv`` or ``parquet`` as its own loader
+    over the server's working folder: served, a hub id must be owner/name."""
+    allowed = ServedSettings(data_root=Path(os.path.realpath(root)), allow_hub=True)
+    monkeypatch.chdir(root.parent)  # where the server runs: secret.jsonl lies here
+    for name in ("text", "json", "csv", "parquet"):
+        with pytest.raises(AccessRefused, match=f"no file or folder '{name}' in the data root"):
+            data_source(name, allowed)
+    with pytest.raises(AccessRefused, match="no file or folder 'gpt2' in the data root"):
+        model_source("gpt2", settings=allowed)
+    assert data_source("tatsu-lab/alpaca", allowed) == "tatsu-lab/alpaca"
+
+
+@pytest.mark.parametrize("text", ["x" * 300, "team/po\0ol.jsonl"])
+def test_a_name_the_file_system_cannot_look_up_is_refused_by_name(root: Path, text: str) -> None:
+    for check in (lambda: data_source(text, served(root)),
+                  lambda: model_source(text, settings=served(root)),
+                  lambda: model_source(text, embedder=True, settings=served(root))):
+        with pytest.raises(AccessRefused, match="is not a path or hub id this studio can use"):
+            check()
+
+
+def test_an_address_the_provider_did_not_verify_is_never_allowed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    import studio.served as served_module
+
+    class User(dict):
+        is_logged_in = True
+
+    monkeypatch.setenv("DELIFT_ALLOWED_USERS", "@team.org")
+    for verified, ok in ((False, False), (True, True), (None, True)):
+        claims = {"email": "ann@team.org"} | ({} if verified is None else
+                                             {"email_verified": verified})
+        monkeypatch.setattr(served_module, "st", SimpleNamespace(user=User(claims)))
+        assert served_module._signed_in_and_allowed() == (ok, "ann@team.org")
+
+
+def test_the_sentence_embedder_of_every_page_is_checked(root: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The embedder the Audit, Explore and Download pages embed with is checked as the Kernel
+    page's is (it was loaded from any path typed into the box)."""
+    from test_app import compute, goto, load_demo, new_app
+
+    monkeypatch.setenv("DELIFT_DATA_ROOT", str(root))
+    monkeypatch.setenv("DELIFT_CACHE_DIR", str(root.parent / "cache"))
+    at = compute(load_demo(new_app()), "embedding")  # the packaged embedder: allowed
+    at.session_state["p_embedder"] = str(root.parent)  # typed into the Kernel page's box
+    goto(at, "8_Audit")
+    assert any("outside the data root" in e.value for e in at.error), [e.value for e in at.error]
+
+
+def test_a_served_studio_offers_no_ray_and_bounds_what_a_page_asks_for(
+        root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from delift_core import settings as spec
+    from delift_core.evaluation.settings import EvaluationError
+    from delift_core.evaluation.subsets import parse_int_list
+    from studio import state
+
+    monkeypatch.setenv("DELIFT_DATA_ROOT", str(root))
+    with pytest.raises(AccessRefused, match="Ray is not offered on a shared studio"):
+        state.start_kernel_job({"kind": "utility", "backend": "ray"}, None, None, None, None)
+    with pytest.raises(ValueError, match="at most 256"):
+        spec.check("neighbour_random", 10_000_000)
+    with pytest.raises(EvaluationError, match="at most 100"):
+        parse_int_list(",".join(map(str, range(101))), "seeds")
+    assert parse_int_list(",".join(map(str, range(100))), "seeds") == list(range(100))

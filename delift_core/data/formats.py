@@ -103,11 +103,32 @@ def _read_csv(data: bytes, name: str) -> Records:
     return records, where
 
 
+PARQUET_EXPANSION, PARQUET_MIN_CAP = 64, 256 * 2**20
+"""A Parquet file decodes to at most 64 times its own size or 256 MiB, whichever is larger:
+text compresses a few times, while a crafted file of a few KB can decode to hundreds of GB."""
+
+
 def _read_parquet(data: bytes, name: str) -> Records:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
+    cap = max(PARQUET_EXPANSION * len(data), PARQUET_MIN_CAP)
+    too_big = DataError(f"{name}: decodes to more than {cap / 2**20:,.0f} MiB from "
+                        f"{len(data) / 2**20:,.1f} MiB, more than text data does; refused")
     try:
-        table = pq.read_table(io.BytesIO(data))
+        f = pq.ParquetFile(io.BytesIO(data))
+        meta = f.metadata
+        if sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups)) > cap:
+            raise too_big
+        batches, size = [], 0
+        for batch in f.iter_batches(batch_size=256):  # decoded a little at a time, counted
+            size += batch.nbytes
+            if size > cap:
+                raise too_big
+            batches.append(batch)
+        table = pa.Table.from_batches(batches, schema=f.schema_arrow)
+    except DataError:
+        raise
     except Exception as e:  # pyarrow raises several types for corrupt files
         raise DataError(f"{name}: not a readable Parquet file ({e})") from None
     records = table.to_pylist()

@@ -160,12 +160,22 @@ def method_subsets(selection: Any, objectives: Sequence[str],
     return out
 
 
+MAX_SEEDS = 100
+"""The most seeds a comma list may give: each is a whole subset to build and train or prompt on."""
+
+
 def parse_int_list(text: str, what: str) -> list[int]:
-    """Whole numbers from a comma list such as "0,1,2" (the seeds of the random baselines)."""
+    """Whole numbers from a comma list such as "0,1,2" (the seeds of the random baselines), at
+    most :data:`MAX_SEEDS` of them."""
+    parts = [x for x in text.split(",") if x.strip()]
+    if len(parts) > MAX_SEEDS:
+        raise EvaluationError(f"{what}: {len(parts):,} numbers; at most {MAX_SEEDS} (each is a "
+                              "subset to evaluate)")
     try:
-        return [int(x) for x in text.split(",") if x.strip()]
+        return [int(x) for x in parts]
     except ValueError:
-        raise EvaluationError(f"{what} must be a comma list of whole numbers, got '{text}'") from None
+        shown = text if len(text) <= 80 else text[:77] + "..."
+        raise EvaluationError(f"{what} must be a comma list of whole numbers, got '{shown}'") from None
 
 
 def dataset_key(ds: Dataset | None) -> str:

@@ -53,6 +53,7 @@ def neighbour_pairs(t_emb: np.ndarray, e_emb: np.ndarray, k: int, *, n_random: i
         cols.append(top.reshape(-1))
     r = np.concatenate(rows) if rows else np.zeros(0, np.int64)
     c = np.concatenate(cols) if cols else np.zeros(0, np.int64)
+    n_random = min(n_random, n_e)  # more draws than columns add nothing but memory
     if n_random > 0 and n_e > kk:
         rng = np.random.default_rng(seed)
         r = np.concatenate([r, np.repeat(np.arange(n_t), n_random)])
