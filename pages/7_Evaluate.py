@@ -90,9 +90,8 @@ def _request() -> dict[str, Any]:
     if use_current:
         sub, pool = current.subset(), current.pool
     else:
-        sub, pool = load_subset(served.data_source(s["ev_subset_src"]))
-        if pool is not None:  # read from the path the subset folder's manifest names
-            served.check_loaded_source(pool.source)
+        sub, pool = load_subset(served.data_source(s["ev_subset_src"]),
+                                resolve=served.data_source)  # the manifest's pool: checked first
         if s["ev_pool_src"].strip():
             pool = state.load_source(s["ev_pool_src"])
     test = state.load_source(s["ev_test_src"])

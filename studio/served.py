@@ -26,7 +26,7 @@ from delift_core.errors import DeliftError
 from delift_core.lm.models import packaged_embedder, packaged_model
 
 __all__ = ["ServedSettings", "AccessRefused", "served_settings", "data_source", "model_source",
-           "check_loaded_source", "auth_configured", "require_sign_in", "user_allowed"]
+           "auth_configured", "require_sign_in", "user_allowed"]
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 """A hub id a served studio takes: owner/name. A bare name is never one there: ``datasets``
@@ -201,16 +201,6 @@ def _served_model_source(text: str, embedder: bool, settings: ServedSettings) ->
     if _looks_local(text, settings.data_root) or not _HUB_ID.match(text):
         return str(_local(text, settings.data_root))
     return _hub(text, "models", settings)
-
-
-def check_loaded_source(source: str | None, settings: ServedSettings | None = None) -> None:
-    """Refuse data a loader read from a path it found itself (a subset folder's manifest names
-    its pool file) when that path is outside the data root."""
-    settings = settings or served_settings()
-    if settings.data_root is None or not source or source.startswith("demo:"):
-        return
-    if Path(source).is_absolute() or os.path.lexists(source):
-        _inside(Path(source), settings.data_root, source)
 
 
 # ------------------------------------------------------------------------------------------

@@ -302,3 +302,38 @@ def test_a_served_studio_offers_no_ray_and_bounds_what_a_page_asks_for(
     with pytest.raises(EvaluationError, match="at most 100"):
         parse_int_list(",".join(map(str, range(101))), "seeds")
     assert parse_int_list(",".join(map(str, range(100))), "seeds") == list(range(100))
+
+
+def test_a_subset_folders_manifest_source_is_checked_before_it_is_read(
+        root: Path, tmp_path: Path) -> None:
+    """An Evaluate subset folder's manifest names its pool; that source goes through the same
+    check as a typed one before anything is read (it was read whole, then checked)."""
+    import json
+
+    from delift_core.evaluation.subsets import load_subset
+
+    folder = root / "team" / "sel"
+    folder.mkdir()
+    (folder / "selected.jsonl").write_text(POOL)
+    (folder / "selection.json").write_text(json.dumps({"objective": "fl", "budget": 2}))
+    seen = []
+
+    def resolve(text: str) -> str:
+        seen.append(text)
+        return data_source(text, served(root))
+
+    secret = str(root.parent / "secret.jsonl")
+    (folder / "manifest.json").write_text(json.dumps({"inputs": {"pool": {"source": secret}}}))
+    sub, pool = load_subset(folder, resolve=resolve)
+    assert seen == [secret] and pool is None and len(sub.data) == 2
+
+
+def test_a_sparse_kernel_as_large_as_a_dense_one_is_refused_before_any_work() -> None:
+    from delift_core.data.dataset import load_dataset
+    from delift_core.errors import KernelError
+    from delift_core.kernels.builder import compute_kernels
+
+    pool = load_dataset("demo:pool")
+    with pytest.raises(KernelError, match=r"is 57,600 pairs, .* lower --neighbours"):
+        compute_kernels(pool, kind="embedding", neighbours=240, max_dense_bytes=2**20,
+                        embedder=object())  # refused before the embedder is ever used

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -38,11 +38,14 @@ class Subset:
         return 0 if self.data is None else len(self.data)
 
 
-def load_subset(path: str | Path, name: str | None = None) -> tuple[Subset, Dataset | None]:
+def load_subset(path: str | Path, name: str | None = None,
+                resolve: Callable[[str], str] | None = None) -> tuple[Subset, Dataset | None]:
     """A subset from a data file or a ``delift select`` output folder, and that folder's pool.
 
     The pool comes back only when the folder's manifest names a pool file that still exists and
-    hashes to the same text; random baselines are drawn from it.
+    hashes to the same text; random baselines are drawn from it. ``resolve`` checks the source
+    the manifest names before anything is read from it (the served studio's ``data_source``: a
+    refusal means no pool).
     """
     p = Path(path).expanduser()
     pool = None
@@ -66,7 +69,7 @@ def load_subset(path: str | Path, name: str | None = None) -> tuple[Subset, Data
         src = pool_rec.get("source")
         if src:
             try:
-                cand = load_dataset(src)
+                cand = load_dataset(resolve(src) if resolve else src)
                 if cand.text_sha256 == pool_rec.get("text_sha256"):
                     pool = cand
             except DeliftError:

@@ -24,7 +24,7 @@ from delift_core import settings as spec
 from delift_core.data.dataset import Dataset
 from delift_core.kernels.diagonal import diagonal_record, scale_with_diagonal, self_pairs
 from delift_core.kernels.embedding import EmbedStats, embed_rows, embedding_kernel
-from delift_core.errors import SelectionError
+from delift_core.errors import KernelError, SelectionError
 from delift_core.kernels.learned import LearnedSpec, build_learned, check_rows, fidelity_line
 from delift_core.kernels.matrices import KernelMatrix, is_sparse
 from delift_core.kernels.meta import KernelMeta
@@ -296,6 +296,25 @@ def _check_dense_size(pool: Dataset, target: Dataset | None, existing: Dataset |
                              f"{spec.default('neighbour_random')} random ones")
 
 
+PAIR_BYTES = 32
+"""Memory a sparse kernel's pair takes while it is built (row and column indices, the value and
+the sorting copies): what its size check counts."""
+
+
+def _check_sparse_size(sets: dict[str, Dataset | None], sparse: SparseSpec,
+                       limit: int | None) -> None:
+    """KernelError, before any work, when a sparse kernel's pairs would not fit the stated
+    limit (a K close to the pool's size is a dense kernel by another name)."""
+    limit = MAX_DENSE_BYTES if limit is None else int(limit)
+    pairs = sum(len(sets[r]) * min(len(sets[c]), sparse.k + sparse.random)
+                for r, c in ROLES.values() if sets[r] is not None and sets[c] is not None)
+    if pairs * PAIR_BYTES > limit:
+        raise KernelError(f"a sparse kernel of {sparse.k} neighbours and {sparse.random} random "
+                          f"columns per row is {pairs:,} pairs, about "
+                          f"{pairs * PAIR_BYTES / 2**30:.1f} GiB to build (limit "
+                          f"{limit / 2**30:.1f} GiB): lower --neighbours")
+
+
 def check_learned_sizes(pool: Dataset, target: Dataset | None, existing: Dataset | None,
                         target_direction: str = spec.default("target_direction")) -> None:
     """A :class:`LearnedKernelError` naming the set, before any model loads, when a learned
@@ -356,6 +375,9 @@ def compute_kernels(pool: Dataset, *, target: Dataset | None = None,
               else SparseSpec(neighbours, neighbour_random, neighbour_seed))
     if not sparse and not learned:
         _check_dense_size(pool, target, existing, max_dense_bytes)
+    elif sparse:
+        _check_sparse_size({"pool": pool, "target": target, "existing": existing}, sparse,
+                           max_dense_bytes)
     start = time.time()
     sets = {"pool": pool, "target": target, "existing": existing}
     meta: dict[str, Any] = {"kind": kind, **{f"{r}_ids": ds.ids for r, ds in sets.items()
