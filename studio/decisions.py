@@ -44,8 +44,10 @@ def reset_baseline() -> None:
 
 def _owner() -> tuple[bool, str | None]:
     """(whether decisions may be kept beyond the session, whose they are)."""
-    if served.auth_configured():
-        return bool(st.user.is_logged_in), str(st.user.get("email") or "") or None
+    if served.auth_configured():  # an account without a verified address keeps nothing: its
+        email = str(st.user.get("email") or "")  # file would be another's (or the local one)
+        verified = st.user.get("email_verified") is not False
+        return bool(st.user.is_logged_in and email and verified), email or None
     return not served.served_settings().served, None
 
 

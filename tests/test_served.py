@@ -337,3 +337,24 @@ def test_a_sparse_kernel_as_large_as_a_dense_one_is_refused_before_any_work() ->
     with pytest.raises(KernelError, match=r"is 57,600 pairs, .* lower --neighbours"):
         compute_kernels(pool, kind="embedding", neighbours=240, max_dense_bytes=2**20,
                         embedder=object())  # refused before the embedder is ever used
+
+
+def test_an_account_without_a_verified_address_keeps_no_decisions_file(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Decisions files are keyed by the signed-in address: an account without one (or with one
+    the provider did not verify) would read and write another's, or the local run's."""
+    from types import SimpleNamespace
+
+    import studio.decisions as decisions
+    import studio.served as served_module
+
+    class User(dict):
+        is_logged_in = True
+
+    monkeypatch.setattr(served_module, "auth_configured", lambda: True)
+    for claims, want in (({"email": "ann@team.org"}, (True, "ann@team.org")),
+                         ({"email": "ann@team.org", "email_verified": False},
+                          (False, "ann@team.org")),
+                         ({"sub": "123"}, (False, None))):
+        monkeypatch.setattr(decisions, "st", SimpleNamespace(user=User(claims)))
+        assert decisions._owner() == want
