@@ -205,9 +205,10 @@ _SETTINGS: list[Setting] = [
        "(speed and resume granularity only, never values)", label="Work-unit rows", low=1,
        high=4096, records=False, widget="advanced"),
     _s("max_field_tokens", "utility", int, 256, "tokens kept of each prompt (and each example's "
-       "prompt and response)", label="Max tokens per field", low=1, widget="advanced"),
+       "prompt and response)", label="Max tokens per field", low=1, high=8192,
+       widget="advanced"),
     _s("max_response_tokens", "utility", int, 256, "tokens of the response scored",
-       label="Max response tokens", low=1, widget="advanced"),
+       label="Max response tokens", low=1, high=8192, widget="advanced"),
     _s("plain_template", "utility", str, "Instruction: Please generate a response to the following "
        "query.\n\n\nQuery: {prompt}\n", "the prompt without an example ({prompt})",
        label="Plain template",

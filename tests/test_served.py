@@ -299,6 +299,9 @@ def test_a_served_studio_offers_no_ray_and_bounds_what_a_page_asks_for(
         state.start_kernel_job({"kind": "utility", "backend": "ray"}, None, None, None, None)
     with pytest.raises(ValueError, match="at most 256"):
         spec.check("neighbour_random", 10_000_000)
+    for name in ("max_field_tokens", "max_response_tokens"):  # a pass's memory grows with them
+        with pytest.raises(ValueError, match="at most 8192"):
+            spec.check(name, 1_000_000)
     with pytest.raises(EvaluationError, match="at most 100"):
         parse_int_list(",".join(map(str, range(101))), "seeds")
     assert parse_int_list(",".join(map(str, range(100))), "seeds") == list(range(100))
