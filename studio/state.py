@@ -454,6 +454,11 @@ def method_label(config: dict | None, objective: str, n_rows: int, n_pool: int) 
     return name + (f" · first {n_rows} rows" if n_rows < n_pool else "")
 
 
+NAIVE_MAX_ROWS = 3000
+"""The most rows the studio runs naive greedy on: its full order is cubic in the rows and runs in
+the page's own thread; lazy greedy gives the same selection."""
+
+
 def current_selection() -> Selection | None:
     """The selection for the current kernels, objective, parameters, decisions and budget.
 
@@ -481,6 +486,11 @@ def current_selection() -> Selection | None:
     key = (s["kernels_version"], objective, tuple(sorted(params.items())), int(s["p_seed"]),
            tuple(pins), tuple(bans), diagonal, method, epsilon)
     try:
+        if method == "naive" and len(pool) > NAIVE_MAX_ROWS:
+            raise SelectionError(
+                f"naive greedy on {len(pool):,} rows scans every candidate at every step of the "
+                f"page's full order (hours at this size, and a page cannot be stopped); lazy "
+                f"greedy selects exactly the same rows far faster: choose it under Greedy")
         full = s.get("_full")
         if not full or full[0] != key:
             full = (key, select(pool, objective, kernels, len(pool), params=params,

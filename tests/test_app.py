@@ -788,3 +788,23 @@ def test_select_page_verifies_a_learned_kernels_selection(tmp_path: Path,
     goto(at, "5_Review")
     assert not at.exception, at.exception
     assert any("stand on a LEARNED kernel" in c for c in texts(at.caption))
+
+
+def test_naive_greedy_on_a_large_pool_is_refused_on_the_page(monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    """The page computes the full greedy order in its own thread: naive greedy is cubic in the
+    rows, so past NAIVE_MAX_ROWS the page says to use lazy greedy (the same selection) instead of
+    running for hours; below it, naive and lazy select the same rows."""
+    from studio import state
+
+    at = ready("embedding")
+    lazy = list(at.session_state["selection"].selected_ids)
+    at.session_state["p_method"] = "naive"
+    goto(at, "3_Select")
+    assert list(at.session_state["selection"].selected_ids) == lazy
+    monkeypatch.setattr(state, "NAIVE_MAX_ROWS", 100)
+    at.session_state["p_seed"] = 1  # another key: the order is computed again
+    goto(at, "3_Select")
+    assert at.session_state["selection"] is None
+    assert any("naive greedy on 240 rows" in e.value and "lazy greedy selects exactly the same"
+               in e.value for e in at.error), [e.value for e in at.error]
