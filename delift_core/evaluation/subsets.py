@@ -178,7 +178,8 @@ def parse_int_list(text: str, what: str) -> list[int]:
         return [int(x) for x in parts]
     except ValueError:
         shown = text if len(text) <= 80 else text[:77] + "..."
-        raise EvaluationError(f"{what} must be a comma list of whole numbers, got '{shown}'") from None
+        raise EvaluationError(f"{what} must be a comma list of whole numbers, got "
+                              f"'{shown}'") from None
 
 
 def dataset_key(ds: Dataset | None) -> str:

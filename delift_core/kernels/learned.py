@@ -38,8 +38,8 @@ from delift_core.kernels.sparse import neighbour_pairs
 from delift_core.kernels.utility_settings import KernelCancelled
 from delift_core.stores.pairstore import row_key
 
-__all__ = ["LearnedSpec", "LearnedKernelError", "budget_shares", "check_rows", "FIDELITY_FLOOR", "DENSE_MAX_ROWS",
-           "LEARNED_NEIGHBOURS",
+__all__ = ["LearnedSpec", "LearnedKernelError", "budget_shares", "check_rows", "FIDELITY_FLOOR",
+           "DENSE_MAX_ROWS", "LEARNED_NEIGHBOURS",
            "anchor_order", "fidelity", "build_learned", "fidelity_line", "interval_text",
            "verification_line"]
 

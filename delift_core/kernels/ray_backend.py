@@ -34,7 +34,8 @@ if TYPE_CHECKING:
     from delift_core.kernels.utility_settings import TextRows
     from delift_core.kernels.utility import UtilityKernel
 
-__all__ = ["MAX_ATTEMPTS", "engine_options", "ensure_ray", "run_units", "current_actors", "shutdown_workers"]
+__all__ = ["MAX_ATTEMPTS", "engine_options", "ensure_ray", "run_units", "current_actors",
+           "shutdown_workers"]
 
 logger = logging.getLogger(__name__)
 

@@ -362,7 +362,8 @@ def verify_selection(pool: Dataset, objective: str, kernels: Kernels, budget: An
     selection, made on the kernel with the verified values (``selection.kernels``; the given
     ``kernels`` are not changed). ``lm`` and ``settings`` must be the kernel's own (a
     KernelError otherwise); ``engine_options`` go to the :class:`UtilityKernel` that scores the
-    pairs (``backend="ray"``: on Ray workers, :func:`ray_backend.engine_options`); ``select_options`` go to :func:`select` each round; ``on_round(k,
+    pairs (``backend="ray"``: on Ray workers, :func:`ray_backend.engine_options`);
+    ``select_options`` go to :func:`select` each round; ``on_round(k,
     selection)`` sees each round's selection before its covers are scored (k = 0, 1, ...).
 
     A cancel keeps the pairs already scored (in the pair store) and raises
