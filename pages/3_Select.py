@@ -6,6 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 import studio  # noqa: F401  (first: imports the engine once, see studio/__init__.py)
+from delift_core.errors import DeliftError
 from delift_core.selection import objectives as registry
 from delift_core.outputs.views import gain_curve
 from delift_core.outputs import figures
@@ -118,9 +119,12 @@ if learned and spec.build is not None:  # a ranking by scores (IFD, longest) rea
             verifying = job is not None and job.running
             if st.button(f"Verify the {sel.budget} selected rows", key="verify_start",
                          disabled=verifying):
-                state.start_verify_job(sel, int(s["p_verify_rounds"]),
-                                       float(s["p_verify_explore"]))
-                verifying = True
+                try:
+                    state.start_verify_job(sel, int(s["p_verify_rounds"]),
+                                           float(s["p_verify_explore"]))
+                    verifying = True
+                except DeliftError as e:  # the server's queue does not take it now
+                    st.error(ui.md_escape(str(e)))
 
             @st.fragment(run_every=1.0 if verifying else None)
             def verify_panel(page_saw_running: bool) -> None:

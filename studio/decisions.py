@@ -18,8 +18,6 @@ from __future__ import annotations
 import time
 from typing import Sequence
 
-import streamlit as st
-
 from delift_core.errors import DataError
 from delift_core.outputs.review import Decisions, save_decisions_for, saved_decisions
 
@@ -45,9 +43,8 @@ def reset_baseline() -> None:
 def _owner() -> tuple[bool, str | None]:
     """(whether decisions may be kept beyond the session, whose they are)."""
     if served.auth_configured():  # an account without a verified address keeps nothing: its
-        email = str(st.user.get("email") or "")  # file would be another's (or the local one)
-        verified = st.user.get("email_verified") is not False
-        return bool(st.user.is_logged_in and email and verified), email or None
+        owner = served.signed_in_user()  # file would be another's (or the local one)
+        return owner is not None, owner
     return not served.served_settings().served, None
 
 

@@ -11,6 +11,9 @@ Model work (utility kernels and evaluations) of all sessions goes through one se
 a small CPU each run many times slower), the rest wait in order, each session sees its place, and
 a job whose browser tab has been gone for :data:`GONE_AFTER_S` leaves the queue. Embedding
 kernels take no place in it: they are short and would otherwise wait behind an hour-long kernel.
+A signed-in user has one model job at a time across all their tabs, and at most
+``DELIFT_MAX_QUEUED`` jobs wait at once (:class:`QueueRefused` otherwise), so no one fills the
+queue for everyone else.
 """
 
 from __future__ import annotations
@@ -34,6 +37,10 @@ from delift_core.kernels.request import kernels_from_settings, scores_from_setti
 from delift_core.selection import objectives as registry
 from delift_core.selection.plan import engine_kind
 from delift_core.kernels.estimates import WorkEstimate
+
+
+class QueueRefused(DeliftError):
+    """A model job the server does not take now: its user already has one, or the queue is full."""
 
 
 @dataclass(kw_only=True, eq=False)
@@ -60,6 +67,8 @@ class Job:
     """The server's model-work queue, for a job that loads a causal LM (None: runs at once)."""
     alive: Callable[[], bool] = lambda: True
     """Whether the session that started the job still has its browser tab open."""
+    owner: str | None = None
+    """The signed-in user who started it (None: no sign-in), for the one-model-job-a-user rule."""
 
     @property
     def running(self) -> bool:
@@ -338,26 +347,33 @@ J = TypeVar("J", bound=Job)
 class JobRegistry:
     """Jobs by session id and kind (measured speeds are kept on disk: delift_core.kernels.estimates)."""
 
-    def __init__(self, model_jobs: int = 1) -> None:
+    def __init__(self, model_jobs: int = 1, max_queued: int = 8) -> None:
         self.lock = threading.Lock()
         self.jobs: dict[tuple[str, str], Job] = {}
         self.queue = ModelQueue(model_jobs)
+        self.max_queued = max_queued
 
     def get(self, session: str, kind: str = KernelJob.KIND) -> Any:
         """The session's job of ``kind`` ("kernel" or "evaluation"), running or finished."""
         with self.lock:
             return self.jobs.get((session, kind))
 
-    def start(self, session: str, job: J, alive: Callable[[], bool] | None = None) -> J:
+    def start(self, session: str, job: J, alive: Callable[[], bool] | None = None,
+              owner: str | None = None) -> J:
         """Start ``job`` for ``session``, cancelling the session's previous job of its kind; a
         job that loads a causal LM waits its turn in the model queue (``alive``: whether the
-        session's tab is still open, so a closed tab's queued job is dropped)."""
+        session's tab is still open, so a closed tab's queued job is dropped). A model job is
+        refused (:class:`QueueRefused`, nothing started or cancelled) while its ``owner`` (the
+        signed-in user) has another model job, or when ``max_queued`` jobs already wait."""
         key = (session, job.KIND)
         if job.needs_model():
             job.queue = self.queue
         if alive is not None:
             job.alive = alive
+        job.owner = owner
         with self.lock:
+            if job.needs_model():
+                self._check_room(key, owner)
             old = self.jobs.get(key)
             if old is not None and old.running:
                 old.cancel.set()
@@ -367,6 +383,24 @@ class JobRegistry:
                                       daemon=True)
         job.thread.start()
         return job
+
+    def _check_room(self, key: tuple[str, str], owner: str | None) -> None:
+        """Refuse a new model job for ``key`` (see :meth:`start`); the job it replaces (the
+        same session and kind, cancelled when this one starts) counts for neither rule."""
+        others = [j for k, j in self.jobs.items()
+                  if k != key and j.running and j.queue is not None]
+        mine = [j for j in others if owner is not None and j.owner == owner]
+        if mine:
+            raise QueueRefused(
+                f"{owner} already has a model job ({mine[0].KIND}, "
+                f"{'waiting' if mine[0].status == 'queued' else 'running'}) on this "
+                "server, in another tab or on another page: one at a time per person on a "
+                "shared studio. Cancel it there or wait until it ends.")
+        waiting = len(others) - self.queue.slots
+        if waiting >= self.max_queued:
+            raise QueueRefused(
+                f"The server's model queue is full ({waiting} jobs waiting, "
+                f"DELIFT_MAX_QUEUED = {self.max_queued}): try again when one has ended.")
 
     def _prune(self, max_age: float = 6 * 3600) -> None:
         now = time.time()
@@ -381,7 +415,8 @@ def job_registry() -> JobRegistry:
     the model queue sized by ``DELIFT_MODEL_JOBS`` (:mod:`studio.served`)."""
     from studio.served import served_settings
 
-    return JobRegistry(served_settings().model_jobs)
+    settings = served_settings()
+    return JobRegistry(settings.model_jobs, settings.max_queued)
 
 
 def wait(job: Job, timeout: float = 600.0) -> None:

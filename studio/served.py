@@ -8,7 +8,7 @@ every page needs a signed-in user on the allow-list (Streamlit's ``st.login``, O
 
 Each setting is read from the environment or, failing that, from a ``[delift]`` section of
 ``.streamlit/secrets.toml`` (lower-case names without the prefix: ``data_root``, ``allow_hub``,
-``allowed_users``, ``model_jobs``); the environment wins.
+``allowed_users``, ``model_jobs``, ``max_queued``); the environment wins.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from delift_core.errors import DeliftError
 from delift_core.lm.models import packaged_embedder, packaged_model
 
 __all__ = ["ServedSettings", "AccessRefused", "served_settings", "data_source", "model_source",
-           "auth_configured", "require_sign_in", "user_allowed"]
+           "auth_configured", "require_sign_in", "user_allowed", "signed_in_user"]
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 """A hub id a served studio takes: owner/name. A bare name is never one there: ``datasets``
@@ -51,6 +51,9 @@ class ServedSettings:
     signs in)."""
     model_jobs: int = 1
     """Model jobs (utility kernels, evaluations) that run at once; the rest wait in a queue."""
+    max_queued: int = 8
+    """Model jobs that may wait at once; past it a new one is refused (a signed-in user has at
+    most one model job at a time in any case: :class:`studio.jobs.JobRegistry`)."""
 
     @property
     def served(self) -> bool:
@@ -97,15 +100,19 @@ def served_settings() -> ServedSettings:
     if isinstance(users, str):
         users = users.split(",")
     allowed = tuple(u.strip().lower() for u in users if str(u).strip())
-    jobs_text = get("model_jobs")
+    return ServedSettings(root, allow_hub, allowed, _count(get("model_jobs"), "MODEL_JOBS", 1),
+                          _count(get("max_queued"), "MAX_QUEUED", 8))
+
+
+def _count(text: Any, name: str, default: int) -> int:
+    """A whole-number setting of at least 1 (``default`` when unset), refused by name otherwise."""
     try:
-        jobs = 1 if jobs_text in (None, "") else int(jobs_text)
+        value = default if text in (None, "") else int(text)
     except (TypeError, ValueError):
-        jobs = 0
-    if jobs < 1:
-        raise AccessRefused(f"DELIFT_MODEL_JOBS must be a whole number of at least 1, not "
-                            f"{jobs_text!r}")
-    return ServedSettings(root, allow_hub, allowed, jobs)
+        value = 0
+    if value < 1:
+        raise AccessRefused(f"DELIFT_{name} must be a whole number of at least 1, not {text!r}")
+    return value
 
 
 def _inside(path: Path, root: Path, text: str) -> Path:
@@ -222,6 +229,15 @@ def user_allowed(email: str | None, allowed: tuple[str, ...]) -> bool:
         return False
     domain = "@" + email.rsplit("@", 1)[1]
     return email in allowed or domain in allowed
+
+
+def signed_in_user() -> str | None:
+    """The signed-in user's address when sign-in is configured and the provider verified it
+    (whose decisions file and model job it is); None otherwise."""
+    if not auth_configured() or not st.user.is_logged_in:
+        return None
+    email = str(st.user.get("email") or "")
+    return email if email and st.user.get("email_verified") is not False else None
 
 
 def _signed_in_and_allowed() -> tuple[bool, str]:

@@ -301,7 +301,7 @@ def start_kernel_job(config: dict, pool: Dataset, target: Dataset | None,
             config[key] = served.model_source(config[key], embedder=embedder)
     job = jobs.KernelJob(config=config, pool=pool, target=target, existing=existing,
                          estimate=est)
-    return jobs.job_registry().start(session_id(), job, tab_open())
+    return jobs.job_registry().start(session_id(), job, tab_open(), served.signed_in_user())
 
 
 def current_job() -> jobs.KernelJob | None:
@@ -315,7 +315,8 @@ def start_eval_job(**request: Any) -> jobs.EvalJob:
     request = dict(request)
     request["model"] = served.model_source(request.get("model"))
     request["embedder"] = served.model_source(request.get("embedder"), embedder=True)
-    return jobs.job_registry().start(session_id(), jobs.EvalJob(**request), tab_open())
+    return jobs.job_registry().start(session_id(), jobs.EvalJob(**request), tab_open(),
+                                     served.signed_in_user())
 
 
 def current_eval_job() -> jobs.EvalJob | None:
@@ -348,7 +349,7 @@ def start_verify_job(sel: Selection, rounds: int, explore: float = 0.0) -> jobs.
                          config=dict(s["kernel_config"]), objective=sel.objective,
                          budget=int(sel.budget), rounds=int(rounds), explore=float(explore),
                          options=options)
-    return jobs.job_registry().start(session_id(), job, tab_open())
+    return jobs.job_registry().start(session_id(), job, tab_open(), served.signed_in_user())
 
 
 def current_verify_job() -> jobs.VerifyJob | None:

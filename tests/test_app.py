@@ -753,6 +753,17 @@ def test_select_page_verifies_a_learned_kernels_selection(tmp_path: Path,
     before = at.session_state["kernels"].exact["pool"].nnz
     plan = [c for c in texts(at.caption) if c.startswith("Round 1 scores")]
     assert len(plan) == 1
+    from studio import jobs, state, ui
+
+    def refused(*a, **k):
+        raise jobs.QueueRefused("ann@team.org already has a model job (kernel, running)")
+
+    with monkeypatch.context() as m:  # the shared queue refuses it: said, never a traceback
+        m.setattr(state, "start_verify_job", refused)
+        at.button(key="verify_start").click().run()
+    assert not at.exception, at.exception
+    assert [e.value for e in at.error] == [ui.md_escape("ann@team.org already has a model job "
+                                                       "(kernel, running)")]
     at.button(key="verify_start").click().run()
     assert not at.exception, at.exception
     for t in threading.enumerate():

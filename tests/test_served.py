@@ -216,6 +216,50 @@ def test_a_closed_tabs_queued_job_leaves_the_queue(monkeypatch: pytest.MonkeyPat
     assert log == ["a"]
 
 
+def test_a_signed_in_user_has_one_model_job_at_a_time_across_tabs() -> None:
+    """One person could fill the shared queue from several tabs (each tab is a session); now a
+    second model job of the same signed-in user is refused by name, starting or cancelling
+    nothing, while other users and the same tab's replacement go on as before."""
+    reg, log = jobs.JobRegistry(model_jobs=1), []
+    a = reg.start("tab-1", _Sleeper("a", log), owner="ann@team.org")
+    _until(lambda: log == ["a"])
+    with pytest.raises(jobs.QueueRefused, match=r"ann@team.org already has a model job "
+                                                r"\(job, running\)"):
+        reg.start("tab-2", _Sleeper("b", log), owner="ann@team.org")
+    assert reg.get("tab-2", "job") is None and a.running and not a.cancel.is_set()
+    bob = reg.start("tab-3", _Sleeper("bob", log), owner="bob@team.org")
+    _until(lambda: bob.status == "queued")
+    again = reg.start("tab-1", _Sleeper("a2", log), owner="ann@team.org")  # replaces her own
+    _until(lambda: a.cancel.is_set())
+    assert reg.get("tab-1", "job") is again
+    a.go.set()
+    _until(lambda: log == ["a", "bob"])
+    bob.go.set()
+    _until(lambda: log == ["a", "bob", "a2"])
+    again.go.set()
+    _until(lambda: again.status == "done")
+    reg.start("tab-2", _Sleeper("b", log), owner="ann@team.org").go.set()  # hers ended: taken
+
+
+def test_a_full_model_queue_refuses_a_new_job_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without sign-in no one can be told apart: the queue itself is bounded."""
+    reg, log = jobs.JobRegistry(model_jobs=1, max_queued=2), []
+    started = [reg.start(f"s{i}", _Sleeper(str(i), log)) for i in range(3)]  # 1 runs, 2 wait
+    _until(lambda: [j.status for j in started][1:] == ["queued", "queued"])
+    with pytest.raises(jobs.QueueRefused, match=r"queue is full \(2 jobs waiting, "
+                                                r"DELIFT_MAX_QUEUED = 2\)"):
+        reg.start("s3", _Sleeper("3", log))
+    started[2].cancel.set()  # one leaves: a new one is taken
+    _until(lambda: started[2].status == "cancelled")
+    late = reg.start("s3", _Sleeper("3", log))
+    for j in (*started, late):
+        j.go.set()
+    _until(lambda: late.status == "done")
+    monkeypatch.setenv("DELIFT_MAX_QUEUED", "0")
+    with pytest.raises(AccessRefused, match="DELIFT_MAX_QUEUED must be a whole number"):
+        served_settings()
+
+
 def test_two_slots_run_two_jobs_and_embedding_kernels_never_queue() -> None:
     reg, log = jobs.JobRegistry(model_jobs=2), []
     a, b = reg.start("a", _Sleeper("a", log)), reg.start("b", _Sleeper("b", log))
@@ -357,7 +401,7 @@ def test_an_account_without_a_verified_address_keeps_no_decisions_file(
     monkeypatch.setattr(served_module, "auth_configured", lambda: True)
     for claims, want in (({"email": "ann@team.org"}, (True, "ann@team.org")),
                          ({"email": "ann@team.org", "email_verified": False},
-                          (False, "ann@team.org")),
+                          (False, None)),
                          ({"sub": "123"}, (False, None))):
-        monkeypatch.setattr(decisions, "st", SimpleNamespace(user=User(claims)))
+        monkeypatch.setattr(served_module, "st", SimpleNamespace(user=User(claims)))
         assert decisions._owner() == want
