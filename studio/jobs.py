@@ -261,6 +261,7 @@ class VerifyJob(Job):
     budget: int
     rounds: int
     options: dict
+    existing: Dataset | None = None
     explore: float = 0.0
     round_index: int = 0
 
@@ -279,7 +280,7 @@ class VerifyJob(Job):
         return verify_from_settings(self.pool, self.objective, self.kernels, self.budget,
                                     config_values(self.config), rounds=self.rounds,
                                     explore=self.explore, target=self.target,
-                                    progress=self._progress, cancel=self.cancel,
+                                    existing=self.existing, progress=self._progress, cancel=self.cancel,
                                     model_progress=lambda msg: setattr(self, "stage", msg),
                                     on_round=lambda k, _: setattr(self, "round_index", k),
                                     **self.options)

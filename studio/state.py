@@ -346,6 +346,7 @@ def start_verify_job(sel: Selection, rounds: int, explore: float = 0.0) -> jobs.
                "epsilon": float(s["p_epsilon"]), "scores": s.get("row_scores"),
                "full_order": True}  # as the page selects: the same rows, stochastic greedy too
     job = jobs.VerifyJob(pool=s["kernel_pool"], kernels=s["kernels"], target=s["kernel_target"],
+                         existing=s["kernel_existing"],
                          config=dict(s["kernel_config"]), objective=sel.objective,
                          budget=int(sel.budget), rounds=int(rounds), explore=float(explore),
                          options=options)

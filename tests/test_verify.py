@@ -200,6 +200,42 @@ def test_a_learned_target_kernel_is_verified_where_the_objective_reads_it(pool, 
         _pending(k, "target", want))
 
 
+def test_a_learned_existing_kernel_is_verified_at_each_rows_floor(pool, tiny_llama, store):
+    """FLCG reads the existing kernel through each pool row's floor nu * max_p s_ip: its
+    verification scores each row's best existing row with the engine's own value (the existing
+    kernel was never verified, so an FLCG selection called verified stood on predicted floors)."""
+    from delift_core.kernels.diagonal import self_pairs
+    from delift_core.selection.select import select
+
+    existing = load_dataset("demo:existing")
+    small = pool.subset(range(120))
+    k = _learned(small, tiny_llama, existing=existing, exact_passes=600)
+    assert "existing" in k.meta.learned
+    scaled = np.asarray(k.scaled("existing"))
+    selfs = set(zip(*(a.tolist() for a in self_pairs("existing", k.meta, scaled.shape))))
+    floors = {(i, int(scaled[i].argmax())) for i in range(scaled.shape[0])} - selfs
+    want = _pending(k, "existing", floors)
+    assert want  # most floors are predicted before
+    plan = first_round(k, select(small, "flcg", k, 0.2))
+    sel = verify_selection(small, "flcg", k, 0.2, rounds=1, lm=tiny_llama, existing=existing)
+    e = sel.kernels.meta.learned["existing"]["verification"]
+    new = (sel.kernels.exact["existing"] - k.exact["existing"]).tocoo()
+    assert set(zip(new.row.tolist(), new.col.tolist())) == want
+    assert e["pairs_verified"] == len(want) and e["explored_pairs_verified"] == 0
+    p = sel.kernels.meta.learned["pool"]["verification"]
+    assert plan["covers"] == len(want) + p["covers_verified"]
+    r, c = new.row, new.col
+    rows = sorted(set(r.tolist()))
+    local = {a: j for j, a in enumerate(rows)}
+    direct = UtilityKernel(tiny_llama, use_cache=False).compute(
+        small.subset(rows), existing, pairs=(np.array([local[a] for a in r]), c)).values
+    np.testing.assert_allclose(np.asarray(sel.kernels.existing[r, c]).ravel(),
+                               np.asarray(direct[[local[a] for a in r], c]).ravel(),
+                               rtol=0, atol=1e-6)
+    with pytest.raises(SelectionError, match="needs the existing set"):
+        verify_selection(small, "flcg", k, 0.2, rounds=1, lm=tiny_llama)
+
+
 def test_the_refusals_name_the_problem(pool, tiny_llama, store):
     exact = compute_kernels(pool.subset(range(30)), kind="utility", lm=tiny_llama)
     with pytest.raises(SelectionError, match="only a learned kernel"):

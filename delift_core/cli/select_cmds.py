@@ -115,6 +115,7 @@ def cmd_select(args: argparse.Namespace) -> int:
                                          _engine_values(args, "utility"),
                                          rounds=chosen["verify_rounds"],
                                          explore=chosen["verify_explore"], target=target,
+                                         existing=existing,
                                          progress=_Bars(), **options)
     else:
         selection = select(pool, args.objective, kernels, args.budget, **options)

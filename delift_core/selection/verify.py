@@ -37,7 +37,7 @@ import scipy.sparse as sp
 from delift_core import settings as spec
 from delift_core.data.dataset import Dataset
 from delift_core.errors import KernelError, SelectionError
-from delift_core.kernels.builder import Kernels, StageProgress, differing_rows
+from delift_core.kernels.builder import ROLES, Kernels, StageProgress, differing_rows
 from delift_core.kernels.diagonal import self_pairs
 from delift_core.kernels.matrices import is_sparse
 from delift_core.kernels.utility import UtilityKernel
@@ -51,9 +51,10 @@ __all__ = ["verify_selection", "verify_from_settings", "first_round", "serves", 
 
 logger = logging.getLogger(__name__)
 
-VERIFIED_ROLES = ("pool", "target")
-"""The kernels whose columns are the pool rows, so a selection has covers in them; an existing
-kernel's columns are the existing rows, which no selection changes."""
+VERIFIED_ROLES = ("pool", "target", "existing")
+"""The learned kernels a verification scores when the objective reads them: the pool's and the
+target's (columns are the pool rows: covers, caps, modular terms), and the existing one (columns
+are the existing rows, which no selection changes: FLCG's floor, each pool row's best one)."""
 
 
 def _check_engine(kernels: Kernels, lm: Any, settings: UtilitySettings) -> None:
@@ -79,8 +80,10 @@ def _check_engine(kernels: Kernels, lm: Any, settings: UtilitySettings) -> None:
                               f"{k} {recorded[k]!r} (kernel) vs {mine[k]!r}" for k in differ))
 
 
-def _sets(role: str, pool: Dataset, target: Dataset | None) -> tuple[Dataset, Dataset]:
-    return (pool, pool) if role == "pool" else (target, pool)  # type: ignore[return-value]
+def _sets(role: str, sets: Mapping[str, Dataset | None]) -> tuple[Dataset, Dataset]:
+    """(rows, columns) of kernel ``role`` (:data:`~delift_core.kernels.builder.ROLES`)."""
+    rows, cols = ROLES[role]
+    return sets[rows], sets[cols]  # type: ignore[return-value]
 
 
 def _exact_values(engine: UtilityKernel, rows: Dataset, cols: Dataset, r: np.ndarray,
@@ -116,12 +119,31 @@ def _covers(kernels: Kernels, role: str, chosen: np.ndarray) -> tuple[np.ndarray
     return rows[keep], cols[keep]
 
 
-def _column_best(kernels: Kernels, role: str, columns: np.ndarray | None
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def _column_best(kernels: Kernels, role: str, columns: np.ndarray | None, *,
+                 by_row: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(rows, columns) of each column's best row in kernel ``role`` (every column, or those in
-    ``columns``): the pair a cap or modular term max_q s_qj reads; self pairs left out (the
-    diagonal policy sets their value)."""
+    ``columns``): the pair a cap or modular term max_q s_qj reads; with ``by_row`` each row's
+    best column instead (a floor max_p s_ip); self pairs left out (the diagonal policy sets
+    their value)."""
     scaled = kernels.scaled(role)
+    n_c = scaled.shape[1]
+    if by_row:  # the same search on the transposed kernel, its pairs swapped back
+        sr, sc = self_pairs(role, kernels.meta, scaled.shape)
+        cols, rows = _best_per_column(scaled.T)
+        keep = ~np.isin(rows * n_c + cols, sr.astype(np.int64) * n_c + sc)
+        return rows[keep], cols[keep]
+    rows, cols = _best_per_column(scaled)
+    if columns is not None:
+        keep = np.isin(cols, np.asarray(columns, np.int64))
+        rows, cols = rows[keep], cols[keep]
+    sr, sc = self_pairs(role, kernels.meta, scaled.shape)
+    keep = ~np.isin(rows * n_c + cols, sr.astype(np.int64) * n_c + sc)
+    return rows[keep], cols[keep]
+
+
+def _best_per_column(scaled: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, columns): each column's row of highest value (a sparse kernel's among the pairs
+    it holds; ties to the first row)."""
     n_c = scaled.shape[1]
     if is_sparse(scaled):
         coo = scaled.tocoo()
@@ -133,12 +155,7 @@ def _column_best(kernels: Kernels, role: str, columns: np.ndarray | None
         dense = np.asarray(scaled)
         rows = dense.argmax(axis=0).astype(np.int64) if dense.shape[0] else np.zeros(0, np.int64)
         cols = np.arange(n_c, dtype=np.int64)[: len(rows)]
-    if columns is not None:
-        keep = np.isin(cols, np.asarray(columns, np.int64))
-        rows, cols = rows[keep], cols[keep]
-    sr, sc = self_pairs(role, kernels.meta, scaled.shape)
-    keep = ~np.isin(rows * n_c + cols, sr.astype(np.int64) * n_c + sc)
-    return rows[keep], cols[keep]
+    return rows, cols
 
 
 def _stands_on(kernels: Kernels, role: str, chosen: np.ndarray, rules: tuple[str, ...]
@@ -154,6 +171,8 @@ def _stands_on(kernels: Kernels, role: str, chosen: np.ndarray, rules: tuple[str
             parts.append(_column_best(kernels, role, None))
         elif rule == "selected_column_best":
             parts.append(_column_best(kernels, role, chosen))
+        elif rule == "row_best":
+            parts.append(_column_best(kernels, role, None, by_row=True))
         else:
             raise ValueError(f"unknown pair rule {rule!r}")
     if len(parts) == 1:
@@ -347,8 +366,8 @@ def _start_record(earlier: dict | None, rounds: int, explore: float) -> dict:
 def verify_selection(pool: Dataset, objective: str, kernels: Kernels, budget: Any, *,
                      rounds: int = 2, explore: float = 0.0, lm: Any = None,
                      settings: UtilitySettings | None = None,
-                     target: Dataset | None = None, use_cache: bool = True,
-                     progress: StageProgress | None = None,
+                     target: Dataset | None = None, existing: Dataset | None = None,
+                     use_cache: bool = True, progress: StageProgress | None = None,
                      cancel: threading.Event | None = None,
                      on_round: Callable[[int, Selection], None] | None = None,
                      engine_options: Mapping[str, Any] | None = None,
@@ -395,9 +414,13 @@ def verify_selection(pool: Dataset, objective: str, kernels: Kernels, budget: An
         raise SelectionError(f"the learned {' and '.join(unmarked)} kernel has no record of which "
                              f"values are exact (kernel_{unmarked[0]}_exact.npz missing from its "
                              "folder?): its selection cannot be verified")
-    if "target" in roles and target is None:
-        raise SelectionError("verifying a learned target kernel needs the target set")
-    for role, ds in (("pool", pool), ("target", target if "target" in roles else None)):
+    sets = {"pool": pool, "target": target, "existing": existing}
+    for role in roles:
+        if sets[role] is None:
+            raise SelectionError(f"verifying a learned {role} kernel needs the {role} set")
+    for role, ds in sets.items():
+        if role != "pool" and role not in roles:
+            continue
         ids, hashes = kernels.meta.ids.get(role), kernels.meta.hashes.get(role)
         if ds is not None and (ids is None or hashes is None or len(ids) != len(ds)):
             raise KernelError(f"the learned kernel does not record the {role} rows it was "
@@ -438,11 +461,12 @@ def verify_selection(pool: Dataset, objective: str, kernels: Kernels, budget: An
             if not len(r):
                 continue
             t0 = time.time()
-            rows_ds, cols_ds = _sets(role, pool, target)
+            rows_ds, cols_ds = _sets(role, sets)
             transposed = "computed_as" in (learned.get(role) or {})
-            stage = (lambda d, t, role=role, k=k: progress(
-                f"verifying {role} covers{' and explored columns' if explore else ''} "
-                f"(round {k + 1})", d, t)) if progress else None
+            what = (f"covers{' and explored columns' if explore else ''}"
+                    if "covers" in ospec.pair_rules(role) else "pairs")
+            stage = (lambda d, t, role=role, k=k, what=what: progress(
+                f"verifying {role} {what} (round {k + 1})", d, t)) if progress else None
             vals, meta = _exact_values(engine, rows_ds, cols_ds, r, c, transposed, cancel, stage)
             ok = np.isfinite(vals)
             new_values[role], new_exact[role] = _set_exact(new_values[role], new_exact[role],
@@ -509,7 +533,8 @@ def verify_selection(pool: Dataset, objective: str, kernels: Kernels, budget: An
 
 def verify_from_settings(pool: Dataset, objective: str, kernels: Kernels, budget: Any,
                          values: Mapping[str, Any], *, rounds: int, explore: float = 0.0,
-                         target: Dataset | None = None, progress: StageProgress | None = None,
+                         target: Dataset | None = None, existing: Dataset | None = None,
+                         progress: StageProgress | None = None,
                          cancel: threading.Event | None = None,
                          model_progress: Callable[[str], None] | None = None,
                          **select_options: Any) -> Selection:
@@ -527,5 +552,5 @@ def verify_from_settings(pool: Dataset, objective: str, kernels: Kernels, budget
     models = load_models(v, "utility", progress=model_progress)
     return verify_selection(pool, objective, kernels, budget, rounds=rounds, explore=explore,
                             lm=models["lm"], settings=models["settings"], target=target,
-                            use_cache=v["use_cache"], progress=progress, cancel=cancel,
+                            existing=existing, use_cache=v["use_cache"], progress=progress, cancel=cancel,
                             engine_options=options, **select_options)

@@ -27,6 +27,7 @@ class FacilityLocationConditionalGain(CoverageObjective):
 SPEC = ObjectiveSpec(
     name="flcg", label="FLCG (conditional gain)", stage="continual", needs="existing",
     reads=("pool", "existing"),
+    stands_on={"existing": ("row_best",)},  # each pool row's floor nu * max_p s_ip
     params=(Param("nu", "ν (nu): how much the existing set already covers", 1.0, 0.0, 5.0,
                   help="floor nu * max_p s_ip: coverage the existing data already gives"),),
     help="Picks what the existing data does not already cover.",
