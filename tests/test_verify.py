@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 from delift_core.cli import main
 from delift_core.data.dataset import load_dataset
@@ -234,6 +235,32 @@ def test_a_learned_existing_kernel_is_verified_at_each_rows_floor(pool, tiny_lla
                                rtol=0, atol=1e-6)
     with pytest.raises(SelectionError, match="needs the existing set"):
         verify_selection(small, "flcg", k, 0.2, rounds=1, lm=tiny_llama)
+
+
+@pytest.mark.parametrize("neighbours", [None, 8])
+def test_a_graph_cut_selection_is_verified_on_every_pair_of_its_columns(pool, tiny_llama, store,
+                                                                      neighbours):
+    """GC's representation and redundancy terms sum every pair of the selected columns (not
+    each row's best one): its verification scores them all (it scored covers only before)."""
+    from delift_core.kernels.diagonal import self_pairs
+    from delift_core.selection.select import select
+
+    small = pool.subset(range(60))
+    k = _learned(small, tiny_llama, neighbours=neighbours, exact_passes=300)
+    first = select(small, "gc", k, 0.1).selected_indices
+    scaled = k.scaled("pool")
+    held = sp.csc_matrix(scaled) if neighbours else sp.csc_matrix(np.ones(scaled.shape))
+    selfs = set(zip(*(a.tolist() for a in self_pairs("pool", k.meta, scaled.shape))))
+    want = _pending(k, "pool", {(int(i), int(j)) for j in first
+                                for i in held[:, j].nonzero()[0]} - selfs)
+    assert len(want) > len(first)  # more than one pair a column: not the covers
+    sel = verify_selection(small, "gc", k, 0.1, rounds=1, lm=tiny_llama)
+    v = sel.kernels.meta.learned["pool"]["verification"]
+    new = (sel.kernels.exact["pool"] - k.exact["pool"]).tocoo()
+    assert set(zip(new.row.tolist(), new.col.tolist())) == want
+    assert v["stands_on"] == ["selected_columns"] and v["pairs_verified"] == len(want)
+    assert verification_line(v).startswith(f"{len(want):,} pairs the selection stands on "
+                                           "scored exactly in 1 round(s)")
 
 
 def test_the_refusals_name_the_problem(pool, tiny_llama, store):

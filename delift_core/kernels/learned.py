@@ -366,8 +366,10 @@ def verification_line(v: dict) -> str:
     """What verifying a selection did (``meta[role]["verification"]``, :mod:`delift_core.selection.
     verify`), in words: for the CLI report, the Select page and the HTML report alike."""
     explored = v.get("explored_pairs_verified", 0)
-    scored = (f"{v.get('covers_verified', 0):,} covers and {explored:,} pairs of explored "
-              f"columns" if explored else f"{v.get('pairs_verified', 0):,} covers")
+    covers = ("covers" if v.get("stands_on", ["covers"]) == ["covers"] else
+              "pairs the selection stands on")  # FLMI's caps, FLCG's floors, GC's columns
+    scored = (f"{v.get('covers_verified', 0):,} {covers} and {explored:,} pairs of explored "
+              f"columns" if explored else f"{v.get('pairs_verified', 0):,} {covers}")
     scope = v.get("selection") or {}
     of = (f"; it verified {str(scope['objective']).upper()} at {scope['budget']:,} rows"
           if "objective" in scope and "budget" in scope else "")
@@ -377,7 +379,7 @@ def verification_line(v: dict) -> str:
             f"({v.get('passes_computed', 0):,} passes computed, "
             f"{v.get('passes_reused', 0):,} read from the pair store); "
             f"{v.get('final_covers_exact', 0):,} of the verified selection's "
-            f"{v.get('final_covers', 0):,} covers are exact{of}")
+            f"{v.get('final_covers', 0):,} {covers} are exact{of}")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -141,6 +141,26 @@ def _column_best(kernels: Kernels, role: str, columns: np.ndarray | None, *,
     return rows[keep], cols[keep]
 
 
+def _selected_columns(kernels: Kernels, role: str, chosen: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, columns) of every pair kernel ``role`` holds in the ``chosen`` columns (a dense
+    kernel: every row), column by column: what a sum over the selected columns (GC's
+    representation and redundancy terms) reads; self pairs left out."""
+    scaled = kernels.scaled(role)
+    n_r, n_c = scaled.shape
+    chosen = np.asarray(chosen, np.int64)
+    if is_sparse(scaled):
+        csc = scaled.tocsc()
+        rows = np.concatenate([csc.indices[csc.indptr[j]:csc.indptr[j + 1]] for j in chosen]
+                              or [np.zeros(0, np.int64)]).astype(np.int64)
+        cols = np.repeat(chosen, np.diff(csc.indptr)[chosen]) if len(chosen) else rows
+    else:
+        rows, cols = np.tile(np.arange(n_r, dtype=np.int64), len(chosen)), np.repeat(chosen, n_r)
+    sr, sc = self_pairs(role, kernels.meta, scaled.shape)
+    keep = ~np.isin(rows * n_c + cols, sr.astype(np.int64) * n_c + sc)
+    return rows[keep], cols[keep]
+
+
 def _best_per_column(scaled: Any) -> tuple[np.ndarray, np.ndarray]:
     """(rows, columns): each column's row of highest value (a sparse kernel's among the pairs
     it holds; ties to the first row)."""
@@ -173,6 +193,8 @@ def _stands_on(kernels: Kernels, role: str, chosen: np.ndarray, rules: tuple[str
             parts.append(_column_best(kernels, role, chosen))
         elif rule == "row_best":
             parts.append(_column_best(kernels, role, None, by_row=True))
+        elif rule == "selected_columns":
+            parts.append(_selected_columns(kernels, role, chosen))
         else:
             raise ValueError(f"unknown pair rule {rule!r}")
     if len(parts) == 1:
@@ -444,6 +466,7 @@ def verify_selection(pool: Dataset, objective: str, kernels: Kernels, budget: An
     scope = _scope(sel)
     for r in roles:
         record[r]["selection"] = scope  # the selection it served (each run serves one)
+        record[r]["stands_on"] = list(ospec.pair_rules(r))  # which pairs its "covers" are
     done_before = {r: record[r]["rounds_run"] for r in roles}
     for k in range(rounds):
         if on_round:

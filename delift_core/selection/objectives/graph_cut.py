@@ -83,4 +83,5 @@ SPEC = ObjectiveSpec(
                   help="weight of the similarity within the subset (diversity); <= 0.5 keeps f "
                        "monotone"),),
     help="Represents the pool while penalising similar picks (submodlib's graph cut).",
+    stands_on={"pool": ("selected_columns",)},  # both terms sum the selected columns' pairs
     build=lambda kernels, lam: GraphCut(kernels.scaled("pool"), lam=lam))

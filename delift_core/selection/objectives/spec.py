@@ -60,7 +60,8 @@ class ObjectiveSpec:
     """For a kernel in ``reads`` that the objective does not read by covers (each row's best
     selected column), the pairs its value stands on instead: ``"column_best"`` (every column's
     best row, a cap max_q s_qi), ``"selected_column_best"`` (the selected columns' best rows, a
-    modular term), ``"row_best"`` (every row's best column, a floor max_p s_ip), ``"covers"``;
+    modular term), ``"row_best"`` (every row's best column, a floor max_p s_ip),
+    ``"selected_columns"`` (every pair in the selected columns, a sum), ``"covers"``;
     :mod:`delift_core.selection.verify` scores them."""
 
     def pair_rules(self, role: str) -> tuple[str, ...]:
