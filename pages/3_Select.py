@@ -11,7 +11,7 @@ from delift_core.selection import objectives as registry
 from delift_core.outputs.views import gain_curve
 from delift_core.outputs import figures
 from delift_core.selection.cost import cost_line
-from delift_core.kernels.learned import verification_line
+from delift_core.kernels.learned import stands_on_words, verification_line
 from delift_core.selection.verify import first_round, serves
 from studio import state, ui
 
@@ -108,7 +108,9 @@ if learned and spec.build is not None:  # a ranking by scores (IFD, longest) rea
             with vc2:
                 ui.setting_widget("verify_explore", step=0.05, format="%.2f")
             plan = first_round(s["kernels"], sel, float(s["p_verify_explore"]))
-            st.caption(f"Round 1 scores {plan['covers']:,} predicted covers"
+            rules = [rule for r in learned if r in spec.reads for rule in spec.pair_rules(r)]
+            st.caption(f"Round 1 scores {plan['covers']:,} predicted "
+                       f"{stands_on_words(sorted(set(rules)))}"
                        + (f" and {plan['explored_pairs']:,} pairs of "
                           f"{plan['explored_columns']:,} explored rows"
                           if plan["explored_columns"] else "")

@@ -799,6 +799,14 @@ def test_select_page_verifies_a_learned_kernels_selection(tmp_path: Path,
     goto(at, "5_Review")
     assert not at.exception, at.exception
     assert any("stand on a LEARNED kernel" in c for c in texts(at.caption))
+    # a GC selection stands on every pair of its columns: the plan names them so
+    at.session_state["p_objective"] = "gc"
+    goto(at, "3_Select")
+    from delift_core.selection.verify import first_round as plan_of
+
+    n = plan_of(at.session_state["kernels"], at.session_state["selection"])["covers"]
+    assert any(c.startswith(f"Round 1 scores {n:,} predicted pairs the selection stands on: ")
+               for c in texts(at.caption))
 
 
 def test_naive_greedy_on_a_large_pool_is_refused_on_the_page(monkeypatch: pytest.MonkeyPatch

@@ -362,12 +362,18 @@ def fidelity_line(role: str, meta: dict) -> str:
     return line
 
 
+def stands_on_words(rules: Any) -> str:
+    """What the pairs a verification scores are called: "covers" (each row's best selected
+    column), otherwise "pairs the selection stands on" (FLMI's caps, FLCG's floors, GC's
+    columns: :attr:`ObjectiveSpec.stands_on`)."""
+    return "covers" if list(rules) == ["covers"] else "pairs the selection stands on"
+
+
 def verification_line(v: dict) -> str:
     """What verifying a selection did (``meta[role]["verification"]``, :mod:`delift_core.selection.
     verify`), in words: for the CLI report, the Select page and the HTML report alike."""
     explored = v.get("explored_pairs_verified", 0)
-    covers = ("covers" if v.get("stands_on", ["covers"]) == ["covers"] else
-              "pairs the selection stands on")  # FLMI's caps, FLCG's floors, GC's columns
+    covers = stands_on_words(v.get("stands_on", ["covers"]))
     scored = (f"{v.get('covers_verified', 0):,} {covers} and {explored:,} pairs of explored "
               f"columns" if explored else f"{v.get('pairs_verified', 0):,} {covers}")
     scope = v.get("selection") or {}
