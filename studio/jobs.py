@@ -120,6 +120,8 @@ class Job:
         except Exception as e:  # shown to the user as one line, not a traceback
             self.status, self.error = "error", f"{type(e).__name__}: {e}"
         finally:
+            if self.running:  # anything else that ended the thread: never "running" forever
+                self.status, self.error = "error", self.error or "the job stopped unexpectedly"
             self.finished = time.time()
             if self.queue is not None:
                 self.queue.release(self)
@@ -387,17 +389,28 @@ class JobRegistry:
 
     def _check_room(self, key: tuple[str, str], owner: str | None) -> None:
         """Refuse a new model job for ``key`` (see :meth:`start`); the job it replaces (the
-        same session and kind, cancelled when this one starts) counts for neither rule."""
+        same session and kind, cancelled when this one starts) counts for neither rule, nor
+        does one of the owner's that is cancelled already, or whose session has no tab left (a
+        reload or a closed tab: no page can show it or cancel it any more, so it is cancelled
+        here). Jobs holding a slot do not count as waiting."""
         others = [j for k, j in self.jobs.items()
                   if k != key and j.running and j.queue is not None]
-        mine = [j for j in others if owner is not None and j.owner == owner]
+        mine = []
+        for j in others:
+            if owner is None or (j.owner or "").lower() != owner.lower() or j.cancel.is_set():
+                continue
+            if j.alive():
+                mine.append(j)
+            else:
+                j.cancel.set()  # its owner's own job, out of every page's reach
         if mine:
             raise QueueRefused(
                 f"{owner} already has a model job ({mine[0].KIND}, "
                 f"{'waiting' if mine[0].status == 'queued' else 'running'}) on this "
                 "server, in another tab or on another page: one at a time per person on a "
                 "shared studio. Cancel it there or wait until it ends.")
-        waiting = len(others) - self.queue.slots
+        waiting = sum(1 for j in others
+                      if id(j) not in self.queue.active and not j.cancel.is_set())
         if waiting >= self.max_queued:
             raise QueueRefused(
                 f"The server's model queue is full ({waiting} jobs waiting, "

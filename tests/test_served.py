@@ -241,6 +241,53 @@ def test_a_signed_in_user_has_one_model_job_at_a_time_across_tabs() -> None:
     reg.start("tab-2", _Sleeper("b", log), owner="ann@team.org").go.set()  # hers ended: taken
 
 
+def test_a_users_unreachable_or_cancelled_job_does_not_lock_them_out() -> None:
+    """A reload gives a new session: the old one's running job can no longer be seen or
+    cancelled, so it is cancelled when its owner starts another; a job cancelled already (still
+    finishing its batch) does not count either. The address is compared without case."""
+    reg, log = jobs.JobRegistry(model_jobs=1), []
+    tab = {"open": True}
+    a = reg.start("tab-1", _Sleeper("a", log), alive=lambda: tab["open"], owner="Ann@team.org")
+    _until(lambda: log == ["a"])
+    with pytest.raises(jobs.QueueRefused):
+        reg.start("tab-2", _Sleeper("b", log), owner="ann@team.org")
+    tab["open"] = False  # reloaded: tab-1's session is gone
+    b = reg.start("tab-2", _Sleeper("b", log), owner="ann@team.org")
+    assert a.cancel.is_set() and b.running
+    b.cancel.set()  # she cancelled b; it is still stopping (status running)
+    c = reg.start("tab-3", _Sleeper("c", log), owner="ann@team.org")
+    assert b.running and c.running
+    for j in (a, b, c):
+        j.go.set()
+    _until(lambda: not (a.running or b.running or c.running))
+
+
+def test_a_replaced_job_holding_the_slot_is_not_counted_as_waiting() -> None:
+    reg, log = jobs.JobRegistry(model_jobs=1, max_queued=2), []
+    a = reg.start("s0", _Sleeper("a", log))
+    _until(lambda: log == ["a"])
+    waiting = [reg.start(f"s{i}", _Sleeper(str(i), log)) for i in (1, 2)]
+    _until(lambda: all(j.status == "queued" for j in waiting))
+    with pytest.raises(jobs.QueueRefused, match="2 jobs waiting"):  # the slot stays a's until
+        reg.start("s0", _Sleeper("a2", log))  # it stops: a replacement would be a third
+    for j in (a, *waiting):
+        j.go.set()
+    _until(lambda: not any(j.running for j in (a, *waiting)))
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_job_whose_thread_ends_any_other_way_is_never_left_running() -> None:
+    class Stopped(_Sleeper):
+        def work(self):
+            raise KeyboardInterrupt  # a BaseException: not caught as the job's error
+
+    reg = jobs.JobRegistry(model_jobs=1)
+    job = reg.start("s", Stopped("x", []), owner="ann@team.org")
+    job.thread.join(5)
+    assert job.status == "error" and not job.running and job.queue.active == set()
+    reg.start("t", _Sleeper("y", []), owner="ann@team.org").go.set()  # she is not locked out
+
+
 def test_a_full_model_queue_refuses_a_new_job_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without sign-in no one can be told apart: the queue itself is bounded."""
     reg, log = jobs.JobRegistry(model_jobs=1, max_queued=2), []
