@@ -441,3 +441,23 @@ def test_verifying_a_verified_kernel_again_adds_to_its_record(pool, tiny_llama, 
     assert not serves(v2, select(pool, "gc", two.kernels, 0.3))
     line = verification_line(v2)
     assert "over 2 verifications" in line and line.endswith("it verified FL at 72 rows")
+
+
+@pytest.mark.parametrize("policy, want", [("rowmax", {(0, 1), (1, 1), (2, 0)}),
+                                          ("max", {(1, 1), (2, 0)})])
+def test_a_floor_is_verified_at_its_best_pair_that_is_not_a_self_pair(policy, want):
+    """Pool row 0 is existing row 0 (a self pair). Under rowmax the self pair ties the row's
+    best other pair: the floor stands on that other pair, which must be verified (the self pair
+    was taken as the best and then dropped, so row 0's floor stayed predicted); under max the
+    self pair is higher and the floor stands on it: nothing to verify for row 0."""
+    from delift_core.kernels.builder import Kernels
+    from delift_core.selection.verify import _column_best
+
+    existing = np.array([[0.9, 0.4], [0.2, 0.6], [0.3, 0.1]], np.float32)
+    meta = {"pool_hashes": ["a", "b", "c"], "existing_hashes": ["a", "x"]}
+    k = Kernels("utility", pool=np.ones((3, 3), np.float32), existing=existing, meta=meta,
+                diagonal=policy)
+    for kern in (k, Kernels("utility", pool=sp.csr_matrix(np.ones((3, 3), np.float32)),
+                            existing=sp.csr_matrix(existing), meta=meta, diagonal=policy)):
+        rows, cols = _column_best(kern, "existing", None, by_row=True)
+        assert set(zip(rows.tolist(), cols.tolist())) == want

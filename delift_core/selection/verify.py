@@ -123,22 +123,21 @@ def _column_best(kernels: Kernels, role: str, columns: np.ndarray | None, *,
                  by_row: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(rows, columns) of each column's best row in kernel ``role`` (every column, or those in
     ``columns``): the pair a cap or modular term max_q s_qj reads; with ``by_row`` each row's
-    best column instead (a floor max_p s_ip); self pairs left out (the diagonal policy sets
-    their value)."""
+    best column instead (a floor max_p s_ip). The best is taken among the pairs that are not
+    self pairs (the diagonal policy sets their value); where a self pair is at least as high,
+    the max stands on it and nothing is to verify, except that under rowmax a row's self pair
+    is a copy of its best other pair, so a floor stands on that pair."""
     scaled = kernels.scaled(role)
-    n_c = scaled.shape[1]
+    sr, sc = self_pairs(role, kernels.meta, scaled.shape)
     if by_row:  # the same search on the transposed kernel, its pairs swapped back
-        sr, sc = self_pairs(role, kernels.meta, scaled.shape)
-        cols, rows = _best_per_column(scaled.T)
-        keep = ~np.isin(rows * n_c + cols, sr.astype(np.int64) * n_c + sc)
-        return rows[keep], cols[keep]
-    rows, cols = _best_per_column(scaled)
+        cols, rows = _best_per_column(scaled.T, sc, sr,
+                                      self_counts=kernels.diagonal != "rowmax")
+        return rows, cols
+    rows, cols = _best_per_column(scaled, sr, sc)
     if columns is not None:
         keep = np.isin(cols, np.asarray(columns, np.int64))
         rows, cols = rows[keep], cols[keep]
-    sr, sc = self_pairs(role, kernels.meta, scaled.shape)
-    keep = ~np.isin(rows * n_c + cols, sr.astype(np.int64) * n_c + sc)
-    return rows[keep], cols[keep]
+    return rows, cols
 
 
 def _selected_columns(kernels: Kernels, role: str, chosen: np.ndarray
@@ -161,21 +160,35 @@ def _selected_columns(kernels: Kernels, role: str, chosen: np.ndarray
     return rows[keep], cols[keep]
 
 
-def _best_per_column(scaled: Any) -> tuple[np.ndarray, np.ndarray]:
-    """(rows, columns): each column's row of highest value (a sparse kernel's among the pairs
-    it holds; ties to the first row)."""
-    n_c = scaled.shape[1]
+def _best_per_column(scaled: Any, sr: np.ndarray, sc: np.ndarray, *, self_counts: bool = True
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, columns): each column's row of highest value among its pairs that are not self
+    pairs (``sr``, ``sc``; a sparse kernel's among the pairs it holds; ties to the first row),
+    for the columns whose self pairs, if any, are lower than that (``self_counts`` False:
+    whatever they are)."""
+    n_r, n_c = scaled.shape
+    self_key = np.asarray(sr, np.int64) * n_c + np.asarray(sc, np.int64)
+    self_best = np.full(n_c, -np.inf)
     if is_sparse(scaled):
         coo = scaled.tocoo()
-        order = np.lexsort((-coo.data, coo.col))  # by column, the highest value first
-        col = coo.col[order]
+        r, c, v = coo.row.astype(np.int64), coo.col.astype(np.int64), coo.data
+        own = np.isin(r * n_c + c, self_key)
+        np.maximum.at(self_best, c[own], v[own])
+        r, c, v = r[~own], c[~own], v[~own]
+        order = np.lexsort((-v, c))  # by column, the highest value first
+        col = c[order]
         first = np.r_[True, col[1:] != col[:-1]] if len(col) else np.zeros(0, bool)
-        rows, cols = coo.row[order][first].astype(np.int64), col[first].astype(np.int64)
+        rows, cols, best = r[order][first], col[first], v[order][first]
     else:
-        dense = np.asarray(scaled)
-        rows = dense.argmax(axis=0).astype(np.int64) if dense.shape[0] else np.zeros(0, np.int64)
+        dense = np.array(scaled, np.float64)
+        if len(self_key):
+            np.maximum.at(self_best, sc, dense[sr, sc])
+            dense[sr, sc] = -np.inf
+        rows = dense.argmax(axis=0).astype(np.int64) if n_r else np.zeros(0, np.int64)
         cols = np.arange(n_c, dtype=np.int64)[: len(rows)]
-    return rows, cols
+        best = dense[rows, cols]
+    keep = np.isfinite(best) & ((self_best[cols] < best) if self_counts else True)
+    return rows[keep].astype(np.int64), cols[keep].astype(np.int64)
 
 
 def _stands_on(kernels: Kernels, role: str, chosen: np.ndarray, rules: tuple[str, ...]
