@@ -89,8 +89,8 @@ if learned and spec.build is not None:  # a ranking by scores (IFD, longest) rea
         for role, m in learned.items():
             if m.get("verification"):
                 st.caption(("**Verified**" if serves(m["verification"], sel) else
-                            "**Verified for another selection**, not this one (its covers may "
-                            "be predicted)") + f" ({role} kernel): "
+                            "**Verified for another selection**, not this one (the pairs it "
+                            "stands on may be predicted)") + f" ({role} kernel): "
                            + ui.md_escape(verification_line(m["verification"])) + ".")
         with st.expander("Verify this selection with exact passes",
                          expanded=state.current_verify_job() is not None):
@@ -98,16 +98,23 @@ if learned and spec.build is not None:  # a ranking by scores (IFD, longest) rea
                        "selected helper) are predicted. Verifying scores the predicted covers "
                        "exactly (one model pass each, plus a row's plain pass the pair store "
                        "lacks), puts those values in the kernel and selects again, for up to "
-                       "the rounds below. Exploring also scores every pair of that share of "
-                       "the unselected rows with the highest predicted gain, helpers the "
+                       "the rounds below (FLMI's caps, FLCG's floors and GC's columns: every "
+                       "pair the value stands on). Exploring also scores every pair of that "
+                       "share of the unselected rows with the highest predicted gain, helpers the "
                        "prediction under-rates (it lifted 10 % selections on two development "
                        "pools; 0: covers only). The kernel stays learned and records what was "
                        "verified; the pairs stay in the pair store.")
             vc1, vc2 = st.columns(2)
             vc1.number_input("Rounds", min_value=1, max_value=20, step=1, key="p_verify_rounds")
+            explores = spec.explores(learned)
             with vc2:
-                ui.setting_widget("verify_explore", step=0.05, format="%.2f")
-            plan = first_round(s["kernels"], sel, float(s["p_verify_explore"]))
+                if explores:
+                    ui.setting_widget("verify_explore", step=0.05, format="%.2f")
+                else:  # every pair its value stands on is scored: none is a cover
+                    st.caption(f"Nothing to explore: {spec.label} stands on no covers, and "
+                               "verifying scores every pair its value stands on.")
+            explore = float(s["p_verify_explore"]) if explores else 0.0
+            plan = first_round(s["kernels"], sel, explore)
             rules = [rule for r in learned if r in spec.reads for rule in spec.pair_rules(r)]
             st.caption(f"Round 1 scores {plan['covers']:,} predicted "
                        f"{stands_on_words(sorted(set(rules)))}"
@@ -122,8 +129,7 @@ if learned and spec.build is not None:  # a ranking by scores (IFD, longest) rea
             if st.button(f"Verify the {sel.budget} selected rows", key="verify_start",
                          disabled=verifying):
                 try:
-                    state.start_verify_job(sel, int(s["p_verify_rounds"]),
-                                           float(s["p_verify_explore"]))
+                    state.start_verify_job(sel, int(s["p_verify_rounds"]), explore)
                     verifying = True
                 except DeliftError as e:  # the server's queue does not take it now
                     st.error(ui.md_escape(str(e)))
@@ -133,9 +139,9 @@ if learned and spec.build is not None:  # a ranking by scores (IFD, longest) rea
                 """Live progress of this session's verification (state.init adopts it)."""
                 ui.job_panel(state.current_verify_job(), page_saw_running=page_saw_running,
                              cancel_key="verify_cancel",
-                             cancelling="Cancelling after the current batch; the covers scored "
+                             cancelling="Cancelling after the current batch; the pairs scored "
                                         "so far stay in the pair store.",
-                             cancelled="The verification was cancelled. The covers it scored "
+                             cancelled="The verification was cancelled. The pairs it scored "
                                        "are in the pair store: verifying again reads them back.",
                              failed="The verification failed: ")
 

@@ -133,7 +133,7 @@ st.caption(bulk.saved_state())
 if sel.kernels is not None and sel.kernels.meta.learned:
     st.caption("gain, covered_by and coverage stand on a LEARNED kernel: most of its values are "
                "predicted (the Kernel page gives its held-out fidelity; the Select page can "
-               "verify the selection's covers).")
+               "verify the pairs the selection stands on).")
 
 # -- one sample in detail
 if not visible_ids:

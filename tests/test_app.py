@@ -807,6 +807,8 @@ def test_select_page_verifies_a_learned_kernels_selection(tmp_path: Path,
     n = plan_of(at.session_state["kernels"], at.session_state["selection"])["covers"]
     assert any(c.startswith(f"Round 1 scores {n:,} predicted pairs the selection stands on: ")
                for c in texts(at.caption))
+    assert any(c.startswith("Nothing to explore: GC (graph cut) stands on no covers")
+               for c in texts(at.caption))
 
 
 def test_naive_greedy_on_a_large_pool_is_refused_on_the_page(monkeypatch: pytest.MonkeyPatch

@@ -311,6 +311,24 @@ def test_the_cli_refuses_exploring_without_verification_rounds(tmp_path, capsys,
         capsys.readouterr().err
 
 
+def test_exploring_is_refused_where_no_pair_is_a_cover(pool, tiny_llama, store, tmp_path,
+                                                       capsys, monkeypatch):
+    """GC's verification scores every pair of its columns, none a cover: exploring would be
+    ignored while the record said explore 0.1; it is refused by name instead."""
+    import delift_core.lm.models as models
+
+    k = _learned(pool.subset(range(60)), tiny_llama, exact_passes=200)
+    with pytest.raises(SelectionError, match="gc's verification scores every pair its value "
+                                             "stands on, none of them covers"):
+        verify_selection(pool.subset(range(60)), "gc", k, 0.1, explore=0.1, lm=tiny_llama)
+    monkeypatch.setattr(models, "load_causal_lm", lambda *a, **k: pytest.fail("model loaded"))
+    rc = main(["select", "--pool", "demo:pool", "--kernel", "utility", "--learned",
+               "--objective", "gc", "--verify-rounds", "1", "--verify-explore", "0.1",
+               "--out", str(tmp_path / "o")])
+    assert rc != 0 and not (tmp_path / "o").exists()
+    assert "gc's verification scores every pair its value stands on" in capsys.readouterr().err
+
+
 def test_the_manifest_says_what_was_verified(pool, tiny_llama, store, tmp_path):
     k = _learned(pool, tiny_llama)
     sel = verify_selection(pool, "fl", k, 0.1, rounds=2, lm=tiny_llama)

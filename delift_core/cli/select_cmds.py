@@ -94,6 +94,10 @@ def cmd_select(args: argparse.Namespace) -> int:
     if chosen["verify_rounds"] and objectives.get(args.objective).build is None:
         raise SettingError(f"--verify-rounds verifies the kernel values a selection stands on; "
                            f"{args.objective} selects without a kernel: drop --verify-rounds")
+    if chosen["verify_explore"] and not objectives.get(args.objective).explores():
+        raise SettingError(f"--verify-explore explores columns beyond a selection's covers; "
+                           f"{args.objective}'s verification scores every pair its value "
+                           "stands on, none of them covers: drop --verify-explore")
     if chosen["verify_explore"] and not chosen["verify_rounds"]:
         raise SettingError("--verify-explore explores columns in each verification round: add "
                            "--verify-rounds R (R >= 1)")

@@ -180,14 +180,16 @@ def _learned_note(kernels: Kernels | None) -> str | None:
     v = m.get("verification") or {}
     verified = int(v.get("pairs_verified", 0))  # now exact
     explored = int(v.get("explored_pairs_verified", 0))
-    from delift_core.kernels.learned import interval_text
+    from delift_core.kernels.learned import interval_text, stands_on_words
 
     f = m.get("fidelity") or {}
     return (f"{(predicted - verified) / max(1, exact + predicted):.0%} of the values are "
             f"predicted (held-out median row Spearman {f.get('row_spearman_median')}"
             f"{interval_text(f, 'row_spearman_interval')}"
             + (", below the fidelity floor" if f.get("below_floor") else "")
-            + (f"; {verified - explored:,} of a selection's covers"
+            + (f"; {verified - explored:,} "
+               + ("of a selection's covers" if stands_on_words(v.get("stands_on", ["covers"]))
+                  == "covers" else "pairs a selection stands on")
                + (f" and {explored:,} pairs of explored columns" if explored else "")
                + " verified exactly" if verified else "")
             + ")")

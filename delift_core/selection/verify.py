@@ -444,6 +444,9 @@ def verify_selection(pool: Dataset, objective: str, kernels: Kernels, budget: An
                 "only a learned kernel's values can be verified")
         raise SelectionError("only a learned kernel's selection can be verified (an exact "
                              "kernel's values are all exact already)")
+    if explore and not ospec.explores(roles):
+        raise SelectionError(f"{objective}'s verification scores every pair its value stands "
+                             "on, none of them covers: there is nothing to explore (explore 0)")
     unmarked = [r for r in roles if r not in kernels.exact]
     if unmarked:
         raise SelectionError(f"the learned {' and '.join(unmarked)} kernel has no record of which "

@@ -68,6 +68,13 @@ class ObjectiveSpec:
         """Which pairs of kernel ``role`` a selection with this objective stands on."""
         return tuple(self.stands_on.get(role, ("covers",)))
 
+    def explores(self, learned: Any = None) -> bool:
+        """Whether verification can explore columns for this objective: some kernel it reads
+        (of those in ``learned``, when given) is read by covers; GC's and FLMI's target's
+        verified pairs are all the pairs their value stands on, so they have nothing to explore."""
+        return any("covers" in self.pair_rules(r) for r in self.reads
+                   if learned is None or r in learned)
+
     def defaults(self) -> dict[str, float]:
         """Every parameter at its default."""
         return {p.name: p.default for p in self.params}
