@@ -88,7 +88,7 @@ if learned and spec.build is not None:  # a ranking by scores (IFD, longest) rea
     with c1:
         for role, m in learned.items():
             if m.get("verification"):
-                st.caption(("**Verified**" if serves(m["verification"], sel) else
+                st.caption(("**Verified**" if serves(m["verification"], sel, role) else
                             "**Verified for another selection**, not this one (the pairs it "
                             "stands on may be predicted)") + f" ({role} kernel): "
                            + ui.md_escape(verification_line(m["verification"])) + ".")

@@ -235,6 +235,15 @@ def test_a_learned_existing_kernel_is_verified_at_each_rows_floor(pool, tiny_lla
                                rtol=0, atol=1e-6)
     with pytest.raises(SelectionError, match="needs the existing set"):
         verify_selection(small, "flcg", k, 0.2, rounds=1, lm=tiny_llama)
+    # floors do not depend on the selection: they serve FLCG at any budget; the pool's covers
+    # serve only the selection verified
+    from delift_core.selection.verify import serves
+
+    other = select(small, "flcg", sel.kernels, 0.3)
+    assert serves(e, other, "existing") and not serves(e, other)
+    assert not serves(p, other, "pool") and serves(p, sel, "pool")
+    assert not serves(e, select(small, "flcg", sel.kernels.with_diagonal("rowmax"), 0.3,
+                                diagonal="rowmax"), "existing")
 
 
 @pytest.mark.parametrize("neighbours", [None, 8])
@@ -261,6 +270,14 @@ def test_a_graph_cut_selection_is_verified_on_every_pair_of_its_columns(pool, ti
     assert v["stands_on"] == ["selected_columns"] and v["pairs_verified"] == len(want)
     assert verification_line(v).startswith(f"{len(want):,} pairs the selection stands on "
                                            "scored exactly in 1 round(s)")
+    # after an FL verification of the same kernel, the record names every run's pairs
+    fl = verify_selection(small, "fl", k, 0.1, rounds=1, lm=tiny_llama)
+    assert " covers scored exactly" in verification_line(
+        fl.kernels.meta.learned["pool"]["verification"])
+    both = verify_selection(small, "gc", fl.kernels, 0.1, rounds=1, lm=tiny_llama)
+    w = both.kernels.meta.learned["pool"]["verification"]
+    assert [b["stands_on"] for b in w["by_round"]] == [["covers"], ["selected_columns"]]
+    assert "pairs the selection stands on scored exactly" in verification_line(w)
 
 
 def test_the_refusals_name_the_problem(pool, tiny_llama, store):

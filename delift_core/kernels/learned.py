@@ -373,7 +373,9 @@ def verification_line(v: dict) -> str:
     """What verifying a selection did (``meta[role]["verification"]``, :mod:`delift_core.selection.
     verify`), in words: for the CLI report, the Select page and the HTML report alike."""
     explored = v.get("explored_pairs_verified", 0)
-    covers = stands_on_words(v.get("stands_on", ["covers"]))
+    rules = set(v.get("stands_on", ["covers"])) | {  # every run's, when runs differed
+        r for b in v.get("by_round", []) for r in b.get("stands_on", [])}
+    covers = stands_on_words(sorted(rules))
     scored = (f"{v.get('covers_verified', 0):,} {covers} and {explored:,} pairs of explored "
               f"columns" if explored else f"{v.get('pairs_verified', 0):,} {covers}")
     scope = v.get("selection") or {}

@@ -372,12 +372,23 @@ def _scope(selection: Selection) -> dict[str, Any]:
             "pins_and_bans": marks[:16]}
 
 
-def serves(record: Mapping[str, Any], selection: Selection) -> bool:
+_SELECTION_FREE = {"column_best", "row_best"}
+"""Pair rules that do not depend on the selection (FLMI's caps, FLCG's floors)."""
+
+
+def serves(record: Mapping[str, Any], selection: Selection, role: str | None = None) -> bool:
     """Whether a verification ``record`` (``meta[role]["verification"]``) was made for
     ``selection``: the same objective, budget, diagonal policy, method, seed, parameters, pins
     and bans. A verified kernel serves one selection; any other one on it may stand on predicted
-    covers."""
-    return (record.get("selection") or {}) == _scope(selection)
+    covers. Given its ``role``, a record of pairs that no selection changes (FLMI's caps,
+    FLCG's floors) serves every selection that reads that kernel by the same pairs under the
+    same diagonal policy."""
+    scope = record.get("selection") or {}
+    rules = record.get("stands_on") or ["covers"]
+    if role is not None and set(rules) <= _SELECTION_FREE:
+        return (list(_objective(selection.objective).pair_rules(role)) == list(rules)
+                and scope.get("diagonal") == selection.params.get("diagonal"))
+    return scope == _scope(selection)
 
 
 _TOTALS = ("rounds_run", "pairs_verified", "covers_verified", "explored_pairs_verified",
@@ -531,7 +542,8 @@ def verify_selection(pool: Dataset, objective: str, kernels: Kernels, budget: An
                                              "passes_reused": record[role]["passes_reused"]
                                              - sum(b["passes_reused"]
                                                    for b in record[role]["by_round"]),
-                                             "value_before": round(sel.objective_value, 6)})
+                                             "value_before": round(sel.objective_value, 6),
+                                             "stands_on": list(ospec.pair_rules(role))})
         for role in roles:
             roles_meta[role] = {**roles_meta[role], "verification": dict(record[role])}
         current = Kernels(current.kind, pool=new_values["pool"], target=new_values["target"],
