@@ -11,8 +11,8 @@ from delift_core.selection import objectives as registry
 from delift_core.outputs.views import gain_curve
 from delift_core.outputs import figures
 from delift_core.selection.cost import cost_line
-from delift_core.kernels.learned import stands_on_words, verification_line
-from delift_core.selection.verify import first_round, serves
+from delift_core.kernels.learned import verification_line
+from delift_core.selection.verify import first_round, plan_words, serves
 from studio import state, ui
 
 ui.setup("Selection", "🎯")
@@ -115,9 +115,8 @@ if learned and spec.build is not None:  # a ranking by scores (IFD, longest) rea
                                "verifying scores every pair its value stands on.")
             explore = float(s["p_verify_explore"]) if explores else 0.0
             plan = first_round(s["kernels"], sel, explore)
-            rules = [rule for r in learned if r in spec.reads for rule in spec.pair_rules(r)]
             st.caption(f"Round 1 scores {plan['covers']:,} predicted "
-                       f"{stands_on_words(sorted(set(rules)))}"
+                       f"{plan_words(s['kernels'], sel.objective)}"
                        + (f" and {plan['explored_pairs']:,} pairs of "
                           f"{plan['explored_columns']:,} explored rows"
                           if plan["explored_columns"] else "")

@@ -282,7 +282,8 @@ class VerifyJob(Job):
         return verify_from_settings(self.pool, self.objective, self.kernels, self.budget,
                                     config_values(self.config), rounds=self.rounds,
                                     explore=self.explore, target=self.target,
-                                    existing=self.existing, progress=self._progress, cancel=self.cancel,
+                                    existing=self.existing, progress=self._progress,
+                                    cancel=self.cancel,
                                     model_progress=lambda msg: setattr(self, "stage", msg),
                                     on_round=lambda k, _: setattr(self, "round_index", k),
                                     **self.options)

@@ -278,6 +278,10 @@ def test_a_graph_cut_selection_is_verified_on_every_pair_of_its_columns(pool, ti
     w = both.kernels.meta.learned["pool"]["verification"]
     assert [b["stands_on"] for b in w["by_round"]] == [["covers"], ["selected_columns"]]
     assert "pairs the selection stands on scored exactly" in verification_line(w)
+    from delift_core.selection.verify import plan_words
+
+    assert plan_words(k, "gc") == "pairs the selection stands on"
+    assert plan_words(k, "fl") == "covers" and plan_words(None, "gc") == "covers"
 
 
 def test_the_refusals_name_the_problem(pool, tiny_llama, store):

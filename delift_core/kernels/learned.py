@@ -41,7 +41,7 @@ from delift_core.stores.pairstore import row_key
 __all__ = ["LearnedSpec", "LearnedKernelError", "budget_shares", "check_rows", "FIDELITY_FLOOR",
            "DENSE_MAX_ROWS", "LEARNED_NEIGHBOURS",
            "anchor_order", "fidelity", "build_learned", "fidelity_line", "interval_text",
-           "verification_line"]
+           "stands_on_words", "record_words", "verification_line"]
 
 logger = logging.getLogger(__name__)
 
@@ -369,13 +369,20 @@ def stands_on_words(rules: Any) -> str:
     return "covers" if list(rules) == ["covers"] else "pairs the selection stands on"
 
 
+def record_words(v: dict) -> str:
+    """:func:`stands_on_words` of a verification record: the pairs of every run and round it
+    counts (an FL run's covers and a GC run's columns together are "pairs the selection stands
+    on"); a record without ``stands_on`` (before it was kept) scored covers."""
+    rules = set(v.get("stands_on", ["covers"])) | {
+        r for b in v.get("by_round", []) for r in b.get("stands_on", [])}
+    return stands_on_words(sorted(rules))
+
+
 def verification_line(v: dict) -> str:
     """What verifying a selection did (``meta[role]["verification"]``, :mod:`delift_core.selection.
     verify`), in words: for the CLI report, the Select page and the HTML report alike."""
     explored = v.get("explored_pairs_verified", 0)
-    rules = set(v.get("stands_on", ["covers"])) | {  # every run's, when runs differed
-        r for b in v.get("by_round", []) for r in b.get("stands_on", [])}
-    covers = stands_on_words(sorted(rules))
+    covers = record_words(v)
     scored = (f"{v.get('covers_verified', 0):,} {covers} and {explored:,} pairs of explored "
               f"columns" if explored else f"{v.get('pairs_verified', 0):,} {covers}")
     scope = v.get("selection") or {}

@@ -180,7 +180,7 @@ def _learned_note(kernels: Kernels | None) -> str | None:
     v = m.get("verification") or {}
     verified = int(v.get("pairs_verified", 0))  # now exact
     explored = int(v.get("explored_pairs_verified", 0))
-    from delift_core.kernels.learned import interval_text, stands_on_words
+    from delift_core.kernels.learned import interval_text, record_words
 
     f = m.get("fidelity") or {}
     return (f"{(predicted - verified) / max(1, exact + predicted):.0%} of the values are "
@@ -188,8 +188,8 @@ def _learned_note(kernels: Kernels | None) -> str | None:
             f"{interval_text(f, 'row_spearman_interval')}"
             + (", below the fidelity floor" if f.get("below_floor") else "")
             + (f"; {verified - explored:,} "
-               + ("of a selection's covers" if stands_on_words(v.get("stands_on", ["covers"]))
-                  == "covers" else "pairs a selection stands on")
+               + ("of a selection's covers" if record_words(v) == "covers"
+                  else "pairs a selection stands on")
                + (f" and {explored:,} pairs of explored columns" if explored else "")
                + " verified exactly" if verified else "")
             + ")")

@@ -39,6 +39,7 @@ from delift_core.data.dataset import Dataset
 from delift_core.errors import KernelError, SelectionError
 from delift_core.kernels.builder import ROLES, Kernels, StageProgress, differing_rows
 from delift_core.kernels.diagonal import self_pairs
+from delift_core.kernels.learned import stands_on_words
 from delift_core.kernels.matrices import is_sparse
 from delift_core.kernels.utility import UtilityKernel
 from delift_core.kernels.utility_settings import UtilitySettings
@@ -47,7 +48,8 @@ from delift_core.selection.cover import best_cover
 from delift_core.selection.objectives.facility_location import FacilityLocation
 from delift_core.selection.select import Selection, select
 
-__all__ = ["verify_selection", "verify_from_settings", "first_round", "serves", "VERIFIED_ROLES"]
+__all__ = ["verify_selection", "verify_from_settings", "first_round", "plan_words", "serves",
+           "VERIFIED_ROLES"]
 
 logger = logging.getLogger(__name__)
 
@@ -332,6 +334,17 @@ def _verified_roles(kernels: Kernels, objective: str) -> list[str]:
             if r in reads and r in learned and getattr(kernels, r) is not None]
 
 
+def plan_words(kernels: Kernels | None, objective: str) -> str:
+    """What a verification of an ``objective`` selection on ``kernels`` scores, in words
+    (:func:`~delift_core.kernels.learned.stands_on_words`): "covers", or "pairs the selection
+    stands on" where a kernel it verifies is read otherwise (caps, floors, GC's columns)."""
+    if kernels is None:
+        return stands_on_words(["covers"])
+    ospec = _objective(objective)
+    rules = {rule for r in _verified_roles(kernels, objective) for rule in ospec.pair_rules(r)}
+    return stands_on_words(sorted(rules) or ["covers"])
+
+
 def first_round(kernels: Kernels, selection: Selection, explore: float = 0.0) -> dict[str, int]:
     """What verifying ``selection`` would score in its first round, before any model loads:
     ``covers``, ``explored_columns`` and ``explored_pairs`` summed over the learned kernels its
@@ -603,5 +616,6 @@ def verify_from_settings(pool: Dataset, objective: str, kernels: Kernels, budget
     models = load_models(v, "utility", progress=model_progress)
     return verify_selection(pool, objective, kernels, budget, rounds=rounds, explore=explore,
                             lm=models["lm"], settings=models["settings"], target=target,
-                            existing=existing, use_cache=v["use_cache"], progress=progress, cancel=cancel,
+                            existing=existing, use_cache=v["use_cache"], progress=progress,
+                            cancel=cancel,
                             engine_options=options, **select_options)
